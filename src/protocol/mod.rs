@@ -1,0 +1,28 @@
+//! The memcached text and meta protocol, sans-IO.
+//!
+//! Owns: parsing client requests ([`request`]), framing upstream responses
+//! ([`response`]) and composing wire bytes ([`compose`]). It must not import
+//! `server`, tokio, tokio-uring or the clock: the load generator reuses it as
+//! its client codec.
+//!
+//! Parsers never copy and never allocate: they return byte ranges into the
+//! caller's buffer plus how many bytes were consumed. `Incomplete` is a normal
+//! state, not an error.
+
+pub mod compose;
+pub mod request;
+pub mod response;
+
+pub use request::{parse_request, Parsed, ParseError, Request, Verb};
+pub use response::{frame_response, Expect, FrameError, Framed, Status, ValueItem};
+
+/// Longest key memcached accepts.
+pub const MAX_KEY_LEN: usize = 250;
+
+/// Longest command line (terminator included) a client may send. Large enough
+/// for a multi-get of a few hundred maximal keys; longer lines close the
+/// connection, as framing is lost.
+pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// Most keys in one retrieval command.
+pub const MAX_KEYS: usize = 8192;
