@@ -3,6 +3,28 @@
 //!
 //! Owns: the magent modula hash, the libketama/nutcracker ketama ring, and the
 //! multi-get fan-out plan. Must not import `server`, sockets or the clock.
+//!
+//! A [`Ring`] is built once per configuration and shared read-only across
+//! cores; lookups neither allocate nor panic.
+//!
+//! ```
+//! use memring::route::{Distribution, Member, Ring};
+//!
+//! let members: Vec<Member> = ["127.0.0.1:10001", "127.0.0.1:10002", "127.0.0.1:10003"]
+//!     .iter()
+//!     .map(|name| Member::new(name, 1))
+//!     .collect();
+//!
+//! // magent's default: DJB2 over signed chars, modulo the pool size.
+//! let modula = Ring::new(Distribution::Modula, &members);
+//! assert_eq!(modula.server_for(b"hello"), 261_238_937 % 3);
+//!
+//! // `-k`: the nutcracker/libketama continuum.
+//! let ketama = Ring::new(Distribution::Ketama, &members);
+//! let owner = ketama.server_for(b"user:42");
+//! assert!(owner < ketama.len());
+//! assert_eq!(owner, ketama.server_for(b"user:42"));
+//! ```
 
 pub mod ketama;
 pub mod modula;
@@ -24,9 +46,23 @@ pub enum Distribution {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
     /// The name hashed onto the ring, `host:port` as given on the command line.
+    ///
+    /// Modula ignores it. Ketama hashes it verbatim; nutcracker hashes an
+    /// unnamed `host:11211` server as just `host`, so use
+    /// [`ketama::nutcracker_name`] to build a ring that agrees with it.
     pub name: String,
     /// Relative weight (1 by default).
     pub weight: u32,
+}
+
+impl Member {
+    /// A member named `name` with `weight`.
+    pub fn new(name: &str, weight: u32) -> Member {
+        Member {
+            name: name.to_string(),
+            weight,
+        }
+    }
 }
 
 /// An immutable ring: built once per configuration and shared across cores.
@@ -48,6 +84,9 @@ impl Ring {
     }
 
     /// The index (into `members`) of the server that owns `key`.
+    ///
+    /// Never panics; on an empty ring (which the config layer refuses) it
+    /// answers 0.
     pub fn server_for(&self, key: &[u8]) -> usize {
         match self {
             Ring::Modula(m) => m.server_for(key),
