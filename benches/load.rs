@@ -1,1 +1,1624 @@
-fn main() {}
+//! Load benchmark: the same workloads against one memcached directly, memring
+//! in front of three memcached, and nutcracker in front of the same three.
+//!
+//! The client codec is memring's own protocol module: requests are composed
+//! with `memring::protocol::compose` and replies framed with
+//! `memring::protocol::frame_response`, so the harness exercises the same
+//! parser contract the proxy does.
+//!
+//! The driver is one tokio current-thread runtime (one task per connection,
+//! non-blocking sockets), pinned to one core while the system under test
+//! (proxy and its memcached servers) is pinned to another. It reports its own
+//! CPU use next to the SUT's so a saturated client is visible in the table.
+//!
+//! ```text
+//! cargo bench --bench load -- [--workload a,b,...] [--duration 10s] [--quick]
+//! ```
+//! See `docs/benchmarks.md` for every flag and how to read the output.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use memring::protocol::{compose, frame_response, Expect, Framed, Status, ValueItem, Verb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+/// Largest reply data block the client accepts before calling framing lost.
+const MAX_VALUE: usize = 2 * 1024 * 1024;
+/// How long in-flight requests may take to drain after the measurement window.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a child process may take to accept connections.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sets in flight per connection while pre-populating the key space.
+const POPULATE_WINDOW: usize = 64;
+/// Connections used to pre-populate the key space.
+const POPULATE_CONNS: usize = 4;
+/// Latency percentiles reported everywhere (label, quantile).
+const PERCENTILES: [(&str, f64); 5] = [
+    ("p50", 0.50),
+    ("p90", 0.90),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+    ("max", 1.0),
+];
+
+// ---------------------------------------------------------------------------
+// Workloads and options
+// ---------------------------------------------------------------------------
+
+/// One workload: the shape of the traffic a run drives.
+#[derive(Clone, Debug)]
+struct Workload {
+    /// Preset letter (`a`..`e`).
+    id: char,
+    /// One-line description for the table and the plot.
+    name: &'static str,
+    /// Client connections.
+    conns: usize,
+    /// Requests in flight per connection (1 = no pipelining).
+    depth: usize,
+    /// Distinct keys; all of them are set before measuring so gets hit.
+    keys: usize,
+    /// Value size of sets and of the pre-populated items.
+    value_size: usize,
+    /// Relative weight of gets in the mix.
+    get_weight: u32,
+    /// Relative weight of sets in the mix.
+    set_weight: u32,
+    /// Keys per get (1 = single get).
+    multiget: usize,
+    /// Open loop: total requests per second over all connections, each
+    /// connection on a fixed schedule; latency counts from the scheduled
+    /// send time (no coordinated omission). `None` = closed loop.
+    rate: Option<f64>,
+}
+
+/// The preset workloads of issue 4.
+fn presets() -> Vec<Workload> {
+    let base = Workload {
+        id: 'a',
+        name: "50 conns, no pipelining, get:set 9:1, 100 B",
+        conns: 50,
+        depth: 1,
+        keys: 10_000,
+        value_size: 100,
+        get_weight: 9,
+        set_weight: 1,
+        multiget: 1,
+        rate: None,
+    };
+    vec![
+        base.clone(),
+        Workload {
+            id: 'b',
+            name: "50 conns, pipeline depth 16, 9:1, 100 B",
+            depth: 16,
+            ..base.clone()
+        },
+        Workload {
+            id: 'c',
+            name: "50 conns, 10-key multi-gets, 9:1, 100 B",
+            multiget: 10,
+            ..base.clone()
+        },
+        Workload {
+            id: 'd',
+            name: "50 conns, 16 KB values, 9:1",
+            value_size: 16 * 1024,
+            keys: 2_000,
+            ..base.clone()
+        },
+        Workload {
+            id: 'e',
+            name: "1000 mostly idle conns, trickle of 5000 req/s total",
+            conns: 1000,
+            rate: Some(5000.0),
+            ..base
+        },
+    ]
+}
+
+/// The processes a workload can be driven against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetKind {
+    /// One memcached, no proxy.
+    Direct,
+    /// memring in front of the 3-server pool.
+    Memring,
+    /// nutcracker (twemproxy) in front of the same pool.
+    Nutcracker,
+}
+
+impl TargetKind {
+    const ALL: [TargetKind; 3] = [
+        TargetKind::Direct,
+        TargetKind::Memring,
+        TargetKind::Nutcracker,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            TargetKind::Direct => "direct",
+            TargetKind::Memring => "memring",
+            TargetKind::Nutcracker => "nutcracker",
+        }
+    }
+}
+
+/// Command-line options. Unknown flags are ignored (cargo passes `--bench`).
+#[derive(Debug)]
+struct Opts {
+    workloads: Vec<Workload>,
+    targets: Vec<TargetKind>,
+    duration: Duration,
+    warmup: Duration,
+    quick: bool,
+    pin: bool,
+    client_cpu: Option<usize>,
+    server_cpu: Option<usize>,
+    memring_threads: usize,
+    out_dir: PathBuf,
+}
+
+fn usage() -> &'static str {
+    "usage: cargo bench --bench load -- [options]\n\
+     --workload a,b,c,d,e   presets to run (default: all)\n\
+     --targets direct,memring,nutcracker\n\
+     --duration 10s         measured time per run (default 10s, --quick 1s)\n\
+     --warmup 2s            unmeasured time per run (default 2s, --quick 250ms)\n\
+     --quick                short runs for a smoke test (well under a minute)\n\
+     --conns N --depth N --keys N --value-size N --get-set G:S --multiget N\n\
+     --rate OPS             override the presets (rate = open loop, total ops/s)\n\
+     --no-pin               do not pin client and servers to separate cores\n\
+     --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
+     --memring-threads N    memring --threads (default 1: one SUT core)\n\
+     --out DIR              results directory (default bench-results/)"
+}
+
+/// `10s`, `500ms`, `2m`, `1.5s` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mul))
+}
+
+fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("{flag}: bad number {v:?}"))
+}
+
+fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
+    let mut sel: Option<Vec<char>> = None;
+    let mut targets = TargetKind::ALL.to_vec();
+    let (mut duration, mut warmup) = (None, None);
+    let mut quick = false;
+    let mut pin = true;
+    let (mut client_cpu, mut server_cpu) = (None, None);
+    let mut memring_threads = 1;
+    let mut out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    let (mut conns, mut depth, mut keys, mut vsize, mut mix, mut mget, mut rate) =
+        (None, None, None, None, None, None, None);
+
+    let mut it = args.into_iter().skip(1).peekable();
+    while let Some(arg) = it.next() {
+        // Accept both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let takes_value = matches!(
+            flag.as_str(),
+            "--workload"
+                | "--workloads"
+                | "--targets"
+                | "--target"
+                | "--duration"
+                | "--warmup"
+                | "--client-cpu"
+                | "--server-cpu"
+                | "--memring-threads"
+                | "--out"
+                | "--conns"
+                | "--depth"
+                | "--keys"
+                | "--value-size"
+                | "--get-set"
+                | "--multiget"
+                | "--rate"
+        );
+        let val = if takes_value {
+            match inline.or_else(|| it.next()) {
+                Some(v) => v,
+                None => return Err(format!("{flag} needs a value")),
+            }
+        } else {
+            String::new()
+        };
+        match flag.as_str() {
+            "--workload" | "--workloads" => {
+                sel = Some(
+                    val.split(',')
+                        .filter_map(|s| s.trim().chars().next())
+                        .collect(),
+                )
+            }
+            "--targets" | "--target" => {
+                let mut t = Vec::new();
+                for name in val.split(',') {
+                    match TargetKind::ALL.iter().find(|k| k.name() == name.trim()) {
+                        Some(k) => t.push(*k),
+                        None => return Err(format!("unknown target {name:?}")),
+                    }
+                }
+                targets = t;
+            }
+            "--duration" => duration = Some(parse_duration(&val)?),
+            "--warmup" => warmup = Some(parse_duration(&val)?),
+            "--quick" => quick = true,
+            "--no-pin" => pin = false,
+            "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
+            "--server-cpu" => server_cpu = Some(parse_num(&flag, &val)?),
+            "--memring-threads" => memring_threads = parse_num(&flag, &val)?,
+            "--out" => out_dir = PathBuf::from(val),
+            "--conns" => conns = Some(parse_num::<usize>(&flag, &val)?.max(1)),
+            "--depth" => depth = Some(parse_num::<usize>(&flag, &val)?.max(1)),
+            "--keys" => keys = Some(parse_num::<usize>(&flag, &val)?.max(1)),
+            "--value-size" => vsize = Some(parse_num::<usize>(&flag, &val)?),
+            "--multiget" => mget = Some(parse_num::<usize>(&flag, &val)?.max(1)),
+            "--rate" => rate = Some(parse_num::<f64>(&flag, &val)?),
+            "--get-set" => {
+                let (g, s) = val.split_once(':').ok_or("--get-set wants G:S, e.g. 9:1")?;
+                let (g, s): (u32, u32) = (parse_num(&flag, g)?, parse_num(&flag, s)?);
+                if g + s == 0 {
+                    return Err("--get-set: both weights are 0".into());
+                }
+                mix = Some((g, s));
+            }
+            "--help" | "-h" => return Err(usage().to_string()),
+            _ => {} // cargo passes --bench; ignore anything we do not know
+        }
+    }
+
+    let mut workloads: Vec<Workload> = presets();
+    if let Some(sel) = sel {
+        workloads.retain(|w| sel.contains(&w.id));
+        if workloads.is_empty() {
+            return Err(format!("no such workload in {sel:?}; presets are a..e"));
+        }
+    }
+    for w in &mut workloads {
+        w.conns = conns.unwrap_or(w.conns);
+        w.depth = depth.unwrap_or(w.depth);
+        w.keys = keys.unwrap_or(w.keys);
+        w.value_size = vsize.unwrap_or(w.value_size);
+        w.multiget = mget.unwrap_or(w.multiget);
+        if let Some((g, s)) = mix {
+            (w.get_weight, w.set_weight) = (g, s);
+        }
+        if let Some(r) = rate {
+            w.rate = (r > 0.0).then_some(r);
+        }
+    }
+    let duration = duration.unwrap_or(if quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    });
+    let warmup = warmup.unwrap_or(if quick {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(2)
+    });
+    Ok(Opts {
+        workloads,
+        targets,
+        duration,
+        warmup,
+        quick,
+        pin,
+        client_cpu,
+        server_cpu,
+        memring_threads: memring_threads.max(1),
+        out_dir,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+/// A child process stopped by PID (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid; it is not reaped yet, so the
+        // pid cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        for _ in 0..100 {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("load: {} (pid {pid}) ignored SIGTERM; killing", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where children are placed: the SUT core, and whether to pin at all.
+#[derive(Clone, Copy, Debug)]
+struct Placement {
+    server_cpu: Option<usize>,
+}
+
+/// Spawn `cmd` as a child that dies with us and runs on the SUT core.
+fn spawn(name: &str, mut cmd: Command, place: Placement) -> io::Result<Proc> {
+    use std::os::unix::process::CommandExt;
+    let cpu = place.server_cpu;
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe syscalls (prctl, sched_setaffinity) on stack data.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If the harness dies (even by SIGKILL), take the child with it.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(cpu) = cpu {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+    })
+}
+
+/// Ask the kernel for a free 127.0.0.1 port. Racy by nature (the port is
+/// released before the child binds it), so callers retry on a failed start.
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Wait until `addr` accepts connections or `proc` exits; bounded.
+fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Some(st) = proc.exited() {
+            return Err(format!("{} exited during startup: {st}", proc.name));
+        }
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!(
+        "{} did not listen on {addr} within {STARTUP_TIMEOUT:?}",
+        proc.name
+    ))
+}
+
+const MEMCACHED: &str = "/usr/bin/memcached";
+const NUTCRACKER: &str = "/usr/sbin/nutcracker";
+
+/// Start one memcached with one worker thread on a free port.
+fn start_memcached(
+    name: &str,
+    place: Placement,
+    log_dir: &Path,
+) -> Result<(Proc, SocketAddr), String> {
+    let mut last = String::new();
+    for _attempt in 0..5 {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(MEMCACHED);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-U",
+            "0",
+            "-t",
+            "1",
+            "-m",
+            "1024",
+            "-c",
+            "8192",
+        ])
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]); // memcached refuses to run as root without it
+        }
+        let mut p = spawn(name, cmd, place).map_err(|e| format!("{MEMCACHED}: {e}"))?;
+        match wait_listening(&mut p, addr) {
+            Ok(()) => return Ok((p, addr)),
+            Err(e) => last = e, // most likely lost the port race; try another
+        }
+    }
+    Err(last)
+}
+
+/// Start memring in front of `pool`; it reports the port it bound on stdout.
+fn start_memring(
+    bin: &Path,
+    pool: &[SocketAddr],
+    threads: usize,
+    place: Placement,
+    log_dir: &Path,
+) -> Result<(Proc, SocketAddr), String> {
+    if !bin.exists() {
+        return Err(format!(
+            "{} not found (build it with `cargo build --release` or set MEMRING_BIN)",
+            bin.display()
+        ));
+    }
+    let log = std::fs::File::create(log_dir.join("memring.log")).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-D",
+        "-k",
+        "--bind",
+        "127.0.0.1:0",
+        "--threads",
+        &threads.to_string(),
+    ]);
+    for a in pool {
+        cmd.args(["-s", &a.to_string()]);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
+    let mut p = spawn("memring", cmd, place).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let stdout = p.child.stdout.take().ok_or("memring: no stdout")?;
+    // A reader thread forwards lines and then keeps draining stdout so the
+    // child never blocks on a full pipe; it ends at EOF (when memring exits).
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let mut addr: Option<SocketAddr> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(a) = line.trim().strip_prefix("listening on tcp ") {
+                    addr = a.trim().parse().ok();
+                } else if line.trim() == "ready" {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "memring printed no `ready` within {STARTUP_TIMEOUT:?}"
+                ))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let st = p.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let tail = log_tail(&log_dir.join("memring.log"));
+                return Err(format!("memring exited before `ready` ({st}): {tail}"));
+            }
+        }
+    }
+    let addr = addr.ok_or("memring printed `ready` but no `listening on tcp ADDR` line")?;
+    Ok((p, addr))
+}
+
+/// Start nutcracker (ketama, md5) in front of `pool`.
+fn start_nutcracker(
+    pool: &[SocketAddr],
+    place: Placement,
+    dir: &Path,
+) -> Result<(Proc, SocketAddr), String> {
+    let mut last = String::new();
+    for _attempt in 0..5 {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let stats_port = free_port().map_err(|e| e.to_string())?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut conf = format!(
+            "bench:\n  listen: {addr}\n  hash: md5\n  distribution: ketama\n  backlog: 1024\n  \
+             preconnect: true\n  auto_eject_hosts: false\n  server_connections: 1\n  servers:\n"
+        );
+        for (i, a) in pool.iter().enumerate() {
+            let _ = writeln!(conf, "    - {a}:1 mc{i}");
+        }
+        let conf_path = dir.join("nutcracker.yml");
+        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(NUTCRACKER);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .args(["-a", "127.0.0.1", "-s", &stats_port.to_string()])
+            .arg("-o")
+            .arg(dir.join("nutcracker.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut p = spawn("nutcracker", cmd, place).map_err(|e| format!("{NUTCRACKER}: {e}"))?;
+        match wait_listening(&mut p, addr) {
+            Ok(()) => return Ok((p, addr)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn log_tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+// ---------------------------------------------------------------------------
+// CPU placement and accounting
+// ---------------------------------------------------------------------------
+
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a zeroed cpu_set_t of the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+fn pin_self(cpu: usize) -> io::Result<()> {
+    // SAFETY: as in allowed_cpus; pins the calling (main) thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system) this process has used.
+fn self_cpu() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU seconds (user + system) of `pids`, from /proc/PID/stat.
+fn procs_cpu(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may contain spaces; fields restart after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After ')' the state is field 3, so utime (14) and stime (15) are at 11, 12.
+        for i in [11, 12] {
+            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    ticks as f64 / hz
+}
+
+// ---------------------------------------------------------------------------
+// The driver
+// ---------------------------------------------------------------------------
+
+/// splitmix64: small, fast, good enough to pick keys and verbs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (((self.next() >> 32) * n as u64) >> 32) as usize
+    }
+}
+
+/// Keys and the value shared by all connections of one run.
+struct Corpus {
+    keys: Vec<Box<[u8]>>,
+    value: Vec<u8>,
+}
+
+impl Corpus {
+    fn new(w: &Workload) -> Corpus {
+        let keys = (0..w.keys)
+            .map(|i| {
+                format!("memring:{}:{i:08}", w.id)
+                    .into_bytes()
+                    .into_boxed_slice()
+            })
+            .collect();
+        let value = (0..w.value_size).map(|i| b'a' + (i % 26) as u8).collect();
+        Corpus { keys, value }
+    }
+}
+
+/// What a request in flight was, to know how to frame its reply.
+#[derive(Clone, Copy)]
+enum Op {
+    Get(usize),
+    Set,
+}
+
+/// Counters of one run, shared by the connection tasks of a `LocalSet`.
+struct Tally {
+    hist: Histogram<u64>,
+    ops: u64,
+    keys_requested: u64,
+    hits: u64,
+    set_ok: u64,
+    errors: u64,
+    timeouts: u64,
+    conn_errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            // nanoseconds, 1 ns .. 100 s, 3 significant figures
+            hist: Histogram::new_with_bounds(1, 100_000_000_000, 3)
+                .expect("static bounds are valid"),
+            ops: 0,
+            keys_requested: 0,
+            hits: 0,
+            set_ok: 0,
+            errors: 0,
+            timeouts: 0,
+            conn_errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn error(&mut self, msg: String) {
+        self.conn_errors += 1;
+        self.first_error.get_or_insert(msg);
+    }
+}
+
+/// The measurement window of a run.
+#[derive(Clone, Copy)]
+struct Window {
+    /// Requests sent before this are warmup and not recorded.
+    measure: Instant,
+    /// No request is sent at or after this.
+    end: Instant,
+}
+
+async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// One connection's closed- or open-loop driver.
+struct Driver {
+    w: Arc<Workload>,
+    corpus: Arc<Corpus>,
+    rng: Rng,
+    wbuf: BytesMut,
+    rbuf: BytesMut,
+    items: Vec<ValueItem>,
+    /// Latency origin and kind of each request in flight, in send order.
+    inflight: VecDeque<(Instant, Op)>,
+}
+
+impl Driver {
+    fn issue(&mut self, origin: Instant) {
+        let w = &*self.w;
+        let total = u64::from(w.get_weight) + u64::from(w.set_weight);
+        let is_get = self.rng.next() % total < u64::from(w.get_weight);
+        let corpus = &*self.corpus;
+        if is_get {
+            let rng = &mut self.rng;
+            let n = w.multiget;
+            let keys = (0..n).map(|_| &*corpus.keys[rng.below(corpus.keys.len())]);
+            compose::compose_retrieval(&mut self.wbuf, Verb::Get, 0, keys);
+            self.inflight.push_back((origin, Op::Get(n)));
+        } else {
+            let key = &corpus.keys[self.rng.below(corpus.keys.len())];
+            compose::compose_storage(
+                &mut self.wbuf,
+                Verb::Set,
+                key,
+                0,
+                0,
+                &corpus.value,
+                None,
+                false,
+            );
+            self.inflight.push_back((origin, Op::Set));
+        }
+    }
+
+    /// Frame every complete reply in `rbuf`, recording those sent in the window.
+    fn frame_replies(
+        &mut self,
+        now: Instant,
+        win: Window,
+        tally: &RefCell<Tally>,
+    ) -> Result<(), String> {
+        let mut t = tally.borrow_mut();
+        while let Some(&(origin, op)) = self.inflight.front() {
+            let expect = match op {
+                Op::Get(_) => Expect::Values,
+                Op::Set => Expect::Line,
+            };
+            let framed = frame_response(expect, &self.rbuf, MAX_VALUE, &mut self.items)
+                .map_err(|e| format!("framing lost: {}", e.msg))?;
+            let Framed::Complete { len, status, .. } = framed else {
+                break;
+            };
+            if origin >= win.measure && origin < win.end {
+                t.ops += 1;
+                let ns = now.saturating_duration_since(origin).as_nanos();
+                let _ = t.hist.record(u64::try_from(ns).unwrap_or(u64::MAX).max(1));
+                match (op, status) {
+                    (_, s) if s.is_error() => t.errors += 1,
+                    (Op::Get(n), Status::Values) => {
+                        t.keys_requested += n as u64;
+                        t.hits += self.items.len() as u64;
+                    }
+                    (Op::Set, Status::Stored) => t.set_ok += 1,
+                    _ => t.errors += 1,
+                }
+            }
+            self.rbuf.advance(len);
+            self.inflight.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        stream: TcpStream,
+        win: Window,
+        phase: Duration,
+        tally: &RefCell<Tally>,
+    ) -> Result<(), String> {
+        let depth = self.w.depth;
+        let interval = self
+            .w
+            .rate
+            .map(|r| Duration::from_secs_f64(self.w.conns as f64 / r.max(1e-3)));
+        let drain_end = win.end + DRAIN_TIMEOUT;
+        let mut next_send = Instant::now() + phase;
+        loop {
+            let now = Instant::now();
+            let sending = now < win.end;
+            if !sending && self.inflight.is_empty() && self.wbuf.is_empty() {
+                return Ok(());
+            }
+            if now >= drain_end {
+                tally.borrow_mut().timeouts += self.inflight.len() as u64;
+                return Err(format!(
+                    "{} requests unanswered after the drain timeout",
+                    self.inflight.len()
+                ));
+            }
+            if sending {
+                match interval {
+                    None => {
+                        while self.inflight.len() < depth {
+                            self.issue(now);
+                        }
+                    }
+                    Some(iv) => {
+                        // Latency counts from the scheduled time, so a stall shows up.
+                        while self.inflight.len() < depth && next_send <= now && next_send < win.end
+                        {
+                            let at = next_send;
+                            self.issue(at);
+                            next_send += iv;
+                        }
+                    }
+                }
+            }
+            if !self.wbuf.is_empty() {
+                match stream.try_write(&self.wbuf) {
+                    Ok(n) => self.wbuf.advance(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(format!("write: {e}")),
+                }
+            }
+            let interest = if self.wbuf.is_empty() {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            let mut wake = if sending { win.end } else { drain_end };
+            if interval.is_some() && sending && self.inflight.len() < depth {
+                wake = wake.min(next_send);
+            }
+            let ready = if self.inflight.is_empty() && self.wbuf.is_empty() {
+                // Open loop and idle: nothing can arrive, just wait for the schedule.
+                tokio::time::sleep_until(wake.into()).await;
+                continue;
+            } else {
+                tokio::select! {
+                    r = stream.ready(interest) => r.map_err(|e| format!("poll: {e}"))?,
+                    _ = tokio::time::sleep_until(wake.into()) => continue,
+                }
+            };
+            if ready.is_readable() {
+                self.rbuf.reserve(64 * 1024);
+                match stream.try_read_buf(&mut self.rbuf) {
+                    Ok(0) => return Err("server closed the connection".into()),
+                    Ok(_) => self.frame_replies(Instant::now(), win, tally)?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(format!("read: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Set every key of the corpus through `addr` so that gets hit. Bounded.
+async fn populate(addr: SocketAddr, corpus: Arc<Corpus>) -> Result<(), String> {
+    let mut tasks = Vec::new();
+    for c in 0..POPULATE_CONNS {
+        let corpus = corpus.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut s = connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            let mut wbuf = BytesMut::new();
+            let mut rbuf = BytesMut::with_capacity(64 * 1024);
+            let mut items = Vec::new();
+            let mine: Vec<usize> = (c..corpus.keys.len()).step_by(POPULATE_CONNS).collect();
+            for chunk in mine.chunks(POPULATE_WINDOW) {
+                wbuf.clear();
+                for &i in chunk {
+                    compose::compose_storage(
+                        &mut wbuf,
+                        Verb::Set,
+                        &corpus.keys[i],
+                        0,
+                        0,
+                        &corpus.value,
+                        None,
+                        false,
+                    );
+                }
+                s.write_all(&wbuf)
+                    .await
+                    .map_err(|e| format!("populate write: {e}"))?;
+                let mut left = chunk.len();
+                while left > 0 {
+                    match frame_response(Expect::Line, &rbuf, MAX_VALUE, &mut items) {
+                        Ok(Framed::Complete { len, status, .. }) => {
+                            if status != Status::Stored {
+                                return Err(format!("populate: set answered {status:?}"));
+                            }
+                            rbuf.advance(len);
+                            left -= 1;
+                        }
+                        Ok(Framed::Incomplete) => {
+                            rbuf.reserve(16 * 1024);
+                            if s.read_buf(&mut rbuf)
+                                .await
+                                .map_err(|e| format!("populate read: {e}"))?
+                                == 0
+                            {
+                                return Err("populate: server closed the connection".into());
+                            }
+                        }
+                        Err(e) => return Err(format!("populate: framing lost: {}", e.msg)),
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| format!("populate task: {e}"))??;
+    }
+    Ok(())
+}
+
+/// A started target: its address and the PIDs whose CPU counts as the SUT's.
+type Started = Result<(SocketAddr, Vec<u32>), String>;
+
+/// Result of one workload against one target.
+#[derive(Clone, Debug)]
+struct RunResult {
+    workload: char,
+    target: &'static str,
+    /// `None` when the target could not be run; the reason is in `note`.
+    stats: Option<RunStats>,
+    note: String,
+}
+
+#[derive(Clone, Debug)]
+struct RunStats {
+    ops_per_sec: f64,
+    keys_per_sec: f64,
+    /// Latency in microseconds at each of [`PERCENTILES`].
+    lat_us: [f64; 5],
+    mean_us: f64,
+    ops: u64,
+    hit_ratio: f64,
+    errors: u64,
+    timeouts: u64,
+    conn_errors: u64,
+    client_cpu: f64,
+    sut_cpu: f64,
+}
+
+/// Populate, warm up and measure one workload against `addr`.
+fn run_one(
+    rt: &tokio::runtime::Runtime,
+    w: &Workload,
+    addr: SocketAddr,
+    sut_pids: &[u32],
+    opts: &Opts,
+) -> Result<RunStats, String> {
+    let w = Arc::new(w.clone());
+    let corpus = Arc::new(Corpus::new(&w));
+    let local = tokio::task::LocalSet::new();
+    local.block_on(rt, async {
+        tokio::time::timeout(Duration::from_secs(120), populate(addr, corpus.clone()))
+            .await
+            .map_err(|_| "populate timed out".to_string())??;
+
+        // Connect everything first so connection setup is not measured.
+        let mut streams = Vec::with_capacity(w.conns);
+        for chunk in (0..w.conns).collect::<Vec<_>>().chunks(100) {
+            let conns = chunk.iter().map(|_| connect(addr));
+            for s in futures_join_all(conns).await {
+                streams.push(s.map_err(|e| format!("connect {addr}: {e}"))?);
+            }
+        }
+
+        let tally = Rc::new(RefCell::new(Tally::new()));
+        let start = Instant::now();
+        let win = Window {
+            measure: start + opts.warmup,
+            end: start + opts.warmup + opts.duration,
+        };
+        let mut seed_rng = Rng(0x5eed ^ u64::from(w.id as u32));
+        let mut tasks = Vec::with_capacity(w.conns);
+        for stream in streams {
+            let tally = tally.clone();
+            let seed = seed_rng.next();
+            let phase = match w.rate {
+                Some(r) => Duration::from_secs_f64(
+                    w.conns as f64 / r * (seed >> 11) as f64 / (1u64 << 53) as f64,
+                ),
+                None => Duration::ZERO,
+            };
+            let mut d = Driver {
+                w: w.clone(),
+                corpus: corpus.clone(),
+                rng: Rng(seed),
+                wbuf: BytesMut::with_capacity(4096 + w.value_size * w.depth),
+                rbuf: BytesMut::with_capacity(64 * 1024),
+                items: Vec::with_capacity(w.multiget),
+                inflight: VecDeque::with_capacity(w.depth),
+            };
+            tasks.push(tokio::task::spawn_local(async move {
+                if let Err(e) = d.run(stream, win, phase, &tally).await {
+                    tally.borrow_mut().error(e);
+                }
+            }));
+        }
+
+        // Sample CPU use around the measured window only.
+        tokio::time::sleep_until(win.measure.into()).await;
+        let (c0, s0, t0) = (self_cpu(), procs_cpu(sut_pids), Instant::now());
+        tokio::time::sleep_until(win.end.into()).await;
+        let (c1, s1, t1) = (self_cpu(), procs_cpu(sut_pids), Instant::now());
+        for t in tasks {
+            let _ = t.await;
+        }
+        let wall = (t1 - t0).as_secs_f64().max(1e-9);
+        let t = tally.borrow();
+        if t.ops == 0 {
+            return Err(t
+                .first_error
+                .clone()
+                .unwrap_or_else(|| "no request completed".into()));
+        }
+        let secs = opts.duration.as_secs_f64();
+        let mut lat_us = [0.0; 5];
+        for (slot, (_, q)) in lat_us.iter_mut().zip(PERCENTILES) {
+            *slot = t.hist.value_at_quantile(q) as f64 / 1000.0;
+        }
+        Ok(RunStats {
+            ops_per_sec: t.ops as f64 / secs,
+            keys_per_sec: (t.keys_requested + t.set_ok) as f64 / secs,
+            lat_us,
+            mean_us: t.hist.mean() / 1000.0,
+            ops: t.ops,
+            hit_ratio: if t.keys_requested == 0 {
+                1.0
+            } else {
+                t.hits as f64 / t.keys_requested as f64
+            },
+            errors: t.errors,
+            timeouts: t.timeouts,
+            conn_errors: t.conn_errors,
+            client_cpu: (c1 - c0) / wall,
+            sut_cpu: (s1 - s0) / wall,
+        })
+    })
+}
+
+/// Await all futures concurrently on the local set (no `futures` crate needed).
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + 'static,
+    F::Output: 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::task::spawn_local).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+fn fmt_ratio(num: f64, den: f64) -> String {
+    if den > 0.0 && num.is_finite() {
+        format!("{:.2}x", num / den)
+    } else {
+        "-".into()
+    }
+}
+
+fn print_table(opts: &Opts, results: &[RunResult]) {
+    println!();
+    println!(
+        "{:<3} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  note",
+        "wl",
+        "target",
+        "ops/s",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "hit%",
+        "cli%",
+        "sut%"
+    );
+    for w in &opts.workloads {
+        println!("--- {}: {}", w.id, w.name);
+        let find = |t: TargetKind| {
+            results
+                .iter()
+                .find(|r| r.workload == w.id && r.target == t.name())
+                .and_then(|r| r.stats.clone())
+        };
+        for r in results.iter().filter(|r| r.workload == w.id) {
+            match &r.stats {
+                Some(s) => {
+                    let mut note = r.note.clone();
+                    if s.errors + s.timeouts + s.conn_errors > 0 {
+                        let _ = write!(
+                            note,
+                            " errors={} timeouts={} conn_errors={}",
+                            s.errors, s.timeouts, s.conn_errors
+                        );
+                    }
+                    if s.client_cpu > 0.9 {
+                        note.push_str(" (client near 100% CPU: client-bound)");
+                    }
+                    println!(
+                        "{:<3} {:<11} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1} {:>6.0} {:>6.0}  {}",
+                        r.workload,
+                        r.target,
+                        s.ops_per_sec,
+                        s.lat_us[0],
+                        s.lat_us[1],
+                        s.lat_us[2],
+                        s.lat_us[3],
+                        s.lat_us[4],
+                        s.hit_ratio * 100.0,
+                        s.client_cpu * 100.0,
+                        s.sut_cpu * 100.0,
+                        note.trim()
+                    );
+                }
+                None => println!(
+                    "{:<3} {:<11} {:>10}  {}",
+                    r.workload, r.target, "n/a", r.note
+                ),
+            }
+        }
+        if let Some(m) = find(TargetKind::Memring) {
+            for other in [TargetKind::Direct, TargetKind::Nutcracker] {
+                if let Some(o) = find(other) {
+                    println!(
+                        "    memring/{:<10} ops/s {}  p50 {}  p99 {}  p99.9 {}",
+                        other.name(),
+                        fmt_ratio(m.ops_per_sec, o.ops_per_sec),
+                        fmt_ratio(m.lat_us[0], o.lat_us[0]),
+                        fmt_ratio(m.lat_us[2], o.lat_us[2]),
+                        fmt_ratio(m.lat_us[3], o.lat_us[3]),
+                    );
+                }
+            }
+        }
+    }
+    println!();
+    println!("ops/s ratio > 1 favours memring; latency ratio < 1 favours memring.");
+    println!(
+        "cli% / sut% = CPU of the load generator / of the proxy + its memcached (100 = one core)."
+    );
+}
+
+fn write_csv(path: &Path, opts: &Opts, results: &[RunResult]) -> io::Result<()> {
+    let mut s = String::from(
+        "workload,target,ops_per_sec,keys_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,mean_us,ops,\
+         hit_ratio,errors,timeouts,conn_errors,client_cpu,sut_cpu,conns,depth,keys,value_size,\
+         get_weight,set_weight,multiget,rate,note\n",
+    );
+    for r in results {
+        let w = opts.workloads.iter().find(|w| w.id == r.workload);
+        let _ = write!(s, "{},{},", r.workload, r.target);
+        match &r.stats {
+            Some(x) => {
+                let _ = write!(
+                    s,
+                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{:.4},{},{},{},{:.3},{:.3},",
+                    x.ops_per_sec,
+                    x.keys_per_sec,
+                    x.lat_us[0],
+                    x.lat_us[1],
+                    x.lat_us[2],
+                    x.lat_us[3],
+                    x.lat_us[4],
+                    x.mean_us,
+                    x.ops,
+                    x.hit_ratio,
+                    x.errors,
+                    x.timeouts,
+                    x.conn_errors,
+                    x.client_cpu,
+                    x.sut_cpu
+                );
+            }
+            None => s.push_str(",,,,,,,,,,,,,,,"),
+        }
+        if let Some(w) = w {
+            let _ = write!(
+                s,
+                "{},{},{},{},{},{},{},{},",
+                w.conns,
+                w.depth,
+                w.keys,
+                w.value_size,
+                w.get_weight,
+                w.set_weight,
+                w.multiget,
+                w.rate.map(|r| r.to_string()).unwrap_or_default()
+            );
+        } else {
+            s.push_str(",,,,,,,,");
+        }
+        let _ = writeln!(s, "\"{}\"", r.note.replace('"', "'"));
+    }
+    std::fs::write(path, s)
+}
+
+fn write_json(
+    path: &Path,
+    opts: &Opts,
+    results: &[RunResult],
+    machine: &serde_json::Value,
+) -> io::Result<()> {
+    use serde_json::json;
+    let workloads: Vec<_> = opts
+        .workloads
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id.to_string(), "name": w.name, "conns": w.conns, "depth": w.depth,
+                "keys": w.keys, "value_size": w.value_size, "get_weight": w.get_weight,
+                "set_weight": w.set_weight, "multiget": w.multiget, "rate": w.rate,
+            })
+        })
+        .collect();
+    let runs: Vec<_> = results
+        .iter()
+        .map(|r| {
+            let stats = r.stats.as_ref().map(|x| {
+                json!({
+                    "ops_per_sec": x.ops_per_sec, "keys_per_sec": x.keys_per_sec,
+                    "latency_us": {
+                        "p50": x.lat_us[0], "p90": x.lat_us[1], "p99": x.lat_us[2],
+                        "p99.9": x.lat_us[3], "max": x.lat_us[4], "mean": x.mean_us,
+                    },
+                    "ops": x.ops, "hit_ratio": x.hit_ratio, "errors": x.errors,
+                    "timeouts": x.timeouts, "conn_errors": x.conn_errors,
+                    "client_cpu": x.client_cpu, "sut_cpu": x.sut_cpu,
+                })
+            });
+            json!({ "workload": r.workload.to_string(), "target": r.target, "stats": stats, "note": r.note })
+        })
+        .collect();
+    let doc = json!({
+        "duration_s": opts.duration.as_secs_f64(),
+        "warmup_s": opts.warmup.as_secs_f64(),
+        "quick": opts.quick,
+        "machine": machine,
+        "workloads": workloads,
+        "runs": runs,
+    });
+    let text = serde_json::to_string_pretty(&doc).map_err(io::Error::other)?;
+    std::fs::write(path, text + "\n")
+}
+
+fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+    ];
+    let n = opts.workloads.len().max(1);
+    let cols = n.min(3);
+    let rows = n.div_ceil(cols);
+    let root = SVGBackend::new(path, (420 * cols as u32, 340 * rows as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((rows, cols));
+    for (panel, w) in panels.iter().zip(&opts.workloads) {
+        let runs: Vec<(usize, &RunResult, &RunStats)> = TargetKind::ALL
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let r = results
+                    .iter()
+                    .find(|r| r.workload == w.id && r.target == t.name())?;
+                Some((i, r, r.stats.as_ref()?))
+            })
+            .collect();
+        let (mut lo, mut hi) = (f64::MAX, 0.0f64);
+        for (_, _, s) in &runs {
+            for v in s.lat_us {
+                lo = lo.min(v.max(0.1));
+                hi = hi.max(v);
+            }
+        }
+        if runs.is_empty() {
+            (lo, hi) = (1.0, 10.0);
+        }
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("{}: {}", w.id, w.name), ("sans-serif", 13))
+            .margin(10)
+            .x_label_area_size(28)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.2f64..4.2f64, (lo * 0.8..hi * 1.25).log_scale())
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_labels(5)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && (0.0..=4.0).contains(&i) {
+                    PERCENTILES[i as usize].0.to_string()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("latency (us)")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, r, s) in runs {
+            let color = colors[i];
+            let pts: Vec<(f64, f64)> = s
+                .lat_us
+                .iter()
+                .enumerate()
+                .map(|(x, y)| (x as f64, *y))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(format!("{} ({:.0} ops/s)", r.target, s.ops_per_sec))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.85))
+            .label_font(("sans-serif", 11))
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+fn machine_info(opts: &Opts, place: Placement, client_cpu: Option<usize>) -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version = |bin: &str, flag: &str| {
+        Command::new(bin)
+            .arg(flag)
+            .output()
+            .map(|o| {
+                let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+                s.push_str(&String::from_utf8_lossy(&o.stderr));
+                s.lines().next().unwrap_or("").trim().to_string()
+            })
+            .unwrap_or_default()
+    };
+    serde_json::json!({
+        "cpu_model": model,
+        "cpus_allowed": allowed_cpus().len(),
+        "kernel": kernel.trim(),
+        "client_cpu": client_cpu,
+        "server_cpu": place.server_cpu,
+        "memring_threads": opts.memring_threads,
+        "memcached": version(MEMCACHED, "-V"),
+        "nutcracker": version(NUTCRACKER, "-V"),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------
+
+fn main() {
+    let opts = match parse_opts(std::env::args().collect()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if !Path::new(MEMCACHED).exists() {
+        eprintln!("load: {MEMCACHED} not found; install it with `apt-get install memcached`");
+        std::process::exit(1);
+    }
+    if let Err(e) = run(opts) {
+        eprintln!("load: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(opts: Opts) -> Result<(), String> {
+    // Raise the fd limit for the 1000-connection workload; children inherit it.
+    // SAFETY: getrlimit/setrlimit on a zeroed struct we own.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
+
+    // Client on one core, SUT on another, when there are two to choose from.
+    let cpus = allowed_cpus();
+    let (mut client_cpu, mut place) = (None, Placement { server_cpu: None });
+    if opts.pin && cpus.len() >= 2 {
+        let c = opts.client_cpu.unwrap_or(cpus[0]);
+        let s = opts
+            .server_cpu
+            .unwrap_or(if cpus[0] == c { cpus[1] } else { cpus[0] });
+        match pin_self(c) {
+            Ok(()) => {
+                client_cpu = Some(c);
+                place.server_cpu = Some(s);
+            }
+            Err(e) => eprintln!("load: cannot pin to cpu {c} ({e}); running unpinned"),
+        }
+    }
+    println!(
+        "load: client on cpu {}, servers on cpu {}; {} warmup + {} measured per run",
+        client_cpu.map_or("any".into(), |c| c.to_string()),
+        place.server_cpu.map_or("any".into(), |c| c.to_string()),
+        humantime(opts.warmup),
+        humantime(opts.duration)
+    );
+
+    let dir = std::env::temp_dir().join(format!("memring-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+
+    // Processes live until the end of this function and are stopped by PID on drop.
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut targets: Vec<(TargetKind, Started)> = Vec::new();
+    let mut pool: Vec<SocketAddr> = Vec::new();
+    let mut pool_pids: Vec<u32> = Vec::new();
+    let needs_pool = opts.targets.iter().any(|t| *t != TargetKind::Direct);
+    if needs_pool {
+        for i in 0..3 {
+            let (p, a) = start_memcached(&format!("memcached-pool{i}"), place, &dir)?;
+            pool.push(a);
+            pool_pids.push(p.pid());
+            procs.push(p);
+        }
+    }
+    for &t in &opts.targets {
+        let started = match t {
+            TargetKind::Direct => start_memcached("memcached-direct", place, &dir),
+            TargetKind::Memring => {
+                let bin = std::env::var_os("MEMRING_BIN")
+                    .map(PathBuf::from)
+                    .or_else(|| option_env!("CARGO_BIN_EXE_memring").map(PathBuf::from))
+                    .unwrap_or_else(|| {
+                        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/memring")
+                    });
+                start_memring(&bin, &pool, opts.memring_threads, place, &dir)
+            }
+            TargetKind::Nutcracker if !Path::new(NUTCRACKER).exists() => Err(format!(
+                "{NUTCRACKER} not installed (`apt-get install nutcracker`); skipped"
+            )),
+            TargetKind::Nutcracker => start_nutcracker(&pool, place, &dir),
+        };
+        let entry = match started {
+            Ok((p, addr)) => {
+                let mut pids = vec![p.pid()];
+                if t != TargetKind::Direct {
+                    pids.extend(&pool_pids);
+                }
+                println!("load: {} on {addr} (pid {})", t.name(), p.pid());
+                procs.push(p);
+                Ok((addr, pids))
+            }
+            Err(e) => {
+                println!("load: {} not available: {e}", t.name());
+                Err(e)
+            }
+        };
+        targets.push((t, entry));
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+
+    let mut results = Vec::new();
+    let t_all = Instant::now();
+    for w in &opts.workloads {
+        for (t, entry) in &targets {
+            let (stats, note) = match entry {
+                Err(e) => (None, e.clone()),
+                Ok((addr, pids)) => {
+                    print!("load: {} {:<11} ... ", w.id, t.name());
+                    let _ = io::Write::flush(&mut io::stdout());
+                    match run_one(&rt, w, *addr, pids, &opts) {
+                        Ok(s) => {
+                            println!(
+                                "{:.0} ops/s, p50 {:.1} us, p99 {:.1} us",
+                                s.ops_per_sec, s.lat_us[0], s.lat_us[2]
+                            );
+                            (Some(s), String::new())
+                        }
+                        Err(e) => {
+                            println!("failed: {e}");
+                            (None, format!("failed: {e}"))
+                        }
+                    }
+                }
+            };
+            results.push(RunResult {
+                workload: w.id,
+                target: t.name(),
+                stats,
+                note,
+            });
+        }
+    }
+    drop(rt);
+    let machine = machine_info(&opts, place, client_cpu);
+    drop(procs); // stop every child before writing results
+    let _ = std::fs::remove_dir_all(&dir);
+
+    print_table(&opts, &results);
+    std::fs::create_dir_all(&opts.out_dir)
+        .map_err(|e| format!("{}: {e}", opts.out_dir.display()))?;
+    let base = opts.out_dir.join("latest");
+    write_csv(&base.with_extension("csv"), &opts, &results).map_err(|e| format!("csv: {e}"))?;
+    write_json(&base.with_extension("json"), &opts, &results, &machine)
+        .map_err(|e| format!("json: {e}"))?;
+    write_svg(&base.with_extension("svg"), &opts, &results).map_err(|e| format!("svg: {e}"))?;
+    println!(
+        "load: wrote {}.{{csv,json,svg}} in {:.1}s total",
+        base.display(),
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn humantime(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
