@@ -1,0 +1,224 @@
+//! The clap definition: magent's short flags (getopt-compatible, so `-uroot`,
+//! `-p12000`, `-Dk` work) plus long ones, and the [`Layer`] of values that
+//! were actually given on the command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::TypedValueParser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+
+use super::value;
+use super::{ConfigError, IoBackend, Layer, ServerAddr};
+use crate::route::Distribution;
+
+const MAGENT: &str = "magent options (same letters, meanings and defaults)";
+const MEMRING: &str = "memring options";
+
+/// The command line as clap sees it; defaults here are for `--help` only,
+/// the effective defaults are applied after merging with the config file.
+#[derive(Parser, Debug)]
+#[command(
+    name = "memring",
+    version,
+    about = "memring: a memcached proxy on per-core io_uring runtimes, a drop-in replacement for magent",
+    override_usage = "memring -s HOST:PORT [-s HOST:PORT ...] [-b HOST:PORT ...] [OPTIONS]",
+    after_help = "Command-line flags override the --config file. Durations: 250ms, 1s, 2m. Sizes: 512k, 1m.",
+    disable_help_flag = true,
+    disable_version_flag = true,
+    color = clap::ColorChoice::Never,
+    max_term_width = 100
+)]
+pub(super) struct Cli {
+    /// TCP port to listen on; 0 disables TCP
+    #[arg(short = 'p', long, value_name = "PORT", default_value_t = super::DEFAULT_PORT, help_heading = MAGENT)]
+    pub port: u16,
+
+    /// Local IP address to bind
+    #[arg(short = 'l', long, value_name = "IP", default_value = super::DEFAULT_LISTEN, value_parser = value::listen, help_heading = MAGENT)]
+    pub listen: String,
+
+    /// memcached server, repeatable, at least one (host:port[:weight], [v6]:port)
+    #[arg(short = 's', long = "server", value_name = "HOST:PORT", value_parser = value::server, help_heading = MAGENT)]
+    pub servers: Vec<ServerAddr>,
+
+    /// Backup memcached server, repeatable
+    #[arg(short = 'b', long = "backup", value_name = "HOST:PORT", value_parser = value::server, help_heading = MAGENT)]
+    pub backups: Vec<ServerAddr>,
+
+    /// Use ketama consistent hashing (default: modula, as magent)
+    #[arg(short = 'k', long, help_heading = MAGENT)]
+    pub ketama: bool,
+
+    /// Max client connections
+    #[arg(short = 'n', long, value_name = "N", default_value_t = super::DEFAULT_MAX_CONNS, value_parser = value::max_conns, help_heading = MAGENT)]
+    pub max_conns: usize,
+
+    /// Max keep-alive connections per memcached server
+    #[arg(short = 'i', long, value_name = "N", default_value_t = super::DEFAULT_MAX_SERVER_CONNS, value_parser = value::server_conns, help_heading = MAGENT)]
+    pub max_server_conns: usize,
+
+    /// Unix socket path to listen on [default: off]
+    #[arg(short = 'f', long, value_name = "PATH", value_parser = value_os(value::unix_path), help_heading = MAGENT)]
+    pub unix_socket: Option<PathBuf>,
+
+    /// User to run as (name or uid)
+    #[arg(short = 'u', long, value_name = "USER", value_parser = value::account, help_heading = MAGENT)]
+    pub user: Option<String>,
+
+    /// Group to run as (name or gid)
+    #[arg(short = 'g', long, value_name = "GROUP", value_parser = value::account, help_heading = MAGENT)]
+    pub group: Option<String>,
+
+    /// Don't go to background
+    #[arg(short = 'D', long, help_heading = MAGENT)]
+    pub foreground: bool,
+
+    /// Verbose: -v info, -vv debug, -vvv trace; implies -D, as in magent
+    #[arg(short = 'v', long, action = ArgAction::Count, help_heading = MAGENT)]
+    pub verbose: u8,
+
+    /// Print this help
+    #[arg(short = 'h', long, action = ArgAction::HelpLong, help_heading = MAGENT)]
+    pub help: Option<bool>,
+
+    /// Listen on ADDR:PORT instead of -l/-p; port 0 picks a free port, IPv6 as [::1]:0
+    #[arg(long, value_name = "ADDR:PORT", value_parser = value::bind, help_heading = MEMRING)]
+    pub bind: Option<String>,
+
+    /// Runtimes, one per core [default: available cores]
+    #[arg(long, value_name = "N", value_parser = value::threads, help_heading = MEMRING)]
+    pub threads: Option<usize>,
+
+    /// Placement of keys: modula or ketama (-k is --distribution ketama)
+    #[arg(long, value_name = "NAME", value_parser = value::distribution, conflicts_with = "ketama", help_heading = MEMRING)]
+    pub distribution: Option<Distribution>,
+
+    /// Timeout for connecting to a server
+    #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_CONNECT_TIMEOUT, value_parser = value::timeout, help_heading = MEMRING)]
+    pub connect_timeout: Duration,
+
+    /// Timeout for a server's reply to a request
+    #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_REQUEST_TIMEOUT, value_parser = value::timeout, help_heading = MEMRING)]
+    pub request_timeout: Duration,
+
+    /// Largest item accepted, like memcached -I (1k..1g)
+    #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_MAX_ITEM_SIZE, value_parser = value::size, help_heading = MEMRING)]
+    pub max_item_size: usize,
+
+    /// Consecutive failures before a server is marked down
+    #[arg(long, value_name = "N", default_value_t = super::DEFAULT_FAILURE_LIMIT, value_parser = value::failure_limit, help_heading = MEMRING)]
+    pub failure_limit: u32,
+
+    /// Base interval between probes of a down server
+    #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_RETRY_INTERVAL, value_parser = value::timeout, help_heading = MEMRING)]
+    pub retry_interval: Duration,
+
+    /// Pipelined connections per server per core (at most -i)
+    #[arg(long, value_name = "N", default_value_t = super::DEFAULT_UPSTREAM_CONNS, value_parser = value::server_conns, help_heading = MEMRING)]
+    pub upstream_conns: usize,
+
+    /// I/O backend: auto (io_uring, else epoll), uring, epoll
+    #[arg(long, value_name = "BACKEND", default_value = "auto", value_parser = value::io_backend, help_heading = MEMRING)]
+    pub io_backend: IoBackend,
+
+    /// Write the process id to PATH
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub pid_file: Option<PathBuf>,
+
+    /// TOML config file; flags given here override it; reloaded on SIGHUP
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub config: Option<PathBuf>,
+
+    /// Validate the configuration and exit
+    #[arg(long, help_heading = MEMRING)]
+    pub check: bool,
+
+    /// How long in-flight requests may finish on SIGTERM
+    #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_SHUTDOWN_TIMEOUT, value_parser = value::shutdown_timeout, help_heading = MEMRING)]
+    pub shutdown_timeout: Duration,
+
+    /// Print the version
+    #[arg(long, action = ArgAction::Version, help_heading = MEMRING)]
+    pub version: Option<bool>,
+}
+
+/// Adapt an `OsStr` parser (paths need not be UTF-8) to clap.
+fn value_os<T, F>(f: F) -> impl TypedValueParser<Value = T>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&std::ffi::OsStr) -> Result<T, String> + Clone + Send + Sync + 'static,
+{
+    clap::builder::OsStringValueParser::new().try_map(move |s: OsString| f(&s))
+}
+
+/// What the command line says: the [`Layer`] of explicitly given values, the
+/// config file path and `--check`.
+pub(super) struct Parsed {
+    pub layer: Layer,
+    pub config: Option<PathBuf>,
+    pub check: bool,
+}
+
+/// Parse argv (`args[0]` is the program name).
+pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
+    let m = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(from_clap)?;
+    let cli = Cli::from_arg_matches(&m).map_err(from_clap)?;
+    let given = |id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let pick = |id: &str| given(id).then_some(());
+    let layer = Layer {
+        port: pick("port").map(|_| cli.port),
+        listen: pick("listen").map(|_| cli.listen.clone()),
+        bind: cli.bind.clone(),
+        servers: (!cli.servers.is_empty()).then(|| cli.servers.clone()),
+        backups: (!cli.backups.is_empty()).then(|| cli.backups.clone()),
+        distribution: if cli.ketama {
+            Some(Distribution::Ketama)
+        } else {
+            cli.distribution
+        },
+        max_conns: pick("max_conns").map(|_| cli.max_conns),
+        max_server_conns: pick("max_server_conns").map(|_| cli.max_server_conns),
+        upstream_conns: pick("upstream_conns").map(|_| cli.upstream_conns),
+        unix_socket: cli.unix_socket.clone(),
+        user: cli.user.clone(),
+        group: cli.group.clone(),
+        foreground: cli.foreground.then_some(true),
+        verbose: (cli.verbose > 0).then_some(cli.verbose),
+        threads: cli.threads,
+        connect_timeout: pick("connect_timeout").map(|_| cli.connect_timeout),
+        request_timeout: pick("request_timeout").map(|_| cli.request_timeout),
+        max_item_size: pick("max_item_size").map(|_| cli.max_item_size),
+        failure_limit: pick("failure_limit").map(|_| cli.failure_limit),
+        retry_interval: pick("retry_interval").map(|_| cli.retry_interval),
+        io_backend: pick("io_backend").map(|_| cli.io_backend),
+        pid_file: cli.pid_file.clone(),
+        shutdown_timeout: pick("shutdown_timeout").map(|_| cli.shutdown_timeout),
+    };
+    Ok(Parsed {
+        layer,
+        config: cli.config,
+        check: cli.check,
+    })
+}
+
+/// clap's error -> ours: help and version exit 0 with the text, the rest exit 2.
+fn from_clap(e: clap::Error) -> ConfigError {
+    use clap::error::ErrorKind;
+    let text = e.render().to_string();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ConfigError {
+            msg: text.trim_end().to_string(),
+            code: 0,
+        },
+        _ => {
+            // main prints "memring: <msg>", so drop clap's own "error: " prefix.
+            let msg = text.strip_prefix("error: ").unwrap_or(&text);
+            ConfigError::usage(msg.trim_end())
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The optional TOML config file -> a [`Layer`]. Keys are the long flag names
+//! with `_` for `-`; unknown keys are an error.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::value;
+use super::{ConfigError, Layer};
+
+/// The file as written; every key is optional.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    port: Option<u16>,
+    listen: Option<String>,
+    bind: Option<String>,
+    servers: Option<Vec<String>>,
+    backups: Option<Vec<String>>,
+    distribution: Option<String>,
+    max_conns: Option<u64>,
+    max_server_conns: Option<u64>,
+    upstream_conns: Option<u64>,
+    unix_socket: Option<PathBuf>,
+    user: Option<String>,
+    group: Option<String>,
+    foreground: Option<bool>,
+    verbose: Option<u8>,
+    threads: Option<u64>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+    max_item_size: Option<toml::Value>,
+    failure_limit: Option<u64>,
+    retry_interval: Option<String>,
+    io_backend: Option<String>,
+    pid_file: Option<PathBuf>,
+    shutdown_timeout: Option<String>,
+}
+
+/// Read and validate `path`.
+pub(super) fn load(path: &Path) -> Result<Layer, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::usage(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    parse(&text, path)
+}
+
+/// Parse the text of a config file; `path` only names it in messages.
+pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
+    let f: FileConfig = toml::from_str(text).map_err(|e| {
+        ConfigError::usage(format!(
+            "config file {}: {}",
+            path.display(),
+            e.to_string().trim_end()
+        ))
+    })?;
+    let bad = |key: &str, val: &dyn std::fmt::Display, why: String| {
+        ConfigError::usage(format!(
+            "config file {}: invalid {key} = {val}: {why}",
+            path.display()
+        ))
+    };
+    // Apply a `&str -> Result<T, String>` check to an optional string key.
+    macro_rules! text {
+        ($key:ident, $f:expr) => {
+            match &f.$key {
+                None => None,
+                Some(s) => Some(
+                    $f(s.as_str()).map_err(|why| bad(stringify!($key), &format!("{s:?}"), why))?,
+                ),
+            }
+        };
+    }
+    // Range-check an optional integer key.
+    macro_rules! int {
+        ($key:ident, $lo:expr, $hi:expr) => {
+            match f.$key {
+                None => None,
+                Some(n) => Some(
+                    value::in_range(n, $lo as u64, $hi as u64)
+                        .map_err(|why| bad(stringify!($key), &n, why))?,
+                ),
+            }
+        };
+    }
+    let servers = |key: &str, list: &Option<Vec<String>>| -> Result<_, ConfigError> {
+        match list {
+            None => Ok(None),
+            Some(v) => v
+                .iter()
+                .map(|s| value::server(s).map_err(|why| bad(key, &format!("{s:?}"), why)))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+        }
+    };
+    let max_item_size = match &f.max_item_size {
+        None => None,
+        Some(toml::Value::String(s)) => {
+            Some(value::size(s).map_err(|why| bad("max_item_size", &format!("{s:?}"), why))?)
+        }
+        Some(toml::Value::Integer(n)) => Some(
+            u64::try_from(*n)
+                .map_err(|_| "must not be negative".to_string())
+                .and_then(value::item_size)
+                .map_err(|why| bad("max_item_size", n, why))?,
+        ),
+        Some(other) => {
+            return Err(bad(
+                "max_item_size",
+                other,
+                "expected a size like \"1m\" or a number of bytes".into(),
+            ))
+        }
+    };
+    let path_ok =
+        |key: &str, p: &Option<PathBuf>, check: fn(&std::ffi::OsStr) -> Result<PathBuf, String>| {
+            match p {
+                None => Ok(None),
+                Some(p) => check(p.as_os_str())
+                    .map(Some)
+                    .map_err(|why| bad(key, &format!("{:?}", p.display().to_string()), why)),
+            }
+        };
+    Ok(Layer {
+        port: f.port,
+        listen: text!(listen, value::listen),
+        bind: text!(bind, value::bind),
+        servers: servers("servers", &f.servers)?,
+        backups: servers("backups", &f.backups)?,
+        distribution: text!(distribution, value::distribution),
+        max_conns: int!(max_conns, 1, value::MAX_CONNS).map(|n| n as usize),
+        max_server_conns: int!(max_server_conns, 1, value::MAX_SERVER_CONNS).map(|n| n as usize),
+        upstream_conns: int!(upstream_conns, 1, value::MAX_SERVER_CONNS).map(|n| n as usize),
+        unix_socket: path_ok("unix_socket", &f.unix_socket, value::unix_path)?,
+        user: text!(user, value::account),
+        group: text!(group, value::account),
+        foreground: f.foreground,
+        verbose: f.verbose,
+        threads: int!(threads, 1, value::MAX_THREADS).map(|n| n as usize),
+        connect_timeout: text!(connect_timeout, value::timeout),
+        request_timeout: text!(request_timeout, value::timeout),
+        max_item_size,
+        failure_limit: int!(failure_limit, 1, u32::MAX).map(|n| n as u32),
+        retry_interval: text!(retry_interval, value::timeout),
+        io_backend: text!(io_backend, value::io_backend),
+        pid_file: path_ok("pid_file", &f.pid_file, value::path)?,
+        shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
+    })
+}

@@ -1,0 +1,516 @@
+//! Command line (magent's short flags plus long ones) and optional config file
+//! -> a validated [`Config`]. All validation lives here.
+//!
+//! Precedence: command line > `--config` file > defaults (magent's for magent's
+//! flags). [`reload`] re-reads the file on SIGHUP and re-applies the original
+//! command line over it, keeping the settings in [`RELOAD_KEEPS`].
+//!
+//! Must not import `server`; it may read the config file from disk.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::route::Distribution;
+
+mod cli;
+mod file;
+mod value;
+
+pub use value::{
+    fmt_duration, MAX_CONNS, MAX_DURATION, MAX_ITEM_SIZE, MAX_SERVER_CONNS, MAX_THREADS,
+    MAX_UNIX_PATH, MAX_WEIGHT, MIN_ITEM_SIZE,
+};
+
+/// `-p` default (magent's).
+pub const DEFAULT_PORT: u16 = 11211;
+/// `-l` default (magent's).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0";
+/// `-n` default (magent's).
+pub const DEFAULT_MAX_CONNS: usize = 4096;
+/// `-i` default (magent's).
+pub const DEFAULT_MAX_SERVER_CONNS: usize = 20;
+/// `--upstream-conns` default.
+pub const DEFAULT_UPSTREAM_CONNS: usize = 1;
+/// `--connect-timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
+/// `--request-timeout` default.
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "1s";
+/// `--max-item-size` default (memcached's `-I` default, 1 MiB).
+pub const DEFAULT_MAX_ITEM_SIZE: &str = "1m";
+/// `--failure-limit` default.
+pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
+/// `--retry-interval` default.
+pub const DEFAULT_RETRY_INTERVAL: &str = "500ms";
+/// `--shutdown-timeout` default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+
+/// One memcached server: `host:port[:weight]`, host may be a name or `[v6]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerAddr {
+    /// Host name or IP literal, without brackets.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Ketama weight (default 1).
+    pub weight: u32,
+}
+
+impl ServerAddr {
+    /// The name hashed onto the ring: `host:port` exactly as memcached clients
+    /// write it (`[v6]:port` for IPv6 literals).
+    pub fn name(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Which I/O backend to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoBackend {
+    /// io_uring, falling back to epoll with a warning when it is refused.
+    #[default]
+    Auto,
+    /// io_uring or exit with an explanation.
+    Uring,
+    /// Plain tokio (epoll).
+    Epoll,
+}
+
+/// The validated configuration of one memring process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `-p`: TCP port (0 disables TCP, as in magent). Default 11211.
+    pub port: u16,
+    /// `-l`: bind address. Default 0.0.0.0.
+    pub listen: String,
+    /// `--bind ADDR:PORT`: overrides `-l`/`-p`; port 0 picks a free port.
+    pub bind: Option<String>,
+    /// `-s`: primaries, at least one.
+    pub servers: Vec<ServerAddr>,
+    /// `-b`: backups.
+    pub backups: Vec<ServerAddr>,
+    /// `-k`: ketama, otherwise modula.
+    pub distribution: Distribution,
+    /// `-n`: max client connections. Default 4096.
+    pub max_conns: usize,
+    /// `-i`: max connections kept per server. Default 20.
+    pub max_server_conns: usize,
+    /// `--upstream-conns`: pipelined connections per server per core (<= `-i`). Default 1.
+    pub upstream_conns: usize,
+    /// `-f`: unix socket path.
+    pub unix_socket: Option<PathBuf>,
+    /// `-u`: user to run as.
+    pub user: Option<String>,
+    /// `-g`: group to run as.
+    pub group: Option<String>,
+    /// `-D`: stay in the foreground.
+    pub foreground: bool,
+    /// `-v` count: 0 warn, 1 info, 2 debug, 3+ trace.
+    pub verbose: u8,
+    /// `--threads`: runtimes (one per core by default).
+    pub threads: usize,
+    /// `--connect-timeout`. Default 1s.
+    pub connect_timeout: Duration,
+    /// `--request-timeout`. Default 1s.
+    pub request_timeout: Duration,
+    /// `--max-item-size`. Default 1 MiB.
+    pub max_item_size: usize,
+    /// `--failure-limit`: consecutive failures before a server is marked down. Default 2.
+    pub failure_limit: u32,
+    /// `--retry-interval`: base of the probe backoff for a down server. Default 500ms.
+    pub retry_interval: Duration,
+    /// `--io-backend`.
+    pub io_backend: IoBackend,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--config`: the TOML file this was loaded from (reloaded on SIGHUP).
+    pub config_file: Option<PathBuf>,
+    /// `--check`: validate and exit.
+    pub check: bool,
+    /// `--shutdown-timeout`: how long in-flight requests may take on SIGTERM. Default 5s.
+    pub shutdown_timeout: Duration,
+    /// The command line this was parsed from (empty when built by hand);
+    /// [`reload`] re-applies it over the re-read file so flags keep winning.
+    pub argv: Vec<OsString>,
+}
+
+/// Why the command line or config file was rejected (exit code 2).
+#[derive(Debug)]
+pub struct ConfigError {
+    /// A message for the operator (or the help text).
+    pub msg: String,
+    /// Process exit code: 2 for errors, 0 for `--help` / `--version`.
+    pub code: i32,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// A configuration error: exit code 2.
+    pub fn usage(msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            msg: msg.into(),
+            code: 2,
+        }
+    }
+}
+
+impl Default for Config {
+    /// magent's defaults with no servers (so not valid until servers are added);
+    /// handy for tests: `Config { servers, ..Config::default() }`.
+    fn default() -> Config {
+        Layer::default().finish()
+    }
+}
+
+impl Config {
+    /// The TCP address to listen on: `--bind` if given, else `-l`:`-p`;
+    /// `None` when TCP is disabled (`-p 0` without `--bind`).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        if let Some(b) = &self.bind {
+            return b.parse().ok();
+        }
+        if self.port == 0 {
+            return None;
+        }
+        let ip: IpAddr = self.listen.parse().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+
+    /// Cross-field and range checks. [`parse_args`] and [`reload`] run it;
+    /// call it on a `Config` built by hand.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError::usage(m));
+        if self.servers.is_empty() {
+            return err(
+                "no servers: give at least one -s HOST:PORT (or servers = [...] in the config file)"
+                    .into(),
+            );
+        }
+        let mut seen: Vec<((String, u16), &str)> = Vec::new();
+        for (list, flag) in [(&self.servers, "-s"), (&self.backups, "-b")] {
+            for s in list {
+                if s.port == 0 || s.weight == 0 || s.weight > MAX_WEIGHT || s.host.is_empty() {
+                    return err(format!(
+                        "invalid server '{}:{}' ({flag}): port must be 1..=65535, weight 1..={MAX_WEIGHT}",
+                        s.name(),
+                        s.weight
+                    ));
+                }
+                let id = value::server_identity(s);
+                if let Some((_, first)) = seen.iter().find(|(k, _)| *k == id) {
+                    return err(if *first == flag {
+                        format!("duplicate server {} given twice with {flag}", s.name())
+                    } else {
+                        format!("server {} is given both as -s and as -b", s.name())
+                    });
+                }
+                seen.push((id, flag));
+            }
+        }
+        if self.bind.is_none() && self.port == 0 && self.unix_socket.is_none() {
+            return err(
+                "nothing to listen on: -p 0 disables TCP and neither -f/--unix-socket nor --bind is given"
+                    .into(),
+            );
+        }
+        if let Some(b) = &self.bind {
+            if let Err(why) = value::bind(b) {
+                return err(format!("invalid --bind '{b}': {why}"));
+            }
+        } else {
+            if let Err(why) = value::listen(&self.listen) {
+                return err(format!("invalid -l/--listen '{}': {why}", self.listen));
+            }
+        }
+        let range = |flag: &str, v: usize, lo: usize, hi: usize| {
+            if v < lo || v > hi {
+                err(format!("invalid {flag} {v}: must be in {lo}..={hi}"))
+            } else {
+                Ok(())
+            }
+        };
+        range("-n/--max-conns", self.max_conns, 1, MAX_CONNS)?;
+        range(
+            "-i/--max-server-conns",
+            self.max_server_conns,
+            1,
+            MAX_SERVER_CONNS,
+        )?;
+        range("--upstream-conns", self.upstream_conns, 1, MAX_SERVER_CONNS)?;
+        range("--threads", self.threads, 1, MAX_THREADS)?;
+        range(
+            "--max-item-size",
+            self.max_item_size,
+            MIN_ITEM_SIZE,
+            MAX_ITEM_SIZE,
+        )?;
+        if self.upstream_conns > self.max_server_conns {
+            return err(format!(
+                "--upstream-conns {} is more than -i/--max-server-conns {}",
+                self.upstream_conns, self.max_server_conns
+            ));
+        }
+        if self.failure_limit == 0 {
+            return err("invalid --failure-limit 0: must be at least 1".into());
+        }
+        for (flag, d, lo) in [
+            (
+                "--connect-timeout",
+                self.connect_timeout,
+                Duration::from_millis(1),
+            ),
+            (
+                "--request-timeout",
+                self.request_timeout,
+                Duration::from_millis(1),
+            ),
+            (
+                "--retry-interval",
+                self.retry_interval,
+                Duration::from_millis(1),
+            ),
+            ("--shutdown-timeout", self.shutdown_timeout, Duration::ZERO),
+        ] {
+            if d < lo || d > MAX_DURATION {
+                return err(format!(
+                    "invalid {flag} {}: must be between {} and {}",
+                    fmt_duration(d),
+                    fmt_duration(lo),
+                    fmt_duration(MAX_DURATION)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One source of settings (command line or file): `None` = not given there.
+#[derive(Clone, Debug, Default)]
+struct Layer {
+    port: Option<u16>,
+    listen: Option<String>,
+    bind: Option<String>,
+    servers: Option<Vec<ServerAddr>>,
+    backups: Option<Vec<ServerAddr>>,
+    distribution: Option<Distribution>,
+    max_conns: Option<usize>,
+    max_server_conns: Option<usize>,
+    upstream_conns: Option<usize>,
+    unix_socket: Option<PathBuf>,
+    user: Option<String>,
+    group: Option<String>,
+    foreground: Option<bool>,
+    verbose: Option<u8>,
+    threads: Option<usize>,
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    max_item_size: Option<usize>,
+    failure_limit: Option<u32>,
+    retry_interval: Option<Duration>,
+    io_backend: Option<IoBackend>,
+    pid_file: Option<PathBuf>,
+    shutdown_timeout: Option<Duration>,
+}
+
+impl Layer {
+    /// `self` wins where it has a value; lists (`servers`, `backups`) replace, not append.
+    fn over(self, lower: Layer) -> Layer {
+        macro_rules! each {
+            ($($f:ident),*) => { Layer { $($f: self.$f.or(lower.$f)),* } };
+        }
+        each!(
+            port,
+            listen,
+            bind,
+            servers,
+            backups,
+            distribution,
+            max_conns,
+            max_server_conns,
+            upstream_conns,
+            unix_socket,
+            user,
+            group,
+            foreground,
+            verbose,
+            threads,
+            connect_timeout,
+            request_timeout,
+            max_item_size,
+            failure_limit,
+            retry_interval,
+            io_backend,
+            pid_file,
+            shutdown_timeout
+        )
+    }
+
+    /// Fill in the defaults. Not validated.
+    fn finish(self) -> Config {
+        let dur = |d: Option<Duration>, default: &str| {
+            d.unwrap_or_else(|| value::duration(default).unwrap_or(Duration::from_secs(1)))
+        };
+        let verbose = self.verbose.unwrap_or(0);
+        Config {
+            port: self.port.unwrap_or(DEFAULT_PORT),
+            listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            bind: self.bind,
+            servers: self.servers.unwrap_or_default(),
+            backups: self.backups.unwrap_or_default(),
+            distribution: self.distribution.unwrap_or_default(),
+            max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
+            max_server_conns: self.max_server_conns.unwrap_or(DEFAULT_MAX_SERVER_CONNS),
+            upstream_conns: self.upstream_conns.unwrap_or(DEFAULT_UPSTREAM_CONNS),
+            unix_socket: self.unix_socket,
+            user: self.user,
+            group: self.group,
+            // magent: -v also keeps it in the foreground (its logs go to stderr).
+            foreground: self.foreground.unwrap_or(false) || verbose > 0,
+            verbose,
+            threads: self.threads.unwrap_or_else(default_threads),
+            connect_timeout: dur(self.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
+            request_timeout: dur(self.request_timeout, DEFAULT_REQUEST_TIMEOUT),
+            max_item_size: self
+                .max_item_size
+                .unwrap_or_else(|| value::size(DEFAULT_MAX_ITEM_SIZE).unwrap_or(1 << 20)),
+            failure_limit: self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT),
+            retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
+            io_backend: self.io_backend.unwrap_or_default(),
+            pid_file: self.pid_file,
+            config_file: None,
+            check: false,
+            shutdown_timeout: dur(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
+            argv: Vec::new(),
+        }
+    }
+}
+
+/// `--threads` default: the number of cores we may run on (1 if unknown).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(MAX_THREADS)
+}
+
+/// Parse a command line (`args[0]` is the program name).
+///
+/// `--help` / `--version` come back as `Err` with code 0 and the text to print.
+pub fn parse_args<I, T>(args: I) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cli = cli::parse(&argv)?;
+    let (layer, config_file) = match &cli.config {
+        Some(path) => {
+            let file = file::load(path)?;
+            // Absolute, so that SIGHUP still finds it after a chdir.
+            let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            (cli.layer.over(file), Some(abs))
+        }
+        None => (cli.layer, None),
+    };
+    let mut cfg = layer.finish();
+    cfg.config_file = config_file;
+    cfg.check = cli.check;
+    cfg.argv = argv;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Parse `host:port[:weight]`, `[v6]:port[:weight]`.
+pub fn parse_server(s: &str) -> Result<ServerAddr, ConfigError> {
+    value::server(s).map_err(|why| ConfigError::usage(format!("invalid server '{s}': {why}")))
+}
+
+/// Settings that cannot change at runtime: [`reload`] keeps them from the
+/// running `Config` (a restart is needed to change them).
+pub const RELOAD_KEEPS: &[&str] = &[
+    "port",
+    "listen",
+    "bind",
+    "unix_socket",
+    "threads",
+    "io_backend",
+    "user",
+    "group",
+    "foreground",
+    "verbose",
+    "pid_file",
+    "max_conns",
+    "max_server_conns",
+    "upstream_conns",
+    "max_item_size",
+];
+
+/// SIGHUP: re-read the config file at `path`, re-apply `base`'s command line
+/// over it (flags still win), keep [`RELOAD_KEEPS`] from `base`, validate.
+///
+/// What changes: servers, backups, distribution, connect/request timeouts,
+/// failure_limit, retry_interval, shutdown_timeout. On error the caller keeps
+/// running with `base`.
+pub fn reload(path: &Path, base: &Config) -> Result<Config, ConfigError> {
+    reload_with_report(path, base).map(|(cfg, _)| cfg)
+}
+
+/// [`reload`], also naming the kept settings whose value in the file (or
+/// defaults) differs from `base`, so the caller can log "restart needed".
+pub fn reload_with_report(
+    path: &Path,
+    base: &Config,
+) -> Result<(Config, Vec<&'static str>), ConfigError> {
+    let cli = if base.argv.is_empty() {
+        Layer::default()
+    } else {
+        cli::parse(&base.argv)?.layer
+    };
+    let mut new = cli.over(file::load(path)?).finish();
+    new.config_file = Some(path.to_path_buf());
+    new.check = false;
+    new.argv = base.argv.clone();
+    let mut ignored = Vec::new();
+    macro_rules! keep {
+        ($($f:ident),*) => {$(
+            if new.$f != base.$f {
+                ignored.push(stringify!($f));
+                new.$f = base.$f.clone();
+            }
+        )*};
+    }
+    keep!(
+        port,
+        listen,
+        bind,
+        unix_socket,
+        threads,
+        io_backend,
+        user,
+        group,
+        foreground,
+        verbose,
+        pid_file,
+        max_conns,
+        max_server_conns,
+        upstream_conns,
+        max_item_size
+    );
+    new.validate()?;
+    Ok((new, ignored))
+}
+
+#[cfg(test)]
+mod tests;
