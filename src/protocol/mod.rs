@@ -13,7 +13,7 @@ pub mod compose;
 pub mod request;
 pub mod response;
 
-pub use request::{parse_request, Parsed, ParseError, Request, Verb};
+pub use request::{parse_request, ParseError, Parsed, Request, Verb};
 pub use response::{frame_response, Expect, FrameError, Framed, Status, ValueItem};
 
 /// Longest key memcached accepts.

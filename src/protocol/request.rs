@@ -167,7 +167,8 @@ pub struct Request {
     pub key: Range<usize>,
     /// The data block of storage commands and `ms`, without its trailing `\r\n`.
     pub data: Range<usize>,
-    /// Client flags of storage commands.
+    /// Client flags of storage commands (wider values are truncated to 32
+    /// bits, as memcached 1.6 does).
     pub flags: u32,
     /// Exptime of storage, touch, gat and gats; `delay` of flush_all; 0 otherwise.
     /// Passed through unchanged (relative up to 30 days, a unix time above).
@@ -182,6 +183,7 @@ pub struct Request {
     pub quiet: bool,
     /// Meta commands: range of the flags part of the line (everything after
     /// the key, or after the datalen for `ms`), without the terminator.
+    /// For `stats`, its arguments. An empty range at the line's end otherwise.
     pub meta_flags: Range<usize>,
     /// Whether the line was terminated by `\r\n` (true) or a bare `\n`.
     pub crlf: bool,
@@ -228,12 +230,1174 @@ pub enum ParseError {
     LineTooLong,
 }
 
+/// `CLIENT_ERROR` message for malformed lines, bad numbers and bad keys.
+pub const MSG_BAD_FORMAT: &str = "bad command line format";
+/// `CLIENT_ERROR` message for a data block not followed by `\r\n`.
+pub const MSG_BAD_DATA_CHUNK: &str = "bad data chunk";
+/// `CLIENT_ERROR` message for a bad exptime of touch, gat, gats and flush_all.
+pub const MSG_BAD_EXPTIME: &str = "invalid exptime argument";
+/// `CLIENT_ERROR` message for a bad incr/decr delta.
+pub const MSG_BAD_DELTA: &str = "invalid numeric delta argument";
+/// `CLIENT_ERROR` message for `delete <key> <nonzero>` (memcached's exact text, two spaces included).
+pub const MSG_DELETE_USAGE: &str = "bad command line format.  Usage: delete <key> [noreply]";
+/// `CLIENT_ERROR` message for a retrieval with more than [`super::MAX_KEYS`] keys
+/// (a proxy limit; memcached itself has none).
+pub const MSG_TOO_MANY_KEYS: &str = "too many keys";
+
+/// Largest data length memcached accepts before even checking the item size
+/// (`INT_MAX - 2`); longer lengths are a bad command line, not "too large".
+const MAX_DATA_LEN: u64 = (i32::MAX as u64) - 2;
+
+/// Most arguments any fixed-arity command takes (`cas` with `noreply`: 6).
+const MAX_ARGS: usize = 7;
+
 /// Parse one request from the front of `buf`.
 ///
 /// Retrieval keys are appended to `keys` (cleared first) as ranges into `buf`.
 /// `max_item_size` bounds data blocks. Never panics, never allocates beyond
 /// `keys`' capacity growth, never copies.
+///
+/// Deviations from memcached 1.6, on purpose: keys with control characters
+/// (bytes <= 0x20 or 0x7f) are rejected with `bad command line format`
+/// (memcached stores them); more than [`super::MAX_KEYS`] keys are rejected;
+/// `-0` is not accepted as an unsigned number.
 pub fn parse_request(buf: &[u8], max_item_size: usize, keys: &mut Vec<Range<usize>>) -> Parsed {
-    let _ = (buf, max_item_size, keys);
-    todo!("protocol helper implements")
+    keys.clear();
+    let line = match find_line(buf) {
+        LineScan::Found(line) => line,
+        LineScan::Incomplete => return Parsed::Incomplete,
+        LineScan::TooLong => return Parsed::Error(ParseError::LineTooLong),
+    };
+    let mut toks = Tokens::new(line.content_end);
+    let verb = match toks
+        .next(buf)
+        .and_then(|cmd| verb_from_word(slice(buf, cmd)))
+    {
+        Some(verb) => verb,
+        None => return unknown(&line),
+    };
+    let req = Request {
+        verb,
+        consumed: line.len,
+        line_len: line.len,
+        key: 0..0,
+        data: 0..0,
+        flags: 0,
+        exptime: 0,
+        cas_unique: 0,
+        delta: 0,
+        noreply: false,
+        quiet: false,
+        meta_flags: line.content_end..line.content_end,
+        crlf: line.crlf,
+    };
+    match verb {
+        Verb::Get | Verb::Gets | Verb::Gat | Verb::Gats => {
+            parse_retrieval(buf, &line, toks, req, keys)
+        }
+        Verb::Set | Verb::Add | Verb::Replace | Verb::Append | Verb::Prepend | Verb::Cas => {
+            parse_storage(buf, &line, toks, req, max_item_size)
+        }
+        Verb::Delete => parse_delete(buf, &line, toks, req),
+        Verb::Incr | Verb::Decr => parse_arith(buf, &line, toks, req),
+        Verb::Touch => parse_touch(buf, &line, toks, req),
+        Verb::FlushAll => parse_flush_all(buf, &line, toks, req),
+        Verb::Verbosity => parse_verbosity(buf, &line, toks, req),
+        Verb::Stats => {
+            // `stats <args>`: the arguments travel in `meta_flags`.
+            let mut req = req;
+            req.meta_flags = rest_range(buf, toks, line.content_end);
+            Parsed::Complete(req)
+        }
+        // memcached ignores anything after these words.
+        Verb::Version | Verb::Quit | Verb::MetaNoop => Parsed::Complete(req),
+        Verb::MetaGet
+        | Verb::MetaSet
+        | Verb::MetaDelete
+        | Verb::MetaArithmetic
+        | Verb::MetaDebug => parse_meta(buf, &line, toks, req, max_item_size),
+    }
+}
+
+/// Whether the first line of `buf` is a classic command that ends in
+/// `noreply`. memcached stays silent on such a command even when it fails
+/// (bad format, bad data chunk, too large), so the caller asks this when
+/// [`parse_request`] returns an error to decide whether to answer at all.
+pub fn noreply_requested(buf: &[u8]) -> bool {
+    let end = match find_line(buf) {
+        LineScan::Found(line) => line.content_end,
+        // Enough of the line may be there for a TooLarge decision.
+        LineScan::Incomplete | LineScan::TooLong => buf.len().min(super::MAX_LINE_LEN),
+    };
+    let mut toks = Tokens::new(end);
+    let Some(verb) = toks
+        .next(buf)
+        .and_then(|cmd| verb_from_word(slice(buf, cmd)))
+    else {
+        return false;
+    };
+    let takes_noreply = verb.is_storage()
+        || matches!(
+            verb,
+            Verb::Delete | Verb::Incr | Verb::Decr | Verb::Touch | Verb::FlushAll | Verb::Verbosity
+        );
+    takes_noreply && toks.last(buf).is_some_and(|t| slice(buf, t) == b"noreply")
+}
+
+/// The command word -> verb; case-sensitive like memcached.
+fn verb_from_word(word: &[u8]) -> Option<Verb> {
+    Some(match word {
+        b"get" => Verb::Get,
+        b"gets" => Verb::Gets,
+        b"gat" => Verb::Gat,
+        b"gats" => Verb::Gats,
+        b"set" => Verb::Set,
+        b"add" => Verb::Add,
+        b"replace" => Verb::Replace,
+        b"append" => Verb::Append,
+        b"prepend" => Verb::Prepend,
+        b"cas" => Verb::Cas,
+        b"delete" => Verb::Delete,
+        b"incr" => Verb::Incr,
+        b"decr" => Verb::Decr,
+        b"touch" => Verb::Touch,
+        b"flush_all" => Verb::FlushAll,
+        b"version" => Verb::Version,
+        b"verbosity" => Verb::Verbosity,
+        b"stats" => Verb::Stats,
+        b"quit" => Verb::Quit,
+        b"mg" => Verb::MetaGet,
+        b"ms" => Verb::MetaSet,
+        b"md" => Verb::MetaDelete,
+        b"ma" => Verb::MetaArithmetic,
+        b"mn" => Verb::MetaNoop,
+        b"me" => Verb::MetaDebug,
+        _ => return None,
+    })
+}
+
+/// A located command line.
+struct Line {
+    /// Length including the terminator.
+    len: usize,
+    /// End of the line's content (before `\r\n` or `\n`).
+    content_end: usize,
+    /// Terminated by `\r\n`.
+    crlf: bool,
+}
+
+/// Result of looking for a line terminator.
+enum LineScan {
+    Found(Line),
+    Incomplete,
+    TooLong,
+}
+
+/// Find the first line, looking no further than `MAX_LINE_LEN` bytes.
+fn find_line(buf: &[u8]) -> LineScan {
+    let window = buf.get(..super::MAX_LINE_LEN).unwrap_or(buf);
+    match window.iter().position(|&b| b == b'\n') {
+        Some(nl) => {
+            let crlf = nl > 0 && buf.get(nl - 1) == Some(&b'\r');
+            LineScan::Found(Line {
+                len: nl + 1,
+                content_end: if crlf { nl - 1 } else { nl },
+                crlf,
+            })
+        }
+        None if buf.len() >= super::MAX_LINE_LEN => LineScan::TooLong,
+        None => LineScan::Incomplete,
+    }
+}
+
+/// `buf[r]` without a panic path (ranges come from [`Tokens`], so always valid).
+fn slice(buf: &[u8], r: Range<usize>) -> &[u8] {
+    buf.get(r).unwrap_or_default()
+}
+
+/// Space-separated tokens of a line, as ranges into the whole buffer.
+/// memcached splits on `' '` only: a tab is part of a token.
+#[derive(Clone)]
+struct Tokens {
+    pos: usize,
+    end: usize,
+}
+
+impl Tokens {
+    fn new(end: usize) -> Self {
+        Tokens { pos: 0, end }
+    }
+
+    fn next(&mut self, buf: &[u8]) -> Option<Range<usize>> {
+        let line = buf.get(..self.end)?;
+        while line.get(self.pos) == Some(&b' ') {
+            self.pos += 1;
+        }
+        if self.pos >= self.end {
+            return None;
+        }
+        let start = self.pos;
+        while matches!(line.get(self.pos), Some(&b) if b != b' ') {
+            self.pos += 1;
+        }
+        Some(start..self.pos)
+    }
+
+    /// The last remaining token, consuming the iterator.
+    fn last(mut self, buf: &[u8]) -> Option<Range<usize>> {
+        let mut last = None;
+        while let Some(t) = self.next(buf) {
+            last = Some(t);
+        }
+        last
+    }
+}
+
+/// Up to `MAX_ARGS` arguments of a fixed-arity command.
+struct Args {
+    r: [(usize, usize); MAX_ARGS],
+    /// Number of arguments, saturating at `MAX_ARGS + 1` ("too many").
+    n: usize,
+}
+
+impl Args {
+    fn collect(buf: &[u8], mut toks: Tokens) -> Args {
+        let mut args = Args {
+            r: [(0, 0); MAX_ARGS],
+            n: 0,
+        };
+        while let Some(t) = toks.next(buf) {
+            match args.r.get_mut(args.n) {
+                Some(slot) => *slot = (t.start, t.end),
+                None => {
+                    return Args {
+                        n: MAX_ARGS + 1,
+                        ..args
+                    }
+                }
+            }
+            args.n += 1;
+        }
+        args
+    }
+
+    fn range(&self, i: usize) -> Range<usize> {
+        match self.r.get(i) {
+            Some(&(s, e)) if i < self.n => s..e,
+            _ => 0..0,
+        }
+    }
+
+    fn get<'b>(&self, buf: &'b [u8], i: usize) -> &'b [u8] {
+        slice(buf, self.range(i))
+    }
+
+    /// Whether the last argument is exactly `noreply`.
+    fn ends_with_noreply(&self, buf: &[u8]) -> bool {
+        self.n > 0 && self.get(buf, self.n - 1) == b"noreply"
+    }
+}
+
+/// The range from the next token to the last token's end (empty at `end` if none).
+fn rest_range(buf: &[u8], mut toks: Tokens, end: usize) -> Range<usize> {
+    let Some(first) = toks.next(buf) else {
+        return end..end;
+    };
+    let last = toks.last(buf).map_or(first.end, |t| t.end);
+    first.start..last
+}
+
+fn unknown(line: &Line) -> Parsed {
+    Parsed::Error(ParseError::UnknownCommand { consumed: line.len })
+}
+
+fn client(consumed: usize, msg: &'static str) -> Parsed {
+    Parsed::Error(ParseError::Client { consumed, msg })
+}
+
+/// memcached's key rule plus ours: 1..=250 bytes, no control characters.
+fn key_ok(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= super::MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+/// An unsigned decimal as `strtoull` takes it: optional `+`, digits, no overflow.
+pub fn parse_u64(tok: &[u8]) -> Option<u64> {
+    let digits = tok.strip_prefix(b"+").unwrap_or(tok);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
+
+/// A signed decimal as `strtol` takes it: optional sign, digits, no overflow.
+pub fn parse_i64(tok: &[u8]) -> Option<i64> {
+    let (neg, digits) = match tok.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, tok),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    // Accumulate negatively so that i64::MIN parses.
+    let v = digits.iter().try_fold(0i64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_sub(i64::from(b - b'0'))
+        } else {
+            None
+        }
+    })?;
+    if neg {
+        Some(v)
+    } else {
+        v.checked_neg()
+    }
+}
+
+fn parse_retrieval(
+    buf: &[u8],
+    line: &Line,
+    mut toks: Tokens,
+    mut req: Request,
+    keys: &mut Vec<Range<usize>>,
+) -> Parsed {
+    if req.verb == Verb::Gat || req.verb == Verb::Gats {
+        let Some(t) = toks.next(buf) else {
+            return unknown(line);
+        };
+        match parse_i64(slice(buf, t)) {
+            Some(exptime) => req.exptime = exptime,
+            None => return client(line.len, MSG_BAD_EXPTIME),
+        }
+        // `gat <exptime>` with no key is accepted by memcached: a bare END.
+    } else if toks.clone().next(buf).is_none() {
+        return unknown(line);
+    }
+    while let Some(k) = toks.next(buf) {
+        if !key_ok(slice(buf, k.clone())) {
+            keys.clear();
+            return client(line.len, MSG_BAD_FORMAT);
+        }
+        if keys.len() >= super::MAX_KEYS {
+            keys.clear();
+            return client(line.len, MSG_TOO_MANY_KEYS);
+        }
+        keys.push(k);
+    }
+    Parsed::Complete(req)
+}
+
+/// Check a data length against the limits and, when the block is buffered,
+/// fill `data` and `consumed`.
+fn take_data(
+    buf: &[u8],
+    line: &Line,
+    len_tok: &[u8],
+    max_item_size: usize,
+    mut req: Request,
+) -> Parsed {
+    let len = match parse_u64(len_tok) {
+        Some(n) if n <= MAX_DATA_LEN => n as usize,
+        _ => return client(line.len, MSG_BAD_FORMAT),
+    };
+    let total = line.len.saturating_add(len).saturating_add(2);
+    if len > max_item_size {
+        return Parsed::Error(ParseError::TooLarge { skip: total });
+    }
+    if buf.len() < total {
+        return Parsed::Incomplete;
+    }
+    let data_end = line.len + len;
+    if buf.get(data_end..total) != Some(b"\r\n".as_slice()) {
+        return client(total, MSG_BAD_DATA_CHUNK);
+    }
+    req.data = line.len..data_end;
+    req.consumed = total;
+    Parsed::Complete(req)
+}
+
+fn parse_storage(
+    buf: &[u8],
+    line: &Line,
+    toks: Tokens,
+    mut req: Request,
+    max_item_size: usize,
+) -> Parsed {
+    let args = Args::collect(buf, toks);
+    let base = if req.verb == Verb::Cas { 5 } else { 4 };
+    if args.n != base && args.n != base + 1 {
+        return unknown(line);
+    }
+    // An extra last token that is not `noreply` is ignored, as memcached does.
+    req.noreply = args.n == base + 1 && args.ends_with_noreply(buf);
+    let key = args.range(0);
+    if !key_ok(slice(buf, key.clone())) {
+        return client(line.len, MSG_BAD_FORMAT);
+    }
+    req.key = key;
+    // Flags wider than 32 bits are truncated, exactly like memcached 1.6.
+    match (parse_u64(args.get(buf, 1)), parse_i64(args.get(buf, 2))) {
+        (Some(flags), Some(exptime)) => {
+            req.flags = flags as u32;
+            req.exptime = exptime;
+        }
+        _ => return client(line.len, MSG_BAD_FORMAT),
+    }
+    if req.verb == Verb::Cas {
+        match parse_u64(args.get(buf, 4)) {
+            Some(cas) => req.cas_unique = cas,
+            None => return client(line.len, MSG_BAD_FORMAT),
+        }
+    }
+    take_data(buf, line, args.get(buf, 3), max_item_size, req)
+}
+
+fn parse_delete(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+    let args = Args::collect(buf, toks);
+    if !(1..=3).contains(&args.n) {
+        return unknown(line);
+    }
+    if args.n > 1 {
+        // Only `delete <key> 0`, `delete <key> noreply` and `delete <key> 0 noreply`.
+        let hold_is_zero = args.get(buf, 1) == b"0";
+        req.noreply = args.ends_with_noreply(buf);
+        let valid = (args.n == 2 && (hold_is_zero || req.noreply))
+            || (args.n == 3 && hold_is_zero && req.noreply);
+        if !valid {
+            return client(line.len, MSG_DELETE_USAGE);
+        }
+    }
+    let key = args.range(0);
+    if !key_ok(slice(buf, key.clone())) {
+        return client(line.len, MSG_BAD_FORMAT);
+    }
+    req.key = key;
+    Parsed::Complete(req)
+}
+
+fn parse_arith(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+    let args = Args::collect(buf, toks);
+    if args.n != 2 && args.n != 3 {
+        return unknown(line);
+    }
+    req.noreply = args.n == 3 && args.ends_with_noreply(buf);
+    let key = args.range(0);
+    if !key_ok(slice(buf, key.clone())) {
+        return client(line.len, MSG_BAD_FORMAT);
+    }
+    req.key = key;
+    match parse_u64(args.get(buf, 1)) {
+        Some(delta) => req.delta = delta,
+        None => return client(line.len, MSG_BAD_DELTA),
+    }
+    Parsed::Complete(req)
+}
+
+fn parse_touch(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+    let args = Args::collect(buf, toks);
+    if args.n != 2 && args.n != 3 {
+        return unknown(line);
+    }
+    req.noreply = args.n == 3 && args.ends_with_noreply(buf);
+    let key = args.range(0);
+    if !key_ok(slice(buf, key.clone())) {
+        return client(line.len, MSG_BAD_FORMAT);
+    }
+    req.key = key;
+    match parse_i64(args.get(buf, 1)) {
+        Some(exptime) => req.exptime = exptime,
+        None => return client(line.len, MSG_BAD_EXPTIME),
+    }
+    Parsed::Complete(req)
+}
+
+fn parse_flush_all(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+    let args = Args::collect(buf, toks);
+    if args.n > 2 {
+        return unknown(line);
+    }
+    req.noreply = args.ends_with_noreply(buf);
+    // `flush_all noreply` has no delay; otherwise the first argument is it.
+    if args.n > usize::from(req.noreply) {
+        match parse_i64(args.get(buf, 0)) {
+            Some(delay) => req.exptime = delay,
+            None => return client(line.len, MSG_BAD_EXPTIME),
+        }
+    }
+    Parsed::Complete(req)
+}
+
+fn parse_verbosity(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+    let args = Args::collect(buf, toks);
+    if args.n != 1 && args.n != 2 {
+        return unknown(line);
+    }
+    req.noreply = args.ends_with_noreply(buf);
+    match parse_u64(args.get(buf, 0)) {
+        Some(level) => req.delta = level,
+        None => return client(line.len, MSG_BAD_FORMAT),
+    }
+    Parsed::Complete(req)
+}
+
+fn parse_meta(
+    buf: &[u8],
+    line: &Line,
+    mut toks: Tokens,
+    mut req: Request,
+    max_item_size: usize,
+) -> Parsed {
+    let Some(key) = toks.next(buf) else {
+        // memcached: a bare `me` is a bad line, the other bare meta words unknown.
+        return if req.verb == Verb::MetaDebug {
+            client(line.len, MSG_BAD_FORMAT)
+        } else {
+            unknown(line)
+        };
+    };
+    if !key_ok(slice(buf, key.clone())) {
+        return client(line.len, MSG_BAD_FORMAT);
+    }
+    req.key = key;
+    let len_tok = if req.verb == Verb::MetaSet {
+        match toks.next(buf) {
+            Some(t) => Some(t),
+            None => return client(line.len, MSG_BAD_FORMAT),
+        }
+    } else {
+        None
+    };
+    let mut flags = toks.clone();
+    while let Some(f) = flags.next(buf) {
+        if slice(buf, f) == b"q" {
+            req.quiet = true;
+            break;
+        }
+    }
+    req.meta_flags = rest_range(buf, toks, line.content_end);
+    match len_tok {
+        Some(t) => take_data(buf, line, slice(buf, t), max_item_size, req),
+        None => Parsed::Complete(req),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MAX_KEYS, MAX_LINE_LEN};
+    use proptest::prelude::*;
+
+    const MAX_ITEM: usize = 1024;
+
+    fn parse(buf: &[u8]) -> (Parsed, Vec<Range<usize>>) {
+        let mut keys = Vec::new();
+        let p = parse_request(buf, MAX_ITEM, &mut keys);
+        (p, keys)
+    }
+
+    fn text(buf: &[u8], r: &Range<usize>) -> String {
+        String::from_utf8_lossy(&buf[r.clone()]).into_owned()
+    }
+
+    /// A one-line rendering of the non-default fields, for compact tables.
+    fn summary(buf: &[u8], r: &Request, keys: &[Range<usize>]) -> String {
+        let mut s = format!("{:?}", r.verb);
+        if !r.key.is_empty() {
+            s += &format!(" key={}", text(buf, &r.key));
+        }
+        if !keys.is_empty() {
+            let k: Vec<String> = keys.iter().map(|k| text(buf, k)).collect();
+            s += &format!(" keys={}", k.join(","));
+        }
+        if r.flags != 0 {
+            s += &format!(" flags={}", r.flags);
+        }
+        if r.exptime != 0 {
+            s += &format!(" exp={}", r.exptime);
+        }
+        if r.cas_unique != 0 {
+            s += &format!(" cas={}", r.cas_unique);
+        }
+        if r.delta != 0 {
+            s += &format!(" delta={}", r.delta);
+        }
+        if r.verb.is_storage() || r.verb == Verb::MetaSet {
+            s += &format!(" data={}", text(buf, &r.data));
+        } else {
+            assert!(r.data.is_empty());
+        }
+        if r.noreply {
+            s += " noreply";
+        }
+        if r.quiet {
+            s += " q";
+        }
+        if !r.meta_flags.is_empty() {
+            s += &format!(" mf={}", text(buf, &r.meta_flags));
+        }
+        if !r.crlf {
+            s += " lf";
+        }
+        s
+    }
+
+    /// Every verb, noreply, spacing and terminator variants: input -> summary.
+    const VALID: &[(&[u8], &str)] = &[
+        (b"get a\r\n", "Get keys=a"),
+        (b"get a b c\r\n", "Get keys=a,b,c"),
+        (b"get  a   b  \r\n", "Get keys=a,b"),
+        (b" get a\r\n", "Get keys=a"),
+        (b"get a\n", "Get keys=a lf"),
+        (b"get a \n", "Get keys=a lf"),
+        (b"get noreply\r\n", "Get keys=noreply"),
+        (b"get \xc3\xa9t\xc3\xa9\r\n", "Get keys=\u{e9}t\u{e9}"),
+        (b"gets a b\r\n", "Gets keys=a,b"),
+        (b"gat 10 a\r\n", "Gat keys=a exp=10"),
+        (b"gat -1 a b\r\n", "Gat keys=a,b exp=-1"),
+        (b"gat 10\r\n", "Gat exp=10"),
+        (b"gats 0 a\r\n", "Gats keys=a"),
+        (
+            b"set a 5 10 2\r\nhi\r\n",
+            "Set key=a flags=5 exp=10 data=hi",
+        ),
+        (b"set a 0 0 0\r\n\r\n", "Set key=a data="),
+        (
+            b"set a 0 0 2 noreply\r\nhi\r\n",
+            "Set key=a data=hi noreply",
+        ),
+        (b"set a 0 0 2 garbage\r\nhi\r\n", "Set key=a data=hi"),
+        (b"set a 0 0 2\nhi\r\n", "Set key=a data=hi lf"),
+        (b"set  a  0  0  2 \r\nhi\r\n", "Set key=a data=hi"),
+        (b"set a 0 0 4\r\na\r\nb\r\n", "Set key=a data=a\r\nb"),
+        (
+            b"set a +1 -5 +2\r\nhi\r\n",
+            "Set key=a flags=1 exp=-5 data=hi",
+        ),
+        (b"set a 007 0 02\r\nhi\r\n", "Set key=a flags=7 data=hi"),
+        (
+            b"set a 4294967295 0 1\r\nx\r\n",
+            "Set key=a flags=4294967295 data=x",
+        ),
+        (b"set a 4294967297 0 1\r\nx\r\n", "Set key=a flags=1 data=x"),
+        (
+            b"set a 0 2147483648 1\r\nx\r\n",
+            "Set key=a exp=2147483648 data=x",
+        ),
+        (b"add a 1 2 1\r\nx\r\n", "Add key=a flags=1 exp=2 data=x"),
+        (
+            b"replace a 0 0 1 noreply\r\nx\r\n",
+            "Replace key=a data=x noreply",
+        ),
+        (b"append a 0 0 1\r\nx\r\n", "Append key=a data=x"),
+        (b"prepend a 0 0 1\r\nx\r\n", "Prepend key=a data=x"),
+        (b"cas a 0 0 1 99\r\nx\r\n", "Cas key=a cas=99 data=x"),
+        (
+            b"cas a 0 0 1 99 noreply\r\nx\r\n",
+            "Cas key=a cas=99 data=x noreply",
+        ),
+        (
+            b"cas a 0 0 1 18446744073709551615\r\nx\r\n",
+            "Cas key=a cas=18446744073709551615 data=x",
+        ),
+        (b"delete a\r\n", "Delete key=a"),
+        (b"delete a 0\r\n", "Delete key=a"),
+        (b"delete a noreply\r\n", "Delete key=a noreply"),
+        (b"delete a 0 noreply\r\n", "Delete key=a noreply"),
+        (b"incr a 5\r\n", "Incr key=a delta=5"),
+        (
+            b"incr a 18446744073709551615\r\n",
+            "Incr key=a delta=18446744073709551615",
+        ),
+        (b"incr a 1 noreply\r\n", "Incr key=a delta=1 noreply"),
+        (b"incr a 1 foo\r\n", "Incr key=a delta=1"),
+        (b"decr a +1\r\n", "Decr key=a delta=1"),
+        (b"touch a 10\r\n", "Touch key=a exp=10"),
+        (b"touch a -1 noreply\r\n", "Touch key=a exp=-1 noreply"),
+        (b"flush_all\r\n", "FlushAll"),
+        (b"flush_all 10\r\n", "FlushAll exp=10"),
+        (b"flush_all noreply\r\n", "FlushAll noreply"),
+        (b"flush_all 10 noreply\r\n", "FlushAll exp=10 noreply"),
+        (b"flush_all 0 x\r\n", "FlushAll"),
+        (b"version\r\n", "Version"),
+        (b"version x\r\n", "Version"),
+        (b"verbosity 1\r\n", "Verbosity delta=1"),
+        (b"verbosity 1 noreply\r\n", "Verbosity delta=1 noreply"),
+        (b"verbosity 1 x\r\n", "Verbosity delta=1"),
+        (b"stats\r\n", "Stats"),
+        (b"stats settings\r\n", "Stats mf=settings"),
+        (b"stats  slabs  x \r\n", "Stats mf=slabs  x"),
+        (b"quit\r\n", "Quit"),
+        (b"mg a\r\n", "MetaGet key=a"),
+        (b"mg a v f t\r\n", "MetaGet key=a mf=v f t"),
+        (b"mg a  v   q \r\n", "MetaGet key=a q mf=v   q"),
+        (b"mg q v\r\n", "MetaGet key=q mf=v"),
+        (b"mg a qq\r\n", "MetaGet key=a mf=qq"),
+        (b"ms a 2\r\nhi\r\n", "MetaSet key=a data=hi"),
+        (
+            b"ms a 2 T90 F1 q\r\nhi\r\n",
+            "MetaSet key=a data=hi q mf=T90 F1 q",
+        ),
+        (b"ms a 0\r\n\r\n", "MetaSet key=a data="),
+        (b"md a q\r\n", "MetaDelete key=a q mf=q"),
+        (b"md a\n", "MetaDelete key=a lf"),
+        (b"ma a D5 MI\r\n", "MetaArithmetic key=a mf=D5 MI"),
+        (b"mn\r\n", "MetaNoop"),
+        (b"me a\r\n", "MetaDebug key=a"),
+    ];
+
+    #[test]
+    fn valid_requests() {
+        for &(input, want) in VALID {
+            let (p, keys) = parse(input);
+            let Parsed::Complete(r) = p else {
+                panic!("{:?}: {p:?}", String::from_utf8_lossy(input));
+            };
+            assert_eq!(
+                summary(input, &r, &keys),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(
+                r.consumed,
+                input.len(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            let nl = input.iter().position(|&b| b == b'\n').unwrap();
+            assert_eq!(r.line_len, nl + 1);
+        }
+    }
+
+    /// Split-point test: every strict prefix is Incomplete, and the request is
+    /// consumed exactly even with the next request already buffered.
+    #[test]
+    fn split_points() {
+        for &(input, _) in VALID {
+            for cut in 0..input.len() {
+                assert_eq!(
+                    parse(&input[..cut]).0,
+                    Parsed::Incomplete,
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+            let mut two = input.to_vec();
+            two.extend_from_slice(b"get next\r\n");
+            match parse(&two).0 {
+                Parsed::Complete(r) => assert_eq!(r.consumed, input.len()),
+                p => panic!("{p:?}"),
+            }
+        }
+    }
+
+    fn unknown(consumed: usize) -> Parsed {
+        Parsed::Error(ParseError::UnknownCommand { consumed })
+    }
+
+    fn client(consumed: usize, msg: &'static str) -> Parsed {
+        Parsed::Error(ParseError::Client { consumed, msg })
+    }
+
+    /// Bad requests -> the answer memcached 1.6.18 gives and the bytes to skip.
+    /// `usize::MAX` as consumed stands for "the first line".
+    #[test]
+    fn bad_requests() {
+        const LINE: usize = usize::MAX;
+        let table: &[(&[u8], Parsed)] = &[
+            (b"\r\n", unknown(LINE)),
+            (b"\n", unknown(LINE)),
+            (b"   \r\n", unknown(LINE)),
+            (b"GET a\r\n", unknown(LINE)),
+            (b"Set a 0 0 1\r\nx\r\n", unknown(LINE)),
+            (b"get\r\n", unknown(LINE)),
+            (b"get \r\n", unknown(LINE)),
+            (b"gets\r\n", unknown(LINE)),
+            (b"get\ta\r\n", unknown(LINE)),
+            (b"bogus\r\n", unknown(LINE)),
+            (b"gat\r\n", unknown(LINE)),
+            (b"gat abc a\r\n", client(LINE, MSG_BAD_EXPTIME)),
+            (b"gats 1.5 a\r\n", client(LINE, MSG_BAD_EXPTIME)),
+            (b"get a\x01b\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"get a\tb\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"get a\x7f\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"get a\rb\r\n", client(LINE, MSG_BAD_FORMAT)),
+            // Wrong arity: memcached says ERROR and then reads the data as a command.
+            (b"set a 0 0\r\n", unknown(LINE)),
+            (b"set a 0 0 1 noreply extra\r\nx\r\n", unknown(LINE)),
+            (b"cas a 0 0 1\r\nx\r\n", unknown(LINE)),
+            (b"cas a 0 0 1 5 noreply x\r\nx\r\n", unknown(LINE)),
+            // Bad numbers: CLIENT_ERROR for the line only, data not swallowed.
+            (b"set a -1 0 1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 0 -1\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 abc 1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 0 1x\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 0 +\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 1.5 1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 0x10 1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (
+                b"set a 18446744073709551616 0 1\r\nx\r\n",
+                client(LINE, MSG_BAD_FORMAT),
+            ),
+            (
+                b"set a 0 9999999999999999999 1\r\nx\r\n",
+                client(LINE, MSG_BAD_FORMAT),
+            ),
+            (
+                b"set a 0 0 2147483645\r\n",
+                Parsed::Error(ParseError::TooLarge {
+                    skip: 22 + 2147483645 + 2,
+                }),
+            ),
+            (b"set a 0 0 2147483646\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a 0 0 99999999999\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"cas a 0 0 1 abc\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"cas a 0 0 1 -1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"set a\x01 0 0 1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            // Bad data chunk: line + len + 2 consumed, like memcached.
+            (b"set a 0 0 1\r\nab\r\n", client(16, MSG_BAD_DATA_CHUNK)),
+            (b"set a 0 0 1\r\nx\n\r\n", client(16, MSG_BAD_DATA_CHUNK)),
+            (b"ms a 2\r\nx\r\nmn\r\n", client(12, MSG_BAD_DATA_CHUNK)),
+            (b"delete\r\n", unknown(LINE)),
+            (b"delete a b c d\r\n", unknown(LINE)),
+            (b"delete a 1\r\n", client(LINE, MSG_DELETE_USAGE)),
+            (b"delete a 1 noreply\r\n", client(LINE, MSG_DELETE_USAGE)),
+            (b"delete a x\r\n", client(LINE, MSG_DELETE_USAGE)),
+            (b"delete a 00\r\n", client(LINE, MSG_DELETE_USAGE)),
+            (b"delete a 0 x\r\n", client(LINE, MSG_DELETE_USAGE)),
+            (b"incr\r\n", unknown(LINE)),
+            (b"incr a\r\n", unknown(LINE)),
+            (b"incr a 1 noreply x\r\n", unknown(LINE)),
+            (b"incr a -1\r\n", client(LINE, MSG_BAD_DELTA)),
+            (b"incr a abc\r\n", client(LINE, MSG_BAD_DELTA)),
+            (
+                b"decr a 18446744073709551616\r\n",
+                client(LINE, MSG_BAD_DELTA),
+            ),
+            (b"touch a\r\n", unknown(LINE)),
+            (b"touch a abc\r\n", client(LINE, MSG_BAD_EXPTIME)),
+            (b"flush_all abc\r\n", client(LINE, MSG_BAD_EXPTIME)),
+            (b"flush_all x y\r\n", client(LINE, MSG_BAD_EXPTIME)),
+            (b"flush_all 0 noreply x\r\n", unknown(LINE)),
+            (b"verbosity\r\n", unknown(LINE)),
+            (b"verbosity abc\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"verbosity -1\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"verbosity 1 noreply x\r\n", unknown(LINE)),
+            (b"mg\r\n", unknown(LINE)),
+            (b"ms\r\n", unknown(LINE)),
+            (b"md\r\n", unknown(LINE)),
+            (b"ma\r\n", unknown(LINE)),
+            (b"MG a\r\n", unknown(LINE)),
+            (b"me\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"ms a\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"ms a abc\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+            (b"ms a -1\r\nx\r\n", client(LINE, MSG_BAD_FORMAT)),
+        ];
+        for (input, want) in table {
+            let line = input.iter().position(|&b| b == b'\n').unwrap() + 1;
+            let want = match want {
+                Parsed::Error(ParseError::UnknownCommand { consumed: LINE }) => unknown(line),
+                Parsed::Error(ParseError::Client {
+                    consumed: LINE,
+                    msg,
+                }) => client(line, msg),
+                other => other.clone(),
+            };
+            let (got, keys) = parse(input);
+            assert_eq!(got, want, "{:?}", String::from_utf8_lossy(input));
+            assert!(keys.is_empty());
+        }
+    }
+
+    fn key(n: usize) -> Vec<u8> {
+        vec![b'k'; n]
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// Key length 250 is accepted and 251 rejected by every keyed verb.
+    #[test]
+    fn key_length_limit() {
+        let templates: &[(&[u8], &[u8])] = &[
+            (b"get ", b"\r\n"),
+            (b"get a ", b" b\r\n"),
+            (b"gets ", b"\r\n"),
+            (b"gat 1 ", b"\r\n"),
+            (b"set ", b" 0 0 1\r\nx\r\n"),
+            (b"cas ", b" 0 0 1 1\r\nx\r\n"),
+            (b"delete ", b"\r\n"),
+            (b"incr ", b" 1\r\n"),
+            (b"touch ", b" 1\r\n"),
+            (b"mg ", b" v\r\n"),
+            (b"ms ", b" 1\r\nx\r\n"),
+            (b"md ", b"\r\n"),
+            (b"ma ", b"\r\n"),
+            (b"me ", b"\r\n"),
+        ];
+        for &(pre, post) in templates {
+            let ok = cat(&[pre, &key(250), post]);
+            match parse(&ok).0 {
+                Parsed::Complete(r) => assert_eq!(r.consumed, ok.len()),
+                p => panic!("{:?}: {p:?}", String::from_utf8_lossy(pre)),
+            }
+            let bad = cat(&[pre, &key(251), post]);
+            let line = bad.iter().position(|&b| b == b'\n').unwrap() + 1;
+            assert_eq!(
+                parse(&bad).0,
+                client(line, MSG_BAD_FORMAT),
+                "{:?}",
+                String::from_utf8_lossy(pre)
+            );
+        }
+    }
+
+    /// Items of exactly `max_item_size` parse; one byte more is TooLarge with
+    /// the whole request to swallow, decided before the data arrives.
+    #[test]
+    fn item_size_limit() {
+        for verb in [&b"set"[..], b"add", b"cas"] {
+            let cas: &[u8] = if verb == b"cas" { b" 7" } else { b"" };
+            let line = cat(&[verb, b" k 0 0 1024", cas, b"\r\n"]);
+            let ok = cat(&[&line, &vec![b'x'; MAX_ITEM], b"\r\n"]);
+            match parse(&ok).0 {
+                Parsed::Complete(r) => {
+                    assert_eq!(r.data.len(), MAX_ITEM);
+                    assert_eq!(r.consumed, ok.len());
+                }
+                p => panic!("{p:?}"),
+            }
+            let line = cat(&[verb, b" k 0 0 1025", cas, b"\r\n"]);
+            let want = Parsed::Error(ParseError::TooLarge {
+                skip: line.len() + 1025 + 2,
+            });
+            assert_eq!(parse(&line).0, want);
+            let full = cat(&[&line, &vec![b'x'; 1025], b"\r\n"]);
+            assert_eq!(parse(&full).0, want);
+        }
+        let ok = cat(&[b"ms k 1024 T0\r\n", &vec![b'x'; MAX_ITEM], b"\r\n"]);
+        assert!(matches!(parse(&ok).0, Parsed::Complete(_)));
+        let bad = b"ms k 1025 q\r\n";
+        assert_eq!(
+            parse(bad).0,
+            Parsed::Error(ParseError::TooLarge {
+                skip: bad.len() + 1027
+            })
+        );
+    }
+
+    #[test]
+    fn line_length_limit() {
+        // A get line of exactly MAX_LINE_LEN bytes, terminator included.
+        let mut ok = b"get".to_vec();
+        while ok.len() + 2 + 201 <= MAX_LINE_LEN {
+            ok.push(b' ');
+            ok.extend_from_slice(&key(200));
+        }
+        ok.push(b' ');
+        ok.extend(std::iter::repeat(b'z').take(MAX_LINE_LEN - 2 - ok.len()));
+        ok.extend_from_slice(b"\r\n");
+        assert_eq!(ok.len(), MAX_LINE_LEN);
+        assert!(matches!(parse(&ok).0, Parsed::Complete(r) if r.consumed == MAX_LINE_LEN));
+        let mut long = ok.clone();
+        long.insert(4, b'y');
+        assert_eq!(parse(&long).0, Parsed::Error(ParseError::LineTooLong));
+        // No terminator yet: wait until MAX_LINE_LEN bytes, then give up.
+        assert_eq!(parse(&ok[..MAX_LINE_LEN - 1]).0, Parsed::Incomplete);
+        assert_eq!(
+            parse(&long[..MAX_LINE_LEN]).0,
+            Parsed::Error(ParseError::LineTooLong)
+        );
+    }
+
+    #[test]
+    fn key_count_limit() {
+        let mut line = b"get".to_vec();
+        for _ in 0..MAX_KEYS {
+            line.extend_from_slice(b" k");
+        }
+        line.extend_from_slice(b"\r\n");
+        let (p, keys) = parse(&line);
+        assert!(matches!(p, Parsed::Complete(_)));
+        assert_eq!(keys.len(), MAX_KEYS);
+        line.truncate(line.len() - 2);
+        line.extend_from_slice(b" k\r\n");
+        let (p, keys) = parse(&line);
+        assert_eq!(p, client(line.len(), MSG_TOO_MANY_KEYS));
+        assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn keys_are_cleared_first() {
+        let mut keys = vec![0..1, 2..3];
+        let p = parse_request(b"set a 0 0 1\r\nx\r\n", MAX_ITEM, &mut keys);
+        assert!(matches!(p, Parsed::Complete(_)));
+        assert!(keys.is_empty());
+    }
+
+    #[test]
+    fn noreply_requested_table() {
+        let table: &[(&[u8], bool)] = &[
+            (b"set a 0 0 1 noreply\r\nx\r\n", true),
+            (b"set a abc 0 1 noreply\r\n", true),
+            (b"set a 0 0 99999999 noreply\r\n", true),
+            (b"set a 0 0 99999999 noreply", true),
+            (b"delete a 1 noreply\r\n", true),
+            (b"incr a x noreply\n", true),
+            (b"flush_all noreply\r\n", true),
+            (b"set a 0 0 1\r\nx\r\n", false),
+            (b"get noreply\r\n", false),
+            (b"mg a noreply\r\n", false),
+            (b"noreply\r\n", false),
+            (b"\r\n", false),
+        ];
+        for &(input, want) in table {
+            assert_eq!(
+                noreply_requested(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"+7"), Some(7));
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+        for bad in [&b""[..], b"+", b"-1", b"-0", b"1 ", b"0x1", b"++1"] {
+            assert_eq!(parse_u64(bad), None);
+        }
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"-1"), Some(-1));
+        for bad in [&b""[..], b"-", b"+", b"--1", b"1-"] {
+            assert_eq!(parse_i64(bad), None);
+        }
+    }
+
+    fn storage_verb() -> impl Strategy<Value = Verb> {
+        prop::sample::select(vec![
+            Verb::Set,
+            Verb::Add,
+            Verb::Replace,
+            Verb::Append,
+            Verb::Prepend,
+            Verb::Cas,
+        ])
+    }
+
+    fn key_strategy() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(0x21u8..=0xff, 1..=250).prop_map(|k| {
+            k.into_iter()
+                .map(|b| if b == 0x7f { b'x' } else { b })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..600)) {
+            let mut keys = Vec::new();
+            match parse_request(&buf, 64, &mut keys) {
+                Parsed::Complete(r) => {
+                    prop_assert!(r.consumed <= buf.len());
+                    prop_assert!(r.line_len <= r.consumed);
+                    for k in keys.iter().chain([&r.key, &r.data, &r.meta_flags]) {
+                        prop_assert!(k.start <= k.end && k.end <= buf.len());
+                    }
+                }
+                Parsed::Error(ParseError::UnknownCommand { consumed })
+                | Parsed::Error(ParseError::Client { consumed, .. }) => {
+                    prop_assert!(consumed > 0 && consumed <= buf.len());
+                }
+                Parsed::Error(ParseError::TooLarge { skip }) => prop_assert!(skip > 64),
+                Parsed::Error(ParseError::LineTooLong) | Parsed::Incomplete => {}
+            }
+            let _ = noreply_requested(&buf);
+        }
+
+        #[test]
+        fn text_like_bytes_never_panic(
+            words in prop::collection::vec(
+                prop::sample::select(vec![
+                    &b"get"[..], b"gat", b"set", b"cas", b"delete", b"incr", b"touch",
+                    b"flush_all", b"verbosity", b"mg", b"ms", b"me", b"0", b"1", b"-1",
+                    b"noreply", b"q", b"k", b" ", b"\r\n", b"\n", b"\r", b"99999999999999999999",
+                ]),
+                0..20,
+            )
+        ) {
+            let buf = words.concat();
+            let mut keys = Vec::new();
+            if let Parsed::Complete(r) = parse_request(&buf, 64, &mut keys) {
+                prop_assert!(r.consumed <= buf.len());
+            }
+        }
+
+        #[test]
+        fn storage_round_trip(
+            verb in storage_verb(),
+            key in key_strategy(),
+            flags in any::<u32>(),
+            exptime in any::<i64>(),
+            data in prop::collection::vec(any::<u8>(), 0..300),
+            cas in any::<u64>(),
+            noreply in any::<bool>(),
+        ) {
+            let cas = (verb == Verb::Cas).then_some(cas);
+            let mut out = bytes::BytesMut::new();
+            crate::protocol::compose::compose_storage(
+                &mut out, verb, &key, flags, exptime, &data, cas, noreply,
+            );
+            let mut keys = Vec::new();
+            let Parsed::Complete(r) = parse_request(&out, 300, &mut keys) else {
+                panic!("{out:?}");
+            };
+            prop_assert_eq!(r.verb, verb);
+            prop_assert_eq!(&out[r.key.clone()], &key[..]);
+            prop_assert_eq!(&out[r.data.clone()], &data[..]);
+            prop_assert_eq!(r.flags, flags);
+            prop_assert_eq!(r.exptime, exptime);
+            prop_assert_eq!(r.cas_unique, cas.unwrap_or(0));
+            prop_assert_eq!(r.noreply, noreply);
+            prop_assert_eq!(r.consumed, out.len());
+            for cut in 0..out.len() {
+                prop_assert_eq!(parse_request(&out[..cut], 300, &mut keys), Parsed::Incomplete);
+            }
+        }
+
+        #[test]
+        fn retrieval_round_trip(
+            verb in prop::sample::select(vec![Verb::Get, Verb::Gets, Verb::Gat, Verb::Gats]),
+            exptime in any::<i64>(),
+            ks in prop::collection::vec(key_strategy(), 1..20),
+        ) {
+            let mut out = bytes::BytesMut::new();
+            crate::protocol::compose::compose_retrieval(
+                &mut out, verb, exptime, ks.iter().map(|k| &k[..]),
+            );
+            let mut keys = Vec::new();
+            let Parsed::Complete(r) = parse_request(&out, 300, &mut keys) else {
+                panic!("{out:?}");
+            };
+            prop_assert_eq!(r.verb, verb);
+            prop_assert_eq!(r.consumed, out.len());
+            let want_exp = if matches!(verb, Verb::Gat | Verb::Gats) { exptime } else { 0 };
+            prop_assert_eq!(r.exptime, want_exp);
+            let got: Vec<&[u8]> = keys.iter().map(|k| &out[k.clone()]).collect();
+            let want: Vec<&[u8]> = ks.iter().map(|k| &k[..]).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 }
