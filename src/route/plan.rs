@@ -235,7 +235,7 @@ mod tests {
             let ranges = if keys.is_empty() { Vec::new() } else { ranges };
             let mut plan = FanoutPlan::default();
             // Build twice over different inputs: state must not leak.
-            plan.build(&r, b"zz", &[0..2]);
+            plan.build(&r, b"zz", std::slice::from_ref(&(0..2)));
             plan.build(&r, &buf, &ranges);
             prop_assert_eq!(plan.len(), keys.len());
             let mut seen = vec![false; keys.len()];
