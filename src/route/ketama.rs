@@ -58,7 +58,11 @@ pub fn nutcracker_name(host_port: &str) -> &str {
 /// operation: `floorf((float)(pct * 160 / 4 * (float)n + 1e-10)) * 4` with
 /// `pct = (float)weight / (float)total_weight`. Rounding in `f32` matters:
 /// it decides whether a share lands just below or at a whole number.
-/// Returns 0 when `total_weight` is 0.
+/// For example 25 equally weighted servers get 156 points each, not 160.
+/// The same goes for 47, 50, 100 and many larger pool sizes. When a pool grows
+/// across such a size, every old server loses 4 points and a few keys move
+/// between old servers, in nutcracker and here alike. Returns 0 when
+/// `total_weight` is 0.
 pub fn points_per_server(weight: u32, total_weight: u64, n: u32) -> u32 {
     if total_weight == 0 {
         return 0;
@@ -86,7 +90,9 @@ impl Continuum {
     /// simply gets no points, and a pool whose weights are all 0 is treated
     /// as equally weighted. `Member::name` is hashed as is: pass
     /// [`nutcracker_name`] of `host:port` to agree with an unnamed nutcracker
-    /// server on port 11211.
+    /// server on port 11211. nutcracker formats `"<name>-<i>"` into an
+    /// 86-byte buffer, so it is only well defined for names up to 81 bytes;
+    /// here longer names are hashed in full.
     pub fn new(members: &[Member]) -> Continuum {
         let n = members.len();
         let mut total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
@@ -174,6 +180,18 @@ mod tests {
         assert_eq!(ketama_hash(b"a"), 0xb975_c10c);
         // md5("hello") = 5d41402abc4b2a76b9719d911017c592
         assert_eq!(ketama_hash(b"hello"), 0x2a40_415d);
+    }
+
+    #[test]
+    fn member_for_nutcracker() {
+        assert_eq!(
+            Member::for_nutcracker("10.0.0.1:11211", 2),
+            member("10.0.0.1", 2)
+        );
+        assert_eq!(
+            Member::for_nutcracker("10.0.0.1:10001", 1),
+            member("10.0.0.1:10001", 1)
+        );
     }
 
     #[test]

@@ -63,6 +63,13 @@ impl Member {
             weight,
         }
     }
+
+    /// A member that hashes like an *unnamed* nutcracker server
+    /// `host:port:weight`: the name is [`ketama::nutcracker_name`] of
+    /// `host_port` (`host` alone when the port is 11211).
+    pub fn for_nutcracker(host_port: &str, weight: u32) -> Member {
+        Member::new(ketama::nutcracker_name(host_port), weight)
+    }
 }
 
 /// An immutable ring: built once per configuration and shared across cores.
