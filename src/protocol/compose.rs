@@ -187,13 +187,23 @@ fn line_content(line: &[u8]) -> &[u8] {
 /// terminator as `\r\n`. Used so that every upstream request gets a reply and
 /// the pipelined FIFO stays in step.
 ///
-/// `line` may carry its terminator or not. Only a last token that is exactly
-/// `noreply` (and not the command word itself) is dropped; every other byte is
-/// kept as it was, trailing spaces aside.
+/// `line` may carry its terminator or not. A last token that is exactly
+/// `noreply` is dropped only where it is an extra argument of a verb that
+/// takes one (so `get noreply` and `delete noreply` keep their key); every
+/// other byte is kept as it was, trailing spaces aside.
 pub fn compose_without_noreply(out: &mut BytesMut, line: &[u8]) {
     let mut content = line_content(line);
-    if let Some(head) = content.strip_suffix(b"noreply") {
-        if head.ends_with(b" ") && head.iter().any(|&b| b != b' ') {
+    if let Some(head) = content.strip_suffix(b" noreply") {
+        let mut words = head.split(|&b| b == b' ').filter(|t| !t.is_empty());
+        let required = match words.next().and_then(super::request::verb_from_word) {
+            Some(Verb::Set | Verb::Add | Verb::Replace | Verb::Append | Verb::Prepend) => Some(4),
+            Some(Verb::Cas) => Some(5),
+            Some(Verb::Delete | Verb::Verbosity) => Some(1),
+            Some(Verb::Incr | Verb::Decr | Verb::Touch) => Some(2),
+            Some(Verb::FlushAll) => Some(0),
+            _ => None,
+        };
+        if required.is_some_and(|n| words.count() >= n) {
             content = head;
             while let Some(rest) = content.strip_suffix(b" ") {
                 content = rest;
@@ -244,4 +254,182 @@ pub fn meta_flag(flags: &[u8], flag: u8) -> Option<&[u8]> {
             Some((&first, rest)) if first == flag => Some(rest),
             _ => None,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(f: impl FnOnce(&mut BytesMut)) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        f(&mut out);
+        out.to_vec()
+    }
+
+    #[test]
+    fn numbers() {
+        for (v, want) in [
+            (0u64, "0"),
+            (7, "7"),
+            (10, "10"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            assert_eq!(run(|o| put_u64(o, v)), want.as_bytes());
+        }
+        for (v, want) in [
+            (0i64, "0"),
+            (-1, "-1"),
+            (i64::MIN, "-9223372036854775808"),
+            (i64::MAX, "9223372036854775807"),
+        ] {
+            assert_eq!(run(|o| put_i64(o, v)), want.as_bytes());
+        }
+    }
+
+    #[test]
+    fn composed_bytes() {
+        let table: &[(Vec<u8>, &[u8])] = &[
+            (
+                run(|o| compose_client_error(o, "bad data chunk")),
+                b"CLIENT_ERROR bad data chunk\r\n",
+            ),
+            (
+                run(|o| compose_retrieval(o, Verb::Get, 99, [&b"a"[..], b"b"])),
+                b"get a b\r\n",
+            ),
+            (
+                run(|o| compose_retrieval(o, Verb::Gets, 0, [&b"a"[..]])),
+                b"gets a\r\n",
+            ),
+            (
+                run(|o| compose_retrieval(o, Verb::Gat, -1, [&b"a"[..]])),
+                b"gat -1 a\r\n",
+            ),
+            (
+                run(|o| compose_retrieval(o, Verb::Gats, 300, [&b"a"[..], b"b"])),
+                b"gats 300 a b\r\n",
+            ),
+            (
+                run(|o| compose_storage_line(o, Verb::Set, b"k", 5, 10, 2, None, false)),
+                b"set k 5 10 2\r\n",
+            ),
+            (
+                run(|o| compose_storage_line(o, Verb::Cas, b"k", 0, 0, 1, Some(42), true)),
+                b"cas k 0 0 1 42 noreply\r\n",
+            ),
+            (
+                run(|o| compose_storage(o, Verb::Append, b"k", 1, -1, b"hi", None, true)),
+                b"append k 1 -1 2 noreply\r\nhi\r\n",
+            ),
+            (
+                run(|o| compose_key_command(o, b"delete", b"k", None)),
+                b"delete k\r\n",
+            ),
+            (
+                run(|o| compose_key_command(o, b"touch", b"k", Some(300))),
+                b"touch k 300\r\n",
+            ),
+            (
+                run(|o| compose_key_command(o, b"incr", b"k", Some(5))),
+                b"incr k 5\r\n",
+            ),
+            (run(|o| compose_readback(o, b"k")), b"mg k v f t\r\n"),
+            (
+                run(|o| compose_value_line(o, b"k", 7, 2, None)),
+                b"VALUE k 7 2\r\n",
+            ),
+            (
+                run(|o| compose_value_line(o, b"k", u32::MAX, 0, Some(37))),
+                b"VALUE k 4294967295 0 37\r\n",
+            ),
+        ];
+        for (got, want) in table {
+            assert_eq!(String::from_utf8_lossy(got), String::from_utf8_lossy(want));
+        }
+    }
+
+    #[test]
+    fn without_noreply() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"set k 0 0 1 noreply\r\n", b"set k 0 0 1\r\n"),
+            (b"set k 0 0 1 noreply", b"set k 0 0 1\r\n"),
+            (b"delete k noreply\n", b"delete k\r\n"),
+            (b"delete k 0  noreply  \r\n", b"delete k 0\r\n"),
+            (b"incr k 1\r\n", b"incr k 1\r\n"),
+            (b"incr k 1\n", b"incr k 1\r\n"),
+            (b"set  k 0 0 1 noreply\r\n", b"set  k 0 0 1\r\n"),
+            (b"set k 0 0 1 xnoreply\r\n", b"set k 0 0 1 xnoreply\r\n"),
+            (b"get noreply\r\n", b"get noreply\r\n"),
+            (b"get a noreply\r\n", b"get a noreply\r\n"),
+            (b"delete noreply\r\n", b"delete noreply\r\n"),
+            (b"flush_all noreply\r\n", b"flush_all\r\n"),
+            (b"flush_all 10 noreply\r\n", b"flush_all 10\r\n"),
+            (b"cas k 0 0 1 noreply\r\n", b"cas k 0 0 1 noreply\r\n"),
+            (b"cas k 0 0 1 9 noreply\r\n", b"cas k 0 0 1 9\r\n"),
+            (b"noreply\r\n", b"noreply\r\n"),
+            (b"\r\n", b"\r\n"),
+        ];
+        for &(line, want) in table {
+            let got = run(|o| compose_without_noreply(o, line));
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+        }
+    }
+
+    #[test]
+    fn without_quiet() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"mg k v q\r\n", b"mg k v\r\n"),
+            (b"mg k q v\r\n", b"mg k v\r\n"),
+            (b"mg k  q  v\n", b"mg k  v\r\n"),
+            (b"mg q v q\r\n", b"mg q v\r\n"),
+            (b"ms k 2 T90 q F1\r\n", b"ms k 2 T90 F1\r\n"),
+            (b"md k q q\r\n", b"md k\r\n"),
+            (b"mg k qq v\r\n", b"mg k qq v\r\n"),
+            (b"mg k v\r\n", b"mg k v\r\n"),
+            (b"mg k v", b"mg k v\r\n"),
+            (b"mn\r\n", b"mn\r\n"),
+        ];
+        for &(line, want) in table {
+            let got = run(|o| compose_without_quiet(o, line));
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+        }
+    }
+
+    #[test]
+    fn meta_flags() {
+        let flags = b"f30 t-1  v O123";
+        assert_eq!(meta_flag(flags, b'f'), Some(&b"30"[..]));
+        assert_eq!(meta_flag(flags, b't'), Some(&b"-1"[..]));
+        assert_eq!(meta_flag(flags, b'v'), Some(&b""[..]));
+        assert_eq!(meta_flag(flags, b'O'), Some(&b"123"[..]));
+        assert_eq!(meta_flag(flags, b'q'), None);
+        assert_eq!(meta_flag(b"", b'q'), None);
+        assert_eq!(meta_flag(b"q", b'q'), Some(&b""[..]));
+    }
+
+    /// A parsed request's own line, re-emitted without noreply/quiet, parses
+    /// back to the same request with the flag cleared.
+    #[test]
+    fn strip_then_parse() {
+        use crate::protocol::{parse_request, Parsed};
+        let mut keys = Vec::new();
+        for line in [
+            &b"delete k noreply\r\n"[..],
+            b"incr k 5 noreply\r\n",
+            b"touch k 9 noreply\n",
+        ] {
+            let got = run(|o| compose_without_noreply(o, line));
+            let Parsed::Complete(r) = parse_request(&got, 1024, &mut keys) else {
+                panic!()
+            };
+            assert!(!r.noreply);
+            assert_eq!(r.consumed, got.len());
+        }
+        let got = run(|o| compose_without_quiet(o, b"mg k v q k\r\n"));
+        let Parsed::Complete(r) = parse_request(&got, 1024, &mut keys) else {
+            panic!()
+        };
+        assert!(!r.quiet);
+        assert_eq!(&got[r.meta_flags], b"v k");
+    }
 }

@@ -345,7 +345,7 @@ pub fn noreply_requested(buf: &[u8]) -> bool {
 }
 
 /// The command word -> verb; case-sensitive like memcached.
-fn verb_from_word(word: &[u8]) -> Option<Verb> {
+pub(super) fn verb_from_word(word: &[u8]) -> Option<Verb> {
     Some(match word {
         b"get" => Verb::Get,
         b"gets" => Verb::Gets,

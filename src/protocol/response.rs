@@ -441,3 +441,496 @@ fn frame_meta(buf: &[u8], max_value: usize) -> Result<Framed, FrameError> {
     };
     Ok(complete(l.next, status, l.content))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::MAX_LINE_LEN;
+    use proptest::prelude::*;
+
+    const MAX: usize = 64;
+
+    fn frame(expect: Expect, buf: &[u8]) -> (Result<Framed, FrameError>, Vec<ValueItem>) {
+        let mut items = Vec::new();
+        let r = frame_response(expect, buf, MAX, &mut items);
+        (r, items)
+    }
+
+    fn text(buf: &[u8], r: &Range<usize>) -> String {
+        String::from_utf8_lossy(&buf[r.clone()]).into_owned()
+    }
+
+    /// Replies as memcached 1.6.18 sends them: (expect, bytes, status, line, data, items).
+    /// Items render as `key/flags/data[/cas]`.
+    #[allow(clippy::type_complexity)]
+    const VALID: &[(Expect, &[u8], Status, &str, &str, &[&str])] = &[
+        (Expect::Values, b"END\r\n", Status::Values, "END", "", &[]),
+        (
+            Expect::Values,
+            b"VALUE k 7 2\r\nhi\r\nEND\r\n",
+            Status::Values,
+            "END",
+            "",
+            &["k/7/hi"],
+        ),
+        (
+            Expect::Values,
+            b"VALUE k 7 2 37\r\nhi\r\nEND\r\n",
+            Status::Values,
+            "END",
+            "",
+            &["k/7/hi/37"],
+        ),
+        (
+            Expect::Values,
+            b"VALUE a 0 0\r\n\r\nVALUE b 4294967295 4\r\nx\r\ny\r\nEND\r\n",
+            Status::Values,
+            "END",
+            "",
+            &["a/0/", "b/4294967295/x\r\ny"],
+        ),
+        (
+            Expect::Values,
+            b"VALUE k 0 1\nx\r\nEND\n",
+            Status::Values,
+            "END",
+            "",
+            &["k/0/x"],
+        ),
+        (
+            Expect::Values,
+            b"ERROR\r\n",
+            Status::Error,
+            "ERROR",
+            "",
+            &[],
+        ),
+        (
+            Expect::Values,
+            b"CLIENT_ERROR bad command line format\r\n",
+            Status::ClientError,
+            "CLIENT_ERROR bad command line format",
+            "",
+            &[],
+        ),
+        (
+            Expect::Values,
+            b"VALUE k 0 1\r\nx\r\nSERVER_ERROR out of memory\r\n",
+            Status::ServerError,
+            "SERVER_ERROR out of memory",
+            "",
+            &["k/0/x"],
+        ),
+        (
+            Expect::Line,
+            b"STORED\r\n",
+            Status::Stored,
+            "STORED",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"NOT_STORED\r\n",
+            Status::NotStored,
+            "NOT_STORED",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"EXISTS\r\n",
+            Status::Exists,
+            "EXISTS",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"NOT_FOUND\r\n",
+            Status::NotFound,
+            "NOT_FOUND",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"DELETED\r\n",
+            Status::Deleted,
+            "DELETED",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"TOUCHED\r\n",
+            Status::Touched,
+            "TOUCHED",
+            "",
+            &[],
+        ),
+        (Expect::Line, b"OK\r\n", Status::Ok, "OK", "", &[]),
+        (Expect::Line, b"8\r\n", Status::Number(8), "8", "", &[]),
+        (
+            Expect::Line,
+            b"18446744073709551615\r\n",
+            Status::Number(u64::MAX),
+            "18446744073709551615",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"VERSION 1.6.18\r\n",
+            Status::Version,
+            "VERSION 1.6.18",
+            "",
+            &[],
+        ),
+        (Expect::Line, b"ERROR\r\n", Status::Error, "ERROR", "", &[]),
+        (
+            Expect::Line,
+            b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+            Status::ClientError,
+            "CLIENT_ERROR cannot increment or decrement non-numeric value",
+            "",
+            &[],
+        ),
+        (
+            Expect::Line,
+            b"SERVER_ERROR object too large for cache\r\n",
+            Status::ServerError,
+            "SERVER_ERROR object too large for cache",
+            "",
+            &[],
+        ),
+        (Expect::Line, b"STORED\n", Status::Stored, "STORED", "", &[]),
+        (Expect::Stats, b"END\r\n", Status::Stats, "END", "", &[]),
+        (
+            Expect::Stats,
+            b"STAT pid 1\r\nSTAT version 1.6.18\r\nEND\r\n",
+            Status::Stats,
+            "END",
+            "",
+            &[],
+        ),
+        (Expect::Stats, b"RESET\r\n", Status::Ok, "RESET", "", &[]),
+        (Expect::Stats, b"OK\r\n", Status::Ok, "OK", "", &[]),
+        (Expect::Stats, b"ERROR\r\n", Status::Error, "ERROR", "", &[]),
+        (
+            Expect::Meta,
+            b"VA 2 f7 c37\r\nhi\r\n",
+            Status::MetaValue,
+            "VA 2 f7 c37",
+            "hi",
+            &[],
+        ),
+        (
+            Expect::Meta,
+            b"VA 0\r\n\r\n",
+            Status::MetaValue,
+            "VA 0",
+            "",
+            &[],
+        ),
+        (Expect::Meta, b"HD\r\n", Status::MetaHd, "HD", "", &[]),
+        (
+            Expect::Meta,
+            b"HD c5 O1\r\n",
+            Status::MetaHd,
+            "HD c5 O1",
+            "",
+            &[],
+        ),
+        (Expect::Meta, b"EN\r\n", Status::MetaEn, "EN", "", &[]),
+        (Expect::Meta, b"NF\r\n", Status::MetaNf, "NF", "", &[]),
+        (Expect::Meta, b"NS\r\n", Status::MetaNs, "NS", "", &[]),
+        (Expect::Meta, b"EX\r\n", Status::MetaEx, "EX", "", &[]),
+        (Expect::Meta, b"MN\r\n", Status::MetaMn, "MN", "", &[]),
+        (
+            Expect::Meta,
+            b"ME k exp=-1 la=0 cas=37 fetch=yes cls=1 size=66\r\n",
+            Status::MetaMe,
+            "ME k exp=-1 la=0 cas=37 fetch=yes cls=1 size=66",
+            "",
+            &[],
+        ),
+        (
+            Expect::Meta,
+            b"CLIENT_ERROR invalid flag\r\n",
+            Status::ClientError,
+            "CLIENT_ERROR invalid flag",
+            "",
+            &[],
+        ),
+    ];
+
+    fn render(buf: &[u8], it: &ValueItem) -> String {
+        let mut s = format!(
+            "{}/{}/{}",
+            text(buf, &it.key),
+            it.flags,
+            text(buf, &it.data)
+        );
+        if let Some(cas) = it.cas {
+            s += &format!("/{cas}");
+        }
+        s
+    }
+
+    #[test]
+    fn valid_replies() {
+        for &(expect, input, status, line, data, want_items) in VALID {
+            let ctx = String::from_utf8_lossy(input);
+            let (r, items) = frame(expect, input);
+            let Ok(Framed::Complete {
+                len,
+                status: got,
+                line: l,
+                data: d,
+            }) = r
+            else {
+                panic!("{ctx:?}: {r:?}");
+            };
+            assert_eq!(len, input.len(), "{ctx:?}");
+            assert_eq!(got, status, "{ctx:?}");
+            assert_eq!(text(input, &l), line, "{ctx:?}");
+            assert_eq!(text(input, &d), data, "{ctx:?}");
+            let got_items: Vec<String> = items.iter().map(|it| render(input, it)).collect();
+            assert_eq!(got_items, want_items, "{ctx:?}");
+            // Items tile the reply from its start.
+            let mut pos = 0;
+            for it in &items {
+                assert_eq!(it.item.start, pos);
+                assert_eq!(&input[it.item.start..it.item.start + 6], b"VALUE ");
+                assert_eq!(it.data.end + 2, it.item.end);
+                pos = it.item.end;
+            }
+        }
+    }
+
+    /// Every strict prefix is Incomplete (with `items` left empty), and a reply
+    /// is framed to exactly its length when the next reply is already buffered.
+    #[test]
+    fn split_points() {
+        for &(expect, input, ..) in VALID {
+            for cut in 0..input.len() {
+                let (r, items) = frame(expect, &input[..cut]);
+                assert_eq!(
+                    r,
+                    Ok(Framed::Incomplete),
+                    "{:?} cut at {cut}",
+                    String::from_utf8_lossy(input)
+                );
+                assert!(items.is_empty());
+            }
+            let mut two = input.to_vec();
+            two.extend_from_slice(b"END\r\n");
+            match frame(expect, &two).0 {
+                Ok(Framed::Complete { len, .. }) => assert_eq!(len, input.len()),
+                r => panic!("{r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_frame_error() {
+        let table: &[(Expect, &[u8])] = &[
+            (Expect::Values, b"STORED\r\n"),
+            (Expect::Values, b"\r\n"),
+            (Expect::Values, b"VALUES k 0 1\r\nx\r\nEND\r\n"),
+            (Expect::Values, b"VALUE k 0\r\n"),
+            (Expect::Values, b"VALUE k 0 1 2 3\r\nx\r\nEND\r\n"),
+            (Expect::Values, b"VALUE k x 1\r\nx\r\nEND\r\n"),
+            (Expect::Values, b"VALUE k 4294967296 1\r\nx\r\nEND\r\n"),
+            (Expect::Values, b"VALUE k 0 -1\r\n"),
+            (Expect::Values, b"VALUE k 0 1 c\r\nx\r\nEND\r\n"),
+            (Expect::Values, b"VALUE k 0 1\r\nxy\r\nEND\r\n"),
+            (Expect::Values, b"VALUE k 0 1\r\nx\r\nSTORED\r\n"),
+            (Expect::Values, b"end\r\n"),
+            (Expect::Values, b"ENDX\r\n"),
+            (Expect::Line, b"\r\n"),
+            (Expect::Line, b"END\r\n"),
+            (Expect::Line, b"stored\r\n"),
+            (Expect::Line, b"STORED \r\n"),
+            (Expect::Line, b"-1\r\n"),
+            (Expect::Line, b"18446744073709551616\r\n"),
+            (Expect::Line, b"VALUE k 0 1\r\nx\r\nEND\r\n"),
+            (Expect::Line, b"ERRORS\r\n"),
+            (Expect::Stats, b"STORED\r\n"),
+            (Expect::Stats, b"STAT a 1\r\nOK\r\n"),
+            (Expect::Meta, b"END\r\n"),
+            (Expect::Meta, b"VA\r\n"),
+            (Expect::Meta, b"VA x\r\n"),
+            (Expect::Meta, b"VA 1\r\nxy\r\n"),
+            (Expect::Meta, b"HDX\r\n"),
+            (Expect::Meta, b"\r\n"),
+        ];
+        for &(expect, input) in table {
+            let (r, items) = frame(expect, input);
+            assert!(
+                r.is_err(),
+                "{expect:?} {:?}: {r:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert!(items.is_empty());
+        }
+    }
+
+    #[test]
+    fn value_size_limit() {
+        let ok = [b"VALUE k 0 64\r\n".as_slice(), &[b'x'; MAX], b"\r\nEND\r\n"].concat();
+        assert!(matches!(
+            frame(Expect::Values, &ok).0,
+            Ok(Framed::Complete { .. })
+        ));
+        // One byte over is refused from the line alone, before any data arrives.
+        assert!(frame(Expect::Values, b"VALUE k 0 65\r\n").0.is_err());
+        let ok = [b"VA 64 f1\r\n".as_slice(), &[b'x'; MAX], b"\r\n"].concat();
+        assert!(matches!(
+            frame(Expect::Meta, &ok).0,
+            Ok(Framed::Complete { .. })
+        ));
+        assert!(frame(Expect::Meta, b"VA 65 f1\r\n").0.is_err());
+        assert!(frame(Expect::Meta, b"VA 18446744073709551615\r\n")
+            .0
+            .is_err());
+        let mut items = Vec::new();
+        let huge = frame_response(
+            Expect::Meta,
+            b"VA 18446744073709551613\r\n",
+            usize::MAX,
+            &mut items,
+        );
+        assert!(huge.is_err() || huge == Ok(Framed::Incomplete));
+    }
+
+    #[test]
+    fn line_length_limit() {
+        let mut ok = b"SERVER_ERROR ".to_vec();
+        ok.resize(MAX_LINE_LEN - 2, b'e');
+        ok.extend_from_slice(b"\r\n");
+        assert!(
+            matches!(frame(Expect::Line, &ok).0, Ok(Framed::Complete { len, .. }) if len == MAX_LINE_LEN)
+        );
+        let mut long = ok.clone();
+        long.insert(13, b'e');
+        assert!(frame(Expect::Line, &long).0.is_err());
+        assert_eq!(
+            frame(Expect::Line, &long[..MAX_LINE_LEN - 1]).0,
+            Ok(Framed::Incomplete)
+        );
+        assert!(
+            frame(Expect::Stats, &[b"STAT a 1\r\n".as_slice(), &long].concat())
+                .0
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn items_are_cleared_first() {
+        let mut items = vec![ValueItem {
+            key: 0..1,
+            item: 0..1,
+            data: 0..1,
+            flags: 0,
+            cas: None,
+        }];
+        let r = frame_response(Expect::Line, b"STORED\r\n", MAX, &mut items);
+        assert!(matches!(r, Ok(Framed::Complete { .. })));
+        assert!(items.is_empty());
+    }
+
+    fn expect_strategy() -> impl Strategy<Value = Expect> {
+        prop::sample::select(vec![
+            Expect::Values,
+            Expect::Line,
+            Expect::Stats,
+            Expect::Meta,
+        ])
+    }
+
+    fn check_invariants(buf: &[u8], r: &Result<Framed, FrameError>, items: &[ValueItem]) {
+        if let Ok(Framed::Complete {
+            len, line, data, ..
+        }) = r
+        {
+            assert!(*len <= buf.len());
+            for rg in [line, data] {
+                assert!(rg.start <= rg.end && rg.end <= *len);
+            }
+            for it in items {
+                for rg in [&it.key, &it.item, &it.data] {
+                    assert!(rg.start <= rg.end && rg.end <= *len);
+                }
+            }
+        } else {
+            assert!(items.is_empty());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            expect in expect_strategy(),
+            buf in prop::collection::vec(any::<u8>(), 0..400),
+        ) {
+            let mut items = Vec::new();
+            let r = frame_response(expect, &buf, MAX, &mut items);
+            check_invariants(&buf, &r, &items);
+        }
+
+        #[test]
+        fn reply_like_bytes_never_panic(
+            expect in expect_strategy(),
+            words in prop::collection::vec(
+                prop::sample::select(vec![
+                    &b"VALUE"[..], b"END", b"STAT", b"VA", b"HD", b"ERROR", b"SERVER_ERROR",
+                    b"k", b"0", b"1", b"2", b"99999999999999999999", b" ", b"\r\n", b"\n",
+                    b"\r", b"x",
+                ]),
+                0..30,
+            ),
+        ) {
+            let buf = words.concat();
+            let mut items = Vec::new();
+            let r = frame_response(expect, &buf, MAX, &mut items);
+            check_invariants(&buf, &r, &items);
+        }
+
+        #[test]
+        fn value_round_trip(
+            blocks in prop::collection::vec(
+                (
+                    prop::collection::vec(0x21u8..0x7f, 1..=250),
+                    any::<u32>(),
+                    prop::collection::vec(any::<u8>(), 0..=MAX),
+                    prop::option::of(any::<u64>()),
+                ),
+                0..8,
+            ),
+        ) {
+            let mut out = bytes::BytesMut::new();
+            for (key, flags, data, cas) in &blocks {
+                crate::protocol::compose::compose_value_line(&mut out, key, *flags, data.len(), *cas);
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(crate::protocol::compose::END);
+            let mut items = Vec::new();
+            let r = frame_response(Expect::Values, &out, MAX, &mut items);
+            let framed_all = matches!(
+                r,
+                Ok(Framed::Complete { len, status: Status::Values, .. }) if len == out.len()
+            );
+            prop_assert!(framed_all, "{:?}", r);
+            prop_assert_eq!(items.len(), blocks.len());
+            for (it, (key, flags, data, cas)) in items.iter().zip(&blocks) {
+                prop_assert_eq!(&out[it.key.clone()], &key[..]);
+                prop_assert_eq!(&out[it.data.clone()], &data[..]);
+                prop_assert_eq!(it.flags, *flags);
+                prop_assert_eq!(it.cas, *cas);
+            }
+        }
+    }
+}
