@@ -1327,6 +1327,31 @@ mod tests {
             let _ = noreply_requested(&buf);
         }
 
+        /// Parsing a buffer request by request always makes progress and
+        /// stays inside it (the invariant the fuzz target also asserts).
+        #[test]
+        fn stream_always_progresses(buf in prop::collection::vec(
+            prop::sample::select(vec![
+                &b"get k"[..], b"set k 0 0 1", b"ms k 1", b"delete k 0", b"x", b" ",
+                b"\r\n", b"\n", b"\r", b"100",
+            ]),
+            0..30,
+        ).prop_map(|w| w.concat())) {
+            let mut keys = Vec::new();
+            let mut rest = &buf[..];
+            while !rest.is_empty() {
+                let step = match parse_request(rest, 64, &mut keys) {
+                    Parsed::Complete(r) => r.consumed,
+                    Parsed::Error(ParseError::UnknownCommand { consumed })
+                    | Parsed::Error(ParseError::Client { consumed, .. }) => consumed,
+                    Parsed::Error(ParseError::TooLarge { skip }) => skip.min(rest.len()),
+                    Parsed::Error(ParseError::LineTooLong) | Parsed::Incomplete => break,
+                };
+                prop_assert!(step > 0 && step <= rest.len());
+                rest = &rest[step..];
+            }
+        }
+
         #[test]
         fn text_like_bytes_never_panic(
             words in prop::collection::vec(
