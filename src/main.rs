@@ -1,16 +1,49 @@
 //! memring binary: parse the command line, set up logging, run.
 
-fn main() {
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    match memring::config::parse_args(args) {
-        Ok(_cfg) => {}
+    let cfg = match memring::config::parse_args(args) {
+        Ok(cfg) => cfg,
         Err(e) => {
             if e.code == 0 {
                 println!("{e}");
             } else {
                 eprintln!("memring: {e}");
             }
-            std::process::exit(e.code);
+            return ExitCode::from(e.code.clamp(0, 255) as u8);
+        }
+    };
+    if cfg.check {
+        println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(cfg.verbose);
+    match memring::server::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("memring: {e}");
+            ExitCode::from(1)
         }
     }
+}
+
+/// Structured lines on stderr; `-v` info, `-vv` debug, `-vvv` trace; RUST_LOG overrides.
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }

@@ -1,1 +1,243 @@
 //! Counters and the `stats` reply.
+//!
+//! Each core bumps its own block of relaxed atomics (no sharing of cache lines
+//! between writers); `stats` sums the blocks. Must not import `server`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::upstream::{Health, Role};
+
+macro_rules! counters {
+    ($($name:ident => $wire:literal,)*) => {
+        /// A per-core counter; the wire name follows memcached where one exists.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter { $(#[doc = $wire] $name,)* }
+
+        impl Counter {
+            /// Every counter, in `stats` order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+
+            /// Its name in the `stats` reply.
+            pub fn wire_name(self) -> &'static str {
+                match self { $(Counter::$name => $wire,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    TotalConnections => "total_connections",
+    RejectedConnections => "rejected_connections",
+    CmdGet => "cmd_get",
+    CmdSet => "cmd_set",
+    CmdTouch => "cmd_touch",
+    CmdFlush => "cmd_flush",
+    CmdMeta => "cmd_meta",
+    GetHits => "get_hits",
+    GetMisses => "get_misses",
+    DeleteHits => "delete_hits",
+    DeleteMisses => "delete_misses",
+    IncrHits => "incr_hits",
+    IncrMisses => "incr_misses",
+    DecrHits => "decr_hits",
+    DecrMisses => "decr_misses",
+    CasHits => "cas_hits",
+    CasBadval => "cas_badval",
+    CasMisses => "cas_misses",
+    TouchHits => "touch_hits",
+    TouchMisses => "touch_misses",
+    BytesRead => "bytes_read",
+    BytesWritten => "bytes_written",
+    ClientErrors => "proxy_client_errors",
+    ServerErrors => "proxy_server_errors",
+    BackendTimeouts => "proxy_backend_timeouts",
+    Failovers => "proxy_failovers",
+    ReadThroughHits => "proxy_read_through_hits",
+    Repairs => "proxy_repairs",
+    ReplicationErrors => "proxy_replication_errors",
+}
+
+const N: usize = Counter::ALL.len();
+
+/// One core's counters.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct CoreStats {
+    counters: [AtomicU64; N],
+    /// Open client connections on this core.
+    pub curr_connections: AtomicU64,
+}
+
+impl Default for CoreStats {
+    fn default() -> Self {
+        CoreStats {
+            counters: std::array::from_fn(|_| AtomicU64::new(0)),
+            curr_connections: AtomicU64::new(0),
+        }
+    }
+}
+
+impl CoreStats {
+    /// Add `n` to a counter.
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        self.counters[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Add one to a counter.
+    #[inline]
+    pub fn incr(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    /// Read a counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.counters[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Zero every counter (`stats reset`); connection gauges stay.
+    pub fn reset(&self) {
+        for c in &self.counters {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What `stats` shows of one server.
+#[derive(Debug)]
+pub struct ServerView<'a> {
+    /// `host:port`.
+    pub name: &'a str,
+    /// Primary or backup.
+    pub role: Role,
+    /// Shared health.
+    pub health: &'a Health,
+}
+
+/// Process facts `stats` shows.
+#[derive(Debug)]
+pub struct ProcessView {
+    /// Process id.
+    pub pid: u32,
+    /// When the process started.
+    pub started: Instant,
+    /// Unix time now.
+    pub now_unix: u64,
+    /// Runtimes (cores).
+    pub threads: usize,
+    /// `-n`.
+    pub max_connections: usize,
+    /// I/O backend in use.
+    pub backend: &'static str,
+    /// Configuration generation (bumped by each reload).
+    pub config_generation: u64,
+}
+
+/// Render the `stats` reply: `STAT <name> <value>\r\n` lines, then `END\r\n`.
+pub fn render(
+    cores: &[CoreStats],
+    servers: &[ServerView<'_>],
+    p: &ProcessView,
+    now: Instant,
+) -> String {
+    let mut s = String::with_capacity(4096);
+    let uptime = now.saturating_duration_since(p.started).as_secs();
+    let mut stat = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = write!(s, "STAT {name} {value}\r\n");
+    };
+    stat("pid", &p.pid);
+    stat("uptime", &uptime);
+    stat("time", &p.now_unix);
+    stat("version", &concat!("memring-", env!("CARGO_PKG_VERSION")));
+    stat("pointer_size", &(usize::BITS));
+    stat("threads", &p.threads);
+    stat("io_backend", &p.backend);
+    stat("config_generation", &p.config_generation);
+    stat("max_connections", &p.max_connections);
+    let curr: u64 = cores
+        .iter()
+        .map(|c| c.curr_connections.load(Ordering::Relaxed))
+        .sum();
+    stat("curr_connections", &curr);
+    for &c in Counter::ALL {
+        let v: u64 = cores.iter().map(|core| core.get(c)).sum();
+        stat(c.wire_name(), &v);
+    }
+    stat("proxy_servers", &servers.len());
+    for (i, v) in servers.iter().enumerate() {
+        let h = v.health;
+        stat(&format!("server_{i}:address"), &v.name);
+        stat(&format!("server_{i}:role"), &v.role.as_str());
+        stat(&format!("server_{i}:state"), &h.state().as_str());
+        stat(&format!("server_{i}:dirty"), &u8::from(h.is_dirty()));
+        stat(
+            &format!("server_{i}:failures"),
+            &h.failures.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:failovers"),
+            &h.failovers.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:ejections"),
+            &h.ejections.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:flushes"),
+            &h.flushes.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:since_state_change"),
+            &secs(h.since_change(now)),
+        );
+    }
+    s.push_str("END\r\n");
+    s
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_sums_cores_and_lists_servers() {
+        let cores = vec![CoreStats::default(), CoreStats::default()];
+        cores[0].incr(Counter::CmdGet);
+        cores[1].add(Counter::CmdGet, 2);
+        cores[1].curr_connections.store(3, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        let servers = [ServerView {
+            name: "127.0.0.1:1",
+            role: Role::Backup,
+            health: &h,
+        }];
+        let p = ProcessView {
+            pid: 7,
+            started: t0,
+            now_unix: 1,
+            threads: 2,
+            max_connections: 4096,
+            backend: "io_uring",
+            config_generation: 0,
+        };
+        let out = render(&cores, &servers, &p, t0 + Duration::from_secs(5));
+        assert!(out.starts_with("STAT pid 7\r\nSTAT uptime 5\r\n"));
+        assert!(out.contains("STAT cmd_get 3\r\n"));
+        assert!(out.contains("STAT curr_connections 3\r\n"));
+        assert!(out.contains("STAT server_0:address 127.0.0.1:1\r\n"));
+        assert!(out.contains("STAT server_0:role backup\r\n"));
+        assert!(out.contains("STAT server_0:state up\r\n"));
+        assert!(out.contains("STAT server_0:since_state_change 5.000\r\n"));
+        assert!(out.ends_with("END\r\n"));
+        cores[0].reset();
+        assert_eq!(cores[0].get(Counter::CmdGet), 0);
+    }
+}

@@ -1,4 +1,355 @@
-//! Per-request proxy decisions, sans-IO: which servers a verb goes to, how a
-//! backup is kept in step with its primary, and how replies are merged.
+//! Per-request proxy decisions, sans-IO: how each write is replicated to the
+//! backup, what a meta `q` flag hides, and how split multi-get replies are
+//! merged back into the client's key order.
 //!
 //! Must not import `server`, tokio, sockets or the clock.
+//!
+//! # Replication rules
+//! The primary is the source of truth; the backup must converge to it command
+//! by command. Commands whose effect does not depend on the item's current
+//! value are mirrored; the others run on the primary first and their *result*
+//! is copied, so cas tokens, counters and appends never diverge.
+//!
+//! | verb | rule |
+//! | --- | --- |
+//! | set, delete, touch, `ms` (set mode, no cas), `md` (no cas) | mirrored in parallel |
+//! | add, replace, cas | primary; on STORED the same item is `set` on the backup |
+//! | append, prepend, incr, decr, `ma`, other `ms`/`md` | primary; on success the item is read back (`mg v f t`) and `set` on the backup |
+//! | any of the above answered "not there" by the primary | `delete` on the backup |
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::protocol::{compose, Status, ValueItem, Verb};
+
+/// How a write reaches the backup when both replicas are up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteRule {
+    /// Send the same command to both in parallel; the result does not depend
+    /// on the prior value.
+    Mirror,
+    /// Primary first; then copy its outcome (see [`after_primary`]).
+    PrimaryThenCopy,
+}
+
+/// What to do on the backup once the primary answered a
+/// [`WriteRule::PrimaryThenCopy`] write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicate {
+    /// Nothing changed on the primary (or the outcome says the backup is already right).
+    Nothing,
+    /// `set` the request's own item (flags, exptime, data) on the backup.
+    SetRequestItem,
+    /// Read the item back from the primary and `set` it on the backup.
+    CopyItem,
+    /// The primary does not hold the key: delete it on the backup.
+    Delete,
+}
+
+/// The replication rule of a write verb. `meta_flags` are the request's meta
+/// flags (ignored for classic verbs).
+pub fn write_rule(verb: Verb, meta_flags: &[u8]) -> WriteRule {
+    match verb {
+        Verb::Set | Verb::Delete | Verb::Touch => WriteRule::Mirror,
+        Verb::MetaSet => {
+            let mode = compose::meta_flag(meta_flags, b'M').unwrap_or(b"S");
+            let set_mode = matches!(mode.first(), None | Some(b'S') | Some(b's'));
+            if set_mode && !has_cas(meta_flags) && !has_invalidate(meta_flags) {
+                WriteRule::Mirror
+            } else {
+                WriteRule::PrimaryThenCopy
+            }
+        }
+        Verb::MetaDelete => {
+            if has_cas(meta_flags) || has_invalidate(meta_flags) {
+                WriteRule::PrimaryThenCopy
+            } else {
+                WriteRule::Mirror
+            }
+        }
+        _ => WriteRule::PrimaryThenCopy,
+    }
+}
+
+fn has_cas(meta_flags: &[u8]) -> bool {
+    compose::meta_flag(meta_flags, b'C').is_some()
+}
+
+fn has_invalidate(meta_flags: &[u8]) -> bool {
+    compose::meta_flag(meta_flags, b'I').is_some()
+}
+
+/// How to bring the backup in line after the primary answered `status`.
+pub fn after_primary(verb: Verb, status: Status) -> Replicate {
+    match (verb, status) {
+        (Verb::Add | Verb::Replace | Verb::Cas, Status::Stored) => Replicate::SetRequestItem,
+        (Verb::Replace | Verb::Cas, Status::NotFound | Status::NotStored) => {
+            // replace NOT_STORED / cas NOT_FOUND: the primary has no item.
+            if verb == Verb::Cas && status == Status::NotStored {
+                Replicate::Nothing
+            } else {
+                Replicate::Delete
+            }
+        }
+        (Verb::Append | Verb::Prepend, Status::Stored) => Replicate::CopyItem,
+        (Verb::Append | Verb::Prepend, Status::NotStored) => Replicate::Delete,
+        (Verb::Incr | Verb::Decr, Status::Number(_)) => Replicate::CopyItem,
+        (Verb::Incr | Verb::Decr, Status::NotFound) => Replicate::Delete,
+        (Verb::MetaSet | Verb::MetaArithmetic, Status::MetaHd | Status::MetaValue) => {
+            Replicate::CopyItem
+        }
+        (Verb::MetaArithmetic, Status::MetaNf) => Replicate::Delete,
+        (Verb::MetaSet, Status::MetaNf) => Replicate::Delete,
+        (Verb::MetaDelete, Status::MetaHd | Status::MetaNf) => Replicate::Delete,
+        _ => Replicate::Nothing,
+    }
+}
+
+/// Seconds in 30 days: memcached reads a larger exptime as a unix time.
+pub const RELATIVE_EXPTIME_MAX: i64 = 60 * 60 * 24 * 30;
+
+/// Turn a remaining TTL from `mg ... t` (-1 = never expires) into an exptime
+/// for `set`, using `now_unix` when the TTL exceeds the relative range.
+pub fn ttl_to_exptime(ttl: i64, now_unix: i64) -> i64 {
+    if ttl < 0 {
+        0
+    } else if ttl == 0 {
+        // Expiring this very second: keep it alive for the shortest time.
+        1
+    } else if ttl > RELATIVE_EXPTIME_MAX {
+        now_unix.saturating_add(ttl)
+    } else {
+        ttl
+    }
+}
+
+/// Parse a decimal token, as in a meta flag value.
+pub fn parse_decimal(token: &[u8]) -> Option<i64> {
+    let (neg, digits) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, token),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// Whether a meta reply is hidden from a client that set the `q` flag:
+/// quiet mode hides the uninteresting outcome (a miss for `mg`, success for
+/// `ms`/`md`/`ma`), never errors.
+pub fn quiet_hides(verb: Verb, status: Status) -> bool {
+    match verb {
+        Verb::MetaGet => status == Status::MetaEn,
+        Verb::MetaSet => status == Status::MetaHd,
+        Verb::MetaDelete => matches!(status, Status::MetaHd | Status::MetaNf),
+        Verb::MetaArithmetic => matches!(status, Status::MetaHd),
+        _ => false,
+    }
+}
+
+/// One server's framed reply to its part of a multi-get.
+#[derive(Clone, Debug, Default)]
+pub struct PartReply {
+    /// The whole reply frame.
+    pub frame: Bytes,
+    /// Its VALUE blocks, ranges into `frame`.
+    pub items: Vec<ValueItem>,
+    /// Next unconsumed item while merging.
+    pub cursor: usize,
+}
+
+impl PartReply {
+    /// Take the next VALUE block if it is for `key` (servers answer in
+    /// request order and skip misses, so a cursor suffices).
+    pub fn take(&mut self, key: &[u8]) -> Option<Bytes> {
+        let item = self.items.get(self.cursor)?;
+        if self.frame.get(item.key.clone())? == key {
+            self.cursor += 1;
+            Some(self.frame.slice(item.item.clone()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Merge the parts of a split multi-get into the client's key order. `keys`
+/// are ranges into `request`; `owner[i]` indexes `parts` for key `i` (None:
+/// its server failed and the key is reported as a miss). Appends the VALUE
+/// blocks and `END\r\n` to `out` and returns the number of hits.
+pub fn merge_values(
+    request: &Bytes,
+    keys: &[Range<usize>],
+    owner: &[Option<usize>],
+    parts: &mut [PartReply],
+    out: &mut Vec<Bytes>,
+) -> usize {
+    let mut hits = 0;
+    for (key, part) in keys.iter().zip(owner) {
+        let (Some(part), Some(key)) = (part, request.get(key.clone())) else {
+            continue;
+        };
+        if let Some(block) = parts.get_mut(*part).and_then(|p| p.take(key)) {
+            out.push(block);
+            hits += 1;
+        }
+    }
+    out.push(Bytes::from_static(compose::END));
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_per_verb() {
+        assert_eq!(write_rule(Verb::Set, b""), WriteRule::Mirror);
+        assert_eq!(write_rule(Verb::Delete, b""), WriteRule::Mirror);
+        assert_eq!(write_rule(Verb::Touch, b""), WriteRule::Mirror);
+        for v in [
+            Verb::Add,
+            Verb::Replace,
+            Verb::Cas,
+            Verb::Append,
+            Verb::Prepend,
+            Verb::Incr,
+            Verb::Decr,
+        ] {
+            assert_eq!(write_rule(v, b""), WriteRule::PrimaryThenCopy, "{v:?}");
+        }
+        assert_eq!(write_rule(Verb::MetaSet, b"T0 F5"), WriteRule::Mirror);
+        assert_eq!(write_rule(Verb::MetaSet, b"MS"), WriteRule::Mirror);
+        assert_eq!(write_rule(Verb::MetaSet, b"MA"), WriteRule::PrimaryThenCopy);
+        assert_eq!(
+            write_rule(Verb::MetaSet, b"C123"),
+            WriteRule::PrimaryThenCopy
+        );
+        assert_eq!(write_rule(Verb::MetaDelete, b"q"), WriteRule::Mirror);
+        assert_eq!(
+            write_rule(Verb::MetaDelete, b"C9"),
+            WriteRule::PrimaryThenCopy
+        );
+    }
+
+    #[test]
+    fn outcomes_converge_the_backup() {
+        use Replicate::*;
+        let table = [
+            (Verb::Add, Status::Stored, SetRequestItem),
+            (Verb::Add, Status::NotStored, Nothing),
+            (Verb::Replace, Status::Stored, SetRequestItem),
+            (Verb::Replace, Status::NotStored, Delete),
+            (Verb::Cas, Status::Stored, SetRequestItem),
+            (Verb::Cas, Status::Exists, Nothing),
+            (Verb::Cas, Status::NotFound, Delete),
+            (Verb::Append, Status::Stored, CopyItem),
+            (Verb::Prepend, Status::NotStored, Delete),
+            (Verb::Incr, Status::Number(7), CopyItem),
+            (Verb::Decr, Status::NotFound, Delete),
+            (Verb::Incr, Status::ClientError, Nothing),
+            (Verb::Add, Status::ServerError, Nothing),
+            (Verb::MetaArithmetic, Status::MetaHd, CopyItem),
+            (Verb::MetaArithmetic, Status::MetaNf, Delete),
+        ];
+        for (verb, status, want) in table {
+            assert_eq!(after_primary(verb, status), want, "{verb:?} {status:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_becomes_exptime() {
+        assert_eq!(ttl_to_exptime(-1, 1_700_000_000), 0);
+        assert_eq!(ttl_to_exptime(0, 1_700_000_000), 1);
+        assert_eq!(ttl_to_exptime(100, 1_700_000_000), 100);
+        assert_eq!(
+            ttl_to_exptime(RELATIVE_EXPTIME_MAX, 5),
+            RELATIVE_EXPTIME_MAX
+        );
+        assert_eq!(
+            ttl_to_exptime(RELATIVE_EXPTIME_MAX + 1, 5),
+            RELATIVE_EXPTIME_MAX + 6
+        );
+    }
+
+    #[test]
+    fn decimals() {
+        assert_eq!(parse_decimal(b"-1"), Some(-1));
+        assert_eq!(parse_decimal(b"42"), Some(42));
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b"-"), None);
+        assert_eq!(parse_decimal(b"4x"), None);
+        assert_eq!(parse_decimal(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn quiet_mode() {
+        assert!(quiet_hides(Verb::MetaGet, Status::MetaEn));
+        assert!(!quiet_hides(Verb::MetaGet, Status::MetaValue));
+        assert!(quiet_hides(Verb::MetaSet, Status::MetaHd));
+        assert!(!quiet_hides(Verb::MetaSet, Status::MetaNs));
+        assert!(!quiet_hides(Verb::MetaSet, Status::ServerError));
+    }
+
+    fn item(frame: &[u8], key: &str) -> ValueItem {
+        let needle = format!("VALUE {key} ");
+        let start = frame
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .expect("key in frame");
+        let end = start
+            + frame[start..]
+                .windows(2)
+                .enumerate()
+                .filter(|(_, w)| *w == b"\r\n")
+                .nth(1)
+                .map(|(i, _)| i + 2)
+                .expect("two lines");
+        let k = start + 6..start + 6 + key.len();
+        ValueItem {
+            key: k,
+            item: start..end,
+            data: 0..0,
+            flags: 0,
+            cas: None,
+        }
+    }
+
+    #[test]
+    fn merge_restores_client_order_and_skips_failed_parts() {
+        let request = Bytes::from_static(b"get a b c d");
+        let keys = vec![4..5, 6..7, 8..9, 10..11];
+        let f0: &[u8] = b"VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n";
+        let f1: &[u8] = b"VALUE b 0 1\r\n2\r\nEND\r\n";
+        let mut parts = vec![
+            PartReply {
+                frame: Bytes::from_static(f0),
+                items: vec![item(f0, "a"), item(f0, "c")],
+                cursor: 0,
+            },
+            PartReply {
+                frame: Bytes::from_static(f1),
+                items: vec![item(f1, "b")],
+                cursor: 0,
+            },
+        ];
+        // d's server failed.
+        let owner = vec![Some(0), Some(1), Some(0), None];
+        let mut out = Vec::new();
+        let hits = merge_values(&request, &keys, &owner, &mut parts, &mut out);
+        assert_eq!(hits, 3);
+        let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(
+            joined,
+            b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nVALUE c 0 1\r\n3\r\nEND\r\n".to_vec()
+        );
+    }
+}
