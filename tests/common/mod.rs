@@ -1385,3 +1385,60 @@ impl ConnCtx {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Placement and assertions shared by the proxy tests
+// ---------------------------------------------------------------------------
+
+/// For each key, the index of the server (asked directly) that holds it, or
+/// `None`. Panics if a key is held by two servers: a proxy must not
+/// duplicate a key across primaries.
+pub fn key_owners(servers: &[&Memcached], keys: &[String]) -> Vec<Option<usize>> {
+    let mut owners = vec![None; keys.len()];
+    for (si, s) in servers.iter().enumerate() {
+        let mut c = s.client();
+        // Chunks keep the command line short.
+        for (chunk_no, chunk) in keys.chunks(50).enumerate() {
+            let cmd = format!("get {}\r\n", chunk.join(" "));
+            let reply = c.request(cmd.as_bytes());
+            for (ki, k) in chunk.iter().enumerate() {
+                let prefix = format!("VALUE {k} ");
+                let held = reply
+                    .split(|b| *b == b'\n')
+                    .any(|l| l.starts_with(prefix.as_bytes()));
+                if held {
+                    let slot = &mut owners[chunk_no * 50 + ki];
+                    assert!(slot.is_none(), "key {k} is on servers {slot:?} and {si}");
+                    *slot = Some(si);
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// `reply` is exactly one `SERVER_ERROR <reason>\r\n` line.
+#[track_caller]
+pub fn assert_server_error(reply: &[u8], what: &str) {
+    let ok = reply.starts_with(b"SERVER_ERROR ")
+        && reply.ends_with(b"\r\n")
+        && reply.iter().filter(|b| **b == b'\n').count() == 1;
+    assert!(
+        ok,
+        "{what}: expected one SERVER_ERROR line, got {}",
+        show(reply)
+    );
+}
+
+/// `reply` is exactly one `CLIENT_ERROR <reason>\r\n` line.
+#[track_caller]
+pub fn assert_client_error(reply: &[u8], what: &str) {
+    let ok = reply.starts_with(b"CLIENT_ERROR ")
+        && reply.ends_with(b"\r\n")
+        && reply.iter().filter(|b| **b == b'\n').count() == 1;
+    assert!(
+        ok,
+        "{what}: expected one CLIENT_ERROR line, got {}",
+        show(reply)
+    );
+}
