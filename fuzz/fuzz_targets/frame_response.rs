@@ -17,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut items = Vec::new();
     match frame_response(expect, buf, 4096, &mut items) {
-        Ok(Framed::Complete { len, line, data, .. }) => {
+        Ok(Framed::Complete {
+            len, line, data, ..
+        }) => {
             assert!(len > 0 && len <= buf.len());
             for r in [&line, &data] {
                 assert!(r.start <= r.end && r.end <= len);

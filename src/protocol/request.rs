@@ -13,6 +13,18 @@
 //! ma <key> <flags>*\r\n  mn\r\n  me <key>\r\n
 //! ```
 //! A bare `\n` terminator is accepted as memcached does.
+//!
+//! # Errors, as memcached 1.6.18 answers them (checked against a live server)
+//! - Unknown or wrong-case word, empty line, wrong number of arguments:
+//!   `ERROR`, only the line is skipped (a storage command's data block is then
+//!   read as the next command, exactly as memcached does).
+//! - Bad key or number: `CLIENT_ERROR bad command line format` (touch, gat,
+//!   flush_all: `invalid exptime argument`; incr/decr: `invalid numeric delta
+//!   argument`), only the line is skipped.
+//! - Data block not followed by `\r\n`: `CLIENT_ERROR bad data chunk`, line +
+//!   length + 2 skipped. Too large: `SERVER_ERROR object too large for cache`.
+//! - memcached stays silent on these errors when the command ends in
+//!   `noreply` (see [`noreply_requested`]), but not on `ERROR`.
 
 use std::ops::Range;
 
