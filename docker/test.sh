@@ -103,12 +103,28 @@ compose() {
         -f compose.yml -f "$tmp/test-override.yml" "$@")
 }
 cid() { compose ps -q "$1"; }
-# port SERVICE: the 127.0.0.1 port published for SERVICE's 11211
-port() {
-    local p
-    p="$(docker port "$(cid "$1")" 11211/tcp | grep '^127\.0\.0\.1:' | head -n 1)"
-    [[ -n "$p" ]] || die "$1 has no published port"
+# published_port CONTAINER: its 127.0.0.1 port for 11211; dies with the
+# container's log if it is not running.
+published_port() {
+    local p=""
+    for _ in $(seq 50); do
+        if [[ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" != true ]]; then
+            docker logs "$1" >&2 2>&1 || true
+            die "container $1 is not running"
+        fi
+        p="$(docker port "$1" 11211/tcp 2>/dev/null | grep '^127\.0\.0\.1:' | head -n 1 || true)"
+        [[ -z "$p" ]] || break
+        sleep 0.1
+    done
+    [[ -n "$p" ]] || die "container $1 has no port published on 127.0.0.1"
     echo "${p##*:}"
+}
+# port SERVICE: the 127.0.0.1 port published for the compose service's 11211
+port() {
+    local id
+    id="$(cid "$1")"
+    [[ -n "$id" ]] || die "no container for service $1"
+    published_port "$id"
 }
 
 # --- 1. images ----------------------------------------------------------------
@@ -159,16 +175,19 @@ esac
 cluster_up() {
     compose down --volumes --remove-orphans >/dev/null 2>&1 || true
     compose up -d m1 m2 m3 b1 b2
-    local s
+    local s p
     for s in m1 m2 m3 b1 b2; do
-        "${client[@]}" wait "$(port "$s")" 10 >/dev/null || die "memcached $s did not come up"
+        p="$(port "$s")"
+        "${client[@]}" wait "$p" 10 >/dev/null || die "memcached $s did not come up"
     done
     echo "memcached cluster up: m1 m2 m3 b1 b2"
 }
 
 memring_up() {
+    local p
     compose up -d --no-deps memring
-    if ! "${client[@]}" wait "$(port memring)" 15; then
+    p="$(port memring)"
+    if ! "${client[@]}" wait "$p" 15; then
         compose logs memring >&2 || true
         die "memring did not answer version"
     fi
@@ -233,8 +252,7 @@ standalone+=("$name")
 docker run -d --name "$name" --network "$net" -p 127.0.0.1::11211 \
     "${default_seccomp[@]}" "$memring_image" \
     --io-backend auto -s m2:11211 -b b2:11211 >/dev/null
-auto_port="$(docker port "$name" 11211/tcp | grep '^127\.0\.0\.1:' | head -n 1)"
-auto_port="${auto_port##*:}"
+auto_port="$(published_port "$name")"
 "${client[@]}" wait "$auto_port" 15 || { docker logs "$name" >&2; die "auto: memring did not start"; }
 "${client[@]}" set "$auto_port" a 20 v1 >/dev/null
 "${client[@]}" mget "$auto_port" a 20 v1 || { docker logs "$name" >&2; die "auto: not serving"; }
