@@ -1,0 +1,289 @@
+//! Day-2 operations through the real binary: argument errors, `--check`,
+//! SIGTERM with requests in flight, SIGHUP reload, daemon mode with a pid
+//! file, and the `-p 0` / unix-socket-only mode.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn memring(args: &[&str]) -> std::process::Output {
+    Command::new(memring_path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memring")
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message_and_help_exits_0() {
+    let cases: &[&[&str]] = &[
+        &["-D"],                                   // no -s
+        &["-D", "-s", "127.0.0.1"],                // no port
+        &["-D", "-s", "127.0.0.1:99999"],          // port out of range
+        &["-D", "-s", "127.0.0.1:1", "-n", "abc"], // not a number
+        &["-D", "-s", "127.0.0.1:1", "--no-such-flag"],
+        &["-D", "-s", "127.0.0.1:1", "--io-backend", "kqueue"],
+    ];
+    for args in cases {
+        let out = memring(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("memring: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let help = memring(&["-h"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "-s", "-b", "-k", "-p", "-l", "-n", "-i", "-f", "-u", "-g", "-D", "-v",
+    ] {
+        assert!(text.contains(flag), "help lacks {flag}: {text}");
+    }
+}
+
+#[test]
+fn check_validates_without_starting() {
+    let ok = memring(&["--check", "-s", "127.0.0.1:1", "-b", "127.0.0.1:2", "-k"]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "configuration ok\n");
+    let bad = memring(&["--check", "-s", "127.0.0.1:1:0"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits_0() {
+    let mc = Memcached::start();
+    let slow = FaultServer::slow(mc.addr(), Duration::from_millis(400));
+    let mut proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "-s",
+        &slow.addr().to_string(),
+        "--request-timeout",
+        "3s",
+    ]);
+    let mut c = proxy.client();
+    c.send(b"set k 0 0 2\r\nhi\r\n");
+    // Wait until the slow server holds the request, then stop the proxy.
+    thread::sleep(Duration::from_millis(100));
+    let pid = proxy.pid();
+    let killer = thread::spawn(move || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("kill");
+    });
+    killer.join().expect("signal thread");
+    assert_eq!(
+        c.read_line(),
+        b"STORED\r\n".to_vec(),
+        "in-flight request finished"
+    );
+    let status = proxy.terminate();
+    assert_eq!(status.code(), Some(0));
+    // No new connections after the stop.
+    let refused = match Client::try_tcp(proxy.addr()) {
+        Err(_) => true,
+        Ok(mut c2) => c2.try_request(b"version\r\n").is_err(),
+    };
+    assert!(refused, "a stopped proxy must not serve");
+}
+
+#[test]
+fn sighup_reloads_servers_and_keeps_healthy_connections() {
+    let a = Memcached::start();
+    let b = Memcached::start();
+    let dir = TempDir::new("reload");
+    let file = dir.path().join("memring.toml");
+    std::fs::write(&file, format!("servers = [\"{}\"]\n", a.server_arg())).expect("write config");
+    let proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--config",
+        file.to_str().expect("utf8"),
+    ]);
+    let mut c = proxy.client();
+    assert_eq!(c.request(&set_cmd("k1", b"one")), b"STORED\r\n".to_vec());
+    assert_eq!(
+        a.client().request(b"get k1\r\n"),
+        value_reply("k1", 0, b"one")
+    );
+    let conns_before = stat(
+        &parse_stats(&a.client().request(b"stats\r\n")),
+        "total_connections",
+    );
+
+    // Two servers now: a stays (its connection must survive), b joins.
+    std::fs::write(
+        &file,
+        format!(
+            "servers = [\"{}\", \"{}\"]\n",
+            a.server_arg(),
+            b.server_arg()
+        ),
+    )
+    .expect("rewrite config");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let reloaded = wait_for(Duration::from_secs(10), || {
+        let s = parse_stats(&c.request(b"stats\r\n"));
+        (stat(&s, "config_generation") == "1").then_some(s)
+    })
+    .expect("config_generation 1 after SIGHUP");
+    assert_eq!(stat(&reloaded, "proxy_servers"), "2");
+
+    // Keys now spread over both servers; each lands where the ring says.
+    let mut on_b = 0;
+    for i in 0..40 {
+        let key = format!("r{i}");
+        assert_eq!(c.request(&set_cmd(&key, b"v")), b"STORED\r\n".to_vec());
+        if b.client().request(format!("get {key}\r\n").as_bytes()) != b"END\r\n" {
+            on_b += 1;
+        }
+    }
+    assert!(on_b > 0 && on_b < 40, "keys on the new server: {on_b}/40");
+    // The stats connection above counts once; the proxy's own link to a was kept.
+    let conns_after = stat(
+        &parse_stats(&a.client().request(b"stats\r\n")),
+        "total_connections",
+    );
+    let before: u64 = conns_before.parse().expect("number");
+    let after: u64 = conns_after.parse().expect("number");
+    assert_eq!(
+        after,
+        before + 1,
+        "reload reconnected to a server that stayed"
+    );
+
+    // A broken file keeps the running configuration.
+    std::fs::write(&file, "servers = [\"nonsense\"]\n").expect("write bad config");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proxy.stderr().contains("reload failed") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        proxy.stderr().contains("reload failed"),
+        "{}",
+        proxy.stderr()
+    );
+    let s = parse_stats(&c.request(b"stats\r\n"));
+    assert_eq!(stat(&s, "config_generation"), "1");
+    assert_eq!(stat(&s, "proxy_servers"), "2");
+    assert_eq!(c.request(&set_cmd("k2", b"two")), b"STORED\r\n".to_vec());
+    assert_eq!(c.request(b"get k2\r\n"), value_reply("k2", 0, b"two"));
+}
+
+#[test]
+fn daemon_mode_writes_a_pid_file_and_serves() {
+    let mc = Memcached::start();
+    let dir = TempDir::new("daemon");
+    let pid_file = dir.path().join("memring.pid");
+    let port = free_port();
+    let status = Command::new(memring_path())
+        .args([
+            "-l",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-s",
+            &mc.server_arg(),
+            "--pid-file",
+            pid_file.to_str().expect("utf8"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run memring");
+    assert!(
+        status.success(),
+        "the launching process exits 0 once detached"
+    );
+    let pid: i32 = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    })
+    .expect("pid file written");
+    struct Reap(i32);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let guard = Reap(pid);
+    let mut c = wait_for(Duration::from_secs(10), || {
+        Client::try_tcp(format!("127.0.0.1:{port}").parse().expect("addr")).ok()
+    })
+    .expect("daemon accepts connections");
+    assert_eq!(c.request(&set_cmd("d", b"1")), b"STORED\r\n".to_vec());
+    assert_eq!(c.request(b"get d\r\n"), value_reply("d", 0, b"1"));
+    let me = nix::unistd::getpid().as_raw();
+    assert_ne!(pid, me);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let gone = wait_for(Duration::from_secs(10), || {
+        (!pid_file.exists()).then_some(())
+    });
+    assert!(gone.is_some(), "pid file removed on exit");
+    drop(guard);
+}
+
+#[test]
+fn port_zero_disables_tcp_and_the_unix_socket_serves() {
+    let mc = Memcached::start();
+    let dir = TempDir::new("unix-only");
+    let sock = dir.path().join("m.sock");
+    let proxy = Memring::start(&[
+        "-D",
+        "-p",
+        "0",
+        "-f",
+        sock.to_str().expect("utf8"),
+        "-s",
+        &mc.server_arg(),
+    ]);
+    assert!(proxy.tcp.is_none(), "{:?}", proxy.listen_lines);
+    let mut c = proxy.unix_client();
+    assert_eq!(c.request(&set_cmd("u", b"x")), b"STORED\r\n".to_vec());
+    assert_eq!(c.request(b"get u\r\n"), value_reply("u", 0, b"x"));
+}
+
+#[test]
+fn stats_name_the_backend_and_the_servers() {
+    let a = Memcached::start();
+    let b = Memcached::start();
+    let proxy = Memring::start_for(&[&a], &["-b", &b.server_arg(), "--threads", "2"]);
+    let s = parse_stats(&proxy.client().request(b"stats\r\n"));
+    let want_backend = match std::env::var("MEMRING_IO_BACKEND").as_deref() {
+        Ok("epoll") => "epoll",
+        _ => "io_uring",
+    };
+    assert_eq!(stat(&s, "io_backend"), want_backend);
+    assert_eq!(stat(&s, "threads"), "2");
+    assert_eq!(stat(&s, "server_0:role"), "primary");
+    assert_eq!(stat(&s, "server_1:role"), "backup");
+    assert_eq!(stat(&s, "server_1:address"), b.server_arg());
+    assert_eq!(stat(&s, "server_0:state"), "up");
+}
