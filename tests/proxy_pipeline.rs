@@ -120,7 +120,7 @@ fn multiget_of_100_keys_across_3_servers() {
         assert_bytes(&got, &want, &format!("100-key get ({dist:?})"));
         // Duplicate keys are answered once per mention, as memcached does.
         let got = c.request(b"get user:1:profile user:1:profile\r\n");
-        let one = b"VALUE user:1:profile 1 20\r\nvalue-of-user:1:profile\r\n";
+        let one = b"VALUE user:1:profile 1 23\r\nvalue-of-user:1:profile\r\n";
         assert_bytes(
             &got,
             &[&one[..], one, b"END\r\n"].concat(),

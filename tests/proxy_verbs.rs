@@ -354,7 +354,9 @@ fn proxy_local_verbs() {
     r.proxy_is(&set_cmd("k", b"v"), b"STORED\r\n");
     r.proxy_is(b"get k\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n");
     r.proxy_is(b"get nope\r\n", b"END\r\n");
-    let _second = r.proxy.client();
+    // A second connection, proven accepted by a round trip.
+    let mut second = r.proxy.client();
+    assert_bytes(&second.request(b"mn\r\n"), b"MN\r\n", "second client");
     let stats = parse_stats(&r.p.request(b"stats\r\n"));
     assert_eq!(stat(&stats, "pid"), r.proxy.pid().to_string());
     stat(&stats, "uptime")
