@@ -27,6 +27,7 @@ const MEMRING: &str = "memring options";
     override_usage = "memring -s HOST:PORT [-s HOST:PORT ...] [-b HOST:PORT ...] [OPTIONS]",
     after_help = "Command-line flags override the --config file. Durations: 250ms, 1s, 2m. Sizes: 512k, 1m.",
     disable_help_flag = true,
+    args_override_self = true,
     disable_version_flag = true,
     color = clap::ColorChoice::Never,
     max_term_width = 100

@@ -111,8 +111,24 @@ fn stats<B: Backend>(core: &Rc<Core<B>>, req: &Req) -> Out {
         return one(compose::RESET);
     }
     if !args.is_empty() {
-        // Sub-statistics (items, slabs, ...) are per memcached server: ask them directly.
-        return one(compose::END);
+        let group = args.split(|&b| b == b' ').next().unwrap_or_default();
+        let known: &[&[u8]] = &[
+            b"settings",
+            b"items",
+            b"slabs",
+            b"sizes",
+            b"conns",
+            b"detail",
+            b"extstore",
+        ];
+        // Those groups describe one memcached server each: ask the servers
+        // directly. Anything else is an unknown group, which memcached
+        // answers with ERROR (`stats noreply` included).
+        return one(if known.contains(&group) {
+            compose::END
+        } else {
+            compose::ERROR
+        });
     }
     let topo = core.topology();
     let views: Vec<ServerView<'_>> = topo

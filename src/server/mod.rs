@@ -93,7 +93,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
-                    "{}; falling back to the epoll backend",
+                    "{}; falling back to epoll",
                     io_uring_refused_message(&e)
                 );
                 false
