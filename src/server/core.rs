@@ -106,11 +106,10 @@ impl Topology {
             }
         }
         let members = |list: &[crate::config::ServerAddr]| -> Vec<Member> {
+            // Name points like libmemcached and nutcracker (`host` alone on
+            // port 11211), so a fleet moving behind memring keeps its keys.
             list.iter()
-                .map(|s| Member {
-                    name: s.name(),
-                    weight: s.weight,
-                })
+                .map(|s| Member::for_nutcracker(&s.name(), s.weight))
                 .collect()
         };
         let backup_ring = if cfg.backups.is_empty() {
@@ -270,6 +269,9 @@ pub(crate) struct Pool<B: Backend> {
     next: Cell<usize>,
 }
 
+/// Pools keyed by server name and role, so a reload keeps live connections.
+type PoolsByName<B> = HashMap<(String, Role), Rc<Pool<B>>>;
+
 /// Per-core state.
 pub(crate) struct Core<B: Backend> {
     /// Process-wide state.
@@ -277,7 +279,7 @@ pub(crate) struct Core<B: Backend> {
     /// This core's index.
     pub id: usize,
     topo: RefCell<Arc<Topology>>,
-    pools_by_name: RefCell<HashMap<(String, Role), Rc<Pool<B>>>>,
+    pools_by_name: RefCell<PoolsByName<B>>,
     pools: RefCell<Vec<Rc<Pool<B>>>>,
     slots: RefCell<Slab<SlotState>>,
     rng: Cell<u64>,
@@ -738,7 +740,7 @@ async fn read_replies<B: Backend>(
         let (res, b) = stream.read(buf).await;
         buf = b;
         match res {
-            Ok(n) if n > 0 => core.stats().add(crate::stats::Counter::BytesRead, 0),
+            Ok(n) if n > 0 => {}
             _ => {
                 conn.fail(&core, gen, CallError::Closed, &settings);
                 return;
