@@ -92,10 +92,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         IoBackend::Auto => match uring::probe() {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(
-                    "{}; falling back to epoll",
-                    io_uring_refused_message(&e)
-                );
+                tracing::warn!("{}; falling back to epoll", io_uring_refused_message(&e));
                 false
             }
         },

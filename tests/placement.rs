@@ -1,0 +1,90 @@
+//! A fleet keeps its warm cache when it moves from nutcracker (ketama, md5)
+//! to memring `-k`: keys written through the real nutcracker are all found
+//! through memring, on the same servers.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+struct Nutcracker(Child);
+
+impl Drop for Nutcracker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn nutcracker_path() -> &'static str {
+    for p in ["/usr/sbin/nutcracker", "/usr/bin/nutcracker"] {
+        if std::path::Path::new(p).exists() {
+            return p;
+        }
+    }
+    panic!("nutcracker not found: apt-get install -y nutcracker");
+}
+
+#[test]
+fn memring_ketama_finds_every_key_nutcracker_placed() {
+    let servers = Memcached::cluster(3, "1m");
+    let dir = TempDir::new("nutcracker");
+    let port = free_port();
+    let mut conf = format!(
+        "pool:\n  listen: 127.0.0.1:{port}\n  hash: md5\n  distribution: ketama\n  auto_eject_hosts: false\n  timeout: 2000\n  servers:\n"
+    );
+    for s in &servers {
+        conf.push_str(&format!("    - {}:1\n", s.server_arg()));
+    }
+    let conf_path = dir.path().join("nutcracker.yml");
+    std::fs::write(&conf_path, conf).expect("write nutcracker config");
+    let child = Command::new(nutcracker_path())
+        .args([
+            "-c",
+            conf_path.to_str().expect("utf8"),
+            "-s",
+            &free_port().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nutcracker");
+    let _nut = Nutcracker(child);
+    let mut nut = wait_for(Duration::from_secs(10), || {
+        let mut c = Client::try_tcp(format!("127.0.0.1:{port}").parse().ok()?).ok()?;
+        (c.try_request(b"get probe\r\n").ok()? == b"END\r\n").then_some(c)
+    })
+    .expect("nutcracker answers");
+    let keys: Vec<String> = (0..300)
+        .map(|i| format!("fleet:{i}:{}", i * 7919))
+        .collect();
+    for k in &keys {
+        assert_eq!(
+            nut.request(&set_cmd(k, k.as_bytes())),
+            b"STORED\r\n".to_vec(),
+            "{k} via nutcracker"
+        );
+    }
+    let proxy = Memring::start_for(&[&servers[0], &servers[1], &servers[2]], &["-k"]);
+    let mut c = proxy.client();
+    let mut used = [0usize; 3];
+    for k in &keys {
+        assert_eq!(
+            c.request(format!("get {k}\r\n").as_bytes()),
+            value_reply(k, 0, k.as_bytes()),
+            "{k} placed by nutcracker is found through memring -k"
+        );
+        let holder = servers
+            .iter()
+            .position(|s| s.client().request(format!("get {k}\r\n").as_bytes()) != b"END\r\n")
+            .expect("some server holds it");
+        used[holder] += 1;
+    }
+    assert!(
+        used.iter().all(|n| *n > 30),
+        "keys spread over all servers: {used:?}"
+    );
+}
