@@ -773,6 +773,8 @@ struct Driver {
     items: Vec<ValueItem>,
     /// Latency origin and kind of each request in flight, in send order.
     inflight: VecDeque<(Instant, Op)>,
+    /// When the window last went from full to having a free slot (open loop).
+    slot_freed_at: Instant,
 }
 
 impl Driver {
@@ -836,6 +838,9 @@ impl Driver {
                 }
             }
             self.rbuf.advance(len);
+            if self.inflight.len() == self.w.depth {
+                self.slot_freed_at = now;
+            }
             self.inflight.pop_front();
         }
         Ok(())
@@ -876,11 +881,20 @@ impl Driver {
                         }
                     }
                     Some(iv) => {
-                        // Latency counts from the scheduled time, so a stall shows up.
+                        // A send held back because the window was full waited
+                        // for the server: its latency counts from the scheduled
+                        // time, so a stall shows up (no coordinated omission).
+                        // A send that is late only because our timer (1 ms
+                        // granularity) woke us late counts from now, so the
+                        // client's own lateness is not charged to the server.
                         while self.inflight.len() < depth && next_send <= now && next_send < win.end
                         {
-                            let at = next_send;
-                            self.issue(at);
+                            let origin = if self.slot_freed_at > next_send {
+                                next_send
+                            } else {
+                                now
+                            };
+                            self.issue(origin);
                             next_send += iv;
                         }
                     }
@@ -913,8 +927,7 @@ impl Driver {
                 }
             };
             if ready.is_readable() {
-                self.rbuf.reserve(64 * 1024);
-                match stream.try_read_buf(&mut self.rbuf) {
+                match read_drained(&stream, &mut self.rbuf) {
                     Ok(0) => return Err("server closed the connection".into()),
                     Ok(_) => self.frame_replies(Instant::now(), win, tally)?,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -922,6 +935,45 @@ impl Driver {
                 }
             }
         }
+    }
+}
+
+/// Read what the socket has into `rbuf`'s spare capacity.
+///
+/// Unlike `try_read_buf`, a short read (fewer bytes than there was room for)
+/// means the socket is drained, and we tell tokio so by answering
+/// `WouldBlock` from inside `try_io`, which clears the readiness. That saves
+/// the extra `recv` returning `EAGAIN` that would otherwise follow every
+/// reply: about one syscall per request at pipeline depth 1, which matters
+/// when the client has one core. Tokio only clears readiness that was not
+/// refreshed by a newer event, so data arriving meanwhile is not missed.
+fn read_drained(stream: &TcpStream, rbuf: &mut BytesMut) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    rbuf.reserve(64 * 1024);
+    let fd = stream.as_raw_fd();
+    let mut got = 0usize;
+    let res = stream.try_io(Interest::READABLE, || {
+        let spare = rbuf.spare_capacity_mut();
+        let room = spare.len();
+        // SAFETY: recv writes at most `room` bytes into the spare capacity,
+        // which is valid, writable memory owned by `rbuf`.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), room, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        // SAFETY: the kernel initialised exactly `n` bytes past the length.
+        unsafe { rbuf.set_len(rbuf.len() + n) };
+        got = n;
+        if n > 0 && n < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match res {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
     }
 }
 
@@ -1067,6 +1119,7 @@ fn run_one(
                 rbuf: BytesMut::with_capacity(64 * 1024),
                 items: Vec::with_capacity(w.multiget),
                 inflight: VecDeque::with_capacity(w.depth),
+                slot_freed_at: start,
             };
             tasks.push(tokio::task::spawn_local(async move {
                 if let Err(e) = d.run(stream, win, phase, &tally).await {
@@ -1382,6 +1435,13 @@ fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), Stri
                 }
             })
             .y_desc("latency (us)")
+            .y_label_formatter(&|v| {
+                if *v >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.1}")
+                }
+            })
             .draw()
             .map_err(|e| e.to_string())?;
         for (i, r, s) in runs {
@@ -1415,7 +1475,12 @@ fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), Stri
     root.present().map_err(|e| e.to_string())
 }
 
-fn machine_info(opts: &Opts, place: Placement, client_cpu: Option<usize>) -> serde_json::Value {
+fn machine_info(
+    opts: &Opts,
+    place: Placement,
+    client_cpu: Option<usize>,
+    cpus_allowed: usize,
+) -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -1438,7 +1503,7 @@ fn machine_info(opts: &Opts, place: Placement, client_cpu: Option<usize>) -> ser
     };
     serde_json::json!({
         "cpu_model": model,
-        "cpus_allowed": allowed_cpus().len(),
+        "cpus_allowed": cpus_allowed,
         "kernel": kernel.trim(),
         "client_cpu": client_cpu,
         "server_cpu": place.server_cpu,
@@ -1595,7 +1660,7 @@ fn run(opts: Opts) -> Result<(), String> {
         }
     }
     drop(rt);
-    let machine = machine_info(&opts, place, client_cpu);
+    let machine = machine_info(&opts, place, client_cpu, cpus.len());
     drop(procs); // stop every child before writing results
     let _ = std::fs::remove_dir_all(&dir);
 
