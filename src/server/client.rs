@@ -19,9 +19,9 @@ use crate::protocol::request::noreply_requested;
 use crate::protocol::{compose, parse_request, ParseError, Parsed, Verb};
 use crate::stats::Counter;
 
-use super::core::{advance, Core, IOV_MAX};
+use super::core::Core;
 use super::dispatch::{self, Out, Req};
-use super::io::{Backend, Stream};
+use super::io::{write_all, Backend, Stream};
 
 /// First read buffer of a connection; it grows only when a client sends more.
 /// Small, so that idle connections cost little memory.
@@ -220,31 +220,4 @@ fn push(out: &mut VecDeque<Bytes>, o: Out) -> bool {
         Out::Close => return true,
     }
     false
-}
-
-/// Write every queued buffer: at most IOV_MAX per `writev`, resuming a
-/// partial write at the exact byte where it stopped, so nothing unsent is
-/// ever dropped as sent.
-pub(crate) async fn write_all<S: Stream>(
-    stream: &S,
-    out: &mut VecDeque<Bytes>,
-    batch: &mut Vec<Bytes>,
-) -> Result<usize, ()> {
-    let mut total = 0;
-    while !out.is_empty() {
-        let mut b = std::mem::take(batch);
-        b.clear();
-        b.extend(out.iter().take(IOV_MAX).cloned());
-        let (res, mut b) = stream.writev(b).await;
-        b.clear();
-        *batch = b;
-        match res {
-            Ok(n) if n > 0 => {
-                advance(out, n);
-                total += n;
-            }
-            _ => return Err(()),
-        }
-    }
-    Ok(total)
 }

@@ -28,7 +28,7 @@ use crate::route::{Member, Ring};
 use crate::stats::CoreStats;
 use crate::upstream::{backoff, Health, HealthPolicy, Role, ServerId};
 
-use super::io::{Backend, Stream};
+use super::io::{write_all, Backend, Stream};
 
 /// Most iovecs one `writev` may carry (Linux IOV_MAX).
 pub(crate) const IOV_MAX: usize = 1024;
@@ -621,8 +621,8 @@ async fn connect<B: Backend>(core: Rc<Core<B>>, conn: Rc<UpConn<B>>, gen: u64, s
     write_requests(core, conn, stream, gen, settings).await;
 }
 
-/// Drain the connection's queue with vectored writes of at most IOV_MAX
-/// buffers, resuming partial writes exactly where they stopped.
+/// Drain the connection's queue: everything queued so far goes out with
+/// vectored writes (see [`write_all`]), then the writer waits for more.
 async fn write_requests<B: Backend>(
     core: Rc<Core<B>>,
     conn: Rc<UpConn<B>>,
@@ -630,34 +630,24 @@ async fn write_requests<B: Backend>(
     gen: u64,
     settings: Settings,
 ) {
+    let mut sending: VecDeque<Bytes> = VecDeque::with_capacity(64);
     let mut batch: Vec<Bytes> = Vec::with_capacity(64);
     loop {
         {
-            let st = conn.st.borrow();
+            let mut st = conn.st.borrow_mut();
             if st.gen != gen {
                 return;
             }
-            batch.extend(st.outq.iter().take(IOV_MAX).cloned());
+            // Swap, not take: both queues keep their capacity.
+            std::mem::swap(&mut st.outq, &mut sending);
         }
-        if batch.is_empty() {
+        if sending.is_empty() {
             conn.wake.notified().await;
             continue;
         }
-        let (res, b) = stream.writev(batch).await;
-        batch = b;
-        batch.clear();
-        match res {
-            Ok(n) if n > 0 => {
-                let mut st = conn.st.borrow_mut();
-                if st.gen != gen {
-                    return;
-                }
-                advance(&mut st.outq, n);
-            }
-            _ => {
-                conn.fail(&core, gen, CallError::Closed, &settings);
-                return;
-            }
+        if write_all(&*stream, &mut sending, &mut batch).await.is_err() {
+            conn.fail(&core, gen, CallError::Closed, &settings);
+            return;
         }
     }
 }

@@ -8,7 +8,11 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 
+use std::collections::VecDeque;
+
 use bytes::{Bytes, BytesMut};
+
+use super::core::{advance, IOV_MAX};
 
 /// A connected byte stream driven by one runtime thread.
 pub(crate) trait Stream: 'static {
@@ -55,4 +59,31 @@ pub(crate) trait Backend: 'static {
 
     /// Run `fut` to completion on a new single-threaded runtime on this thread.
     fn block_on<F: Future>(fut: F) -> io::Result<F::Output>;
+}
+
+/// Write every queued buffer: at most IOV_MAX per `writev`, resuming a
+/// partial write at the exact byte where it stopped, so nothing unsent is
+/// ever dropped as sent.
+pub(crate) async fn write_all<S: Stream>(
+    stream: &S,
+    out: &mut VecDeque<Bytes>,
+    batch: &mut Vec<Bytes>,
+) -> Result<usize, ()> {
+    let mut total = 0;
+    while !out.is_empty() {
+        let mut b = std::mem::take(batch);
+        b.clear();
+        b.extend(out.iter().take(IOV_MAX).cloned());
+        let (res, mut b) = stream.writev(b).await;
+        b.clear();
+        *batch = b;
+        match res {
+            Ok(n) if n > 0 => {
+                advance(out, n);
+                total += n;
+            }
+            _ => return Err(()),
+        }
+    }
+    Ok(total)
 }

@@ -392,23 +392,22 @@ async fn core_main<B: Backend>(
     ready: mpsc::Sender<Result<usize, std::io::Error>>,
 ) {
     let core: Rc<Core<B>> = Core::new(shared.clone(), id);
-    let mut accepting = Vec::new();
-    if let Some(l) = tcp {
-        match B::tcp_listener(l) {
-            Ok(l) => accepting.push(tokio::task::spawn_local(accept_loop(core.clone(), l))),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
+    let wrapped = (
+        tcp.map(B::tcp_listener).transpose(),
+        unix.map(B::unix_listener).transpose(),
+    );
+    match wrapped {
+        (Ok(tcp), Ok(unix)) => {
+            if let Some(l) = tcp {
+                tokio::task::spawn_local(accept_loop(core.clone(), l));
+            }
+            if let Some(l) = unix {
+                tokio::task::spawn_local(accept_loop(core.clone(), l));
             }
         }
-    }
-    if let Some(l) = unix {
-        match B::unix_listener(l) {
-            Ok(l) => accepting.push(tokio::task::spawn_local(accept_loop(core.clone(), l))),
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = ready.send(Err(e));
+            return;
         }
     }
     let _ = ready.send(Ok(id));
