@@ -1442,3 +1442,131 @@ pub fn assert_client_error(reply: &[u8], what: &str) {
         show(reply)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Failover helpers (for tests/failover.rs and tests/soak.rs)
+// ---------------------------------------------------------------------------
+
+/// Timeouts that keep failover tests quick: 300ms request and connect
+/// timeouts, probes of ejected servers from 100ms on.
+pub const FAST_FAILOVER: [&str; 6] = [
+    "--request-timeout",
+    "300ms",
+    "--connect-timeout",
+    "300ms",
+    "--retry-interval",
+    "100ms",
+];
+
+/// `memring -D --bind 127.0.0.1:0 -s <each primary> -b <each backup> <extra>`.
+pub fn start_with_backups(
+    primaries: &[&Memcached],
+    backups: &[&Memcached],
+    extra: &[&str],
+) -> Memring {
+    let mut args = proxy_args(primaries);
+    for b in backups {
+        args.push("-b".into());
+        args.push(b.server_arg());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Memring::start(&args)
+}
+
+/// `stats` over `c`, parsed.
+pub fn proxy_stats(c: &mut Client) -> Vec<(String, String)> {
+    parse_stats(&c.request(b"stats\r\n"))
+}
+
+/// The index `i` of the `server_<i>:...` stats lines of `server` in `role`
+/// (`primary` or `backup`).
+pub fn server_index(stats: &[(String, String)], server: &Memcached, role: &str) -> usize {
+    let addr = server.server_arg();
+    let n: usize = stat(stats, "proxy_servers").parse().expect("proxy_servers");
+    (0..n)
+        .find(|i| {
+            stat(stats, &format!("server_{i}:address")) == addr
+                && stat(stats, &format!("server_{i}:role")) == role
+        })
+        .unwrap_or_else(|| panic!("no {role} {addr} in stats {stats:?}"))
+}
+
+/// `server_<i>:<field>` of `server` in `role`.
+pub fn server_stat(
+    stats: &[(String, String)],
+    server: &Memcached,
+    role: &str,
+    field: &str,
+) -> String {
+    let i = server_index(stats, server, role);
+    stat(stats, &format!("server_{i}:{field}"))
+}
+
+/// A numeric stat (panics if absent or not a number).
+pub fn stat_u64(stats: &[(String, String)], name: &str) -> u64 {
+    stat(stats, name)
+        .parse()
+        .unwrap_or_else(|e| panic!("STAT {name} is not a number: {e}"))
+}
+
+/// Poll `stats` until every server the proxy knows is `up`; returns that
+/// `stats`, or panics with the last one after `limit`.
+pub fn wait_all_up(c: &mut Client, limit: Duration) -> Vec<(String, String)> {
+    let mut last = Vec::new();
+    let got = wait_for(limit, || {
+        let s = proxy_stats(c);
+        let n = stat_u64(&s, "proxy_servers");
+        let up = (0..n).all(|i| stat(&s, &format!("server_{i}:state")) == "up");
+        last = s.clone();
+        up.then_some(s)
+    });
+    got.unwrap_or_else(|| panic!("servers not all up within {limit:?}: {last:?}"))
+}
+
+/// The items of a `get`/`gets` reply as (key, flags, data), or why it is
+/// not a well-formed retrieval reply (an error line, junk, no `END`).
+pub fn parse_values(reply: &[u8]) -> Result<Vec<(String, u32, Vec<u8>)>, String> {
+    let mut items = Vec::new();
+    let mut rest = reply;
+    // Bounded: each step consumes at least one line of `reply`.
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Err(format!("no END in {}", show(reply)));
+        };
+        let line = &rest[..eol];
+        rest = &rest[eol + 2..];
+        if line == b"END" {
+            return if rest.is_empty() {
+                Ok(items)
+            } else {
+                Err(format!("bytes after END in {}", show(reply)))
+            };
+        }
+        let text = String::from_utf8_lossy(line).into_owned();
+        let toks: Vec<&str> = text.split(' ').collect();
+        if toks.len() < 4 || toks[0] != "VALUE" {
+            return Err(format!("not a VALUE line {text:?} in {}", show(reply)));
+        }
+        let flags: u32 = toks[2].parse().map_err(|_| format!("bad flags {text:?}"))?;
+        let len: usize = toks[3]
+            .parse()
+            .map_err(|_| format!("bad length {text:?}"))?;
+        if rest.len() < len + 2 || &rest[len..len + 2] != b"\r\n" {
+            return Err(format!("bad data block after {text:?} in {}", show(reply)));
+        }
+        items.push((toks[1].to_string(), flags, rest[..len].to_vec()));
+        rest = &rest[len + 2..];
+    }
+}
+
+/// `get <key>` over `c` (to memring or straight to a memcached): the item's
+/// flags and data, or None on a miss. Panics on any other reply.
+pub fn item_of(c: &mut Client, key: &str) -> Option<(u32, Vec<u8>)> {
+    let reply = c.request(format!("get {key}\r\n").as_bytes());
+    let mut items = parse_values(&reply).unwrap_or_else(|e| panic!("get {key}: {e}"));
+    assert!(items.len() <= 1, "get {key}: {}", show(&reply));
+    items.pop().map(|(k, f, d)| {
+        assert_eq!(k, key, "get {key} answered another key");
+        (f, d)
+    })
+}
