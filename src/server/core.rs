@@ -354,6 +354,20 @@ impl<B: Backend> Core<B> {
         *self.pools.borrow_mut() = pools;
     }
 
+    /// This core's pool for `server` of `topo`. A request that started before
+    /// a reload may carry the previous topology: its ids are then resolved by
+    /// name, never by a position that now means another server.
+    fn pool(&self, topo: &Topology, server: ServerId) -> Option<Rc<Pool<B>>> {
+        if topo.generation == self.topo.borrow().generation {
+            return self.pools.borrow().get(server.index()).cloned();
+        }
+        let s = topo.servers.get(server.index())?;
+        self.pools_by_name
+            .borrow()
+            .get(&(s.name.clone(), s.role))
+            .cloned()
+    }
+
     /// A pseudo-random number in [0, 1) for backoff jitter.
     pub fn jitter(&self) -> f64 {
         let mut x = self.rng.get();
@@ -374,7 +388,7 @@ impl<B: Backend> Core<B> {
         parts: &[Bytes],
         expect: Expect,
     ) -> Result<Reply, CallError> {
-        let Some(pool) = self.pools.borrow().get(server.index()).cloned() else {
+        let Some(pool) = self.pool(topo, server) else {
             return Err(CallError::Closed);
         };
         let conn = pool.pick();

@@ -757,7 +757,14 @@ async fn write<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Ou
                 )
                 .await;
                 match (rp, rb) {
-                    (Ok(rp), Ok(_)) => rp,
+                    (Ok(rp), Ok(rb)) => {
+                        // The backup refused what the primary took: it may
+                        // hold an older value now.
+                        if !rp.status.is_error() && rb.status.is_error() {
+                            missed_write(topo, b, b_seen);
+                        }
+                        rp
+                    }
                     (Ok(rp), Err(_)) => {
                         if !rp.status.is_error() {
                             missed_write(topo, b, b_seen);
