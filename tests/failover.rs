@@ -204,6 +204,17 @@ fn all_primaries_killed_ketama_multi_gets_first() {
 /// extra misses.
 #[test]
 fn stopped_primary_is_bypassed_and_never_serves_stale_values() {
+    stopped_primary(true);
+}
+
+/// As above, but reads meet the stopped primary first: it is ejected clean
+/// (reads only), and then misses the writes while it is out.
+#[test]
+fn stopped_primary_ejected_by_reads_then_missing_writes_is_flushed() {
+    stopped_primary(false);
+}
+
+fn stopped_primary(writes_first: bool) {
     let prim = Memcached::cluster(2, "1m");
     let back = Memcached::cluster(2, "1m");
     let proxy = proxy_for(&prim, &back, &[]);
@@ -227,7 +238,14 @@ fn stopped_primary_is_bypassed_and_never_serves_stale_values() {
     );
 
     prim[0].stop();
-    // Writes first, while memring still thinks A is up: the first ones
+    if !writes_first {
+        for k in &keys {
+            assert_eq!(get_timed(&mut c, k).as_ref(), want.get(k), "get {k}");
+        }
+        let s = proxy_stats(&mut c);
+        assert_eq!(server_stat(&s, &prim[0], "primary", "dirty"), "0", "{s:?}");
+    }
+    // With `writes_first`, memring still thinks A is up: the first writes
     // reach A's socket (and are applied when it resumes), then A is ejected.
     // Generation 3 overwrites generation 2 on the backup only: if A ever
     // served generation 2 (or 1), that would be a stale read.
@@ -738,10 +756,10 @@ fn read_modify_writes_see_values_written_while_the_primary_was_out() {
 // 4. Both replicas of a key killed
 // ---------------------------------------------------------------------------
 
-/// Kill a primary and a backup: keys on both get SERVER_ERROR within the
-/// bound, every other key keeps working; restart both on their ports and
-/// service resumes without restarting memring.
-fn both_replicas_killed(dist: &[&str]) {
+/// Kill (or stop) a primary and a backup: keys on both get SERVER_ERROR
+/// within the bound, every other key keeps working; restart (or continue)
+/// both on their ports and service resumes without restarting memring.
+fn both_replicas_out(dist: &[&str], outage: Outage) {
     let mut prim = Memcached::cluster(2, "1m");
     let mut back = Memcached::cluster(2, "1m");
     let proxy = proxy_for(&prim, &back, dist);
@@ -768,8 +786,16 @@ fn both_replicas_killed(dist: &[&str]) {
         .collect();
     let alive: Vec<&String> = keys.iter().filter(|k| !dead.contains(k)).collect();
     assert!(!dead.is_empty() && alive.len() > 50, "placement too skewed");
-    prim[0].kill();
-    back[hot].kill();
+    match outage {
+        Outage::Kill => {
+            prim[0].kill();
+            back[hot].kill();
+        }
+        Outage::Stop => {
+            prim[0].stop();
+            back[hot].stop();
+        }
+    }
 
     let t0 = Instant::now();
     for k in &dead {
@@ -808,8 +834,16 @@ fn both_replicas_killed(dist: &[&str]) {
         }
     }
 
-    prim[0].restart();
-    back[hot].restart();
+    match outage {
+        Outage::Kill => {
+            prim[0].restart();
+            back[hot].restart();
+        }
+        Outage::Stop => {
+            prim[0].cont();
+            back[hot].cont();
+        }
+    }
     // Service resumes (bounded poll) without restarting memring.
     let probe_key = dead[0].as_str();
     let resumed = wait_for(REJOIN, || {
@@ -832,19 +866,24 @@ fn both_replicas_killed(dist: &[&str]) {
         assert_eq!(got.as_ref(), want.get(k.as_str()), "get {k} after recovery");
     }
     println!(
-        "{} dead keys answered SERVER_ERROR for get and set in {dead_took:?}",
+        "{outage:?}: {} dead keys answered SERVER_ERROR for get and set in {dead_took:?}",
         dead.len()
     );
 }
 
 #[test]
 fn both_replicas_killed_modula() {
-    both_replicas_killed(&[]);
+    both_replicas_out(&[], Outage::Kill);
 }
 
 #[test]
 fn both_replicas_killed_ketama() {
-    both_replicas_killed(&["-k"]);
+    both_replicas_out(&["-k"], Outage::Kill);
+}
+
+#[test]
+fn both_replicas_stopped_modula() {
+    both_replicas_out(&[], Outage::Stop);
 }
 
 // ---------------------------------------------------------------------------
@@ -914,4 +953,91 @@ fn failover_time_report() {
     for l in &report {
         println!("  {l}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Concurrent read-modify-writes on one key
+// ---------------------------------------------------------------------------
+
+/// Several connections (spread over memring's cores) incr one counter and
+/// append to one item at the same time. Every operation is acknowledged,
+/// so afterwards the backup must hold exactly the primary's item, and after
+/// the primary dies the backup must serve the final value: no increment or
+/// append that a client saw acknowledged may be lost.
+#[test]
+fn concurrent_incr_and_append_leave_the_backup_equal_to_the_primary() {
+    const CLIENTS: usize = 6;
+    const OPS: usize = 150;
+    let mut prim = Memcached::cluster(1, "1m");
+    let back = Memcached::cluster(1, "1m");
+    let proxy = proxy_for(&prim, &back, &["--threads", "2"]);
+    let mut c = proxy.client();
+    assert_bytes(
+        &c.request(&set_cmd("cc:n", b"0")),
+        b"STORED\r\n",
+        "set cc:n",
+    );
+    assert_bytes(&c.request(&set_cmd("cc:a", b"")), b"STORED\r\n", "set cc:a");
+    let addr = proxy.addr();
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::tcp(addr);
+                for i in 0..OPS {
+                    let r = c.request(b"incr cc:n 1\r\n");
+                    assert!(
+                        r.iter()
+                            .all(|b| b.is_ascii_digit() || *b == b'\r' || *b == b'\n'),
+                        "incr: {}",
+                        show(&r)
+                    );
+                    let tok = format!("{t}.{i};");
+                    let r = c.request(&storage("append", "cc:a", 0, 0, tok.as_bytes()));
+                    assert_bytes(&r, b"STORED\r\n", "append");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+    let total = (CLIENTS * OPS).to_string().into_bytes();
+    let (a_n, b_n) = (
+        item_of(&mut prim[0].client(), "cc:n"),
+        item_of(&mut back[0].client(), "cc:n"),
+    );
+    let (a_a, b_a) = (
+        item_of(&mut prim[0].client(), "cc:a"),
+        item_of(&mut back[0].client(), "cc:a"),
+    );
+    assert_eq!(a_n.as_ref().map(|x| &x.1), Some(&total), "primary counter");
+    let a_len = a_a.as_ref().map_or(0, |x| x.1.len());
+    let b_len = b_a.as_ref().map_or(0, |x| x.1.len());
+    let mut problems = Vec::new();
+    if b_n != a_n {
+        problems.push(format!(
+            "counter: backup {:?}, primary {:?}",
+            b_n.as_ref().map(|x| show(&x.1)),
+            a_n.as_ref().map(|x| show(&x.1))
+        ));
+    }
+    if b_a != a_a {
+        problems.push(format!(
+            "appended item: backup {b_len} bytes, primary {a_len} bytes"
+        ));
+    }
+    prim[0].kill();
+    let through = item_of(&mut c, "cc:n").map(|x| x.1);
+    if through.as_ref() != Some(&total) {
+        problems.push(format!(
+            "after the primary died, get cc:n -> {:?}, want {}",
+            through.as_deref().map(show),
+            show(&total)
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{CLIENTS} clients x {OPS} (incr, append), all acknowledged:\n  {}",
+        problems.join("\n  ")
+    );
 }
