@@ -642,6 +642,32 @@ fn self_cpu() -> f64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Busy CPU seconds (everything but idle and iowait, steal included) of
+/// `cpus`, from /proc/stat.
+fn cpus_busy(cpus: &[usize]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let mut ticks = 0u64;
+    for line in stat.lines() {
+        let mut f = line.split_whitespace();
+        let Some(cpu) = f.next().and_then(|n| n.strip_prefix("cpu")) else {
+            continue;
+        };
+        if !cpu.parse::<usize>().is_ok_and(|c| cpus.contains(&c)) {
+            continue;
+        }
+        // user nice system idle iowait irq softirq steal
+        let v: Vec<u64> = f.take(8).map(|x| x.parse().unwrap_or(0)).collect();
+        for (i, x) in v.iter().enumerate() {
+            if i != 3 && i != 4 {
+                ticks += x;
+            }
+        }
+    }
+    ticks as f64 / hz
+}
+
 /// CPU seconds (user + system) of `pids`, from /proc/PID/stat.
 fn procs_cpu(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no preconditions.
@@ -1067,6 +1093,9 @@ struct RunStats {
     conn_errors: u64,
     client_cpu: f64,
     sut_cpu: f64,
+    /// CPU used on the client and SUT cores by anything else (other
+    /// processes, interrupts, steal): noise.
+    other_cpu: f64,
 }
 
 /// Populate, warm up and measure one workload against `addr`.
@@ -1075,6 +1104,7 @@ fn run_one(
     w: &Workload,
     addr: SocketAddr,
     sut_pids: &[u32],
+    watched: &[usize],
     opts: &Opts,
 ) -> Result<RunStats, String> {
     let w = Arc::new(w.clone());
@@ -1130,9 +1160,19 @@ fn run_one(
 
         // Sample CPU use around the measured window only.
         tokio::time::sleep_until(win.measure.into()).await;
-        let (c0, s0, t0) = (self_cpu(), procs_cpu(sut_pids), Instant::now());
+        let (c0, s0, b0, t0) = (
+            self_cpu(),
+            procs_cpu(sut_pids),
+            cpus_busy(watched),
+            Instant::now(),
+        );
         tokio::time::sleep_until(win.end.into()).await;
-        let (c1, s1, t1) = (self_cpu(), procs_cpu(sut_pids), Instant::now());
+        let (c1, s1, b1, t1) = (
+            self_cpu(),
+            procs_cpu(sut_pids),
+            cpus_busy(watched),
+            Instant::now(),
+        );
         for t in tasks {
             let _ = t.await;
         }
@@ -1165,6 +1205,7 @@ fn run_one(
             conn_errors: t.conn_errors,
             client_cpu: (c1 - c0) / wall,
             sut_cpu: (s1 - s0) / wall,
+            other_cpu: (((b1 - b0) - (c1 - c0) - (s1 - s0)) / wall).max(0.0),
         })
     })
 }
@@ -1201,7 +1242,7 @@ fn fmt_ratio(num: f64, den: f64) -> String {
 fn print_table(opts: &Opts, results: &[RunResult]) {
     println!();
     println!(
-        "{:<3} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6}  note",
+        "{:<3} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>6}  note",
         "wl",
         "target",
         "ops/s",
@@ -1212,7 +1253,8 @@ fn print_table(opts: &Opts, results: &[RunResult]) {
         "max us",
         "hit%",
         "cli%",
-        "sut%"
+        "sut%",
+        "oth%"
     );
     for w in &opts.workloads {
         println!("--- {}: {}", w.id, w.name);
@@ -1234,10 +1276,13 @@ fn print_table(opts: &Opts, results: &[RunResult]) {
                         );
                     }
                     if s.client_cpu > 0.9 {
-                        note.push_str(" (client near 100% CPU: client-bound)");
+                        note.push_str(" client-bound");
+                    }
+                    if s.other_cpu > 0.2 {
+                        note.push_str(" noisy");
                     }
                     println!(
-                        "{:<3} {:<11} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1} {:>6.0} {:>6.0}  {}",
+                        "{:<3} {:<11} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1} {:>6.0} {:>6.0} {:>6.0}  {}",
                         r.workload,
                         r.target,
                         s.ops_per_sec,
@@ -1249,6 +1294,7 @@ fn print_table(opts: &Opts, results: &[RunResult]) {
                         s.hit_ratio * 100.0,
                         s.client_cpu * 100.0,
                         s.sut_cpu * 100.0,
+                        s.other_cpu * 100.0,
                         note.trim()
                     );
                 }
@@ -1276,14 +1322,18 @@ fn print_table(opts: &Opts, results: &[RunResult]) {
     println!();
     println!("ops/s ratio > 1 favours memring; latency ratio < 1 favours memring.");
     println!(
-        "cli% / sut% = CPU of the load generator / of the proxy + its memcached (100 = one core)."
+        "cli% / sut% / oth% = CPU of the load generator / of the proxy + its memcached / of anything \
+         else on those cores (100 = one core)."
+    );
+    println!(
+        "client-bound: cli% > 90, ops/s is a lower bound. noisy: oth% > 20, other work competed; rerun."
     );
 }
 
 fn write_csv(path: &Path, opts: &Opts, results: &[RunResult]) -> io::Result<()> {
     let mut s = String::from(
         "workload,target,ops_per_sec,keys_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,mean_us,ops,\
-         hit_ratio,errors,timeouts,conn_errors,client_cpu,sut_cpu,conns,depth,keys,value_size,\
+         hit_ratio,errors,timeouts,conn_errors,client_cpu,sut_cpu,other_cpu,conns,depth,keys,value_size,\
          get_weight,set_weight,multiget,rate,note\n",
     );
     for r in results {
@@ -1293,7 +1343,7 @@ fn write_csv(path: &Path, opts: &Opts, results: &[RunResult]) -> io::Result<()> 
             Some(x) => {
                 let _ = write!(
                     s,
-                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{:.4},{},{},{},{:.3},{:.3},",
+                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{:.4},{},{},{},{:.3},{:.3},{:.3},",
                     x.ops_per_sec,
                     x.keys_per_sec,
                     x.lat_us[0],
@@ -1308,10 +1358,11 @@ fn write_csv(path: &Path, opts: &Opts, results: &[RunResult]) -> io::Result<()> 
                     x.timeouts,
                     x.conn_errors,
                     x.client_cpu,
-                    x.sut_cpu
+                    x.sut_cpu,
+                    x.other_cpu
                 );
             }
-            None => s.push_str(",,,,,,,,,,,,,,,"),
+            None => s.push_str(",,,,,,,,,,,,,,,,"),
         }
         if let Some(w) = w {
             let _ = write!(
@@ -1364,7 +1415,7 @@ fn write_json(
                     },
                     "ops": x.ops, "hit_ratio": x.hit_ratio, "errors": x.errors,
                     "timeouts": x.timeouts, "conn_errors": x.conn_errors,
-                    "client_cpu": x.client_cpu, "sut_cpu": x.sut_cpu,
+                    "client_cpu": x.client_cpu, "sut_cpu": x.sut_cpu, "other_cpu": x.other_cpu,
                 })
             });
             json!({ "workload": r.workload.to_string(), "target": r.target, "stats": stats, "note": r.note })
@@ -1622,6 +1673,12 @@ fn run(opts: Opts) -> Result<(), String> {
         targets.push((t, entry));
     }
 
+    // The cores whose other users we report as noise: the two we pinned to,
+    // or every allowed one when unpinned.
+    let watched: Vec<usize> = match (client_cpu, place.server_cpu) {
+        (Some(c), Some(s)) => vec![c, s],
+        _ => cpus.clone(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1636,7 +1693,7 @@ fn run(opts: Opts) -> Result<(), String> {
                 Ok((addr, pids)) => {
                     print!("load: {} {:<11} ... ", w.id, t.name());
                     let _ = io::Write::flush(&mut io::stdout());
-                    match run_one(&rt, w, *addr, pids, &opts) {
+                    match run_one(&rt, w, *addr, pids, &watched, &opts) {
                         Ok(s) => {
                             println!(
                                 "{:.0} ops/s, p50 {:.1} us, p99 {:.1} us",
