@@ -514,25 +514,40 @@ fn every_write_verb_leaves_the_backup_equal_to_the_primary() {
     });
     assert_eq!(ttl_of(&mut b, "v:touch").map(|t| t > 900), Some(true));
 
-    // "Not there" on the primary removes a divergent copy on the backup.
-    for (verb, cmd, want) in [
+    // An item only the backup holds is one the primary lost (flushed on
+    // rejoin, or evicted): read-modify-write verbs act on it, not on nothing.
+    for (verb, cmd, want, after) in [
         (
             "replace",
             storage("replace", "v:div", 0, 0, b"r"),
-            "NOT_STORED\r\n",
+            "STORED\r\n",
+            &b"r"[..],
         ),
         (
             "append",
             storage("append", "v:div", 0, 0, b"r"),
-            "NOT_STORED\r\n",
+            "STORED\r\n",
+            &b"7r"[..],
         ),
-        ("incr", b"incr v:div 1\r\n".to_vec(), "NOT_FOUND\r\n"),
+        ("incr", b"incr v:div 1\r\n".to_vec(), "8\r\n", &b"8"[..]),
         (
             "cas",
             b"cas v:div 0 0 1 1\r\nr\r\n".to_vec(),
-            "NOT_FOUND\r\n",
+            "EXISTS\r\n",
+            &b"7"[..],
+        ),
+        (
+            "add",
+            storage("add", "v:div", 0, 0, b"r"),
+            "NOT_STORED\r\n",
+            &b"7"[..],
         ),
     ] {
+        assert_bytes(
+            &a.request(b"delete v:div\r\n"),
+            b"NOT_FOUND\r\n",
+            "absent on the primary",
+        );
         assert_bytes(
             &b.request(&set_cmd("v:div", b"7")),
             b"STORED\r\n",
@@ -540,11 +555,27 @@ fn every_write_verb_leaves_the_backup_equal_to_the_primary() {
         );
         assert_bytes(&timed(&mut c, &cmd), want.as_bytes(), verb);
         assert_eq!(
-            item_of(&mut b, "v:div"),
-            None,
-            "{verb} NOT_FOUND on the primary leaves the backup's copy"
+            item_of(&mut a, "v:div").map(|(_, d)| d),
+            Some(after.to_vec()),
+            "{verb}: the primary holds the recovered item"
         );
+        assert_eq!(
+            item_of(&mut b, "v:div").map(|(_, d)| d),
+            Some(after.to_vec()),
+            "{verb}: the backup equals the primary"
+        );
+        assert_bytes(&a.request(b"delete v:div\r\n"), b"DELETED\r\n", "reset");
+        b.request(b"delete v:div\r\n");
     }
+
+    // "Not there" on both: the answer stands and nothing appears anywhere.
+    assert_bytes(
+        &timed(&mut c, b"incr v:none 1\r\n"),
+        b"NOT_FOUND\r\n",
+        "incr on nothing",
+    );
+    assert_eq!(item_of(&mut a, "v:none"), None);
+    assert_eq!(item_of(&mut b, "v:none"), None);
 
     // flush_all empties both.
     assert_bytes(&timed(&mut c, b"flush_all\r\n"), b"OK\r\n", "flush_all");

@@ -106,6 +106,23 @@ pub fn after_primary(verb: Verb, status: Status) -> Replicate {
     }
 }
 
+/// Whether the primary's answer says it does not hold the item: the backup
+/// may still have an acknowledged copy (the primary was flushed on rejoin, or
+/// evicted it), which must be put back before the command is judged.
+pub fn primary_may_lack(verb: Verb, status: Status) -> bool {
+    after_primary(verb, status) == Replicate::Delete
+        || (verb == Verb::Add && status == Status::Stored)
+}
+
+/// For mirrored writes: the backup's answer wins when it found the item and
+/// the primary did not (the primary lost it to a flush or an eviction).
+pub fn backup_answer_wins(primary: Status, backup: Status) -> bool {
+    matches!(
+        (primary, backup),
+        (Status::NotFound, Status::Deleted | Status::Touched) | (Status::MetaNf, Status::MetaHd)
+    )
+}
+
 /// Seconds in 30 days: memcached reads a larger exptime as a unix time.
 pub const RELATIVE_EXPTIME_MAX: i64 = 60 * 60 * 24 * 30;
 
@@ -263,6 +280,22 @@ mod tests {
         for (verb, status, want) in table {
             assert_eq!(after_primary(verb, status), want, "{verb:?} {status:?}");
         }
+    }
+
+    #[test]
+    fn absence_on_the_primary_is_checked_against_the_backup() {
+        assert!(primary_may_lack(Verb::Incr, Status::NotFound));
+        assert!(primary_may_lack(Verb::Append, Status::NotStored));
+        assert!(primary_may_lack(Verb::Replace, Status::NotStored));
+        assert!(primary_may_lack(Verb::Cas, Status::NotFound));
+        assert!(primary_may_lack(Verb::Add, Status::Stored));
+        assert!(!primary_may_lack(Verb::Add, Status::NotStored));
+        assert!(!primary_may_lack(Verb::Cas, Status::Exists));
+        assert!(!primary_may_lack(Verb::Incr, Status::Number(3)));
+        assert!(backup_answer_wins(Status::NotFound, Status::Deleted));
+        assert!(backup_answer_wins(Status::NotFound, Status::Touched));
+        assert!(!backup_answer_wins(Status::Deleted, Status::NotFound));
+        assert!(!backup_answer_wins(Status::Stored, Status::Stored));
     }
 
     #[test]

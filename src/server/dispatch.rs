@@ -763,7 +763,11 @@ async fn write<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Ou
                         if !rp.status.is_error() && rb.status.is_error() {
                             missed_write(topo, b, b_seen);
                         }
-                        rp
+                        if proxy::backup_answer_wins(rp.status, rb.status) {
+                            rb
+                        } else {
+                            rp
+                        }
                     }
                     (Ok(rp), Err(_)) => {
                         if !rp.status.is_error() {
@@ -786,6 +790,11 @@ async fn write<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Ou
             }
             WriteRule::PrimaryThenCopy => match call_up(core, topo, p, &parts, expect).await {
                 Ok(rp) => {
+                    let rp = if proxy::primary_may_lack(verb, rp.status) {
+                        recover_from_backup(core, topo, req, p, b, &parts, rp).await
+                    } else {
+                        rp
+                    };
                     converge(core, topo, req, p, b, b_seen, &rp).await;
                     rp
                 }
@@ -806,6 +815,46 @@ async fn write<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Ou
     };
     count_write(st, verb, out.status);
     reply_out(req, out)
+}
+
+/// The primary answered as if it did not hold the item. If the backup holds
+/// it, it is an acknowledged item the primary lost (flushed on rejoin, or
+/// evicted): put it back on the primary (`add`, or `set` over the value an
+/// `add` just stored wrongly) and run the command again, so incr, append,
+/// replace, cas and add act on the real item. Returns the answer to use.
+async fn recover_from_backup<B: Backend>(
+    core: &Rc<Core<B>>,
+    topo: &Topology,
+    req: &Req,
+    p: ServerId,
+    b: ServerId,
+    parts: &[Bytes],
+    rp: Reply,
+) -> Reply {
+    let key = req.key();
+    let mut line = BytesMut::with_capacity(key.len() + 16);
+    compose::compose_readback(&mut line, key);
+    let Ok(r) = call_up(core, topo, b, &[line.freeze()], Expect::Meta).await else {
+        return rp;
+    };
+    let Some(item) = MetaItem::parse(&r) else {
+        // The backup lacks it too: the primary's answer stands.
+        return rp;
+    };
+    let verb = req.r.verb;
+    let store_verb = if verb == Verb::Add {
+        Verb::Set
+    } else {
+        Verb::Add
+    };
+    let store = item.store_parts(store_verb, key);
+    if call_up(core, topo, p, &store, Expect::Line).await.is_err() {
+        return rp;
+    }
+    core.stats().incr(Counter::Repairs);
+    call_up(core, topo, p, parts, verb.expect())
+        .await
+        .unwrap_or(rp)
 }
 
 fn meta_flags(req: &Req) -> &[u8] {
