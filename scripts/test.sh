@@ -14,7 +14,10 @@ for tool in memcached nutcracker; do
 done
 
 echo "== cargo test (io_uring backend)"
-MEMRING_IO_BACKEND=uring cargo test --all-targets
+MEMRING_IO_BACKEND=uring cargo test
+
+echo "== benches compile"
+cargo build --benches --quiet
 
 echo "== integration tests again on the epoll backend"
 integration=()

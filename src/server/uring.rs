@@ -86,21 +86,39 @@ impl Backend for Uring {
     }
 
     fn block_on<F: Future>(fut: F) -> io::Result<F::Output> {
-        let rt = tokio_uring::Runtime::new(&builder())?;
+        let rt = runtime()?;
         Ok(rt.block_on(fut))
     }
 }
 
-fn builder() -> tokio_uring::Builder {
+/// Ring flags, most helpful first. COOP_TASKRUN stops the kernel from
+/// interrupting the thread to run completion work (it runs when the thread
+/// enters the kernel anyway), and SINGLE_ISSUER lets it skip locking since
+/// only this thread submits. Kernels older than 6.0 reject them with EINVAL,
+/// so a plain ring is the fallback.
+fn builder(tuned: bool) -> tokio_uring::Builder {
     let mut urb = tokio_uring::uring_builder();
     urb.setup_cqsize(SQ_ENTRIES * 4);
+    if tuned {
+        urb.setup_coop_taskrun();
+        urb.setup_single_issuer();
+    }
     let mut b = tokio_uring::builder();
     b.entries(SQ_ENTRIES).uring_builder(&urb);
     b
 }
 
+fn runtime() -> io::Result<tokio_uring::Runtime> {
+    match tokio_uring::Runtime::new(&builder(true)) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tokio_uring::Runtime::new(&builder(false))
+        }
+        other => other,
+    }
+}
+
 /// Try to create an io_uring instance: the startup check for seccomp and
 /// `kernel.io_uring_disabled`.
 pub(crate) fn probe() -> io::Result<()> {
-    tokio_uring::Runtime::new(&builder()).map(drop)
+    runtime().map(drop)
 }
