@@ -58,6 +58,7 @@ counters! {
     ReadThroughHits => "proxy_read_through_hits",
     Repairs => "proxy_repairs",
     ReplicationErrors => "proxy_replication_errors",
+    ResyncCopies => "proxy_resync_copies",
 }
 
 const N: usize = Counter::ALL.len();

@@ -1072,3 +1072,46 @@ fn concurrent_incr_and_append_leave_the_backup_equal_to_the_primary() {
         problems.join("\n  ")
     );
 }
+
+/// A primary that comes back empty gets its keys copied back from the
+/// backup (resync), so the backup failing next loses nothing.
+#[test]
+fn rejoined_primary_is_resynced_before_its_backup_fails() {
+    let mut prim = Memcached::cluster(1, "1m");
+    let mut back = Memcached::cluster(1, "1m");
+    let proxy = proxy_for(&prim, &back, &[]);
+    let mut c = proxy.client();
+    prim[0].kill();
+    let keys: Vec<String> = (0..300).map(|i| format!("resync:{i}")).collect();
+    for k in &keys {
+        assert_bytes(&timed(&mut c, &set_cmd(k, k.as_bytes())), b"STORED\r\n", k);
+    }
+    prim[0].restart();
+    wait_rejoined(&mut c, &prim[0], "primary", 0);
+    let copied = wait_for(Duration::from_secs(20), || {
+        let n = stat_u64(&proxy_stats(&mut c), "proxy_resync_copies");
+        (n >= keys.len() as u64).then_some(n)
+    });
+    assert!(
+        copied.is_some(),
+        "resync copied {:?} keys",
+        stat_u64(&proxy_stats(&mut c), "proxy_resync_copies")
+    );
+    // The restarted primary holds every key itself now.
+    let mut direct = prim[0].client();
+    for k in &keys {
+        assert_eq!(
+            item_of(&mut direct, k),
+            Some((0, k.as_bytes().to_vec())),
+            "{k} on the primary"
+        );
+    }
+    back[0].kill();
+    for k in &keys {
+        assert_bytes(
+            &timed(&mut c, format!("get {k}\r\n").as_bytes()),
+            &value_reply(k, 0, k.as_bytes()),
+            k,
+        );
+    }
+}

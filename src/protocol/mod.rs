@@ -10,6 +10,7 @@
 //! state, not an error.
 
 pub mod compose;
+pub mod metadump;
 pub mod request;
 pub mod response;
 

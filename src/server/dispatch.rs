@@ -256,7 +256,7 @@ fn count_failover(core_stats: &crate::stats::CoreStats, topo: &Topology, failed:
 }
 
 /// Call a server if it is up, noting the outcome.
-async fn call_up<B: Backend>(
+pub(super) async fn call_up<B: Backend>(
     core: &Rc<Core<B>>,
     topo: &Topology,
     id: ServerId,
@@ -374,17 +374,17 @@ async fn read_through<B: Backend>(
 }
 
 /// An item read with `mg <key> v f t [c]`.
-struct MetaItem {
+pub(super) struct MetaItem {
     flags: u32,
     ttl: i64,
-    cas: u64,
+    pub(super) cas: u64,
     data_len: usize,
     /// Data with its `\r\n`.
     block: Bytes,
 }
 
 impl MetaItem {
-    fn parse(r: &Reply) -> Option<MetaItem> {
+    pub(super) fn parse(r: &Reply) -> Option<MetaItem> {
         if r.status != Status::MetaValue {
             return None;
         }
@@ -402,7 +402,7 @@ impl MetaItem {
     }
 
     /// `set`/`add` line and data that store this item under `key`.
-    fn store_parts(&self, verb: Verb, key: &[u8]) -> [Bytes; 2] {
+    pub(super) fn store_parts(&self, verb: Verb, key: &[u8]) -> [Bytes; 2] {
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -917,7 +917,7 @@ async fn converge<B: Backend>(
     }
 }
 
-fn stored(r: Result<Reply, CallError>) -> bool {
+pub(super) fn stored(r: Result<Reply, CallError>) -> bool {
     matches!(
         r,
         Ok(Reply {
@@ -927,7 +927,12 @@ fn stored(r: Result<Reply, CallError>) -> bool {
     )
 }
 
-async fn delete<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, b: ServerId, key: &[u8]) -> bool {
+pub(super) async fn delete<B: Backend>(
+    core: &Rc<Core<B>>,
+    topo: &Topology,
+    b: ServerId,
+    key: &[u8],
+) -> bool {
     let mut line = BytesMut::with_capacity(key.len() + 16);
     compose_key_command(&mut line, b"delete", key, None);
     matches!(

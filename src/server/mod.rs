@@ -13,6 +13,7 @@ mod core;
 mod dispatch;
 mod epoll;
 mod io;
+mod resync;
 mod uring;
 
 use std::fmt;
@@ -461,8 +462,9 @@ async fn health_loop<B: Backend>(core: Rc<Core<B>>) {
         tokio::time::sleep(tick.mul_f64(0.5 + core.jitter())).await;
         let topo = core.topology();
         let now = Instant::now();
-        for s in &topo.servers {
+        for (i, s) in topo.servers.iter().enumerate() {
             if let Some(probe) = s.health.try_claim_probe(now) {
+                let id = crate::upstream::ServerId(i as u32);
                 let core = core.clone();
                 let topo = topo.clone();
                 let name = s.name.clone();
@@ -473,6 +475,9 @@ async fn health_loop<B: Backend>(core: Rc<Core<B>>) {
                     let now = Instant::now();
                     if ok && health.probe_succeeded(now, probe) {
                         tracing::warn!(server = %name, flushed = probe.flush, "server rejoined");
+                        // It may have come back empty (restarted, or flushed
+                        // just now): copy its keys back from its partners.
+                        resync::resync(core.clone(), topo.clone(), id).await;
                     } else {
                         if ok {
                             tracing::info!(server = %name, "probe overtaken by a missed write; retrying");
