@@ -693,18 +693,33 @@ fn parse_delete(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Pars
     Parsed::Complete(req)
 }
 
-fn parse_arith(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+/// `<verb> <key> <number> [noreply]`, the shape of incr, decr and touch:
+/// checks the arity and the key, and hands back the number's token.
+fn parse_key_and_arg<'b>(
+    buf: &'b [u8],
+    line: &Line,
+    toks: Tokens,
+    req: &mut Request,
+) -> Result<&'b [u8], Parsed> {
     let args = Args::collect(buf, toks);
     if args.n != 2 && args.n != 3 {
-        return unknown(line);
+        return Err(unknown(line));
     }
     req.noreply = args.n == 3 && args.ends_with_noreply(buf);
     let key = args.range(0);
     if !key_ok(slice(buf, key.clone())) {
-        return client(line.len, MSG_BAD_FORMAT);
+        return Err(client(line.len, MSG_BAD_FORMAT));
     }
     req.key = key;
-    match parse_u64(args.get(buf, 1)) {
+    Ok(args.get(buf, 1))
+}
+
+fn parse_arith(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
+    let arg = match parse_key_and_arg(buf, line, toks, &mut req) {
+        Ok(arg) => arg,
+        Err(p) => return p,
+    };
+    match parse_u64(arg) {
         Some(delta) => req.delta = delta,
         None => return client(line.len, MSG_BAD_DELTA),
     }
@@ -712,17 +727,11 @@ fn parse_arith(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parse
 }
 
 fn parse_touch(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
-    let args = Args::collect(buf, toks);
-    if args.n != 2 && args.n != 3 {
-        return unknown(line);
-    }
-    req.noreply = args.n == 3 && args.ends_with_noreply(buf);
-    let key = args.range(0);
-    if !key_ok(slice(buf, key.clone())) {
-        return client(line.len, MSG_BAD_FORMAT);
-    }
-    req.key = key;
-    match parse_i64(args.get(buf, 1)) {
+    let arg = match parse_key_and_arg(buf, line, toks, &mut req) {
+        Ok(arg) => arg,
+        Err(p) => return p,
+    };
+    match parse_i64(arg) {
         Some(exptime) => req.exptime = exptime,
         None => return client(line.len, MSG_BAD_EXPTIME),
     }
