@@ -16,6 +16,9 @@ done
 echo "== cargo test (io_uring backend)"
 MEMRING_IO_BACKEND=uring cargo test
 
+echo "== heap allocations per proxied request (counting allocator build)"
+cargo test --features alloc-stats --test alloc_proxy -- --nocapture
+
 echo "== benches compile"
 cargo build --benches --quiet
 
@@ -25,7 +28,7 @@ echo "== integration tests again on the epoll backend"
 integration=()
 for f in tests/*.rs; do
   name="$(basename "$f" .rs)"
-  case "$name" in harness_selftest|ring_golden|alloc_free) continue ;; esac
+  case "$name" in harness_selftest|ring_golden|alloc_free|alloc_proxy) continue ;; esac
   integration+=(--test "$name")
 done
 MEMRING_IO_BACKEND=epoll cargo test "${integration[@]}"

@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
+#[cfg(feature = "alloc-stats")]
+#[global_allocator]
+static ALLOC: memring::stats::CountingAlloc = memring::stats::CountingAlloc;
+
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cfg = match memring::config::parse_args(args) {

@@ -63,6 +63,36 @@ counters! {
 
 const N: usize = Counter::ALL.len();
 
+/// A global allocator that counts allocations (feature `alloc-stats`): the
+/// binary installs it so `stats` can show allocations per proxied request.
+#[cfg(feature = "alloc-stats")]
+pub struct CountingAlloc;
+
+/// Heap allocations so far (feature `alloc-stats`).
+#[cfg(feature = "alloc-stats")]
+pub static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+#[cfg(feature = "alloc-stats")]
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
 /// One core's counters.
 #[derive(Debug)]
 #[repr(align(128))]
@@ -167,6 +197,8 @@ pub fn render(
         let v: u64 = cores.iter().map(|core| core.get(c)).sum();
         stat(c.wire_name(), &v);
     }
+    #[cfg(feature = "alloc-stats")]
+    stat("heap_allocations", &ALLOCATIONS.load(Ordering::Relaxed));
     stat("proxy_servers", &servers.len());
     for (i, v) in servers.iter().enumerate() {
         let h = v.health;

@@ -20,7 +20,7 @@ use crate::protocol::{compose, parse_request, ParseError, Parsed, Verb};
 use crate::stats::Counter;
 
 use super::core::Core;
-use super::dispatch::{self, Out, Req};
+use super::dispatch::{self, Keys, Out, Req};
 use super::io::{write_all, Backend, Stream};
 
 /// First read buffer of a connection; it grows only when a client sends more.
@@ -98,7 +98,7 @@ async fn read_requests<B: Backend, S: Stream>(
                     let req = Req {
                         r,
                         bytes,
-                        keys: std::mem::take(&mut keys),
+                        keys: Keys::take(&mut keys),
                     };
                     let slot = match dispatch::start(&core, req) {
                         Ok(out) => Slot::Ready(Some(out)),

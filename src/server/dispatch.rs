@@ -49,10 +49,42 @@ pub(crate) struct Req {
     /// The whole request: line and data block.
     pub bytes: Bytes,
     /// Retrieval keys, ranges into `bytes`.
-    pub keys: Vec<Range<usize>>,
+    pub keys: Keys,
+}
+
+/// Retrieval keys: the common single key is kept inline, so a get costs no
+/// allocation for its key list.
+pub(crate) enum Keys {
+    /// One key (or none, for keyless requests).
+    One(Option<Range<usize>>),
+    /// A multi-key retrieval.
+    Many(Vec<Range<usize>>),
+}
+
+impl Keys {
+    /// Take the parser's key list, leaving it reusable when it held one key.
+    pub fn take(parsed: &mut Vec<Range<usize>>) -> Keys {
+        if parsed.len() <= 1 {
+            let one = parsed.pop();
+            Keys::One(one)
+        } else {
+            Keys::Many(std::mem::take(parsed))
+        }
+    }
+
+    fn as_slice(&self) -> &[Range<usize>] {
+        match self {
+            Keys::One(k) => k.as_slice(),
+            Keys::Many(v) => v,
+        }
+    }
 }
 
 impl Req {
+    fn keys(&self) -> &[Range<usize>] {
+        self.keys.as_slice()
+    }
+
     fn key(&self) -> &[u8] {
         self.bytes.get(self.r.key.clone()).unwrap_or_default()
     }
@@ -166,11 +198,11 @@ async fn serve<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Out {
     let st = core.stats();
     match verb {
         Verb::Get | Verb::Gets | Verb::Gat | Verb::Gats => {
-            st.add(Counter::CmdGet, req.keys.len() as u64);
+            st.add(Counter::CmdGet, req.keys().len() as u64);
             if matches!(verb, Verb::Gat | Verb::Gats) {
                 st.incr(Counter::CmdTouch);
             }
-            if req.keys.len() == 1 {
+            if req.keys().len() == 1 {
                 get_one(core, &topo, &req).await
             } else {
                 get_many(core, &topo, &req).await
@@ -279,7 +311,7 @@ fn is_miss(frame: &[u8]) -> bool {
 }
 
 async fn get_one<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Out {
-    let Some(key_range) = req.keys.first().cloned() else {
+    let Some(key_range) = req.keys().first().cloned() else {
         return one(compose::ERROR);
     };
     let key = req.bytes.slice(key_range);
@@ -443,7 +475,7 @@ fn touch_backups<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) {
     if !matches!(req.r.verb, Verb::Gat | Verb::Gats) {
         return;
     }
-    for k in &req.keys {
+    for k in req.keys() {
         let key = &req.bytes[k.clone()];
         if let (_, Some(b)) = topo.replicas(key) {
             if topo.health(b).is_up() {
@@ -456,12 +488,12 @@ fn touch_backups<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) {
 }
 
 async fn get_many<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Out {
-    let n = req.keys.len();
+    let n = req.keys().len();
     let st = core.stats();
     // Where each key is asked first: its primary, or its backup when the primary is out.
     let mut target: Vec<Option<ServerId>> = Vec::with_capacity(n);
     let mut backup_of: Vec<Option<ServerId>> = Vec::with_capacity(n);
-    for k in &req.keys {
+    for k in req.keys() {
         let key = &req.bytes[k.clone()];
         let (p, b) = topo.replicas(key);
         let b = b.filter(|b| topo.health(*b).is_up());
@@ -508,7 +540,7 @@ async fn get_many<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) ->
     let mut rt_blocks: Vec<(usize, Vec<Bytes>)> = Vec::new();
     if !misses.is_empty() {
         let futs = misses.iter().map(|&(i, _)| {
-            let key = req.bytes.slice(req.keys[i].clone());
+            let key = req.bytes.slice(req.keys()[i].clone());
             let (p, b) = topo.replicas(&key);
             async move {
                 let b = b?;
@@ -572,7 +604,7 @@ async fn fetch_parts<B: Backend>(
         } else {
             let mut line = BytesMut::with_capacity(64);
             let keys = req
-                .keys
+                .keys()
                 .iter()
                 .zip(target)
                 .filter(|(_, t)| **t == Some(s))
@@ -606,7 +638,7 @@ async fn fetch_parts<B: Backend>(
             items: std::mem::take(&mut items),
             cursor: 0,
         };
-        for (i, k) in req.keys.iter().enumerate() {
+        for (i, k) in req.keys().iter().enumerate() {
             if target[i] == Some(s) && found[i].is_none() {
                 found[i] = part.take(&req.bytes[k.clone()]);
             }

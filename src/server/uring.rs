@@ -26,7 +26,16 @@ macro_rules! uring_stream {
                 (res, slice.into_inner())
             }
 
-            async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
+            async fn writev(&self, mut bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
+                // One buffer (most replies): a plain write, which spares
+                // tokio-uring's per-call iovec allocation.
+                if bufs.len() == 1 {
+                    if let Some(one) = bufs.pop() {
+                        let (res, one) = <$t>::write(self, one).submit().await;
+                        bufs.push(one);
+                        return (res, bufs);
+                    }
+                }
                 <$t>::writev(self, bufs).await
             }
 

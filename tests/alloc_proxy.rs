@@ -1,0 +1,45 @@
+//! Heap allocations per proxied request, counted inside the real binary
+//! (built with `--features alloc-stats`, which installs a counting global
+//! allocator and adds `STAT heap_allocations`).
+//!
+//! Run: `cargo test --features alloc-stats --test alloc_proxy -- --nocapture`.
+//! The parse -> route -> frame core allocates nothing (tests/alloc_free.rs);
+//! what remains per request is the boxed request future and its node in the
+//! connection's ordered reply queue. These bounds keep it from growing.
+#![cfg(feature = "alloc-stats")]
+
+mod common;
+
+use common::*;
+
+fn allocations(c: &mut Client) -> u64 {
+    stat(&parse_stats(&c.request(b"stats\r\n")), "heap_allocations")
+        .parse()
+        .expect("heap_allocations is a number")
+}
+
+fn per_request(c: &mut Client, req: &[u8], n: u64) -> f64 {
+    for _ in 0..500 {
+        c.request(req);
+    }
+    let before = allocations(c);
+    for _ in 0..n {
+        c.request(req);
+    }
+    // The stats request itself allocates a little; it is spread over n.
+    (allocations(c) - before) as f64 / n as f64
+}
+
+#[test]
+fn steady_state_allocations_per_request_stay_bounded() {
+    let servers = Memcached::cluster(2, "1m");
+    let proxy = Memring::start_for(&[&servers[0], &servers[1]], &["--threads", "1"]);
+    let mut c = proxy.client();
+    let set = set_cmd("alloc:k", &[b'x'; 100]);
+    assert_eq!(c.request(&set), b"STORED\r\n".to_vec());
+    let get = per_request(&mut c, b"get alloc:k\r\n", 5000);
+    let store = per_request(&mut c, &set, 5000);
+    println!("allocations per request: get {get:.2}, set {store:.2}");
+    assert!(get <= 2.5, "get: {get:.2} allocations per request");
+    assert!(store <= 2.5, "set: {store:.2} allocations per request");
+}
