@@ -33,8 +33,9 @@ use super::io::{write_all, Backend, Stream};
 /// Most iovecs one `writev` may carry (Linux IOV_MAX).
 pub(crate) const IOV_MAX: usize = 1024;
 
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+/// Upstream read buffer step: one per server connection per core, so it can
+/// be generous; large values then arrive in few reads and few copies.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// One server as the current configuration knows it.
 #[derive(Debug)]
