@@ -15,9 +15,7 @@
 //! | set, delete, touch, `ms` (set mode, no cas), `md` (no cas) | mirrored in parallel |
 //! | add, replace, cas | primary; on STORED the same item is `set` on the backup |
 //! | append, prepend, incr, decr, `ma`, other `ms`/`md` | primary; on success the item is read back (`mg v f t`) and `set` on the backup |
-//! | any of the above answered "not there" by the primary | `delete` on the backup |
-
-use std::ops::Range;
+//! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
 use bytes::Bytes;
 
@@ -198,31 +196,6 @@ impl PartReply {
     }
 }
 
-/// Merge the parts of a split multi-get into the client's key order. `keys`
-/// are ranges into `request`; `owner[i]` indexes `parts` for key `i` (None:
-/// its server failed and the key is reported as a miss). Appends the VALUE
-/// blocks and `END\r\n` to `out` and returns the number of hits.
-pub fn merge_values(
-    request: &Bytes,
-    keys: &[Range<usize>],
-    owner: &[Option<usize>],
-    parts: &mut [PartReply],
-    out: &mut Vec<Bytes>,
-) -> usize {
-    let mut hits = 0;
-    for (key, part) in keys.iter().zip(owner) {
-        let (Some(part), Some(key)) = (part, request.get(key.clone())) else {
-            continue;
-        };
-        if let Some(block) = parts.get_mut(*part).and_then(|p| p.take(key)) {
-            out.push(block);
-            hits += 1;
-        }
-    }
-    out.push(Bytes::from_static(compose::END));
-    hits
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,57 +305,39 @@ mod tests {
         assert!(!quiet_hides(Verb::MetaSet, Status::ServerError));
     }
 
-    fn item(frame: &[u8], key: &str) -> ValueItem {
-        let needle = format!("VALUE {key} ");
-        let start = frame
-            .windows(needle.len())
-            .position(|w| w == needle.as_bytes())
-            .expect("key in frame");
-        let end = start
-            + frame[start..]
-                .windows(2)
-                .enumerate()
-                .filter(|(_, w)| *w == b"\r\n")
-                .nth(1)
-                .map(|(i, _)| i + 2)
-                .expect("two lines");
-        let k = start + 6..start + 6 + key.len();
-        ValueItem {
-            key: k,
-            item: start..end,
-            data: 0..0,
-            flags: 0,
-            cas: None,
-        }
-    }
-
     #[test]
-    fn merge_restores_client_order_and_skips_failed_parts() {
-        let request = Bytes::from_static(b"get a b c d");
-        let keys = vec![4..5, 6..7, 8..9, 10..11];
-        let f0: &[u8] = b"VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n";
-        let f1: &[u8] = b"VALUE b 0 1\r\n2\r\nEND\r\n";
-        let mut parts = vec![
-            PartReply {
-                frame: Bytes::from_static(f0),
-                items: vec![item(f0, "a"), item(f0, "c")],
-                cursor: 0,
+    fn part_reply_hands_out_blocks_in_request_order() {
+        let frame: &[u8] = b"VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n";
+        let items = vec![
+            ValueItem {
+                key: 6..7,
+                item: 0..16,
+                data: 13..14,
+                flags: 0,
+                cas: None,
             },
-            PartReply {
-                frame: Bytes::from_static(f1),
-                items: vec![item(f1, "b")],
-                cursor: 0,
+            ValueItem {
+                key: 22..23,
+                item: 16..32,
+                data: 29..30,
+                flags: 0,
+                cas: None,
             },
         ];
-        // d's server failed.
-        let owner = vec![Some(0), Some(1), Some(0), None];
-        let mut out = Vec::new();
-        let hits = merge_values(&request, &keys, &owner, &mut parts, &mut out);
-        assert_eq!(hits, 3);
-        let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut part = PartReply {
+            frame: Bytes::from_static(frame),
+            items,
+            cursor: 0,
+        };
         assert_eq!(
-            joined,
-            b"VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nVALUE c 0 1\r\n3\r\nEND\r\n".to_vec()
+            part.take(b"a").as_deref(),
+            Some(&b"VALUE a 0 1\r\n1\r\n"[..])
         );
+        assert_eq!(part.take(b"b"), None, "a miss leaves the cursor");
+        assert_eq!(
+            part.take(b"c").as_deref(),
+            Some(&b"VALUE c 0 1\r\n3\r\n"[..])
+        );
+        assert_eq!(part.take(b"c"), None);
     }
 }
