@@ -147,9 +147,17 @@ pub fn compose_key_command(out: &mut BytesMut, word: &[u8], key: &[u8], arg: Opt
 /// The read-back used to copy an item to a backup: `mg <key> v f t\r\n`
 /// (value, client flags, remaining TTL).
 pub fn compose_readback(out: &mut BytesMut, key: &[u8]) {
+    compose_meta_get(out, key, b"v f t");
+}
+
+/// `mg <key> <flags>\r\n`, e.g. flags `v f t c` for value, client flags,
+/// remaining TTL and cas.
+pub fn compose_meta_get(out: &mut BytesMut, key: &[u8], flags: &[u8]) {
     out.extend_from_slice(b"mg ");
     out.extend_from_slice(key);
-    out.extend_from_slice(b" v f t\r\n");
+    out.put_u8(b' ');
+    out.extend_from_slice(flags);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A retrieval reply's VALUE line: `VALUE <key> <flags> <bytes>[ <cas>]\r\n`.

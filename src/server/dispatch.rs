@@ -380,15 +380,14 @@ async fn read_through<B: Backend>(
 ) -> Option<Out> {
     let verb = req.r.verb;
     let touch = matches!(verb, Verb::Gat | Verb::Gats);
-    let mut line = BytesMut::with_capacity(key.len() + 32);
-    line.extend_from_slice(b"mg ");
-    line.extend_from_slice(key);
-    line.extend_from_slice(b" v f t c");
+    let mut flags = BytesMut::with_capacity(32);
+    flags.extend_from_slice(b"v f t c");
     if touch {
-        line.extend_from_slice(b" T");
-        compose::put_i64(&mut line, req.r.exptime);
+        flags.extend_from_slice(b" T");
+        compose::put_i64(&mut flags, req.r.exptime);
     }
-    line.extend_from_slice(b"\r\n");
+    let mut line = BytesMut::with_capacity(key.len() + 40);
+    compose::compose_meta_get(&mut line, key, &flags);
     let r = call_up(core, topo, backup, &[line.freeze()], Expect::Meta)
         .await
         .ok()?;

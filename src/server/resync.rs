@@ -159,9 +159,7 @@ async fn copy_one<B: Backend>(
     key: &[u8],
 ) -> bool {
     let mut line = BytesMut::with_capacity(key.len() + 16);
-    line.extend_from_slice(b"mg ");
-    line.extend_from_slice(key);
-    line.extend_from_slice(b" v f t c\r\n");
+    compose::compose_meta_get(&mut line, key, b"v f t c");
     let Ok(r) = call_up(core, topo, src, &[line.freeze()], Expect::Meta).await else {
         return false;
     };
@@ -184,9 +182,7 @@ async fn copy_one<B: Backend>(
     // A delete (or a newer write) may have hit the source between the read
     // and the add: then the copy must not stay.
     let mut check = BytesMut::with_capacity(key.len() + 8);
-    check.extend_from_slice(b"mg ");
-    check.extend_from_slice(key);
-    check.extend_from_slice(b" c\r\n");
+    compose::compose_meta_get(&mut check, key, b"c");
     let unchanged = match call_up(core, topo, src, &[check.freeze()], Expect::Meta).await {
         Ok(r) if r.status == Status::MetaHd => {
             let line = r.frame.get(r.line.clone()).unwrap_or_default();
