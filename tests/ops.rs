@@ -287,3 +287,49 @@ fn stats_name_the_backend_and_the_servers() {
     assert_eq!(stat(&s, "server_1:address"), b.server_arg());
     assert_eq!(stat(&s, "server_0:state"), "up");
 }
+
+#[test]
+fn dash_u_drops_privileges_after_binding() {
+    let mc = Memcached::start();
+    let args = [
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "-u",
+        "nobody",
+        "-s",
+        &mc.server_arg(),
+    ];
+    if !nix::unistd::getuid().is_root() {
+        // Only root can switch users; anyone else gets told so, not ignored.
+        let err = Memring::try_start(&args)
+            .err()
+            .expect("refused without root");
+        assert!(err.contains("-u needs root"), "{err}");
+        return;
+    }
+    let proxy = Memring::start(&args);
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("passwd lookup")
+        .expect("user nobody exists");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).expect("status");
+    for field in ["Uid:", "Gid:"] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .expect("field present");
+        let want = if field == "Uid:" {
+            nobody.uid.as_raw()
+        } else {
+            nobody.gid.as_raw()
+        };
+        assert!(
+            line.split_whitespace()
+                .skip(1)
+                .all(|id| id == want.to_string()),
+            "{line} (want {want} everywhere)"
+        );
+    }
+    let mut c = proxy.client();
+    assert_eq!(c.request(&set_cmd("u", b"1")), b"STORED\r\n".to_vec());
+}
