@@ -1079,7 +1079,7 @@ fn concurrent_incr_and_append_leave_the_backup_equal_to_the_primary() {
 fn rejoined_primary_is_resynced_before_its_backup_fails() {
     let mut prim = Memcached::cluster(1, "1m");
     let mut back = Memcached::cluster(1, "1m");
-    let proxy = proxy_for(&prim, &back, &[]);
+    let proxy = proxy_for(&prim, &back, &["--resync"]);
     let mut c = proxy.client();
     prim[0].kill();
     let keys: Vec<String> = (0..300).map(|i| format!("resync:{i}")).collect();

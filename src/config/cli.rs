@@ -53,6 +53,11 @@ pub(super) struct Cli {
     #[arg(short = 'k', long, help_heading = MAGENT)]
     pub ketama: bool,
 
+    /// After a server rejoins, copy the keys it owns back from its partners
+    /// (see README: closes a data-loss window, opens a rare delete race)
+    #[arg(long, help_heading = MEMRING)]
+    pub resync: bool,
+
     /// Max client connections
     #[arg(short = 'n', long, value_name = "N", default_value_t = super::DEFAULT_MAX_CONNS, value_parser = value::max_conns, help_heading = MAGENT)]
     pub max_conns: usize,
@@ -199,6 +204,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         io_backend: pick("io_backend").map(|_| cli.io_backend),
         pid_file: cli.pid_file.clone(),
         shutdown_timeout: pick("shutdown_timeout").map(|_| cli.shutdown_timeout),
+        resync: cli.resync.then_some(true),
     };
     Ok(Parsed {
         layer,

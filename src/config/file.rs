@@ -35,6 +35,7 @@ struct FileConfig {
     io_backend: Option<String>,
     pid_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
+    resync: Option<bool>,
 }
 
 /// Read and validate `path`.
@@ -145,5 +146,6 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         io_backend: text!(io_backend, value::io_backend),
         pid_file: path_ok("pid_file", &f.pid_file, value::path)?,
         shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
+        resync: f.resync,
     })
 }

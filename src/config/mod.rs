@@ -134,6 +134,8 @@ pub struct Config {
     pub check: bool,
     /// `--shutdown-timeout`: how long in-flight requests may take on SIGTERM. Default 5s.
     pub shutdown_timeout: Duration,
+    /// `--resync`: copy a rejoined server's keys back from its partners. Default off.
+    pub resync: bool,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -322,6 +324,7 @@ struct Layer {
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
+    resync: Option<bool>,
 }
 
 impl Layer {
@@ -353,7 +356,8 @@ impl Layer {
             retry_interval,
             io_backend,
             pid_file,
-            shutdown_timeout
+            shutdown_timeout,
+            resync
         )
     }
 
@@ -392,6 +396,7 @@ impl Layer {
             config_file: None,
             check: false,
             shutdown_timeout: dur(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
+            resync: self.resync.unwrap_or(false),
             argv: Vec::new(),
         }
     }

@@ -61,6 +61,8 @@ pub(crate) struct Settings {
     pub policy: HealthPolicy,
     /// Pipelined connections per server per core.
     pub conns_per_server: usize,
+    /// Copy a rejoined server's keys back from its partners.
+    pub resync: bool,
 }
 
 /// An immutable routing snapshot, swapped whole on reload.
@@ -133,6 +135,7 @@ impl Topology {
                     max_retry_interval: cfg.retry_interval.max(Duration::from_secs(5)),
                 },
                 conns_per_server: cfg.upstream_conns.clamp(1, cfg.max_server_conns.max(1)),
+                resync: cfg.resync,
             },
         })
     }

@@ -477,7 +477,9 @@ async fn health_loop<B: Backend>(core: Rc<Core<B>>) {
                         tracing::warn!(server = %name, flushed = probe.flush, "server rejoined");
                         // It may have come back empty (restarted, or flushed
                         // just now): copy its keys back from its partners.
-                        resync::resync(core.clone(), topo.clone(), id).await;
+                        if topo.settings.resync {
+                            resync::resync(core.clone(), topo.clone(), id).await;
+                        }
                     } else {
                         if ok {
                             tracing::info!(server = %name, "probe overtaken by a missed write; retrying");
