@@ -396,7 +396,7 @@ async fn read_through<B: Backend>(
     let mut head = BytesMut::with_capacity(key.len() + 48);
     compose_value_line(&mut head, key, item.flags, item.data_len, cas);
     let block = item.block.clone();
-    repair(core, primary, key, &item);
+    repair(core, backup, primary, key, item);
     Some(Out::Many(vec![
         head.freeze(),
         block,
@@ -454,10 +454,54 @@ impl MetaItem {
 }
 
 /// Copy a read-through hit into the primary in the background.
-fn repair<B: Backend>(core: &Rc<Core<B>>, primary: ServerId, key: &[u8], item: &MetaItem) {
-    let parts = item.store_parts(Verb::Add, key);
+fn repair<B: Backend>(
+    core: &Rc<Core<B>>,
+    backup: ServerId,
+    primary: ServerId,
+    key: &[u8],
+    item: MetaItem,
+) {
     core.stats().incr(Counter::Repairs);
-    background(core, primary, parts);
+    let core = core.clone();
+    let key = Bytes::copy_from_slice(key);
+    tokio::task::spawn_local(async move {
+        let topo = core.topology();
+        copy_item(&core, &topo, backup, primary, &key, &item).await;
+    });
+}
+
+/// Store `item`, just read from `src`, on `target` with `add` (never over a
+/// newer value), then check that `src` still holds the same item (same cas).
+/// If it changed or vanished meanwhile (a concurrent delete or write), the
+/// copy is deleted again: a miss is safe, a resurrected value is not. True
+/// when the copy stays.
+pub(super) async fn copy_item<B: Backend>(
+    core: &Rc<Core<B>>,
+    topo: &Topology,
+    src: ServerId,
+    target: ServerId,
+    key: &[u8],
+    item: &MetaItem,
+) -> bool {
+    let store = item.store_parts(Verb::Add, key);
+    if !stored(call_up(core, topo, target, &store, Expect::Line).await) {
+        // The target has the key already: a write reached it meanwhile.
+        return false;
+    }
+    let mut check = BytesMut::with_capacity(key.len() + 8);
+    compose::compose_meta_get(&mut check, key, b"c");
+    let unchanged = match call_up(core, topo, src, &[check.freeze()], Expect::Meta).await {
+        Ok(r) if r.status == Status::MetaHd => {
+            let line = r.frame.get(r.line.clone()).unwrap_or_default();
+            let flags = line.get(2..).unwrap_or_default();
+            compose::meta_flag(flags, b'c').and_then(proxy::parse_decimal) == Some(item.cas as i64)
+        }
+        _ => false,
+    };
+    if !unchanged {
+        delete(core, topo, target, key).await;
+    }
+    unchanged
 }
 
 /// Send a request whose reply nobody waits for (repairs, backup touches).

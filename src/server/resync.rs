@@ -16,12 +16,12 @@ use bytes::{Bytes, BytesMut};
 
 use crate::protocol::compose;
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
-use crate::protocol::{Expect, Status};
+use crate::protocol::Expect;
 use crate::stats::Counter;
 use crate::upstream::{Role, ServerId};
 
 use super::core::{Core, Topology};
-use super::dispatch::{call_up, delete, stored, MetaItem};
+use super::dispatch::{call_up, copy_item, MetaItem};
 use super::io::{Backend, Stream};
 
 /// Keys copied concurrently (pipelined on the pooled connections).
@@ -166,35 +166,5 @@ async fn copy_one<B: Backend>(
     let Some(item) = MetaItem::parse(&r) else {
         return false;
     };
-    if !stored(
-        call_up(
-            core,
-            topo,
-            target,
-            &item.store_parts(crate::protocol::Verb::Add, key),
-            Expect::Line,
-        )
-        .await,
-    ) {
-        // The target already has the key: a write reached it meanwhile.
-        return false;
-    }
-    // A delete (or a newer write) may have hit the source between the read
-    // and the add: then the copy must not stay.
-    let mut check = BytesMut::with_capacity(key.len() + 8);
-    compose::compose_meta_get(&mut check, key, b"c");
-    let unchanged = match call_up(core, topo, src, &[check.freeze()], Expect::Meta).await {
-        Ok(r) if r.status == Status::MetaHd => {
-            let line = r.frame.get(r.line.clone()).unwrap_or_default();
-            let flags = line.get(2..).unwrap_or_default();
-            compose::meta_flag(flags, b'c').and_then(crate::proxy::parse_decimal)
-                == Some(item.cas as i64)
-        }
-        _ => false,
-    };
-    if !unchanged {
-        delete(core, topo, target, key).await;
-        return false;
-    }
-    true
+    copy_item(core, topo, src, target, key, &item).await
 }
