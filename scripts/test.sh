@@ -6,12 +6,21 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-for tool in memcached nutcracker; do
-  if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
-    echo "missing $tool: apt-get install -y memcached nutcracker" >&2
-    exit 1
-  fi
-done
+# Install what the tests need when it is missing (Debian packages and
+# pymemcache), as root or through sudo.
+need=()
+command -v memcached >/dev/null 2>&1 || need+=(memcached)
+[ -x /usr/sbin/nutcracker ] || command -v nutcracker >/dev/null 2>&1 || need+=(nutcracker)
+command -v memccat >/dev/null 2>&1 || need+=(libmemcached-tools)
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -c 'import pymemcache' 2>/dev/null || python3 -m pip install -q pymemcache
 
 echo "== cargo test (io_uring backend)"
 MEMRING_IO_BACKEND=uring cargo test
