@@ -1420,27 +1420,21 @@ pub fn key_owners(servers: &[&Memcached], keys: &[String]) -> Vec<Option<usize>>
 /// `reply` is exactly one `SERVER_ERROR <reason>\r\n` line.
 #[track_caller]
 pub fn assert_server_error(reply: &[u8], what: &str) {
-    let ok = reply.starts_with(b"SERVER_ERROR ")
-        && reply.ends_with(b"\r\n")
-        && reply.iter().filter(|b| **b == b'\n').count() == 1;
-    assert!(
-        ok,
-        "{what}: expected one SERVER_ERROR line, got {}",
-        show(reply)
-    );
+    assert_error_line(reply, "SERVER_ERROR", what);
 }
 
 /// `reply` is exactly one `CLIENT_ERROR <reason>\r\n` line.
 #[track_caller]
 pub fn assert_client_error(reply: &[u8], what: &str) {
-    let ok = reply.starts_with(b"CLIENT_ERROR ")
+    assert_error_line(reply, "CLIENT_ERROR", what);
+}
+
+#[track_caller]
+fn assert_error_line(reply: &[u8], kind: &str, what: &str) {
+    let ok = reply.starts_with(format!("{kind} ").as_bytes())
         && reply.ends_with(b"\r\n")
         && reply.iter().filter(|b| **b == b'\n').count() == 1;
-    assert!(
-        ok,
-        "{what}: expected one CLIENT_ERROR line, got {}",
-        show(reply)
-    );
+    assert!(ok, "{what}: expected one {kind} line, got {}", show(reply));
 }
 
 // ---------------------------------------------------------------------------
