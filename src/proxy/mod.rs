@@ -82,14 +82,8 @@ fn has_invalidate(meta_flags: &[u8]) -> bool {
 pub fn after_primary(verb: Verb, status: Status) -> Replicate {
     match (verb, status) {
         (Verb::Add | Verb::Replace | Verb::Cas, Status::Stored) => Replicate::SetRequestItem,
-        (Verb::Replace | Verb::Cas, Status::NotFound | Status::NotStored) => {
-            // replace NOT_STORED / cas NOT_FOUND: the primary has no item.
-            if verb == Verb::Cas && status == Status::NotStored {
-                Replicate::Nothing
-            } else {
-                Replicate::Delete
-            }
-        }
+        // replace NOT_STORED / cas NOT_FOUND: the primary has no item.
+        (Verb::Replace, Status::NotStored) | (Verb::Cas, Status::NotFound) => Replicate::Delete,
         (Verb::Append | Verb::Prepend, Status::Stored) => Replicate::CopyItem,
         (Verb::Append | Verb::Prepend, Status::NotStored) => Replicate::Delete,
         (Verb::Incr | Verb::Decr, Status::Number(_)) => Replicate::CopyItem,

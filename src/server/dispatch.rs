@@ -97,10 +97,6 @@ impl Req {
     fn data_block(&self) -> Bytes {
         self.bytes.slice(self.r.line_len.min(self.bytes.len())..)
     }
-
-    fn silent(&self) -> bool {
-        self.r.noreply
-    }
 }
 
 fn one(b: &'static [u8]) -> Out {
@@ -115,7 +111,7 @@ pub(crate) fn start<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Result<Out, Pen
         Verb::Version => Ok(Out::One(Bytes::from_static(
             concat!("VERSION memring-", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
         ))),
-        Verb::Verbosity => Ok(if req.silent() {
+        Verb::Verbosity => Ok(if req.r.noreply {
             Out::Nothing
         } else {
             one(compose::OK)
@@ -703,17 +699,17 @@ async fn meta_read<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -
                 let retry =
                     miss && verb == Verb::MetaGet && b.is_some_and(|b| topo.health(b).is_up());
                 if !retry {
-                    return meta_out(req, r);
+                    return reply_out(req, r);
                 }
                 if let Some(b) = b {
                     if let Ok(rb) = call_up(core, topo, b, &parts, Expect::Meta).await {
                         if rb.status == Status::MetaValue || rb.status == Status::MetaHd {
                             core.stats().incr(Counter::ReadThroughHits);
-                            return meta_out(req, rb);
+                            return reply_out(req, rb);
                         }
                     }
                 }
-                return meta_out(req, r);
+                return reply_out(req, r);
             }
             Err(e) => failed = Some(e),
         }
@@ -724,30 +720,17 @@ async fn meta_read<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -
     match call_up(core, topo, b, &parts, Expect::Meta).await {
         Ok(r) => {
             count_failover(core.stats(), topo, p);
-            meta_out(req, r)
+            reply_out(req, r)
         }
         Err(e) => server_error(failed.unwrap_or(e)),
     }
 }
 
-fn meta_out(req: &Req, r: Reply) -> Out {
-    if req.r.quiet && proxy::quiet_hides(req.r.verb, r.status) {
-        Out::Nothing
-    } else {
-        Out::One(r.frame)
-    }
-}
-
+/// The client's view of a reply: nothing under `noreply`, and nothing for
+/// the outcomes meta quiet mode hides.
 fn reply_out(req: &Req, r: Reply) -> Out {
-    let st = r.status;
-    if req.r.noreply {
+    if req.r.noreply || (req.r.quiet && proxy::quiet_hides(req.r.verb, r.status)) {
         Out::Nothing
-    } else if req.r.quiet {
-        if proxy::quiet_hides(req.r.verb, st) {
-            Out::Nothing
-        } else {
-            Out::One(r.frame)
-        }
     } else {
         Out::One(r.frame)
     }
