@@ -330,10 +330,10 @@ async fn get_one<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> 
                 // A miss on the primary: the backup may hold the key (the
                 // primary was flushed on rejoin, or evicted it).
                 if let Some(b) = b.filter(|b| topo.health(*b).is_up()) {
-                    if let Some(out) = read_through(core, topo, req, &key, p, b).await {
+                    if let Some([head, block]) = read_through(core, topo, req, &key, p, b).await {
                         st.incr(Counter::GetHits);
                         st.incr(Counter::ReadThroughHits);
-                        return out;
+                        return Out::Many(vec![head, block, Bytes::from_static(compose::END)]);
                     }
                 }
                 st.incr(Counter::GetMisses);
@@ -363,9 +363,9 @@ async fn get_one<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> 
     }
 }
 
-/// Fetch `key` from the backup with its flags and TTL, answer it in the
-/// client's retrieval form and repair it into the primary with `add` (which
-/// never overwrites a newer value written meanwhile).
+/// Fetch `key` from the backup with its flags and TTL and repair it into the
+/// primary (see [`copy_item`]). Returns the VALUE line and the data block in
+/// the client's retrieval form.
 async fn read_through<B: Backend>(
     core: &Rc<Core<B>>,
     topo: &Topology,
@@ -373,7 +373,7 @@ async fn read_through<B: Backend>(
     key: &Bytes,
     primary: ServerId,
     backup: ServerId,
-) -> Option<Out> {
+) -> Option<[Bytes; 2]> {
     let verb = req.r.verb;
     let touch = matches!(verb, Verb::Gat | Verb::Gats);
     let mut flags = BytesMut::with_capacity(32);
@@ -393,11 +393,7 @@ async fn read_through<B: Backend>(
     compose_value_line(&mut head, key, item.flags, item.data_len, cas);
     let block = item.block.clone();
     repair(core, backup, primary, key, item);
-    Some(Out::Many(vec![
-        head.freeze(),
-        block,
-        Bytes::from_static(compose::END),
-    ]))
+    Some([head.freeze(), block])
 }
 
 /// An item read with `mg <key> v f t [c]`.
@@ -567,50 +563,36 @@ async fn get_many<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) ->
     if any_retry {
         fetch_parts(core, topo, req, &retry, &mut found).await;
     }
-    // Read-through: misses on a healthy primary whose backup is up.
-    let mut misses = Vec::new();
-    for i in 0..n {
-        if found[i].is_none() && !failed.contains(&target[i].unwrap_or(ServerId(u32::MAX))) {
-            if let (Some(_), Some(b)) = (target[i], backup_of[i]) {
-                misses.push((i, b));
-            }
-        }
-    }
-    let mut rt_blocks: Vec<(usize, Vec<Bytes>)> = Vec::new();
+    // Read-through: misses on a primary that answered, whose backup is up.
+    let misses: Vec<(usize, ServerId, ServerId)> = (0..n)
+        .filter(|&i| found[i].is_none())
+        .filter_map(|i| match (target[i], backup_of[i]) {
+            (Some(p), Some(b)) if !failed.contains(&p) => Some((i, p, b)),
+            _ => None,
+        })
+        .collect();
+    let mut through: Vec<Option<[Bytes; 2]>> = vec![None; if misses.is_empty() { 0 } else { n }];
     if !misses.is_empty() {
-        let futs = misses.iter().map(|&(i, _)| {
+        let reads = misses.iter().map(|&(i, p, b)| async move {
             let key = req.bytes.slice(req.keys()[i].clone());
-            let (p, b) = topo.replicas(&key);
-            async move {
-                let b = b?;
-                match read_through(core, topo, req, &key, p, b).await {
-                    Some(Out::Many(v)) => Some((i, v)),
-                    _ => None,
-                }
-            }
+            (i, read_through(core, topo, req, &key, p, b).await)
         });
-        for (i, mut v) in futures_util::future::join_all(futs)
-            .await
-            .into_iter()
-            .flatten()
-        {
-            v.pop(); // END
-            st.incr(Counter::ReadThroughHits);
-            rt_blocks.push((i, v));
+        for (i, hit) in futures_util::future::join_all(reads).await {
+            if hit.is_some() {
+                st.incr(Counter::ReadThroughHits);
+            }
+            through[i] = hit;
         }
     }
     let mut out = Vec::with_capacity(n + 1);
     let mut hits = 0u64;
-    let mut rt = rt_blocks.into_iter().peekable();
     for (i, f) in found.into_iter().enumerate() {
         if let Some(block) = f {
             out.push(block);
             hits += 1;
-        } else if rt.peek().is_some_and(|(j, _)| *j == i) {
-            if let Some((_, v)) = rt.next() {
-                out.extend(v);
-                hits += 1;
-            }
+        } else if let Some(pair) = through.get_mut(i).and_then(Option::take) {
+            out.extend(pair);
+            hits += 1;
         }
     }
     st.add(Counter::GetHits, hits);
