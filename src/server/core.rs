@@ -343,7 +343,7 @@ impl<B: Backend> Core<B> {
                 }
                 old => {
                     if let Some(old) = old {
-                        old.close();
+                        old.close(self);
                     }
                     Rc::new(Pool::new(s, topo.settings.conns_per_server))
                 }
@@ -352,7 +352,7 @@ impl<B: Backend> Core<B> {
             pools.push(pool);
         }
         for (_, gone) in by_name.drain() {
-            gone.close();
+            gone.close(self);
         }
         *by_name = kept;
         *self.pools.borrow_mut() = pools;
@@ -481,12 +481,8 @@ impl<B: Backend> Drop for SlotWait<B> {
         };
         let mut slots = self.core.slots.borrow_mut();
         match slots.get_mut(slot) {
-            Some(SlotState::Waiting(_)) => {
-                // The reply may still come: its reader frees the slot.
-                if let Some(s) = slots.get_mut(slot) {
-                    *s = SlotState::Abandoned;
-                }
-            }
+            // The reply may still come: its reader frees the slot.
+            Some(s @ SlotState::Waiting(_)) => *s = SlotState::Abandoned,
             Some(_) => {
                 slots.remove(slot);
             }
@@ -526,16 +522,12 @@ impl<B: Backend> Pool<B> {
         self.conns[i % self.conns.len()].clone()
     }
 
-    fn close(&self) {
+    /// A reload dropped this server (or changed its address): end its
+    /// connections and fail the requests still waiting on them.
+    fn close(&self, core: &Core<B>) {
         for c in &self.conns {
-            let mut st = c.st.borrow_mut();
-            st.gen += 1;
-            if let Some(s) = st.stream.take() {
-                s.shutdown();
-            }
-            st.phase = Phase::Idle;
-            drop(st);
-            c.wake.notify_one();
+            let gen = c.st.borrow().gen;
+            c.end(core, gen, CallError::Closed, Phase::Idle);
         }
     }
 }
@@ -569,8 +561,27 @@ impl<B: Backend> UpConn<B> {
         Ok(gen)
     }
 
-    /// Fail connection generation `gen`: shut it down and fail every request on it.
+    /// Fail connection generation `gen`: shut it down and fail every request
+    /// on it. After a connect failure the next attempt waits a jittered backoff.
     fn fail(&self, core: &Core<B>, gen: u64, why: CallError, settings: &Settings) {
+        let next = if why == CallError::Connect {
+            let policy = HealthPolicy {
+                retry_interval: Duration::from_millis(20),
+                max_retry_interval: settings.policy.retry_interval,
+                ..settings.policy
+            };
+            let attempts = self.st.borrow().attempts;
+            Phase::Backoff(Instant::now() + backoff(&policy, attempts, core.jitter()))
+        } else {
+            Phase::Idle
+        };
+        self.end(core, gen, why, next);
+    }
+
+    /// End connection generation `gen` (if still current): shut the socket,
+    /// drop unsent bytes, wake the writer so it exits, and complete every
+    /// request waiting on it with `why`.
+    fn end(&self, core: &Core<B>, gen: u64, why: CallError, next: Phase) {
         let mut st = self.st.borrow_mut();
         if st.gen != gen {
             return;
@@ -579,24 +590,16 @@ impl<B: Backend> UpConn<B> {
         if let Some(s) = st.stream.take() {
             s.shutdown();
         }
-        st.phase = if why == CallError::Connect {
-            let policy = HealthPolicy {
-                retry_interval: Duration::from_millis(20),
-                max_retry_interval: settings.policy.retry_interval,
-                ..settings.policy
-            };
-            let delay = backoff(&policy, st.attempts, core.jitter());
+        if matches!(next, Phase::Backoff(_)) {
             st.attempts = st.attempts.saturating_add(1);
-            Phase::Backoff(Instant::now() + delay)
-        } else {
-            Phase::Idle
-        };
+        }
+        st.phase = next;
         st.outq.clear();
-        let pending: Vec<Pending> = st.inflight.drain(..).collect();
+        let pending = std::mem::take(&mut st.inflight);
         drop(st);
         self.wake.notify_one();
         if why != CallError::Connect || !pending.is_empty() {
-            tracing::debug!(server = %self.name, ?why, failed = pending.len(), "upstream connection failed");
+            tracing::debug!(server = %self.name, ?why, failed = pending.len(), "upstream connection ended");
         }
         for p in pending {
             core.complete(p.slot, Err(why));
