@@ -465,31 +465,36 @@ async fn health_loop<B: Backend>(core: Rc<Core<B>>) {
         for (i, s) in topo.servers.iter().enumerate() {
             if let Some(probe) = s.health.try_claim_probe(now) {
                 let id = crate::upstream::ServerId(i as u32);
-                let core = core.clone();
-                let topo = topo.clone();
-                let name = s.name.clone();
-                let addr = s.addr;
-                let health = s.health.clone();
-                tokio::task::spawn_local(async move {
-                    let ok = probe_server::<B>(addr, probe, &topo.settings).await;
-                    let now = Instant::now();
-                    if ok && health.probe_succeeded(now, probe) {
-                        tracing::warn!(server = %name, flushed = probe.flush, "server rejoined");
-                        // It may have come back empty (restarted, or flushed
-                        // just now): copy its keys back from its partners.
-                        if topo.settings.resync {
-                            resync::resync(core.clone(), topo.clone(), id).await;
-                        }
-                    } else {
-                        if ok {
-                            tracing::info!(server = %name, "probe overtaken by a missed write; retrying");
-                        }
-                        health.probe_failed(now, &topo.settings.policy, probe, core.jitter());
-                    }
-                });
+                tokio::task::spawn_local(probe_and_rejoin(core.clone(), topo.clone(), id, probe));
             }
         }
     }
+}
+
+/// Probe a claimed server; on success it rejoins (and, with `--resync`, gets
+/// its keys copied back), otherwise it goes back to waiting with a backoff.
+async fn probe_and_rejoin<B: Backend>(
+    core: Rc<Core<B>>,
+    topo: Arc<Topology>,
+    id: crate::upstream::ServerId,
+    probe: Probe,
+) {
+    let s = &topo.servers[id.index()];
+    let ok = probe_server::<B>(s.addr, probe, &topo.settings).await;
+    let now = Instant::now();
+    if ok && s.health.probe_succeeded(now, probe) {
+        tracing::warn!(server = %s.name, flushed = probe.flush, "server rejoined");
+        // It may have come back empty (restarted, or flushed just now).
+        if topo.settings.resync {
+            resync::resync(core.clone(), topo.clone(), id).await;
+        }
+        return;
+    }
+    if ok {
+        tracing::info!(server = %s.name, "probe overtaken by a missed write; retrying");
+    }
+    s.health
+        .probe_failed(now, &topo.settings.policy, probe, core.jitter());
 }
 
 /// Connect, ask `version`, and `flush_all` when the server may be stale.
