@@ -1317,30 +1317,27 @@ impl ConnCtx {
         // already tracked and Drop shuts it down.
         let (received, stop) = (self.received.clone(), self.stop.clone());
         match fault.clone() {
-            Fault::Blackhole => self.spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 16 << 10];
-                // Ends on EOF, error, or the shutdown done by Drop.
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || stop.load(Ordering::SeqCst) {
-                        break;
+            // A blackhole is a garbage server with nothing to say.
+            fault @ (Fault::Blackhole | Fault::Garbage(_)) => {
+                let junk = match fault {
+                    Fault::Garbage(junk) => junk,
+                    _ => Arc::new(Vec::new()),
+                };
+                self.spawn(move || {
+                    let mut conn = conn;
+                    let mut buf = [0u8; 16 << 10];
+                    // Ends on EOF, error, or the shutdown done by Drop.
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        received.fetch_add(n, Ordering::SeqCst);
+                        if !junk.is_empty() && conn.write_all(&junk).is_err() {
+                            break;
+                        }
                     }
-                    received.fetch_add(n, Ordering::SeqCst);
-                }
-            }),
-            Fault::Garbage(junk) => self.spawn(move || {
-                let mut conn = conn;
-                let mut buf = [0u8; 16 << 10];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    received.fetch_add(n, Ordering::SeqCst);
-                    if conn.write_all(&junk).is_err() {
-                        break;
-                    }
-                }
-            }),
+                })
+            }
             Fault::Slow(upstream) => {
                 let Ok(up) = TcpStream::connect_timeout(&upstream, IO_TIMEOUT) else {
                     // The upstream is down: close the client side (a tracked
