@@ -311,8 +311,10 @@ pub fn parse_request(buf: &[u8], max_item_size: usize, keys: &mut Vec<Range<usiz
             parse_storage(buf, &line, toks, req, max_item_size)
         }
         Verb::Delete => parse_delete(buf, &line, toks, req),
-        Verb::Incr | Verb::Decr => parse_arith(buf, &line, toks, req),
-        Verb::Touch => parse_touch(buf, &line, toks, req),
+        Verb::Incr | Verb::Decr => {
+            parse_key_and_number(buf, &line, toks, req, store_delta, MSG_BAD_DELTA)
+        }
+        Verb::Touch => parse_key_and_number(buf, &line, toks, req, store_exptime, MSG_BAD_EXPTIME),
         Verb::FlushAll => parse_flush_all(buf, &line, toks, req),
         Verb::Verbosity => parse_verbosity(buf, &line, toks, req),
         Verb::Stats => {
@@ -694,48 +696,39 @@ fn parse_delete(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Pars
 }
 
 /// `<verb> <key> <number> [noreply]`, the shape of incr, decr and touch:
-/// checks the arity and the key, and hands back the number's token.
-fn parse_key_and_arg<'b>(
-    buf: &'b [u8],
+/// checks the arity and the key; `store` parses the number into the request
+/// and says whether it was valid, `msg` is the CLIENT_ERROR when it was not.
+fn parse_key_and_number(
+    buf: &[u8],
     line: &Line,
     toks: Tokens,
-    req: &mut Request,
-) -> Result<&'b [u8], Parsed> {
+    mut req: Request,
+    store: fn(&mut Request, &[u8]) -> bool,
+    msg: &'static str,
+) -> Parsed {
     let args = Args::collect(buf, toks);
     if args.n != 2 && args.n != 3 {
-        return Err(unknown(line));
+        return unknown(line);
     }
     req.noreply = args.n == 3 && args.ends_with_noreply(buf);
     let key = args.range(0);
     if !key_ok(slice(buf, key.clone())) {
-        return Err(client(line.len, MSG_BAD_FORMAT));
+        return client(line.len, MSG_BAD_FORMAT);
     }
     req.key = key;
-    Ok(args.get(buf, 1))
+    if store(&mut req, args.get(buf, 1)) {
+        Parsed::Complete(req)
+    } else {
+        client(line.len, msg)
+    }
 }
 
-fn parse_arith(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
-    let arg = match parse_key_and_arg(buf, line, toks, &mut req) {
-        Ok(arg) => arg,
-        Err(p) => return p,
-    };
-    match parse_u64(arg) {
-        Some(delta) => req.delta = delta,
-        None => return client(line.len, MSG_BAD_DELTA),
-    }
-    Parsed::Complete(req)
+fn store_delta(req: &mut Request, tok: &[u8]) -> bool {
+    parse_u64(tok).map(|d| req.delta = d).is_some()
 }
 
-fn parse_touch(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
-    let arg = match parse_key_and_arg(buf, line, toks, &mut req) {
-        Ok(arg) => arg,
-        Err(p) => return p,
-    };
-    match parse_i64(arg) {
-        Some(exptime) => req.exptime = exptime,
-        None => return client(line.len, MSG_BAD_EXPTIME),
-    }
-    Parsed::Complete(req)
+fn store_exptime(req: &mut Request, tok: &[u8]) -> bool {
+    parse_i64(tok).map(|e| req.exptime = e).is_some()
 }
 
 fn parse_flush_all(buf: &[u8], line: &Line, toks: Tokens, mut req: Request) -> Parsed {
