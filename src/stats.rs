@@ -100,6 +100,8 @@ pub struct CoreStats {
     counters: [AtomicU64; N],
     /// Open client connections on this core.
     pub curr_connections: AtomicU64,
+    /// Requests being proxied on this core right now (drained on SIGTERM).
+    pub active_requests: AtomicU64,
 }
 
 impl Default for CoreStats {
@@ -107,6 +109,7 @@ impl Default for CoreStats {
         CoreStats {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             curr_connections: AtomicU64::new(0),
+            active_requests: AtomicU64::new(0),
         }
     }
 }

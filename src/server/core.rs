@@ -179,8 +179,6 @@ pub(crate) struct Shared {
     pub started: Instant,
     /// Set on SIGTERM/SIGINT: stop accepting.
     pub stopping: AtomicBool,
-    /// Requests being proxied right now, across cores.
-    pub active: AtomicU64,
     /// Backend name for `stats`.
     pub backend: &'static str,
 }

@@ -120,10 +120,10 @@ pub(crate) fn start<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Result<Out, Pen
         Verb::Stats => Ok(stats(core, &req)),
         _ => {
             let core = core.clone();
-            core.shared.active.fetch_add(1, Ordering::Relaxed);
+            core.stats().active_requests.fetch_add(1, Ordering::Relaxed);
             Err(Box::pin(async move {
                 let out = serve(&core, req).await;
-                core.shared.active.fetch_sub(1, Ordering::Relaxed);
+                core.stats().active_requests.fetch_sub(1, Ordering::Relaxed);
                 out
             }))
         }

@@ -140,7 +140,6 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
         stats: (0..threads).map(|_| CoreStats::default()).collect(),
         started,
         stopping: AtomicBool::new(false),
-        active: AtomicU64::new(0),
         backend: B::NAME,
         cfg,
     });
@@ -342,7 +341,14 @@ fn signal_loop(shared: &Arc<Shared>, fds: &[RawFd], pid_file: Option<&Path>) {
                     let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
                 }
                 let deadline = Instant::now() + shared.cfg.shutdown_timeout;
-                while shared.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                let active = || -> u64 {
+                    shared
+                        .stats
+                        .iter()
+                        .map(|c| c.active_requests.load(Ordering::SeqCst))
+                        .sum()
+                };
+                while active() > 0 && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 if let Some(p) = &shared.cfg.unix_socket {
