@@ -114,6 +114,10 @@ pub(super) struct Cli {
     #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_MAX_ITEM_SIZE, value_parser = value::size, help_heading = MEMRING)]
     pub max_item_size: usize,
 
+    /// Unsent reply bytes per client before it is not read (1k..1g)
+    #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_CLIENT_BUFFER, value_parser = value::size, help_heading = MEMRING)]
+    pub client_buffer: usize,
+
     /// Consecutive failures before a server is marked down
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_FAILURE_LIMIT, value_parser = value::failure_limit, help_heading = MEMRING)]
     pub failure_limit: u32,
@@ -199,6 +203,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         connect_timeout: pick("connect_timeout").map(|_| cli.connect_timeout),
         request_timeout: pick("request_timeout").map(|_| cli.request_timeout),
         max_item_size: pick("max_item_size").map(|_| cli.max_item_size),
+        client_buffer: pick("client_buffer").map(|_| cli.client_buffer),
         failure_limit: pick("failure_limit").map(|_| cli.failure_limit),
         retry_interval: pick("retry_interval").map(|_| cli.retry_interval),
         io_backend: pick("io_backend").map(|_| cli.io_backend),

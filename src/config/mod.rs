@@ -39,6 +39,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "1s";
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "1s";
 /// `--max-item-size` default (memcached's `-I` default, 1 MiB).
 pub const DEFAULT_MAX_ITEM_SIZE: &str = "1m";
+/// Default `--client-buffer`: unsent reply bytes a client may have before it is not read.
+pub const DEFAULT_CLIENT_BUFFER: &str = "4m";
 /// `--failure-limit` default.
 pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
 /// `--retry-interval` default.
@@ -120,6 +122,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// `--max-item-size`. Default 1 MiB.
     pub max_item_size: usize,
+    /// `--client-buffer`: unsent reply bytes (answered plus expected) past which a
+    /// client is not read until it catches up. Default 4 MiB.
+    pub client_buffer: usize,
     /// `--failure-limit`: consecutive failures before a server is marked down. Default 2.
     pub failure_limit: u32,
     /// `--retry-interval`: base of the probe backoff for a down server. Default 500ms.
@@ -258,6 +263,12 @@ impl Config {
             MIN_ITEM_SIZE,
             MAX_ITEM_SIZE,
         )?;
+        range(
+            "--client-buffer",
+            self.client_buffer,
+            MIN_ITEM_SIZE,
+            MAX_ITEM_SIZE,
+        )?;
         if self.upstream_conns > self.max_server_conns {
             return err(format!(
                 "--upstream-conns {} is more than -i/--max-server-conns {}",
@@ -319,6 +330,7 @@ struct Layer {
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
     max_item_size: Option<usize>,
+    client_buffer: Option<usize>,
     failure_limit: Option<u32>,
     retry_interval: Option<Duration>,
     io_backend: Option<IoBackend>,
@@ -352,6 +364,7 @@ impl Layer {
             connect_timeout,
             request_timeout,
             max_item_size,
+            client_buffer,
             failure_limit,
             retry_interval,
             io_backend,
@@ -389,6 +402,9 @@ impl Layer {
             max_item_size: self
                 .max_item_size
                 .unwrap_or_else(|| value::size(DEFAULT_MAX_ITEM_SIZE).unwrap_or(1 << 20)),
+            client_buffer: self
+                .client_buffer
+                .unwrap_or_else(|| value::size(DEFAULT_CLIENT_BUFFER).unwrap_or(4 << 20)),
             failure_limit: self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT),
             retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
             io_backend: self.io_backend.unwrap_or_default(),
@@ -460,6 +476,7 @@ pub const RELOAD_KEEPS: &[&str] = &[
     "max_server_conns",
     "upstream_conns",
     "max_item_size",
+    "client_buffer",
 ];
 
 /// SIGHUP: re-read the config file at `path`, re-apply `base`'s command line
@@ -511,7 +528,8 @@ pub fn reload_with_report(
         max_conns,
         max_server_conns,
         upstream_conns,
-        max_item_size
+        max_item_size,
+        client_buffer
     );
     new.validate()?;
     Ok((new, ignored))

@@ -101,6 +101,25 @@ impl Ring {
         }
     }
 
+    /// The hash this ring places `key` by. Rings of one distribution share
+    /// the hash, so a key hashed once can be placed on both the primary and
+    /// the backup ring with [`Ring::server_for_hash`].
+    pub fn hash(&self, key: &[u8]) -> u32 {
+        match self {
+            Ring::Modula(_) => modula::magent_hash(key),
+            Ring::Ketama(_) => ketama::ketama_hash(key),
+        }
+    }
+
+    /// The owner of a key whose [`Ring::hash`] (by a ring of the same
+    /// distribution) is `hash`.
+    pub fn server_for_hash(&self, hash: u32) -> usize {
+        match self {
+            Ring::Modula(m) => m.server_for_hash(hash),
+            Ring::Ketama(k) => k.server_for_hash(hash),
+        }
+    }
+
     /// Number of servers on the ring.
     pub fn len(&self) -> usize {
         match self {

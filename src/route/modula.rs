@@ -43,10 +43,15 @@ impl Modula {
     /// Owner of `key`: `magent_hash(key) % n`. Returns 0 on an empty pool
     /// (the config layer refuses empty pools, so this never routes).
     pub fn server_for(&self, key: &[u8]) -> usize {
+        self.server_for_hash(magent_hash(key))
+    }
+
+    /// Owner of a precomputed [`magent_hash`].
+    pub fn server_for_hash(&self, hash: u32) -> usize {
         if self.n == 0 {
             return 0;
         }
-        magent_hash(key) as usize % self.n
+        hash as usize % self.n
     }
 
     /// Number of servers.

@@ -9,8 +9,11 @@
 //! (bounded by `--shutdown-timeout`) and exit 0.
 
 mod client;
+mod control;
 mod core;
 mod dispatch;
+mod driver;
+mod engine;
 mod epoll;
 mod io;
 mod resync;
@@ -84,13 +87,21 @@ pub fn io_uring_refused_message(e: &std::io::Error) -> String {
 
 /// Run the proxy until SIGTERM/SIGINT. Returns only on a startup error.
 pub fn run(cfg: Config) -> Result<(), RunError> {
+    // Temporary switch while the per-core engine replaces the task-based
+    // one: MEMRING_ENGINE=loop selects it.
+    let engine_loop = std::env::var("MEMRING_ENGINE").is_ok_and(|v| v == "loop");
+    let probe = if engine_loop {
+        driver::uring_available
+    } else {
+        uring::probe
+    };
     let use_uring = match cfg.io_backend {
         IoBackend::Epoll => false,
         IoBackend::Uring => {
-            uring::probe().map_err(RunError::IoUringRefused)?;
+            probe().map_err(RunError::IoUringRefused)?;
             true
         }
-        IoBackend::Auto => match uring::probe() {
+        IoBackend::Auto => match probe() {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!("{}; falling back to epoll", io_uring_refused_message(&e));
@@ -98,12 +109,47 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             }
         },
     };
-    if use_uring {
-        start::<uring::Uring>(cfg)
-    } else {
-        start::<epoll::Epoll>(cfg)
+    use driver::{Driver, EpollDriver, UringDriver};
+    match (engine_loop, use_uring) {
+        (true, true) => start_cores(cfg, UringDriver::NAME, true, engine_core::<UringDriver>),
+        (true, false) => start_cores(cfg, EpollDriver::NAME, true, engine_core::<EpollDriver>),
+        (false, true) => start_cores(cfg, uring::Uring::NAME, false, task_core::<uring::Uring>),
+        (false, false) => start_cores(cfg, epoll::Epoll::NAME, false, task_core::<epoll::Epoll>),
     }
 }
+
+/// How a core thread is run: given the shared state, its index, its
+/// listeners, and where to report that it is ready (or why it is not).
+type CoreMain = fn(Arc<Shared>, usize, Option<TcpListener>, Option<UnixListener>, ReadyTx);
+
+/// A core reports once: ready (with a line describing its I/O setup), or the error.
+type ReadyTx = mpsc::Sender<Result<String, std::io::Error>>;
+
+/// The per-core engine on driver `D`.
+fn engine_core<D: driver::Driver>(
+    shared: Arc<Shared>,
+    id: usize,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    ready: ReadyTx,
+) {
+    engine::run_core::<D>(shared, id, engine::Listeners { tcp, unix }, ready);
+}
+
+/// The task-based core on backend `B` (being replaced by [`engine_core`]).
+fn task_core<B: Backend>(
+    shared: Arc<Shared>,
+    id: usize,
+    tcp: Option<TcpListener>,
+    unix: Option<UnixListener>,
+    ready: ReadyTx,
+) {
+    let res = B::block_on(core_main::<B>(shared, id, tcp, unix, ready.clone()));
+    if let Err(e) = res {
+        let _ = ready.send(Err(e));
+    }
+}
+
 
 struct Listeners {
     tcp: Vec<TcpListener>,
@@ -112,7 +158,12 @@ struct Listeners {
     announce: Vec<String>,
 }
 
-fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
+fn start_cores(
+    cfg: Config,
+    backend: &'static str,
+    control_plane: bool,
+    core: CoreMain,
+) -> Result<(), RunError> {
     let started = Instant::now();
     let topo = Topology::build(&cfg, None, started).map_err(RunError::Resolve)?;
     let threads = cfg.threads.max(1);
@@ -140,12 +191,12 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
         stats: (0..threads).map(|_| CoreStats::default()).collect(),
         started,
         stopping: AtomicBool::new(false),
-        backend: B::NAME,
+        backend,
         cfg,
     });
-    tracing::info!(backend = B::NAME, threads, "starting");
+    tracing::info!(backend, threads, "starting");
 
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, std::io::Error>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<String, std::io::Error>>();
     let mut tcp = listeners.tcp.into_iter();
     let mut unix = listeners.unix.into_iter();
     for id in 0..threads {
@@ -155,18 +206,17 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
         let ready = ready_tx.clone();
         std::thread::Builder::new()
             .name(format!("memring-{id}"))
-            .spawn(move || {
-                let res = B::block_on(core_main::<B>(shared, id, tcp, unix, ready.clone()));
-                if let Err(e) = res {
-                    let _ = ready.send(Err(e));
-                }
-            })
+            .spawn(move || core(shared, id, tcp, unix, ready))
             .map_err(RunError::Runtime)?;
     }
     drop(ready_tx);
-    for _ in 0..threads {
+    for id in 0..threads {
         match ready_rx.recv() {
-            Ok(Ok(_)) => {}
+            Ok(Ok(setup)) => {
+                if id == 0 && !setup.is_empty() {
+                    tracing::info!(backend, setup = %setup, "event loops ready");
+                }
+            }
             Ok(Err(e)) => return Err(RunError::Runtime(e)),
             Err(_) => {
                 return Err(RunError::Runtime(std::io::Error::other(
@@ -174,6 +224,9 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
                 )))
             }
         }
+    }
+    if control_plane {
+        control::spawn_prober(shared.clone()).map_err(RunError::Runtime)?;
     }
     println!("ready");
     let _ = std::io::stdout().flush();
@@ -396,7 +449,7 @@ async fn core_main<B: Backend>(
     id: usize,
     tcp: Option<TcpListener>,
     unix: Option<UnixListener>,
-    ready: mpsc::Sender<Result<usize, std::io::Error>>,
+    ready: ReadyTx,
 ) {
     let core: Rc<Core<B>> = Core::new(shared.clone(), id);
     let wrapped = (
@@ -417,7 +470,7 @@ async fn core_main<B: Backend>(
             return;
         }
     }
-    let _ = ready.send(Ok(id));
+    let _ = ready.send(Ok(String::new()));
     drop(ready);
     health_loop(core).await;
 }

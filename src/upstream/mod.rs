@@ -111,6 +111,12 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// What a request sees of a server that is not in the topology (any
+    /// more): out of service.
+    pub fn gone() -> Observed {
+        Observed { raw: DOWN, epoch: 0 }
+    }
+
     /// True when the server was in service.
     pub fn is_up(self) -> bool {
         self.raw == UP

@@ -1,0 +1,530 @@
+//! Client connections on the engine: receive, parse, start requests, and
+//! write their answers back in order with vectored sends.
+//!
+//! A client is read while its byte budget allows; answers are queued in
+//! request order and leave in one send per turn (cut at IOV_MAX, a partial
+//! send resumed at the exact byte). A closed or failed connection stays in
+//! its slot until every operation on it has completed, then its descriptor
+//! is closed: the kernel never writes into memory that was reused.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes, BytesMut};
+use slab::Slab;
+
+use crate::protocol::request::noreply_requested;
+use crate::protocol::{compose, parse_request, ParseError, Parsed, Request, Verb};
+use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine, Replicas};
+use crate::stats::Counter;
+use crate::upstream::ServerId;
+
+use super::{next_gen, token, ClientRef, Ctx, HealthView, Kind, State};
+use crate::server::core::{advance, IOV_MAX};
+use crate::server::driver::{Completion, Driver};
+
+/// Requests parsed ahead of their answers, per connection (as memcached
+/// bounds a connection's pipeline): past this the client is not read.
+const MAX_INFLIGHT: usize = 1024;
+
+/// Grow the read buffer by at least this much, so small reads do not each
+/// reallocate.
+const READ_STEP: usize = 4 * 1024;
+
+/// A reply slot in the client's order.
+enum Slot {
+    Waiting,
+    Ready(Answer),
+}
+
+/// One client connection.
+pub(super) struct Client {
+    fd: i32,
+    pub(super) gen: u32,
+    rbuf: BytesMut,
+    /// Data bytes still to drop after a refused storage command.
+    swallow: usize,
+    /// Answers in request order; `first_seq` numbers the front one.
+    slots: VecDeque<Slot>,
+    first_seq: u64,
+    /// Requests started and not yet answered.
+    waiting: usize,
+    /// Answered bytes not yet sent, in order; the front ones may be in flight.
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    iov: Vec<libc::iovec>,
+    /// Running estimate of one answer's size, for the budget.
+    est_answer: usize,
+    recv_armed: bool,
+    cancel_pending: bool,
+    /// shutdown(2) issued: the armed operations are ending.
+    shut: bool,
+    send_inflight: bool,
+    /// No more requests: the peer ended its side, or a quit/fatal error.
+    read_done: bool,
+    /// Close once the queued answers are written (quit, lost framing).
+    close_after: bool,
+    /// Failed or finished: shut down, waiting for operations to end.
+    dead: bool,
+    dirty: bool,
+}
+
+/// Put a client on the end-of-turn list once.
+pub(super) fn mark(clients: &mut Slab<Client>, dirty: &mut Vec<usize>, idx: usize) {
+    if let Some(c) = clients.get_mut(idx) {
+        if !c.dirty {
+            c.dirty = true;
+            dirty.push(idx);
+        }
+    }
+}
+
+impl Client {
+    fn new(fd: i32, gen: u32, budget: usize) -> Client {
+        Client {
+            fd,
+            gen,
+            rbuf: BytesMut::new(),
+            swallow: 0,
+            slots: VecDeque::new(),
+            first_seq: 0,
+            waiting: 0,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            iov: Vec::new(),
+            // Start cautious (16 answers fill the budget) and learn.
+            est_answer: (budget / 16).max(1),
+            recv_armed: false,
+            cancel_pending: false,
+            shut: false,
+            send_inflight: false,
+            read_done: false,
+            close_after: false,
+            dead: false,
+            dirty: false,
+        }
+    }
+
+    /// True when the client may start another request.
+    fn can_start(&self, budget: usize) -> bool {
+        self.waiting < MAX_INFLIGHT
+            && self
+                .out_bytes
+                .saturating_add(self.waiting.saturating_mul(self.est_answer))
+                < budget.max(1)
+    }
+
+    /// Reserve the next answer slot; returns its sequence number.
+    fn push_slot(&mut self, slot: Slot) -> u64 {
+        let seq = self.first_seq + self.slots.len() as u64;
+        if matches!(slot, Slot::Waiting) {
+            self.waiting += 1;
+        }
+        self.slots.push_back(slot);
+        seq
+    }
+
+    /// Fill slot `seq`; true when answers became ready to send.
+    pub(super) fn fill(&mut self, seq: u64, a: Answer) -> bool {
+        let Some(pos) = seq.checked_sub(self.first_seq) else {
+            return false;
+        };
+        let Some(slot) = self.slots.get_mut(pos as usize) else {
+            return false;
+        };
+        if matches!(slot, Slot::Waiting) {
+            self.waiting = self.waiting.saturating_sub(1);
+        }
+        let size = answer_len(&a);
+        // Moving average with weight 1/8: a client's answers are usually
+        // alike in size.
+        self.est_answer = (self.est_answer * 7 + size.max(64)) / 8;
+        *slot = Slot::Ready(a);
+        pos == 0
+    }
+
+    /// Move the answered prefix of the slots to the output queue.
+    fn drain_ready(&mut self) {
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            let Some(Slot::Ready(a)) = self.slots.pop_front() else {
+                break;
+            };
+            self.first_seq += 1;
+            match a {
+                Answer::Nothing => {}
+                Answer::One(b) => {
+                    self.out_bytes += b.len();
+                    self.out.push_back(b);
+                }
+                Answer::Many(v) => {
+                    for b in v {
+                        self.out_bytes += b.len();
+                        self.out.push_back(b);
+                    }
+                }
+                Answer::Close => {
+                    self.close_after = true;
+                    self.read_done = true;
+                    self.slots.clear();
+                    self.waiting = 0;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn ops_in_flight(&self) -> bool {
+        self.recv_armed || self.send_inflight
+    }
+}
+
+fn answer_len(a: &Answer) -> usize {
+    match a {
+        Answer::Nothing | Answer::Close => 0,
+        Answer::One(b) => b.len(),
+        Answer::Many(v) => v.iter().map(Bytes::len).sum(),
+    }
+}
+
+fn one(b: &'static [u8]) -> Answer {
+    Answer::One(Bytes::from_static(b))
+}
+
+impl State {
+    /// A listener accepted a connection (or its multishot accept ended).
+    pub(super) fn accepted<D: Driver>(&mut self, d: &mut D, cx: &Ctx, li: usize, c: Completion) {
+        if !c.more {
+            if let Some(l) = self.listeners.get_mut(li) {
+                l.1 = false;
+            }
+        }
+        let stopping = cx.shared.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        if c.res < 0 {
+            if !stopping && !c.more {
+                // EMFILE and friends: try again shortly instead of spinning.
+                tracing::warn!(error = %std::io::Error::from_raw_os_error(-c.res), "accept failed");
+                self.listen_retry = Some(cx.now + std::time::Duration::from_millis(20));
+            }
+            return;
+        }
+        if !c.more && !stopping {
+            self.listen_retry = Some(cx.now);
+        }
+        let fd = c.res;
+        if stopping {
+            // SAFETY: a descriptor the kernel just handed to us and nobody else uses.
+            unsafe { libc::close(fd) };
+            return;
+        }
+        let open: u64 = cx
+            .shared
+            .stats
+            .iter()
+            .map(|s| s.curr_connections.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        if open >= cx.shared.cfg.max_conns as u64 {
+            cx.stats().incr(Counter::RejectedConnections);
+            let msg = b"ERROR Too many open connections\r\n";
+            // SAFETY: plain syscalls on a descriptor we own; best effort.
+            unsafe {
+                libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+                libc::close(fd);
+            }
+            return;
+        }
+        set_nodelay(fd);
+        let gen = next_gen(&mut self.client_gen);
+        let idx = self.clients.insert(Client::new(fd, gen, cx.client_budget));
+        cx.stats()
+            .curr_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cx.stats().incr(Counter::TotalConnections);
+        mark(&mut self.clients, &mut self.dirty_clients, idx);
+        let _ = d;
+    }
+
+    /// Bytes (or the end) from a client.
+    pub(super) fn client_recv<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        idx: usize,
+        gen: u32,
+        c: Completion,
+    ) {
+        let Some(cl) = self.clients.get_mut(idx).filter(|cl| cl.gen == gen) else {
+            if let Some(b) = c.buf {
+                d.recycle(b);
+            }
+            return;
+        };
+        if let Some(b) = c.buf {
+            if c.res > 0 && !cl.dead && !cl.read_done {
+                let n = c.res as usize;
+                if cl.rbuf.capacity() - cl.rbuf.len() < n {
+                    cl.rbuf.reserve(n.max(READ_STEP));
+                }
+                cl.rbuf.extend_from_slice(d.buffer(b, n));
+            }
+            d.recycle(b);
+        }
+        if !c.more {
+            cl.recv_armed = false;
+            cl.cancel_pending = false;
+        }
+        match c.res {
+            n if n > 0 => {
+                cx.stats().add(Counter::BytesRead, n as u64);
+                self.parse(cx, d, idx);
+            }
+            0 => {
+                // The peer ended its side: answer what it sent, then close.
+                cl.read_done = true;
+            }
+            e if e == -libc::ENOBUFS || e == -libc::ECANCELED => {}
+            _ => cl.dead = true,
+        }
+        mark(&mut self.clients, &mut self.dirty_clients, idx);
+    }
+
+    /// A send to a client finished.
+    pub(super) fn client_sent<D: Driver>(
+        &mut self,
+        _d: &mut D,
+        cx: &Ctx,
+        idx: usize,
+        gen: u32,
+        c: Completion,
+    ) {
+        let Some(cl) = self.clients.get_mut(idx).filter(|cl| cl.gen == gen) else {
+            return;
+        };
+        cl.send_inflight = false;
+        if c.res > 0 {
+            let n = c.res as usize;
+            advance(&mut cl.out, n);
+            cl.out_bytes = cl.out_bytes.saturating_sub(n);
+            cx.stats().add(Counter::BytesWritten, n as u64);
+        } else {
+            cl.dead = true;
+        }
+        mark(&mut self.clients, &mut self.dirty_clients, idx);
+        // Room in the budget again: requests already buffered may start.
+        self.parse(cx, _d, idx);
+    }
+
+    /// Parse and start every complete request the budget allows.
+    fn parse<D: Driver>(&mut self, cx: &Ctx, d: &mut D, idx: usize) {
+        // Bounded by the buffered bytes: every pass consumes some or stops.
+        loop {
+            let Some(cl) = self.clients.get_mut(idx) else {
+                return;
+            };
+            if cl.dead || cl.close_after {
+                return;
+            }
+            if cl.swallow > 0 {
+                let n = cl.swallow.min(cl.rbuf.len());
+                cl.rbuf.advance(n);
+                cl.swallow -= n;
+                if cl.swallow > 0 {
+                    return;
+                }
+            }
+            if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) {
+                return;
+            }
+            match parse_request(&cl.rbuf, cx.max_item, &mut self.keys) {
+                Parsed::Incomplete => return,
+                Parsed::Complete(r) => {
+                    let bytes = cl.rbuf.split_to(r.consumed).freeze();
+                    let gen = cl.gen;
+                    self.start(d, cx, idx, gen, r, bytes);
+                }
+                Parsed::Error(e) => {
+                    cx.stats().incr(Counter::ClientErrors);
+                    let silent = noreply_requested(&cl.rbuf);
+                    let a = match e {
+                        ParseError::UnknownCommand { consumed } => {
+                            cl.rbuf.advance(consumed.min(cl.rbuf.len()));
+                            one(compose::ERROR)
+                        }
+                        ParseError::Client { consumed, msg } => {
+                            cl.rbuf.advance(consumed.min(cl.rbuf.len()));
+                            let mut m = BytesMut::with_capacity(msg.len() + 16);
+                            compose::compose_client_error(&mut m, msg);
+                            if silent {
+                                Answer::Nothing
+                            } else {
+                                Answer::One(m.freeze())
+                            }
+                        }
+                        ParseError::TooLarge { skip } => {
+                            cl.swallow = skip;
+                            if silent {
+                                Answer::Nothing
+                            } else {
+                                one(compose::TOO_LARGE)
+                            }
+                        }
+                        ParseError::LineTooLong => {
+                            cl.push_slot(Slot::Ready(one(compose::LINE_TOO_LONG)));
+                            cl.push_slot(Slot::Ready(Answer::Close));
+                            cl.rbuf.clear();
+                            cl.drain_ready();
+                            mark(&mut self.clients, &mut self.dirty_clients, idx);
+                            return;
+                        }
+                    };
+                    cl.push_slot(Slot::Ready(a));
+                    cl.drain_ready();
+                    mark(&mut self.clients, &mut self.dirty_clients, idx);
+                }
+            }
+        }
+    }
+
+    /// Start one parsed request: answer it here or launch its machine.
+    fn start<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        idx: usize,
+        gen: u32,
+        r: Request,
+        bytes: Bytes,
+    ) {
+        let local = match r.verb {
+            Verb::Quit => Some(Answer::Close),
+            Verb::Version => Some(one(
+                concat!("VERSION memring-", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
+            )),
+            Verb::Verbosity => Some(if r.noreply {
+                Answer::Nothing
+            } else {
+                one(compose::OK)
+            }),
+            Verb::MetaNoop => Some(one(compose::MN)),
+            Verb::Stats => Some(super::stats::answer(cx, &r, &bytes)),
+            _ => None,
+        };
+        let Some(cl) = self.clients.get_mut(idx) else {
+            return;
+        };
+        if let Some(a) = local {
+            cl.push_slot(Slot::Ready(a));
+            cl.drain_ready();
+            mark(&mut self.clients, &mut self.dirty_clients, idx);
+            return;
+        }
+        let seq = cl.push_slot(Slot::Waiting);
+        let keys = Keys::take(&mut self.keys);
+        let req = ClientRequest { r, bytes, keys };
+        self.replicas.clear();
+        for k in req.keys.as_slice() {
+            let key = req.bytes.get(k.clone()).unwrap_or_default();
+            self.replicas.push(replicas(&cx.topo, key));
+        }
+        if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
+            let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
+            self.replicas.push(replicas(&cx.topo, key));
+        }
+        self.servers.clear();
+        if req.r.verb == Verb::FlushAll {
+            self.servers
+                .extend((0..cx.topo.servers.len() as u32).map(ServerId));
+        }
+        let mut fx = std::mem::take(&mut self.fx);
+        let view = HealthView {
+            topo: &cx.topo,
+            now_unix: cx.now_unix,
+        };
+        let machine = Machine::start(req, &self.replicas, &self.servers, &view, &mut fx);
+        self.launch(d, cx, machine, Some(ClientRef { idx, gen, seq }), &mut fx);
+        self.fx = fx;
+    }
+
+    /// End-of-turn work for one client: send, re-arm, pause, or close.
+    pub(super) fn flush_client<D: Driver>(&mut self, d: &mut D, cx: &Ctx, idx: usize) {
+        let Some(cl) = self.clients.get_mut(idx) else {
+            return;
+        };
+        cl.dirty = false;
+        if !cl.dead {
+            cl.drain_ready();
+            if !cl.send_inflight && !cl.out.is_empty() {
+                cl.iov.clear();
+                cl.iov.extend(cl.out.iter().take(IOV_MAX).map(|b| libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }));
+                // SAFETY: the iovecs point into `out`'s buffers, which stay
+                // untouched (never advanced or dropped) until this send's
+                // completion; `iov` itself is not modified until then either.
+                unsafe {
+                    d.send(
+                        token(Kind::ClientSend, idx, cl.gen),
+                        cl.fd,
+                        cl.iov.as_ptr(),
+                        cl.iov.len(),
+                    )
+                };
+                cl.send_inflight = true;
+            }
+            let finished = cl.read_done && cl.slots.is_empty() && cl.out.is_empty();
+            if (cl.close_after || finished) && cl.out.is_empty() && !cl.send_inflight {
+                cl.dead = true;
+            }
+        }
+        if cl.dead {
+            if cl.ops_in_flight() {
+                if !cl.shut {
+                    d.shutdown(cl.fd);
+                    cl.shut = true;
+                }
+                return;
+            }
+            d.close(cl.fd);
+            self.clients.remove(idx);
+            cx.stats()
+                .curr_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let want = !cl.read_done && cl.can_start(cx.client_budget);
+        if want && !cl.recv_armed {
+            d.recv(token(Kind::ClientRecv, idx, cl.gen), cl.fd);
+            cl.recv_armed = true;
+        } else if !want && cl.recv_armed && !cl.cancel_pending && !cl.read_done {
+            // Over budget: stop reading; TCP pushes back on the client.
+            d.cancel_recv(token(Kind::ClientRecv, idx, cl.gen), cl.fd);
+            cl.cancel_pending = true;
+        }
+    }
+}
+
+/// The replicas of `key`: hashed once, placed on both rings.
+pub(super) fn replicas(topo: &crate::server::core::Topology, key: &[u8]) -> Replicas {
+    let h = topo.primary_ring.hash(key);
+    Replicas {
+        primary: ServerId(topo.primary_ring.server_for_hash(h) as u32),
+        backup: topo
+            .backup_ring
+            .as_ref()
+            .map(|r| ServerId((topo.n_primaries + r.server_for_hash(h)) as u32)),
+    }
+}
+
+fn set_nodelay(fd: i32) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid pointer and length; failure (a unix
+    // socket) is harmless.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! The per-core engine: one event loop per core on a completion-shaped
+//! [`Driver`] (io_uring, or epoll behind the same interface).
+//!
+//! Everything a core serves lives in three slabs it owns: client
+//! connections, upstream connections and requests. A request is a pure
+//! state machine ([`Machine`]) that belongs to the core, not to its client:
+//! it advances when its upstream replies (or failures) arrive, whatever the
+//! client does, and its effects (send this to server N, answer the client,
+//! mark server M as having missed key K) are carried out here. This module
+//! decides nothing about a request; it moves bytes, keeps time and budgets.
+//!
+//! One loop turn: wait for completions (submitting everything the previous
+//! turn queued), handle them, deliver the upstream outcomes to their
+//! machines, check deadlines, then queue one send per connection that has
+//! output (everything the turn produced for it, at most IOV_MAX buffers).
+//!
+//! Timeouts measure lack of progress: an upstream connection is stuck when
+//! the oldest request written on it has seen no reply bytes for the request
+//! timeout. Its head request fails, reads behind it are sent again on a new
+//! connection, and the server is charged one failure, not one per request.
+//!
+//! Budgets are in bytes: a client whose unsent replies plus the estimate of
+//! its in-flight replies exceed `--client-buffer` stops being read (TCP
+//! pushes back on it); other clients on the core are not held up.
+
+mod client;
+mod stats;
+mod upstream;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use slab::Slab;
+
+use crate::protocol::Expect;
+use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, Reply, View};
+use crate::stats::{CoreStats, Counter};
+use crate::upstream::{Observed, Role, ServerId, Verdict};
+
+use self::client::Client;
+use self::upstream::{UpConn, Zombie};
+
+use super::core::{Shared, Topology};
+use super::driver::{Completion, Driver, DriverConfig};
+
+/// Longest wait of a turn with nothing due: reloads and shutdown are noticed
+/// within this.
+const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// Submission entries per ring.
+const RING_ENTRIES: u32 = 1024;
+/// Provided receive buffers per core, and their size. 256 x 16 KiB = 4 MiB
+/// per core: a turn's worth of reads for hundreds of connections, while a
+/// 500 KB value streams through them in 32 reads, each copied out at once.
+const RECV_BUFFERS: u16 = 256;
+const RECV_BUFFER_SIZE: usize = 16 * 1024;
+
+/// What an operation's token refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Listener = 0,
+    ClientRecv = 1,
+    ClientSend = 2,
+    UpRecv = 3,
+    UpSend = 4,
+    UpConnect = 5,
+}
+
+/// Token layout: kind in the top 4 bits, a 28-bit generation, a 32-bit
+/// slab index. The generation tells a completion of a previous connection
+/// in the same slot from one of the current connection.
+fn token(kind: Kind, idx: usize, gen: u32) -> u64 {
+    ((kind as u64) << 60) | ((u64::from(gen) & 0x0FFF_FFFF) << 32) | (idx as u64 & 0xFFFF_FFFF)
+}
+
+fn untoken(t: u64) -> (Option<Kind>, usize, u32) {
+    let kind = match t >> 60 {
+        0 => Some(Kind::Listener),
+        1 => Some(Kind::ClientRecv),
+        2 => Some(Kind::ClientSend),
+        3 => Some(Kind::UpRecv),
+        4 => Some(Kind::UpSend),
+        5 => Some(Kind::UpConnect),
+        _ => None,
+    };
+    (kind, (t & 0xFFFF_FFFF) as usize, ((t >> 32) & 0x0FFF_FFFF) as u32)
+}
+
+/// Wrap a generation counter into the token's 28 bits.
+fn next_gen(g: &mut u32) -> u32 {
+    *g = (*g + 1) & 0x0FFF_FFFF;
+    *g
+}
+
+/// Where a request's answer goes.
+#[derive(Clone, Copy, Debug)]
+struct ClientRef {
+    idx: usize,
+    gen: u32,
+    seq: u64,
+}
+
+/// A request in flight on this core.
+struct ReqSlot {
+    machine: Machine,
+    /// None for detached work (repairs) and once the answer was handed over.
+    client: Option<ClientRef>,
+    /// The topology generation whose server ids the machine uses.
+    generation: u64,
+    /// Calls sent and not yet answered: the slot is freed only at zero, so
+    /// an outcome never reaches a slot that was reused.
+    outstanding: u32,
+}
+
+/// Read-only context of a turn: configuration, the topology snapshot and
+/// the clock, read once per turn.
+pub(super) struct Ctx {
+    shared: Arc<Shared>,
+    id: usize,
+    topo: Arc<Topology>,
+    /// The topology before the last reload, for requests that started under it.
+    prev: Option<Arc<Topology>>,
+    now: Instant,
+    now_unix: i64,
+    max_item: usize,
+    client_budget: usize,
+    rng: std::cell::Cell<u64>,
+}
+
+impl Ctx {
+    fn stats(&self) -> &CoreStats {
+        &self.shared.stats[self.id]
+    }
+
+    /// A pseudo-random number in [0, 1) for backoff jitter.
+    fn jitter(&self) -> f64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn topology(&self, generation: u64) -> Option<&Topology> {
+        if generation == self.topo.generation {
+            return Some(&self.topo);
+        }
+        self.prev
+            .as_deref()
+            .filter(|p| p.generation == generation)
+    }
+}
+
+/// The machines' view of the world: server health from the current
+/// topology, and the wall clock of this turn.
+struct HealthView<'a> {
+    topo: &'a Topology,
+    now_unix: i64,
+}
+
+impl View for HealthView<'_> {
+    fn observe(&self, s: ServerId) -> Observed {
+        match self.topo.servers.get(s.index()) {
+            Some(info) => info.health.observe(),
+            None => Observed::gone(),
+        }
+    }
+
+    fn now_unix(&self) -> i64 {
+        self.now_unix
+    }
+}
+
+/// Everything mutable on a core.
+pub(super) struct State {
+    clients: Slab<Client>,
+    ups: Slab<UpConn>,
+    reqs: Slab<ReqSlot>,
+    /// Upstream connections of each server of the current topology.
+    pools: Vec<Vec<usize>>,
+    /// The same pools by (name, role), so a reload keeps live connections.
+    by_name: HashMap<(String, Role), Vec<usize>>,
+    /// Upstream outcomes not yet handed to their machines.
+    outcomes: VecDeque<(usize, CallId, Result<Reply, CallError>)>,
+    /// Connections with output or state to act on at the end of the turn.
+    dirty_clients: Vec<usize>,
+    dirty_ups: Vec<usize>,
+    /// Reused scratch space.
+    fx: Vec<Effect>,
+    keys: Vec<std::ops::Range<usize>>,
+    replicas: Vec<crate::proxy::machine::Replicas>,
+    servers: Vec<ServerId>,
+    items: Vec<crate::protocol::ValueItem>,
+    /// Sockets of failed upstream connections with operations still in the kernel.
+    zombies: Vec<Zombie>,
+    client_gen: u32,
+    up_gen: u32,
+    /// Listeners: fd and whether their accept is armed.
+    listeners: Vec<(RawFd, bool)>,
+    listen_retry: Option<Instant>,
+}
+
+/// A core's listeners, kept open for the core's lifetime.
+pub(super) struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub unix: Option<UnixListener>,
+}
+
+/// Run one core until the process exits. Reports readiness (or the error
+/// that kept the core from starting) on `ready`.
+pub(super) fn run_core<D: Driver>(
+    shared: Arc<Shared>,
+    id: usize,
+    listeners: Listeners,
+    ready: mpsc::Sender<Result<String, std::io::Error>>,
+) {
+    let cfg = DriverConfig {
+        entries: RING_ENTRIES,
+        buffers: RECV_BUFFERS,
+        buffer_size: RECV_BUFFER_SIZE,
+    };
+    let mut d = match D::new(&cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let topo = shared.current();
+    let seed = 0x9E37_79B9_7F4A_7C15u64 ^ ((id as u64 + 1) << 32) ^ u64::from(std::process::id());
+    let mut cx = Ctx {
+        max_item: shared.cfg.max_item_size,
+        client_budget: shared.cfg.client_buffer,
+        shared,
+        id,
+        topo: topo.clone(),
+        prev: None,
+        now: Instant::now(),
+        now_unix: unix_now(),
+        rng: std::cell::Cell::new(seed),
+    };
+    let mut st = State {
+        clients: Slab::with_capacity(256),
+        ups: Slab::with_capacity(16),
+        reqs: Slab::with_capacity(1024),
+        pools: Vec::new(),
+        by_name: HashMap::new(),
+        outcomes: VecDeque::with_capacity(256),
+        dirty_clients: Vec::with_capacity(64),
+        dirty_ups: Vec::with_capacity(16),
+        fx: Vec::with_capacity(16),
+        keys: Vec::with_capacity(16),
+        replicas: Vec::with_capacity(16),
+        servers: Vec::with_capacity(16),
+        items: Vec::with_capacity(16),
+        zombies: Vec::new(),
+        client_gen: 0,
+        up_gen: 0,
+        listeners: Vec::new(),
+        listen_retry: None,
+    };
+    st.install(&mut d, &mut cx, topo);
+    let fds: Vec<RawFd> = listeners
+        .tcp
+        .iter()
+        .map(|l| l.as_raw_fd())
+        .chain(listeners.unix.iter().map(|l| l.as_raw_fd()))
+        .collect();
+    for fd in fds {
+        let i = st.listeners.len();
+        d.accept(token(Kind::Listener, i, 0), fd);
+        st.listeners.push((fd, true));
+    }
+    let _ = ready.send(Ok(d.describe()));
+    drop(ready);
+    let _keep_open = listeners;
+    let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
+    let mut timeout = IDLE_TICK;
+    loop {
+        cqes.clear();
+        if let Err(e) = d.wait(Some(timeout), &mut cqes) {
+            tracing::warn!(core = id, error = %e, "event loop wait failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cx.now = Instant::now();
+        cx.now_unix = unix_now();
+        for c in &cqes {
+            st.complete(&mut d, &cx, *c);
+        }
+        st.deliver(&mut d, &cx);
+        timeout = st.tick(&mut d, &mut cx);
+        st.deliver(&mut d, &cx);
+        st.flush(&mut d, &cx);
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl State {
+    /// Dispatch one completion by what its token names.
+    fn complete<D: Driver>(&mut self, d: &mut D, cx: &Ctx, c: Completion) {
+        let (kind, idx, gen) = untoken(c.token);
+        match kind {
+            Some(Kind::Listener) => self.accepted(d, cx, idx, c),
+            Some(Kind::ClientRecv) => self.client_recv(d, cx, idx, gen, c),
+            Some(Kind::ClientSend) => self.client_sent(d, cx, idx, gen, c),
+            Some(Kind::UpRecv) => self.up_recv(d, cx, idx, gen, c),
+            Some(Kind::UpSend) => self.up_sent(d, cx, idx, gen, c),
+            Some(Kind::UpConnect) => self.up_connected(d, cx, idx, gen, c),
+            None => {
+                if let Some(b) = c.buf {
+                    d.recycle(b);
+                }
+            }
+        }
+    }
+
+    /// Hand every queued upstream outcome to its machine, and carry out what
+    /// the machines ask for (which may queue more outcomes).
+    fn deliver<D: Driver>(&mut self, d: &mut D, cx: &Ctx) {
+        // Bounded: each outcome answers one call, and a machine makes a
+        // bounded number of calls.
+        while let Some((r, call, outcome)) = self.outcomes.pop_front() {
+            let Some(slot) = self.reqs.get_mut(r) else {
+                continue;
+            };
+            slot.outstanding = slot.outstanding.saturating_sub(1);
+            let mut fx = std::mem::take(&mut self.fx);
+            let view = HealthView {
+                topo: &cx.topo,
+                now_unix: cx.now_unix,
+            };
+            slot.machine.on_outcome(call, outcome, &view, &mut fx);
+            self.apply(d, cx, r, &mut fx);
+            self.fx = fx;
+            self.maybe_free(cx, r);
+        }
+    }
+
+    /// Free a request whose machine ended and has no call outstanding.
+    fn maybe_free(&mut self, cx: &Ctx, r: usize) {
+        let done = self
+            .reqs
+            .get(r)
+            .is_some_and(|s| s.outstanding == 0 && s.machine.is_done());
+        if done {
+            self.reqs.remove(r);
+            cx.stats().active_requests.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Start a machine for a request (or a detached job) and carry out its
+    /// first effects.
+    fn launch<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        machine: Machine,
+        client: Option<ClientRef>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let r = self.reqs.insert(ReqSlot {
+            machine,
+            client,
+            generation: cx.topo.generation,
+            outstanding: 0,
+        });
+        cx.stats().active_requests.fetch_add(1, Ordering::Relaxed);
+        self.apply(d, cx, r, fx);
+        self.maybe_free(cx, r);
+    }
+
+    /// Carry out a machine's effects.
+    fn apply<D: Driver>(&mut self, d: &mut D, cx: &Ctx, r: usize, fx: &mut Vec<Effect>) {
+        let mut spawned: Vec<Box<Machine>> = Vec::new();
+        for e in fx.drain(..) {
+            match e {
+                Effect::Send {
+                    call,
+                    server,
+                    parts,
+                    expect,
+                } => self.send_call(d, cx, r, call, server, parts, expect),
+                Effect::Answer(a) => self.answer(cx, r, a),
+                Effect::MissedWrite { server, seen, key } => {
+                    missed_write(cx, server, seen, &key);
+                }
+                Effect::Count(c, n) => cx.stats().add(c, n),
+                Effect::Failover { failed } => {
+                    cx.stats().incr(Counter::Failovers);
+                    if let Some(s) = cx.topo.servers.get(failed.index()) {
+                        s.health.failovers.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Effect::Spawn(m) => spawned.push(m),
+            }
+        }
+        for m in spawned {
+            let mut sub = Vec::new();
+            let view = HealthView {
+                topo: &cx.topo,
+                now_unix: cx.now_unix,
+            };
+            let mut m = *m;
+            m.begin(&view, &mut sub);
+            self.launch(d, cx, m, None, &mut sub);
+        }
+    }
+
+    /// Queue one call on a connection of `server`, or fail it at once when
+    /// the server cannot take it.
+    #[allow(clippy::too_many_arguments)]
+    fn send_call<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        r: usize,
+        call: CallId,
+        server: ServerId,
+        parts: [Bytes; 2],
+        expect: Expect,
+    ) {
+        let Some(slot) = self.reqs.get_mut(r) else {
+            return;
+        };
+        slot.outstanding += 1;
+        let generation = slot.generation;
+        let Some(pool) = self.pool_for(cx, generation, server) else {
+            self.outcomes.push_back((r, call, Err(CallError::Closed)));
+            return;
+        };
+        let Some(ci) = pool
+            .iter()
+            .copied()
+            .min_by_key(|&i| self.ups.get(i).map_or(usize::MAX, UpConn::load))
+        else {
+            self.outcomes.push_back((r, call, Err(CallError::Closed)));
+            return;
+        };
+        let call = upstream::Call {
+            req: r,
+            call,
+            expect,
+            parts,
+            retried: false,
+        };
+        self.queue_call(d, cx, ci, call);
+    }
+
+    /// The connections of `server` as the request's topology numbers it.
+    /// A request that started before a reload resolves its ids by name, never
+    /// by a position that now means another server.
+    fn pool_for(&self, cx: &Ctx, generation: u64, server: ServerId) -> Option<&[usize]> {
+        if generation == cx.topo.generation {
+            return self.pools.get(server.index()).map(Vec::as_slice);
+        }
+        let old = cx.topology(generation)?;
+        let s = old.servers.get(server.index())?;
+        self.by_name
+            .get(&(s.name.clone(), s.role))
+            .map(Vec::as_slice)
+    }
+
+    /// Hand a machine's answer to its client, in the client's order.
+    fn answer(&mut self, cx: &Ctx, r: usize, a: Answer) {
+        let Some(cref) = self.reqs.get_mut(r).and_then(|s| s.client.take()) else {
+            return;
+        };
+        let Some(c) = self.clients.get_mut(cref.idx) else {
+            return;
+        };
+        if c.gen != cref.gen {
+            return;
+        }
+        if c.fill(cref.seq, a) {
+            client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
+        }
+        let _ = cx;
+    }
+
+    /// Point the pools at a topology, keeping connections to servers that
+    /// stay (same name, role, address and pool size) and closing the others.
+    fn install<D: Driver>(&mut self, d: &mut D, cx: &mut Ctx, topo: Arc<Topology>) {
+        let mut kept: HashMap<(String, Role), Vec<usize>> = HashMap::new();
+        let mut pools = Vec::with_capacity(topo.servers.len());
+        let n = topo.settings.conns_per_server.max(1);
+        for (i, s) in topo.servers.iter().enumerate() {
+            let key = (s.name.clone(), s.role);
+            let reuse = self.by_name.remove(&key).filter(|conns| {
+                conns.len() == n
+                    && conns
+                        .iter()
+                        .all(|&c| self.ups.get(c).is_some_and(|u| u.addr == s.addr))
+            });
+            let conns = match reuse {
+                Some(conns) => {
+                    for &c in &conns {
+                        if let Some(u) = self.ups.get_mut(c) {
+                            u.server = ServerId(i as u32);
+                        }
+                    }
+                    conns
+                }
+                None => (0..n)
+                    .map(|_| {
+                        self.ups
+                            .insert(UpConn::new(ServerId(i as u32), s.addr, &s.name))
+                    })
+                    .collect(),
+            };
+            kept.insert(key, conns.clone());
+            pools.push(conns);
+        }
+        let gone: Vec<usize> = self.by_name.drain().flat_map(|(_, v)| v).collect();
+        for c in gone {
+            self.retire_up(d, cx, c);
+        }
+        self.by_name = kept;
+        self.pools = pools;
+        let old = std::mem::replace(&mut cx.topo, topo);
+        if old.generation != cx.topo.generation {
+            cx.prev = Some(old);
+        }
+    }
+
+    /// Deadlines and housekeeping once per turn; returns how long the next
+    /// wait may block.
+    fn tick<D: Driver>(&mut self, d: &mut D, cx: &mut Ctx) -> Duration {
+        let generation = cx.shared.generation.load(Ordering::Acquire);
+        if generation != cx.topo.generation {
+            let fresh = cx.shared.current();
+            self.install(d, cx, fresh);
+        }
+        let stopping = cx.shared.stopping.load(Ordering::Relaxed);
+        let mut next = cx.now + IDLE_TICK;
+        if let Some(at) = self.listen_retry {
+            if stopping {
+                self.listen_retry = None;
+            } else if cx.now >= at {
+                self.listen_retry = None;
+                for (i, (fd, armed)) in self.listeners.iter_mut().enumerate() {
+                    if !*armed {
+                        d.accept(token(Kind::Listener, i, 0), *fd);
+                        *armed = true;
+                    }
+                }
+            } else {
+                next = next.min(at);
+            }
+        }
+        let ids: Vec<usize> = self.ups.iter().map(|(i, _)| i).collect();
+        for ci in ids {
+            if let Some(due) = self.check_up(d, cx, ci) {
+                next = next.min(due);
+            }
+        }
+        next.saturating_duration_since(cx.now)
+    }
+
+    /// Issue the sends (and re-arm the receives) that this turn made due.
+    fn flush<D: Driver>(&mut self, d: &mut D, cx: &Ctx) {
+        while let Some(ci) = self.dirty_ups.pop() {
+            self.flush_up(d, cx, ci);
+        }
+        while let Some(idx) = self.dirty_clients.pop() {
+            self.flush_client(d, cx, idx);
+        }
+    }
+}
+
+/// A write was acknowledged without `server`: it may now hold a stale value.
+fn missed_write(cx: &Ctx, server: ServerId, seen: Observed, _key: &Bytes) {
+    let Some(s) = cx.topo.servers.get(server.index()) else {
+        return;
+    };
+    let policy = &cx.topo.settings.policy;
+    if s.health.record_missed_write(cx.now, policy, seen) == Verdict::Ejected {
+        tracing::warn!(server = %s.name, "server missed a write: ejected until flushed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for kind in [
+            Kind::Listener,
+            Kind::ClientRecv,
+            Kind::ClientSend,
+            Kind::UpRecv,
+            Kind::UpSend,
+            Kind::UpConnect,
+        ] {
+            for (idx, gen) in [(0, 0), (1, 7), (0xFFFF_FFFF, 0x0FFF_FFFF)] {
+                assert_eq!(untoken(token(kind, idx, gen)), (Some(kind), idx, gen));
+            }
+        }
+        let mut g = 0x0FFF_FFFE;
+        assert_eq!(next_gen(&mut g), 0x0FFF_FFFF);
+        assert_eq!(next_gen(&mut g), 0);
+    }
+}

@@ -1,0 +1,544 @@
+//! Upstream connections on the engine: pipelined, shared by every client
+//! of the core, matched to replies in FIFO order.
+//!
+//! Calls queued during a turn leave in one send at its end. A connection
+//! that fails (closed, unparseable reply, or stuck: no reply bytes for the
+//! request timeout while a request waits) is one failure for the server's
+//! health. Its head request fails; reads behind it are sent again once on a
+//! fresh connection; other written requests fail, since they may have run.
+//! Calls still waiting for a connection move to the new one. Operations the
+//! kernel still holds on the old socket keep its buffers alive in a
+//! [`Zombie`] until their completions arrive.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::{frame_response, Expect, Framed};
+use crate::proxy::machine::{CallError, CallId, Reply};
+use crate::stats::Counter;
+use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
+
+use super::{next_gen, token, Ctx, Kind, State};
+use crate::server::core::{advance, IOV_MAX};
+use crate::server::driver::{Completion, Driver};
+
+/// One call: a machine's request to a server.
+pub(super) struct Call {
+    pub req: usize,
+    pub call: CallId,
+    pub expect: Expect,
+    /// Kept only for reads, which may be sent again after a failure.
+    pub parts: [Bytes; 2],
+    pub retried: bool,
+}
+
+impl Call {
+    fn retryable(&self) -> bool {
+        self.expect == Expect::Values && !self.retried
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Connecting { deadline: Instant },
+    Ready,
+    Backoff(Instant),
+}
+
+/// One pipelined connection to a server.
+pub(super) struct UpConn {
+    pub server: ServerId,
+    pub addr: SocketAddr,
+    name: String,
+    gen: u32,
+    fd: Option<RawFd>,
+    phase: Phase,
+    attempts: u32,
+    /// Waiting for the connection.
+    pending: VecDeque<Call>,
+    /// Queued in `out` (or sent), waiting for their replies, in order.
+    written: VecDeque<Call>,
+    out: VecDeque<Bytes>,
+    iov: Vec<libc::iovec>,
+    rbuf: BytesMut,
+    /// Last time the head of `written` made progress (written, or reply bytes).
+    progress_at: Instant,
+    send_inflight: bool,
+    recv_armed: bool,
+    connecting: bool,
+    dirty: bool,
+}
+
+/// A failed connection's socket whose operations are still in the kernel.
+pub(super) struct Zombie {
+    idx: usize,
+    gen: u32,
+    fd: RawFd,
+    recv: bool,
+    send: bool,
+    connect: bool,
+    /// Memory an in-flight send still points into.
+    _out: VecDeque<Bytes>,
+    _iov: Vec<libc::iovec>,
+}
+
+impl UpConn {
+    pub(super) fn new(server: ServerId, addr: SocketAddr, name: &str) -> UpConn {
+        UpConn {
+            server,
+            addr,
+            name: name.to_string(),
+            gen: 0,
+            fd: None,
+            phase: Phase::Idle,
+            attempts: 0,
+            pending: VecDeque::new(),
+            written: VecDeque::with_capacity(64),
+            out: VecDeque::with_capacity(64),
+            iov: Vec::with_capacity(64),
+            rbuf: BytesMut::new(),
+            progress_at: Instant::now(),
+            send_inflight: false,
+            recv_armed: false,
+            connecting: false,
+            dirty: false,
+        }
+    }
+
+    /// Calls on this connection, for picking the least loaded one.
+    pub(super) fn load(&self) -> usize {
+        self.pending.len() + self.written.len()
+    }
+
+    /// Queue a call's bytes for this turn's send.
+    fn write(&mut self, now: Instant, mut call: Call) {
+        if self.written.is_empty() {
+            self.progress_at = now;
+        }
+        if call.retryable() {
+            for p in &call.parts {
+                if !p.is_empty() {
+                    self.out.push_back(p.clone());
+                }
+            }
+        } else {
+            for p in &mut call.parts {
+                if !p.is_empty() {
+                    self.out.push_back(std::mem::take(p));
+                }
+            }
+        }
+        self.written.push_back(call);
+    }
+}
+
+fn mark(st: &mut State, ci: usize) {
+    if let Some(u) = st.ups.get_mut(ci) {
+        if !u.dirty {
+            u.dirty = true;
+            st.dirty_ups.push(ci);
+        }
+    }
+}
+
+impl State {
+    /// Queue `call` on connection `ci`, connecting first if needed.
+    pub(super) fn queue_call<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, call: Call) {
+        let Some(u) = self.ups.get_mut(ci) else {
+            self.outcomes
+                .push_back((call.req, call.call, Err(CallError::Closed)));
+            return;
+        };
+        match u.phase {
+            Phase::Ready => {
+                u.write(cx.now, call);
+                mark(self, ci);
+            }
+            Phase::Connecting { .. } => u.pending.push_back(call),
+            Phase::Backoff(until) if cx.now < until => {
+                self.outcomes
+                    .push_back((call.req, call.call, Err(CallError::Connect)));
+            }
+            Phase::Idle | Phase::Backoff(_) => {
+                u.pending.push_back(call);
+                self.connect(d, cx, ci);
+            }
+        }
+    }
+
+    /// Open a new socket for connection `ci`.
+    fn connect<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize) {
+        let gen = next_gen(&mut self.up_gen);
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        u.gen = gen;
+        match new_socket(u.addr) {
+            Ok(fd) => {
+                u.fd = Some(fd);
+                u.connecting = true;
+                u.phase = Phase::Connecting {
+                    deadline: cx.now + cx.topo.settings.connect_timeout,
+                };
+                d.connect(token(Kind::UpConnect, ci, gen), fd, u.addr);
+            }
+            Err(e) => {
+                tracing::warn!(server = %u.name, error = %e, "cannot create a socket");
+                self.fail_up(d, cx, ci, CallError::Connect);
+            }
+        }
+    }
+
+    /// A connect finished.
+    pub(super) fn up_connected<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        ci: usize,
+        gen: u32,
+        c: Completion,
+    ) {
+        if self.zombie_done(d, ci, gen, Kind::UpConnect, c.more) {
+            return;
+        }
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        u.connecting = false;
+        if c.res < 0 {
+            tracing::debug!(server = %u.name, error = %std::io::Error::from_raw_os_error(-c.res), "connect failed");
+            self.fail_up(d, cx, ci, CallError::Connect);
+            return;
+        }
+        u.phase = Phase::Ready;
+        u.attempts = 0;
+        while let Some(call) = u.pending.pop_front() {
+            u.write(cx.now, call);
+        }
+        mark(self, ci);
+    }
+
+    /// Reply bytes (or the end) from a server.
+    pub(super) fn up_recv<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        ci: usize,
+        gen: u32,
+        c: Completion,
+    ) {
+        let current = self.ups.get(ci).is_some_and(|u| u.gen == gen && u.fd.is_some());
+        if !current {
+            if let Some(b) = c.buf {
+                d.recycle(b);
+            }
+            self.zombie_done(d, ci, gen, Kind::UpRecv, c.more);
+            return;
+        }
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        if let Some(b) = c.buf {
+            if c.res > 0 {
+                u.rbuf.extend_from_slice(d.buffer(b, c.res as usize));
+            }
+            d.recycle(b);
+        }
+        if !c.more {
+            u.recv_armed = false;
+        }
+        if c.res == -libc::ENOBUFS {
+            mark(self, ci);
+            return;
+        }
+        if c.res <= 0 {
+            self.fail_up(d, cx, ci, CallError::Closed);
+            return;
+        }
+        u.progress_at = cx.now;
+        let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
+        let mut answered = false;
+        while let Some(head) = u.written.front() {
+            match frame_response(head.expect, &u.rbuf, max_value, &mut self.items) {
+                Ok(Framed::Complete {
+                    len,
+                    status,
+                    line,
+                    data,
+                }) => {
+                    let frame = u.rbuf.split_to(len).freeze();
+                    if let Some(call) = u.written.pop_front() {
+                        answered = true;
+                        self.outcomes.push_back((
+                            call.req,
+                            call.call,
+                            Ok(Reply {
+                                frame,
+                                status,
+                                line,
+                                data,
+                            }),
+                        ));
+                    }
+                }
+                Ok(Framed::Incomplete) => break,
+                Err(e) => {
+                    tracing::warn!(server = %u.name, error = e.msg, "unparseable reply, closing connection");
+                    self.fail_up(d, cx, ci, CallError::Protocol);
+                    return;
+                }
+            }
+        }
+        if u.written.is_empty() && !u.rbuf.is_empty() {
+            tracing::warn!(server = %u.name, "unsolicited bytes from server, closing connection");
+            self.fail_up(d, cx, ci, CallError::Protocol);
+            return;
+        }
+        if answered {
+            if let Some(s) = cx.topo.servers.get(u.server.index()) {
+                s.health.record_success();
+            }
+        }
+        mark(self, ci);
+    }
+
+    /// A send to a server finished.
+    pub(super) fn up_sent<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        ci: usize,
+        gen: u32,
+        c: Completion,
+    ) {
+        if self.zombie_done(d, ci, gen, Kind::UpSend, c.more) {
+            return;
+        }
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        u.send_inflight = false;
+        if c.res <= 0 {
+            self.fail_up(d, cx, ci, CallError::Closed);
+            return;
+        }
+        advance(&mut u.out, c.res as usize);
+        mark(self, ci);
+    }
+
+    /// A completion for an earlier socket of connection `ci`: note that
+    /// its operation ended, and close the socket once none is left. Returns
+    /// false when `gen` is the connection's current socket.
+    fn zombie_done<D: Driver>(&mut self, d: &mut D, ci: usize, gen: u32, kind: Kind, more: bool) -> bool {
+        if self.ups.get(ci).is_some_and(|u| u.gen == gen && u.fd.is_some()) {
+            return false;
+        }
+        let Some(pos) = self
+            .zombies
+            .iter()
+            .position(|z| z.idx == ci && z.gen == gen)
+        else {
+            return true;
+        };
+        let z = &mut self.zombies[pos];
+        match kind {
+            Kind::UpRecv if !more => z.recv = false,
+            Kind::UpSend => z.send = false,
+            Kind::UpConnect => z.connect = false,
+            _ => {}
+        }
+        if !z.recv && !z.send && !z.connect {
+            let z = self.zombies.swap_remove(pos);
+            d.close(z.fd);
+        }
+        true
+    }
+
+    /// Fail connection `ci`: one failure for the server; see the module
+    /// comment for what happens to its calls.
+    pub(super) fn fail_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, why: CallError) {
+        let gen = next_gen(&mut self.up_gen);
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        if let Some(fd) = u.fd.take() {
+            if u.recv_armed || u.send_inflight || u.connecting {
+                d.shutdown(fd);
+                self.zombies.push(Zombie {
+                    idx: ci,
+                    gen: u.gen,
+                    fd,
+                    recv: u.recv_armed,
+                    send: u.send_inflight,
+                    connect: u.connecting,
+                    _out: std::mem::take(&mut u.out),
+                    _iov: std::mem::take(&mut u.iov),
+                });
+            } else {
+                d.close(fd);
+            }
+        }
+        u.gen = gen;
+        u.recv_armed = false;
+        u.send_inflight = false;
+        u.connecting = false;
+        u.out.clear();
+        u.rbuf.clear();
+        let server = cx.topo.servers.get(u.server.index());
+        let policy = cx.topo.settings.policy;
+        if let Some(s) = server {
+            if s.health.record_failure(cx.now, &policy) == Verdict::Ejected {
+                tracing::warn!(server = %s.name, ?why, "server ejected after failures");
+            }
+        }
+        let up = server.is_some_and(|s| s.health.is_up());
+        u.phase = if why == CallError::Connect {
+            u.attempts = u.attempts.saturating_add(1);
+            let p = HealthPolicy {
+                retry_interval: Duration::from_millis(20),
+                max_retry_interval: policy.retry_interval,
+                ..policy
+            };
+            Phase::Backoff(cx.now + backoff(&p, u.attempts, cx.jitter()))
+        } else {
+            Phase::Idle
+        };
+        // Written calls, oldest first.
+        let mut retry = VecDeque::new();
+        for (i, mut call) in u.written.drain(..).enumerate() {
+            let head_timed_out = why == CallError::Timeout && i == 0;
+            if up && call.retryable() && !head_timed_out && why != CallError::Connect {
+                call.retried = true;
+                retry.push_back(call);
+                continue;
+            }
+            let err = if head_timed_out {
+                cx.stats().incr(Counter::BackendTimeouts);
+                CallError::Timeout
+            } else {
+                why
+            };
+            self.outcomes.push_back((call.req, call.call, Err(err)));
+        }
+        while let Some(call) = u.pending.pop_front() {
+            retry.push_back(call);
+        }
+        if !up || why == CallError::Connect {
+            let err = if why == CallError::Connect {
+                CallError::Connect
+            } else {
+                CallError::Closed
+            };
+            for call in retry {
+                self.outcomes.push_back((call.req, call.call, Err(err)));
+            }
+            return;
+        }
+        if !retry.is_empty() {
+            u.pending = retry;
+            self.connect(d, cx, ci);
+        }
+    }
+
+    /// Deadlines of connection `ci`; returns when it is next due.
+    pub(super) fn check_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize) -> Option<Instant> {
+        let u = self.ups.get(ci)?;
+        match u.phase {
+            Phase::Connecting { deadline } => {
+                if cx.now >= deadline {
+                    tracing::debug!(server = %u.name, "connect timed out");
+                    self.fail_up(d, cx, ci, CallError::Connect);
+                    None
+                } else {
+                    Some(deadline)
+                }
+            }
+            Phase::Ready if !u.written.is_empty() => {
+                let due = u.progress_at + cx.topo.settings.request_timeout;
+                if cx.now >= due {
+                    tracing::debug!(server = %u.name, waiting = u.written.len(), "upstream connection stuck");
+                    self.fail_up(d, cx, ci, CallError::Timeout);
+                    None
+                } else {
+                    Some(due)
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// End-of-turn work for one connection: send what the turn queued, and
+    /// keep a receive armed while connected.
+    pub(super) fn flush_up<D: Driver>(&mut self, d: &mut D, _cx: &Ctx, ci: usize) {
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        u.dirty = false;
+        let (Phase::Ready, Some(fd)) = (u.phase, u.fd) else {
+            return;
+        };
+        if !u.send_inflight && !u.out.is_empty() {
+            u.iov.clear();
+            u.iov.extend(u.out.iter().take(IOV_MAX).map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            }));
+            // SAFETY: the iovecs point into `out`'s buffers, which are neither
+            // advanced nor dropped before this send completes (a failure moves
+            // them into a Zombie until then); `iov` is not touched either.
+            unsafe { d.send(token(Kind::UpSend, ci, u.gen), fd, u.iov.as_ptr(), u.iov.len()) };
+            u.send_inflight = true;
+        }
+        if !u.recv_armed {
+            d.recv(token(Kind::UpRecv, ci, u.gen), fd);
+            u.recv_armed = true;
+        }
+    }
+
+    /// A reload dropped connection `ci`'s server: fail its calls and let it go.
+    pub(super) fn retire_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize) {
+        let Some(u) = self.ups.get_mut(ci) else {
+            return;
+        };
+        for call in u.written.drain(..).chain(u.pending.drain(..)) {
+            self.outcomes
+                .push_back((call.req, call.call, Err(CallError::Closed)));
+        }
+        if let Some(fd) = u.fd.take() {
+            if u.recv_armed || u.send_inflight || u.connecting {
+                d.shutdown(fd);
+                self.zombies.push(Zombie {
+                    idx: ci,
+                    gen: u.gen,
+                    fd,
+                    recv: u.recv_armed,
+                    send: u.send_inflight,
+                    connect: u.connecting,
+                    _out: std::mem::take(&mut u.out),
+                    _iov: std::mem::take(&mut u.iov),
+                });
+            } else {
+                d.close(fd);
+            }
+        }
+        self.ups.remove(ci);
+        let _ = cx;
+    }
+}
+
+/// A nonblocking TCP socket with TCP_NODELAY for `addr`.
+fn new_socket(addr: SocketAddr) -> std::io::Result<RawFd> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    s.set_nodelay(true)?;
+    Ok(s.into_raw_fd())
+}
