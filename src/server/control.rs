@@ -4,7 +4,10 @@
 //! Every 50 ms (jittered) the prober looks for ejected servers whose probe
 //! is due and claims them; each claimed probe runs on a short-lived thread
 //! (`version`, then `flush_all` when the server may hold stale values) and
-//! reports back to the server's shared health.
+//! reports back to the server's shared health. With `--resync`, a server
+//! that rejoined then gets the keys it owns copied back from the servers of
+//! the other role, on the same thread, by the same pure copy machine a
+//! read-through repair uses, driven over blocking sockets.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,9 +15,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::upstream::Probe;
+use std::collections::{HashMap, VecDeque};
 
-use super::core::{Settings, Shared};
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::metadump::{parse_dump_line, DumpLine};
+use crate::protocol::{compose, frame_response, Expect, Framed};
+use crate::proxy::machine::{CallError, CallId, Effect, Machine, MetaItem, Reply, View};
+use crate::stats::{CoreStats, Counter};
+use crate::upstream::{Observed, Probe, Role, ServerId};
+
+use super::core::{Settings, Shared, Topology};
 
 /// Start the prober thread.
 pub(super) fn spawn_prober(shared: Arc<Shared>) -> std::io::Result<()> {
@@ -44,6 +55,12 @@ fn prober(shared: &Arc<Shared>) {
             let (health, addr, name, settings) =
                 (s.health.clone(), s.addr, s.name.clone(), topo.settings);
             let j = jitter();
+            let (shared, topo2) = (shared.clone(), topo.clone());
+            let id = topo
+                .servers
+                .iter()
+                .position(|x| std::ptr::eq(x, s))
+                .map(|i| ServerId(i as u32));
             let spawned = std::thread::Builder::new()
                 .name("memring-probe".into())
                 .spawn(move || {
@@ -51,6 +68,9 @@ fn prober(shared: &Arc<Shared>) {
                     let now = Instant::now();
                     if ok && health.probe_succeeded(now, probe) {
                         tracing::warn!(server = %name, flushed = probe.flush, "server rejoined");
+                        if let (true, Some(id)) = (settings.resync, id) {
+                            resync(&shared, &topo2, id);
+                        }
                         return;
                     }
                     if ok {
@@ -103,4 +123,245 @@ fn roundtrip(s: &mut TcpStream, req: &[u8], want: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// The machines' view from the control plane: health now, wall clock now.
+struct ControlView<'a>(&'a Topology);
+
+impl View for ControlView<'_> {
+    fn observe(&self, s: ServerId) -> Observed {
+        self.0
+            .servers
+            .get(s.index())
+            .map_or_else(Observed::gone, |x| x.health.observe())
+    }
+
+    fn now_unix(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+}
+
+/// Blocking connections to servers, one per server, for running machines
+/// off the cores.
+struct Blocking<'a> {
+    topo: &'a Topology,
+    conns: HashMap<ServerId, (TcpStream, BytesMut)>,
+    items: Vec<crate::protocol::ValueItem>,
+}
+
+impl Blocking<'_> {
+    /// One request, one reply; a failed connection is dropped (the next
+    /// call reconnects).
+    fn call(&mut self, server: ServerId, parts: &[Bytes; 2], expect: Expect) -> Result<Reply, CallError> {
+        let info = self.topo.servers.get(server.index()).ok_or(CallError::Closed)?;
+        if !info.health.is_up() {
+            return Err(CallError::Closed);
+        }
+        let settings = &self.topo.settings;
+        let (s, buf) = match self.conns.entry(server) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let s = TcpStream::connect_timeout(&info.addr, settings.connect_timeout)
+                    .map_err(|_| CallError::Connect)?;
+                let t = Some(settings.request_timeout.max(Duration::from_millis(100)));
+                s.set_read_timeout(t).map_err(|_| CallError::Connect)?;
+                s.set_write_timeout(t).map_err(|_| CallError::Connect)?;
+                let _ = s.set_nodelay(true);
+                v.insert((s, BytesMut::with_capacity(16 * 1024)))
+            }
+        };
+        let result = exchange(s, buf, parts, expect, &mut self.items);
+        if result.is_err() {
+            self.conns.remove(&server);
+        }
+        result
+    }
+
+    /// Run a started machine to its end, carrying out its effects.
+    fn run(&mut self, m: &mut Machine, mut fx: Vec<Effect>, stats: &CoreStats) {
+        let view = ControlView(self.topo);
+        let mut sends: VecDeque<(CallId, ServerId, [Bytes; 2], Expect)> = VecDeque::new();
+        // Bounded: a copy machine makes a handful of calls.
+        for _ in 0..64 {
+            for e in fx.drain(..) {
+                match e {
+                    Effect::Send { call, server, parts, expect } => {
+                        sends.push_back((call, server, parts, expect))
+                    }
+                    Effect::Count(c, n) => stats.add(c, n),
+                    Effect::MissedWrite { server, seen, .. } => {
+                        if let Some(s) = self.topo.servers.get(server.index()) {
+                            s.health.record_missed_write(
+                                Instant::now(),
+                                &self.topo.settings.policy,
+                                seen,
+                            );
+                        }
+                    }
+                    Effect::Answer(_) | Effect::Failover { .. } | Effect::Spawn(_) => {}
+                }
+            }
+            let Some((call, server, parts, expect)) = sends.pop_front() else {
+                return;
+            };
+            let outcome = self.call(server, &parts, expect);
+            m.on_outcome(call, outcome, &view, &mut fx);
+        }
+    }
+}
+
+/// Write `parts` and read one reply framed by `expect`.
+fn exchange(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    parts: &[Bytes; 2],
+    expect: Expect,
+    items: &mut Vec<crate::protocol::ValueItem>,
+) -> Result<Reply, CallError> {
+    for p in parts {
+        s.write_all(p).map_err(|_| CallError::Closed)?;
+    }
+    // Bounded by the reply size limit and the read timeout.
+    loop {
+        match frame_response(expect, buf, usize::MAX, items) {
+            Ok(Framed::Complete { len, status, line, data }) => {
+                let frame = buf.split_to(len).freeze();
+                return Ok(Reply { frame, status, line, data });
+            }
+            Ok(Framed::Incomplete) => {}
+            Err(_) => return Err(CallError::Protocol),
+        }
+        if buf.len() > 64 << 20 {
+            return Err(CallError::Protocol);
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match s.read(&mut chunk) {
+            Ok(0) => return Err(CallError::Closed),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err(CallError::Timeout)
+            }
+            Err(_) => return Err(CallError::Closed),
+        }
+    }
+}
+
+/// Copy every key `target` owns from the in-service servers of the other role.
+fn resync(shared: &Shared, topo: &Topology, target: ServerId) {
+    let Some(info) = topo.servers.get(target.index()) else {
+        return;
+    };
+    let stats = &shared.stats[0];
+    let sources: Vec<ServerId> = (0..topo.servers.len() as u32)
+        .map(ServerId)
+        .filter(|s| topo.servers[s.index()].role != info.role && topo.health(*s).is_up())
+        .collect();
+    let mut copied = 0u64;
+    for src in sources {
+        match resync_from(topo, src, target, info.role, stats) {
+            Ok(n) => copied += n,
+            Err(why) => {
+                tracing::warn!(server = %info.name, source = %topo.servers[src.index()].name, why, "resync incomplete")
+            }
+        }
+        if !topo.health(target).is_up() {
+            break;
+        }
+    }
+    tracing::info!(server = %info.name, copied, "resync finished");
+}
+
+/// Keys per batch between metadump reads.
+const RESYNC_BATCH: usize = 64;
+
+fn resync_from(
+    topo: &Topology,
+    src: ServerId,
+    target: ServerId,
+    role: Role,
+    stats: &CoreStats,
+) -> Result<u64, &'static str> {
+    let settings = &topo.settings;
+    let addr = topo.servers[src.index()].addr;
+    let mut dump = TcpStream::connect_timeout(&addr, settings.connect_timeout)
+        .map_err(|_| "cannot connect to the source")?;
+    // A dump stalls only while a batch is copied.
+    let _ = dump.set_read_timeout(Some(settings.request_timeout * 10));
+    dump.write_all(b"lru_crawler metadump all\r\n")
+        .map_err(|_| "cannot send metadump")?;
+    let mut runner = Blocking {
+        topo,
+        conns: HashMap::new(),
+        items: Vec::new(),
+    };
+    let owns = |key: &[u8]| {
+        let (p, b) = topo.replicas(key);
+        match role {
+            Role::Primary => p == target,
+            Role::Backup => b == Some(target),
+        }
+    };
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut key = Vec::new();
+    let mut batch: Vec<Bytes> = Vec::with_capacity(RESYNC_BATCH);
+    let mut copied = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Bounded by the dump's END and the read timeout.
+    loop {
+        let mut end = false;
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(pos + 1);
+            match parse_dump_line(&line[..pos], &mut key) {
+                DumpLine::Key if owns(&key) => batch.push(Bytes::copy_from_slice(&key)),
+                DumpLine::Key | DumpLine::Skip => {}
+                DumpLine::End => {
+                    end = true;
+                    break;
+                }
+            }
+        }
+        if end || batch.len() >= RESYNC_BATCH {
+            for k in batch.drain(..) {
+                if copy_one(&mut runner, src, target, k, stats) {
+                    copied += 1;
+                }
+            }
+            if end {
+                return Ok(copied);
+            }
+            if !topo.health(target).is_up() || !topo.health(src).is_up() {
+                return Err("a server went down during the resync");
+            }
+        }
+        if buf.len() > 4096 {
+            return Err("metadump line too long");
+        }
+        match dump.read(&mut chunk) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return Err("metadump stream ended early"),
+        }
+    }
+}
+
+/// Copy one key from `src` to `target`; true when the target kept it.
+fn copy_one(runner: &mut Blocking<'_>, src: ServerId, target: ServerId, key: Bytes, stats: &CoreStats) -> bool {
+    let mut line = BytesMut::with_capacity(key.len() + 16);
+    compose::compose_meta_get(&mut line, &key, b"v f t c");
+    let Ok(r) = runner.call(src, &[line.freeze(), Bytes::new()], Expect::Meta) else {
+        return false;
+    };
+    let Some(item) = MetaItem::parse(&r) else {
+        return false;
+    };
+    let view = ControlView(runner.topo);
+    let mut fx = Vec::new();
+    let mut m = Machine::copy_item(src, target, key, item, &view, &mut fx);
+    runner.run(&mut m, fx, stats);
+    let ok = m.copy_result() == Some(true);
+    if ok {
+        stats.incr(Counter::ResyncCopies);
+    }
+    ok
 }

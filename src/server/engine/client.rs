@@ -445,6 +445,11 @@ impl State {
 
     /// End-of-turn work for one client: send, re-arm, pause, or close.
     pub(super) fn flush_client<D: Driver>(&mut self, d: &mut D, cx: &Ctx, idx: usize) {
+        if let Some(cl) = self.clients.get_mut(idx) {
+            cl.drain_ready();
+        }
+        // Answers that need no send (noreply) free budget too.
+        self.parse(cx, d, idx);
         let Some(cl) = self.clients.get_mut(idx) else {
             return;
         };
