@@ -205,6 +205,8 @@ pub(super) struct State {
     /// Listeners: fd and whether their accept is armed.
     listeners: Vec<(RawFd, bool)>,
     listen_retry: Option<Instant>,
+    /// Scratch list of upstream connection slots for the per-turn deadline check.
+    up_ids: Vec<usize>,
 }
 
 /// A core's listeners, kept open for the core's lifetime.
@@ -265,6 +267,7 @@ pub(super) fn run_core<D: Driver>(
         up_gen: 0,
         listeners: Vec::new(),
         listen_retry: None,
+        up_ids: Vec::with_capacity(16),
     };
     st.install(&mut d, &mut cx, topo);
     let fds: Vec<RawFd> = listeners
@@ -559,12 +562,15 @@ impl State {
                 next = next.min(at);
             }
         }
-        let ids: Vec<usize> = self.ups.iter().map(|(i, _)| i).collect();
-        for ci in ids {
+        let mut ids = std::mem::take(&mut self.up_ids);
+        ids.clear();
+        ids.extend(self.ups.iter().map(|(i, _)| i));
+        for &ci in &ids {
             if let Some(due) = self.check_up(d, cx, ci) {
                 next = next.min(due);
             }
         }
+        self.up_ids = ids;
         next.saturating_duration_since(cx.now)
     }
 

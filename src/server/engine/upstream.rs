@@ -26,6 +26,9 @@ use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::core::{advance, IOV_MAX};
 use crate::server::driver::{Completion, Driver};
 
+/// Grow the read buffer by at least this much.
+const READ_STEP: usize = 64 * 1024;
+
 /// One call: a machine's request to a server.
 pub(super) struct Call {
     pub req: usize,
@@ -245,7 +248,13 @@ impl State {
         };
         if let Some(b) = c.buf {
             if c.res > 0 {
-                u.rbuf.extend_from_slice(d.buffer(b, c.res as usize));
+                let n = c.res as usize;
+                if u.rbuf.capacity() - u.rbuf.len() < n {
+                    // In steps: replies are split off as they complete, and
+                    // a buffer nobody shares any more is reused in place.
+                    u.rbuf.reserve(n.max(READ_STEP));
+                }
+                u.rbuf.extend_from_slice(d.buffer(b, n));
             }
             d.recycle(b);
         }
