@@ -11,6 +11,7 @@
 mod client;
 mod core;
 mod dispatch;
+pub(crate) mod driver;
 mod epoll;
 mod io;
 mod resync;
