@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::{errno_of, last_errno, Completion, Driver, DriverConfig, RawAddr};
+use socket2::SockAddr;
+
+use super::{errno_of, last_errno, Completion, Driver, DriverConfig};
 
 /// Syscall retries after EINTR before giving up with it.
 const EINTR_ROUNDS: usize = 16;
@@ -169,6 +171,7 @@ impl EpollDriver {
                 progress_accept(fd, st, token, done);
             }
         }
+        let accepted_to = done.len();
         if st.readable {
             if let Some(token) = st.recv {
                 progress_recv(fd, st, token, done, &mut self.pool);
@@ -176,14 +179,16 @@ impl EpollDriver {
         }
         // A new fd's number may be one closed behind the driver's back: what
         // was known about that number is stale.
-        for c in &self.done[accepted_from..] {
-            if c.more && c.buf.is_none() && c.res >= 0 {
-                if let Some(st) = usize::try_from(c.res)
-                    .ok()
-                    .and_then(|i| self.fds.get_mut(i))
-                {
-                    *st = FdState::default();
-                }
+        for c in self
+            .done
+            .get(accepted_from..accepted_to)
+            .unwrap_or_default()
+        {
+            if let Some(st) = usize::try_from(c.res)
+                .ok()
+                .and_then(|i| self.fds.get_mut(i))
+            {
+                *st = FdState::default();
             }
         }
     }
@@ -471,10 +476,10 @@ impl Driver for EpollDriver {
     fn recv(&mut self, token: u64, fd: RawFd) {
         if self.start(token, fd) {
             if let Some(st) = self.state(fd) {
+                // No read is forced: `readable` stays true from the last
+                // event until a read sees EAGAIN, armed or not, so bytes that
+                // came while unarmed are read at once.
                 st.recv = Some(token);
-                // Edge-triggered: bytes that came while unarmed raised no
-                // new event, so try at once.
-                st.readable = true;
             }
         }
     }
@@ -506,9 +511,9 @@ impl Driver for EpollDriver {
     }
 
     fn connect(&mut self, token: u64, fd: RawFd, addr: SocketAddr) {
-        let raw = RawAddr::new(addr);
-        // SAFETY: `raw` holds a valid socket address of `raw.len` bytes.
-        let rc = unsafe { libc::connect(fd, raw.as_ptr(), raw.len) };
+        let raw = SockAddr::from(addr);
+        // SAFETY: `raw` holds a valid socket address of `raw.len()` bytes.
+        let rc = unsafe { libc::connect(fd, raw.as_ptr(), raw.len()) };
         let errno = if rc == 0 { 0 } else { last_errno() };
         match errno {
             0 => self.finish(token, 0),

@@ -524,6 +524,30 @@ fn many_connections<D: Driver>() {
     // Drop then cancels the accept and waits for it.
 }
 
+/// Dropping the driver with a multishot accept and a recv armed lets go of
+/// the listener at once: its port can be bound again right away.
+fn drop_releases_listener<D: Driver>() {
+    let l = listener();
+    let addr = l.local_addr().expect("addr");
+    let mut h = Harness::<D>::new(&config());
+    let (fd, client) = h.accept_one(&l);
+    h.d.recv(RECV, fd);
+    let mut out = Vec::new();
+    h.d.wait(Some(Duration::ZERO), &mut out).expect("wait");
+    assert!(out.is_empty(), "{}: {out:?}", D::NAME);
+    drop(h);
+    // SAFETY: the accepted fd is ours and the driver that used it is gone.
+    unsafe { libc::close(fd) };
+    drop(client);
+    drop(l);
+    if let Err(e) = TcpListener::bind(addr) {
+        panic!(
+            "{}: {addr} still taken after the driver and the listener went: {e}",
+            D::NAME
+        );
+    }
+}
+
 fn two_threads<D: Driver + 'static>() {
     let a = thread::spawn(echo::<D>);
     let b = thread::spawn(echo::<D>);
@@ -553,6 +577,7 @@ for_both!(
     cancel_then_rearm,
     wait_timeout,
     many_connections,
+    drop_releases_listener,
     two_threads,
 );
 
@@ -564,4 +589,7 @@ fn uring_is_available_here() {
              with sysctl kernel.io_uring_disabled=0 and no seccomp filter refusing io_uring_setup"
         );
     }
+    let h = Harness::<UringDriver>::new(&config());
+    // Shown with --nocapture: which setup flags this kernel took.
+    eprintln!("io_uring driver: {}", h.d.describe());
 }

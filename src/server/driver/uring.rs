@@ -22,7 +22,9 @@ use io_uring::{cqueue, opcode, squeue, CompletionQueue, EnterFlags, IoUring, Sub
 use io_uring::{Builder, Submitter};
 use slab::Slab;
 
-use super::{Completion, Driver, DriverConfig, RawAddr};
+use socket2::SockAddr;
+
+use super::{Completion, Driver, DriverConfig};
 
 /// user_data of operations whose completions the caller never sees.
 const INTERNAL: u64 = u64::MAX;
@@ -47,7 +49,7 @@ enum Kind {
     Accept,
     Recv { fd: RawFd },
     Send { msg: Box<libc::msghdr> },
-    Connect { _addr: Box<RawAddr> },
+    Connect { _addr: Box<SockAddr> },
 }
 
 /// Adds one set of setup flags to a builder.
@@ -399,8 +401,8 @@ impl Driver for UringDriver {
     }
 
     fn connect(&mut self, token: u64, fd: RawFd, addr: SocketAddr) {
-        let addr = Box::new(RawAddr::new(addr));
-        let (ptr, len) = (addr.as_ptr(), addr.len);
+        let addr = Box::new(SockAddr::from(addr));
+        let (ptr, len) = (addr.as_ptr(), addr.len());
         let ud = self.start(token, Kind::Connect { _addr: addr });
         let sqe = opcode::Connect::new(Fd(fd), ptr, len).build().user_data(ud);
         self.push(sqe);
