@@ -273,6 +273,8 @@ impl Driver for UringDriver {
                 "receive buffers are 4 GiB at most",
             )
         })?;
+        // Mapped first: nothing below may fail while the ring is half set up.
+        let bufs = BufRing::new(cfg.buffers, buffer_len)?;
         let entries = cfg.entries.clamp(1, 32768);
         let mut last = None;
         let mut built = None;
@@ -292,7 +294,7 @@ impl Driver for UringDriver {
         let Some((flags, ring)) = built else {
             return Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)));
         };
-        let cq_entries = ring.params().cq_entries();
+        let (sq_entries, cq_entries) = (ring.params().sq_entries(), ring.params().cq_entries());
         let ring: *mut IoUring = Box::into_raw(Box::new(ring));
         // SAFETY: the box is only freed in `Drop`, after the queues and the
         // submitter borrowed from it here are dropped; nothing else touches it.
@@ -303,14 +305,14 @@ impl Driver for UringDriver {
             cq: ManuallyDrop::new(cq),
             submitter: ManuallyDrop::new(submitter),
             ring,
-            bufs: ManuallyDrop::new(BufRing::new(cfg.buffers, buffer_len)?),
+            bufs: ManuallyDrop::new(bufs),
             ops: Slab::with_capacity(entries as usize),
             seq: 0,
             recv_of_fd: Vec::new(),
             pending: Vec::new(),
             spare_msgs: Vec::new(),
             describe: format!(
-                "{flags}, sq {entries}, cq {cq_entries}, {} ring fd",
+                "{flags}, sq {sq_entries}, cq {cq_entries}, {} ring fd",
                 if registered {
                     "registered"
                 } else {
