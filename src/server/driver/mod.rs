@@ -1,0 +1,138 @@
+//! The completion-shaped I/O driver under the per-core engine: start socket
+//! operations with a caller's token, get `Completion`s back, the way io_uring
+//! delivers CQEs. `uring` implements it on the `io-uring` crate; `epoll`
+//! emulates the same semantics on mio, so the event loop above is written once.
+//!
+//! Owns: one ring (or epoll instance) per core, its provided-buffer pool and
+//! the kernel-facing memory of operations in flight (message headers, socket
+//! addresses). Imports nothing from the engine above it.
+
+// The per-core engine does not use the driver yet: this goes when it does.
+#![allow(dead_code)]
+
+mod epoll;
+mod uring;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+// Unused until the engine picks a backend: goes with the allow above.
+#[allow(unused_imports)]
+pub(crate) use self::epoll::EpollDriver;
+pub(crate) use self::uring::UringDriver;
+
+/// One finished operation, as an io_uring CQE is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Completion {
+    /// The caller's token given when the operation was started.
+    pub token: u64,
+    /// `>= 0`: the result (bytes, a new fd, 0); `< 0`: `-errno`.
+    pub res: i32,
+    /// recv: the id of the provided buffer that holds `res` bytes.
+    pub buf: Option<u16>,
+    /// The multishot operation is still armed (false: it ended; re-arm if
+    /// still wanted).
+    pub more: bool,
+}
+
+/// Sizes of one driver instance.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DriverConfig {
+    /// Submission queue entries (io_uring) or events per poll (epoll).
+    pub entries: u32,
+    /// Provided buffers in the receive pool (io_uring allows at most 32768).
+    pub buffers: u16,
+    /// Bytes per provided buffer.
+    pub buffer_size: usize,
+}
+
+/// A completion-based I/O backend for one core's thread.
+///
+/// Every operation started with a token ends in exactly one completion with
+/// `more == false` carrying that token (multishot ones may deliver
+/// `more == true` completions before it), unless the driver is dropped first.
+pub(crate) trait Driver: Sized {
+    /// The backend's name for logs: "io_uring" or "epoll".
+    const NAME: &'static str;
+
+    /// Set the backend up; called on the core's own thread.
+    fn new(cfg: &DriverConfig) -> io::Result<Self>;
+
+    /// Which setup flags were accepted, for the startup log line.
+    fn describe(&self) -> String;
+
+    /// Arm a multishot accept on a nonblocking listening socket. Each
+    /// completion: `res` = a new connected fd (O_NONBLOCK|O_CLOEXEC set;
+    /// TCP_NODELAY is the caller's), `more` = still armed.
+    fn accept(&mut self, token: u64, listener: RawFd);
+
+    /// Arm a multishot receive into the provided-buffer pool. Each completion:
+    /// `res > 0` bytes in `buf`, `res == 0` end of stream, `res < 0` an error
+    /// (`-ENOBUFS` when the pool ran dry). `more == false`: the receive ended;
+    /// re-arm it (after recycling buffers) to get more bytes.
+    fn recv(&mut self, token: u64, fd: RawFd);
+
+    /// Stop an armed multishot receive (backpressure). Its last completion
+    /// (`more == false`, `res` may be `-ECANCELED`) still arrives; afterwards
+    /// `recv` may arm it again.
+    fn cancel_recv(&mut self, token: u64, fd: RawFd);
+
+    /// The bytes of a provided buffer named by a completion (empty if `id` is
+    /// not a buffer currently lent to the caller).
+    fn buffer(&self, id: u16, len: usize) -> &[u8];
+
+    /// Give a provided buffer back to the pool, as soon as its bytes are copied.
+    fn recycle(&mut self, id: u16);
+
+    /// Vectored send with MSG_NOSIGNAL. `res` = bytes sent (may be fewer than
+    /// asked: the caller resumes) or `-errno`.
+    ///
+    /// # Safety
+    /// `iov[..iovcnt]` and the memory it points to stay valid and unmoved until
+    /// this operation's completion arrives (or the driver is dropped); at most
+    /// one send is in flight per fd.
+    unsafe fn send(&mut self, token: u64, fd: RawFd, iov: *const libc::iovec, iovcnt: usize);
+
+    /// Connect a nonblocking TCP socket the caller created. `res` = 0 or `-errno`.
+    fn connect(&mut self, token: u64, fd: RawFd, addr: SocketAddr);
+
+    /// Fail every operation on `fd` soon: shutdown(SHUT_RDWR). An armed recv
+    /// ends with 0 or an error, a pending send fails. Their completions still
+    /// arrive; only then may the caller `close`.
+    fn shutdown(&mut self, fd: RawFd);
+
+    /// Forget `fd` and close it; only when no operation on it is in flight.
+    fn close(&mut self, fd: RawFd);
+
+    /// Submit everything queued since the last call, wait until at least one
+    /// completion is ready or `timeout` passed (`None`: no limit;
+    /// `Some(ZERO)`: don't block) and append the ready completions to `out`.
+    /// EINTR is not an error; it may return early with nothing.
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
+}
+
+/// Whether io_uring, with everything the driver needs (a provided-buffer
+/// ring), can be set up here: seccomp and `kernel.io_uring_disabled` refuse it.
+pub(crate) fn uring_available() -> io::Result<()> {
+    let cfg = DriverConfig {
+        entries: 8,
+        buffers: 1,
+        buffer_size: 64,
+    };
+    UringDriver::new(&cfg).map(drop)
+}
+
+/// The positive errno of an `io::Error` (EIO when it carries none).
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The `errno` of the last failed libc call.
+fn last_errno() -> i32 {
+    errno_of(&io::Error::last_os_error())
+}
+
+#[cfg(test)]
+mod tests;
