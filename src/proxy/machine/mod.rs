@@ -22,6 +22,9 @@ mod copy;
 mod read;
 mod write;
 
+#[cfg(test)]
+mod tests;
+
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};

@@ -279,7 +279,7 @@ enum ManyStage {
 impl GetMany {
     pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
         let n = req.keys().len();
-        if replicas.len() < n || n == 0 {
+        if replicas.len() < n {
             cx.count(Counter::ServerErrors);
             cx.answer(one(compose::NO_SERVER));
             return Kind::Done;
