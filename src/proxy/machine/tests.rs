@@ -1279,6 +1279,15 @@ fn meta_writes_follow_their_mode() {
     r.assert_done();
     assert_eq!(r.answer(), None);
 
+    // md with a cas answered HD: the primary had it; deleted on the backup
+    // at once, no recovery.
+    let mut r = Run::start(&w, "md a C5\r\n", &[RA]);
+    r.reply(P0, "md a C5\r\n", "HD\r\n");
+    r.expect_pending(&[(B2, "delete a\r\n")]);
+    r.reply(B2, "delete a\r\n", "DELETED\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("HD\r\n"));
+
     // A quiet error is shown.
     let mut r = Run::start(&w, "ma a q\r\n", &[RA]);
     r.reply(P0, "ma a\r\n", "NS\r\n");
