@@ -17,6 +17,54 @@
 //!
 //! Must not import `server`, tokio, sockets or read the clock: the time it
 //! needs (`now_unix`, for TTLs) and the servers' health come through [`View`].
+//!
+//! # The engine's side of the contract
+//! - Every [`Effect::Send`] gets exactly one outcome, fed back with its
+//!   [`CallId`] (a server dropped by a reload: `Err(CallError::Closed)`).
+//!   Call ids are opaque; the top bit marks a call whose reply the machine
+//!   ignores but still waits for (the backups' `touch` after a gat).
+//! - Effects are pushed in the order they happen; Sends of one step are
+//!   independent and may go out together.
+//! - [`Effect::Spawn`] hands over a machine that has not started: give it a
+//!   slot, then call [`Machine::begin`]; the effects of that call are its own.
+//! - When [`Machine::is_done`], free the slot: nothing is in flight and
+//!   nothing more will be pushed.
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::Bytes;
+//! use memring::protocol::{frame_response, parse_request, Expect, Framed, Parsed};
+//! use memring::proxy::machine::*;
+//! use memring::upstream::{Health, Observed, ServerId};
+//!
+//! struct Up(Vec<Health>);
+//! impl View for Up {
+//!     fn observe(&self, s: ServerId) -> Observed { self.0[s.index()].observe() }
+//!     fn now_unix(&self) -> i64 { 1_700_000_000 }
+//! }
+//! let view = Up(vec![Health::new(Instant::now()), Health::new(Instant::now())]);
+//! let bytes = Bytes::from_static(b"get k\r\n");
+//! let mut keys = Vec::new();
+//! let Parsed::Complete(r) = parse_request(&bytes, 1 << 20, &mut keys) else { panic!() };
+//! let req = ClientRequest { r, bytes, keys: Keys::take(&mut keys) };
+//! let replicas = [Replicas { primary: ServerId(0), backup: Some(ServerId(1)) }];
+//!
+//! let mut fx = Vec::new();
+//! let mut m = Machine::start(req, &replicas, &[ServerId(0), ServerId(1)], &view, &mut fx);
+//! let call = fx.iter().find_map(|e| match e {
+//!     Effect::Send { call, server: ServerId(0), .. } => Some(*call),
+//!     _ => None,
+//! }).expect("asks the primary");
+//!
+//! // The primary's reply, framed as the engine frames it.
+//! let frame = Bytes::from_static(b"VALUE k 0 1\r\nv\r\nEND\r\n");
+//! let Ok(Framed::Complete { status, line, data, .. }) =
+//!     frame_response(Expect::Values, &frame, usize::MAX, &mut Vec::new()) else { panic!() };
+//! fx.clear();
+//! m.on_outcome(call, Ok(Reply { frame, status, line, data }), &view, &mut fx);
+//! assert!(fx.iter().any(|e| matches!(e, Effect::Answer(Answer::One(b)) if b.starts_with(b"VALUE k"))));
+//! assert!(m.is_done());
+//! ```
 
 mod copy;
 mod read;
