@@ -1432,6 +1432,7 @@ fn stray_outcomes_are_ignored() {
 fn machines_stay_small() {
     // The engine keeps one per request in flight in its slab.
     let size = std::mem::size_of::<Machine>();
+    eprintln!("size_of::<Machine>() = {size}");
     assert!(size <= 512, "Machine is {size} bytes");
 }
 
