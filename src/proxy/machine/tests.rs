@@ -1295,6 +1295,109 @@ fn meta_writes_follow_their_mode() {
     assert_eq!(r.answer().as_deref(), Some("NS\r\n"));
 }
 
+#[test]
+fn copied_writes_converge_the_backup_by_outcome() {
+    // (request, primary's reply, backup's reply to the readback if asked,
+    //  the primary's reply to the readback if asked, the backup step, answer)
+    struct Case {
+        req: &'static str,
+        primary: &'static str,
+        recover: Option<&'static str>,
+        readback: Option<&'static str>,
+        step: Option<&'static str>,
+    }
+    let cases = [
+        Case {
+            req: "replace a 3 7 1\r\nx\r\n",
+            primary: "STORED\r\n",
+            recover: None,
+            readback: None,
+            step: Some("set a 3 7 1\r\nx\r\n"),
+        },
+        Case {
+            req: "append a 0 0 1\r\nx\r\n",
+            primary: "NOT_STORED\r\n",
+            recover: Some("EN\r\n"),
+            readback: None,
+            step: Some("delete a\r\n"),
+        },
+        Case {
+            req: "ma a\r\n",
+            primary: "HD\r\n",
+            recover: None,
+            readback: Some("VA 1 f0 t-1\r\n1\r\n"),
+            step: Some("set a 0 0 1\r\n1\r\n"),
+        },
+        Case {
+            req: "ma a\r\n",
+            primary: "NF\r\n",
+            recover: Some("EN\r\n"),
+            readback: None,
+            step: Some("delete a\r\n"),
+        },
+        Case {
+            req: "ms a 1 I\r\nx\r\n",
+            primary: "NS\r\n",
+            recover: None,
+            readback: None,
+            step: None,
+        },
+        Case {
+            req: "incr a 1\r\n",
+            primary: "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+            recover: None,
+            readback: None,
+            step: None,
+        },
+    ];
+    let w = World::new();
+    for c in cases {
+        let upstream = c.req;
+        let mut r = Run::start(&w, c.req, &[RA]);
+        r.expect_pending(&[(P0, upstream)]);
+        r.reply(P0, upstream, c.primary);
+        if let Some(rec) = c.recover {
+            r.reply(B2, "mg a v f t\r\n", rec);
+        }
+        if let Some(rb) = c.readback {
+            r.reply(P0, "mg a v f t\r\n", rb);
+        }
+        match c.step {
+            Some(step) => {
+                r.expect_pending(&[(B2, step)]);
+                assert!(
+                    r.answers.is_empty(),
+                    "{}: answered before the backup",
+                    c.req
+                );
+                let ok = if step.starts_with("delete") {
+                    "DELETED\r\n"
+                } else {
+                    "STORED\r\n"
+                };
+                r.reply(B2, step, ok);
+            }
+            None => r.expect_pending(&[]),
+        }
+        r.assert_done();
+        assert_eq!(r.answer().as_deref(), Some(c.primary), "{}", c.req);
+        assert!(r.missed.is_empty(), "{}", c.req);
+    }
+}
+
+#[test]
+fn cas_with_the_primary_out_goes_to_the_backup_alone() {
+    let w = World::down(&[P0]);
+    let cas = "cas a 0 0 1 7\r\nx\r\n";
+    let mut r = Run::start(&w, cas, &[RA]);
+    r.expect_pending(&[(B2, cas)]);
+    r.reply(B2, cas, "EXISTS\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("EXISTS\r\n"));
+    assert_eq!(r.missed(), [(P0, "a")]);
+    assert_eq!(r.counts(), [("cas_badval", 1), ("cmd_set", 1)]);
+}
+
 // ---- noreply and vanished clients ----
 
 #[test]
