@@ -11,6 +11,9 @@
 //!
 //! The counter is per thread, so libtest's own threads (and other tests in
 //! this file running in parallel) do not disturb the count.
+//!
+//! The request state machines (`proxy::machine`) are checked the same way:
+//! a single-key get and a mirrored set, start to answer, allocate nothing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -231,5 +234,116 @@ fn hot_path_allocates_nothing_in_steady_state() {
         0,
         "{n} allocations over {ITERS} iterations ({:.3} per iteration of 3 requests)",
         n as f64 / ITERS as f64
+    );
+}
+
+/// What a request machine sees of the servers: all of them up.
+struct AllUp(Vec<memring::upstream::Health>);
+
+impl memring::proxy::machine::View for AllUp {
+    fn observe(&self, s: memring::upstream::ServerId) -> memring::upstream::Observed {
+        self.0[s.index()].observe()
+    }
+
+    fn now_unix(&self) -> i64 {
+        1_700_000_000
+    }
+}
+
+/// Run one request through its machine, answering every call with `reply`;
+/// returns the answer's length.
+fn run_machine(
+    request: &bytes::Bytes,
+    reply: &'static [u8],
+    expect: Expect,
+    view: &AllUp,
+    keys: &mut Vec<Range<usize>>,
+    items: &mut Vec<ValueItem>,
+    fx: &mut Vec<memring::proxy::machine::Effect>,
+) -> usize {
+    use memring::proxy::machine::{Answer, ClientRequest, Effect, Keys, Machine, Replicas, Reply};
+    use memring::upstream::ServerId;
+    let r = match parse_request(request, MAX_ITEM, keys) {
+        Parsed::Complete(r) => r,
+        other => panic!("did not parse: {other:?}"),
+    };
+    let req = ClientRequest {
+        r,
+        bytes: request.clone(),
+        keys: Keys::take(keys),
+    };
+    let replicas = [Replicas {
+        primary: ServerId(0),
+        backup: Some(ServerId(1)),
+    }];
+    let servers = [ServerId(0), ServerId(1)];
+    fx.clear();
+    let mut m = Machine::start(req, &replicas, &servers, view, fx);
+    // Effects are handled in order; outcomes append the next steps' effects.
+    let mut answered = 0;
+    let mut i = 0;
+    while i < fx.len() {
+        if let Effect::Send { call, .. } = fx[i] {
+            let (status, line, data) = match frame_response(expect, reply, MAX_ITEM, items) {
+                Ok(Framed::Complete {
+                    status, line, data, ..
+                }) => (status, line, data),
+                other => panic!("canned reply did not frame: {other:?}"),
+            };
+            let frame = bytes::Bytes::from_static(reply);
+            let r = Reply {
+                frame,
+                status,
+                line,
+                data,
+            };
+            m.on_outcome(call, Ok(r), view, fx);
+        } else if let Effect::Answer(Answer::One(b)) = &fx[i] {
+            answered += b.len();
+        }
+        i += 1;
+    }
+    assert!(m.is_done(), "machine did not finish");
+    answered
+}
+
+#[test]
+fn request_machines_allocate_nothing_for_a_get_and_a_mirrored_set() {
+    let t0 = std::time::Instant::now();
+    let view = AllUp(vec![
+        memring::upstream::Health::new(t0),
+        memring::upstream::Health::new(t0),
+    ]);
+    let get = bytes::Bytes::from_static(b"get user:0042\r\n");
+    let set = bytes::Bytes::from_static(b"set user:0042 5 0 3\r\nabc\r\n");
+    const HIT: &[u8] = b"VALUE user:0042 5 3\r\nabc\r\nEND\r\n";
+    let mut keys = Vec::new();
+    let mut items = Vec::new();
+    let mut fx = Vec::with_capacity(16);
+    let mut iteration = |fx: &mut Vec<_>| {
+        let a = run_machine(&get, HIT, Expect::Values, &view, &mut keys, &mut items, fx);
+        let b = run_machine(
+            &set,
+            b"STORED\r\n",
+            Expect::Line,
+            &view,
+            &mut keys,
+            &mut items,
+            fx,
+        );
+        (a, b)
+    };
+    for _ in 0..10 {
+        assert_eq!(iteration(&mut fx), (HIT.len(), 8));
+    }
+    const ITERS: u64 = 10_000;
+    let before = allocs();
+    for _ in 0..ITERS {
+        std::hint::black_box(iteration(&mut fx));
+    }
+    let n = allocs() - before;
+    assert_eq!(
+        n, 0,
+        "{n} allocations over {ITERS} machine runs of a get and a mirrored set"
     );
 }

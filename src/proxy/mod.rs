@@ -17,6 +17,8 @@
 //! | append, prepend, incr, decr, `ma`, other `ms`/`md` | primary; on success the item is read back (`mg v f t`) and `set` on the backup |
 //! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
+pub mod machine;
+
 use bytes::Bytes;
 
 use crate::protocol::{compose, Status, ValueItem, Verb};
@@ -102,8 +104,14 @@ pub fn after_primary(verb: Verb, status: Status) -> Replicate {
 /// may still have an acknowledged copy (the primary was flushed on rejoin, or
 /// evicted it), which must be put back before the command is judged.
 pub fn primary_may_lack(verb: Verb, status: Status) -> bool {
-    after_primary(verb, status) == Replicate::Delete
-        || (verb == Verb::Add && status == Status::Stored)
+    match (verb, status) {
+        (Verb::Add, Status::Stored) => true,
+        // `md` answered HD: the primary held the item and deleted (or
+        // invalidated) it. Putting the backup's copy back and running the md
+        // again would undo the delete and answer EX to a cas that matched.
+        (Verb::MetaDelete, Status::MetaHd) => false,
+        _ => after_primary(verb, status) == Replicate::Delete,
+    }
 }
 
 /// For mirrored writes: the backup's answer wins when it found the item and
@@ -259,6 +267,8 @@ mod tests {
         assert!(!primary_may_lack(Verb::Add, Status::NotStored));
         assert!(!primary_may_lack(Verb::Cas, Status::Exists));
         assert!(!primary_may_lack(Verb::Incr, Status::Number(3)));
+        assert!(!primary_may_lack(Verb::MetaDelete, Status::MetaHd));
+        assert!(primary_may_lack(Verb::MetaDelete, Status::MetaNf));
         assert!(backup_answer_wins(Status::NotFound, Status::Deleted));
         assert!(backup_answer_wins(Status::NotFound, Status::Touched));
         assert!(!backup_answer_wins(Status::Deleted, Status::NotFound));

@@ -1,0 +1,629 @@
+//! Reads: get/gets/gat/gats of one key and of several, and mg/me.
+//!
+//! A read goes to the key's primary; on an error or a timeout the same
+//! request goes to the backup (a failover). A miss on a primary that answered
+//! is read through from the backup (`mg v f t c`), and a hit found there is
+//! repaired into the primary by a detached [`super::copy`] machine.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{
+    one, server_error, Answer, CallError, CallId, ClientRequest, Cx, Effect, Kind, Machine,
+    MetaItem, Replicas, Reply,
+};
+use crate::protocol::compose::{self, compose_key_command, compose_value_line};
+use crate::protocol::{frame_response, Expect, Framed, Status, Verb};
+use crate::proxy::PartReply;
+use crate::stats::Counter;
+use crate::upstream::ServerId;
+
+fn is_miss(frame: &[u8]) -> bool {
+    frame.starts_with(b"END")
+}
+
+fn is_touch(verb: Verb) -> bool {
+    matches!(verb, Verb::Gat | Verb::Gats)
+}
+
+/// gat/gats touch the item: the backups' copies get the same new exptime.
+/// Loose calls: nobody uses their replies.
+fn touch_backups(req: &ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) {
+    if !is_touch(req.r.verb) {
+        return;
+    }
+    for (k, rep) in req.keys().iter().zip(replicas) {
+        let key = req.bytes.get(k.clone()).unwrap_or_default();
+        if let Some(b) = rep.backup.filter(|b| cx.is_up(*b)) {
+            let mut line = BytesMut::with_capacity(key.len() + 24);
+            compose_key_command(&mut line, b"touch", key, Some(req.r.exptime));
+            cx.send_loose(b, [line.freeze(), Bytes::new()], Expect::Line);
+        }
+    }
+}
+
+/// Ask `backup` for `key` with its flags, TTL and cas (and the gat's new
+/// exptime). `None` when the backup is out.
+fn send_read_through(
+    req: &ClientRequest,
+    key: &[u8],
+    backup: ServerId,
+    cx: &mut Cx<'_>,
+) -> Option<CallId> {
+    let mut flags = BytesMut::with_capacity(32);
+    flags.extend_from_slice(b"v f t c");
+    if is_touch(req.r.verb) {
+        flags.extend_from_slice(b" T");
+        compose::put_i64(&mut flags, req.r.exptime);
+    }
+    let mut line = BytesMut::with_capacity(key.len() + 40);
+    compose::compose_meta_get(&mut line, key, &flags);
+    cx.send_up(backup, [line.freeze(), Bytes::new()], Expect::Meta)
+}
+
+/// The backup's answer to a read-through: on a hit, the VALUE line and data
+/// block in the client's retrieval form, and a repair of the item into the
+/// primary is spawned.
+fn read_through_hit(
+    req: &ClientRequest,
+    key: Bytes,
+    primary: ServerId,
+    backup: ServerId,
+    r: Result<Reply, CallError>,
+    cx: &mut Cx<'_>,
+) -> Option<[Bytes; 2]> {
+    let item = MetaItem::parse(&r.ok()?)?;
+    let cas = matches!(req.r.verb, Verb::Gets | Verb::Gats).then_some(item.cas);
+    let mut head = BytesMut::with_capacity(key.len() + 48);
+    compose_value_line(&mut head, &key, item.flags, item.data_len, cas);
+    let block = item.block.clone();
+    cx.count(Counter::Repairs);
+    cx.fx.push(Effect::Spawn(Box::new(Machine::copy_item_later(
+        backup, primary, key, item,
+    ))));
+    Some([head.freeze(), block])
+}
+
+/// get/gets/gat/gats of one key.
+#[derive(Debug)]
+pub(super) struct GetOne {
+    req: ClientRequest,
+    rep: Replicas,
+    stage: GetStage,
+}
+
+#[derive(Debug)]
+enum GetStage {
+    /// The request on the primary.
+    Primary(CallId),
+    /// The same request on the backup; `failed` is the primary's error.
+    Backup {
+        call: CallId,
+        failed: Option<CallError>,
+    },
+    /// The primary missed: `mg` on the backup; `miss` is the primary's reply.
+    ReadThrough {
+        call: CallId,
+        miss: Bytes,
+    },
+    Done,
+}
+
+impl GetOne {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+        let Some(&rep) = replicas.first() else {
+            cx.count(Counter::ServerErrors);
+            cx.answer(one(compose::NO_SERVER));
+            return Kind::Done;
+        };
+        let mut m = GetOne {
+            req,
+            rep,
+            stage: GetStage::Done,
+        };
+        if cx.is_up(rep.primary) {
+            let call = cx.send(
+                rep.primary,
+                [m.req.bytes.clone(), Bytes::new()],
+                Expect::Values,
+            );
+            m.stage = GetStage::Primary(call);
+        } else {
+            m.try_backup(None, cx);
+        }
+        if m.is_done() {
+            return Kind::Done;
+        }
+        Kind::GetOne(m)
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        match std::mem::replace(&mut self.stage, GetStage::Done) {
+            GetStage::Primary(c) if c == call => self.on_primary(r, cx),
+            GetStage::Backup { call: c, failed } if c == call => self.on_backup(failed, r, cx),
+            GetStage::ReadThrough { call: c, miss } if c == call => {
+                self.on_read_through(miss, r, cx)
+            }
+            other => self.stage = other,
+        }
+    }
+
+    fn on_primary(&mut self, r: Result<Reply, CallError>, cx: &mut Cx<'_>) {
+        match r {
+            Ok(r) if r.status.is_error() || !is_miss(&r.frame) => {
+                cx.count(if r.status.is_error() {
+                    Counter::ServerErrors
+                } else {
+                    Counter::GetHits
+                });
+                touch_backups(&self.req, std::slice::from_ref(&self.rep), cx);
+                cx.answer(Answer::One(r.frame));
+            }
+            Ok(r) => {
+                // A miss on the primary: the backup may hold the key (the
+                // primary was flushed on rejoin, or evicted it).
+                if let Some(b) = self.rep.backup.filter(|b| cx.is_up(*b)) {
+                    let key = self.req.retrieval_key(0);
+                    if let Some(call) = send_read_through(&self.req, &key, b, cx) {
+                        self.stage = GetStage::ReadThrough {
+                            call,
+                            miss: r.frame,
+                        };
+                        return;
+                    }
+                }
+                cx.count(Counter::GetMisses);
+                cx.answer(Answer::One(r.frame));
+            }
+            Err(e) => self.try_backup(Some(e), cx),
+        }
+    }
+
+    fn try_backup(&mut self, failed: Option<CallError>, cx: &mut Cx<'_>) {
+        let Some(b) = self.rep.backup else {
+            cx.count(Counter::ServerErrors);
+            cx.answer(server_error(failed.unwrap_or(CallError::Closed)));
+            return;
+        };
+        let parts = [self.req.bytes.clone(), Bytes::new()];
+        match cx.send_up(b, parts, Expect::Values) {
+            Some(call) => self.stage = GetStage::Backup { call, failed },
+            None => self.on_backup(failed, Err(CallError::Closed), cx),
+        }
+    }
+
+    fn on_backup(
+        &mut self,
+        failed: Option<CallError>,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        match r {
+            Ok(r) => {
+                cx.failover(self.rep.primary);
+                cx.count(if is_miss(&r.frame) {
+                    Counter::GetMisses
+                } else {
+                    Counter::GetHits
+                });
+                cx.answer(Answer::One(r.frame));
+            }
+            Err(e) => {
+                cx.count(Counter::ServerErrors);
+                cx.answer(server_error(failed.unwrap_or(e)));
+            }
+        }
+    }
+
+    fn on_read_through(&mut self, miss: Bytes, r: Result<Reply, CallError>, cx: &mut Cx<'_>) {
+        let key = self.req.retrieval_key(0);
+        let (p, b) = (self.rep.primary, self.rep.backup);
+        let hit = b.and_then(|b| read_through_hit(&self.req, key, p, b, r, cx));
+        match hit {
+            Some([head, block]) => {
+                cx.count(Counter::GetHits);
+                cx.count(Counter::ReadThroughHits);
+                cx.answer(Answer::Many(vec![
+                    head,
+                    block,
+                    Bytes::from_static(compose::END),
+                ]));
+            }
+            None => {
+                cx.count(Counter::GetMisses);
+                cx.answer(Answer::One(miss));
+            }
+        }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        matches!(self.stage, GetStage::Done)
+    }
+}
+
+/// A multi-key retrieval, split by server and merged back in key order.
+#[derive(Debug)]
+pub(super) struct GetMany {
+    req: ClientRequest,
+    replicas: Vec<Replicas>,
+    /// Where each key is asked first: its primary, or its backup when the primary is out.
+    target: Vec<Option<ServerId>>,
+    /// Each key's backup in service, when it was asked on its primary.
+    backup_of: Vec<Option<ServerId>>,
+    /// VALUE blocks found, by key index.
+    found: Vec<Option<Bytes>>,
+    /// Read-through hits: VALUE line and data block, by key index.
+    through: Vec<Option<[Bytes; 2]>>,
+    /// Servers that failed in the first round.
+    failed: Vec<ServerId>,
+    /// Calls in flight: id, server (fetch rounds) or key index (read-through).
+    calls: Vec<(CallId, u32)>,
+    stage: ManyStage,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManyStage {
+    /// Each server gets its keys, in parallel.
+    First,
+    /// Keys whose server failed go to their backups.
+    Retry,
+    /// Misses on primaries that answered are read through from the backups.
+    ReadThrough,
+    Done,
+}
+
+impl GetMany {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+        let n = req.keys().len();
+        if replicas.len() < n {
+            cx.count(Counter::ServerErrors);
+            cx.answer(one(compose::NO_SERVER));
+            return Kind::Done;
+        }
+        let replicas = replicas[..n].to_vec();
+        let mut target = Vec::with_capacity(n);
+        let mut backup_of = Vec::with_capacity(n);
+        for rep in &replicas {
+            let b = rep.backup.filter(|b| cx.is_up(*b));
+            if cx.is_up(rep.primary) {
+                target.push(Some(rep.primary));
+                backup_of.push(b);
+            } else {
+                if b.is_some() {
+                    cx.failover(rep.primary);
+                }
+                target.push(b);
+                backup_of.push(None);
+            }
+        }
+        let mut m = Box::new(GetMany {
+            req,
+            replicas,
+            target,
+            backup_of,
+            found: vec![None; n],
+            through: Vec::new(),
+            failed: Vec::new(),
+            calls: Vec::new(),
+            stage: ManyStage::First,
+        });
+        let target = std::mem::take(&mut m.target);
+        m.fetch(&target, cx);
+        m.target = target;
+        m.advance(cx);
+        if m.is_done() {
+            return Kind::Done;
+        }
+        Kind::GetMany(m)
+    }
+
+    /// Ask every server in `target` for its keys at once.
+    fn fetch(&mut self, target: &[Option<ServerId>], cx: &mut Cx<'_>) {
+        let mut servers: Vec<ServerId> = Vec::new();
+        for t in target.iter().flatten() {
+            if !servers.contains(t) {
+                servers.push(*t);
+            }
+        }
+        let whole = servers.len() == 1 && target.iter().all(|t| t.is_some());
+        for s in servers {
+            let line = if whole {
+                self.req.bytes.clone()
+            } else {
+                let mut line = BytesMut::with_capacity(64);
+                let keys = self
+                    .req
+                    .keys()
+                    .iter()
+                    .zip(target)
+                    .filter(|(_, t)| **t == Some(s))
+                    .map(|(k, _)| self.req.bytes.get(k.clone()).unwrap_or_default());
+                compose::compose_retrieval(&mut line, self.req.r.verb, self.req.r.exptime, keys);
+                line.freeze()
+            };
+            match cx.send_up(s, [line, Bytes::new()], Expect::Values) {
+                Some(call) => self.calls.push((call, s.0)),
+                None => self.part_failed(s),
+            }
+        }
+    }
+
+    fn part_failed(&mut self, s: ServerId) {
+        if self.stage == ManyStage::First {
+            self.failed.push(s);
+        }
+    }
+
+    /// Take one server's reply to its part: its VALUE blocks for the keys
+    /// that were asked there (`target` of this round).
+    fn part_done(&mut self, s: ServerId, r: Result<Reply, CallError>) {
+        let frame = match r {
+            Ok(r) if !r.status.is_error() => r.frame,
+            _ => return self.part_failed(s),
+        };
+        let mut items = Vec::new();
+        if !matches!(
+            frame_response(Expect::Values, &frame, usize::MAX, &mut items),
+            Ok(Framed::Complete { .. })
+        ) {
+            return self.part_failed(s);
+        }
+        let mut part = PartReply {
+            frame,
+            items,
+            cursor: 0,
+        };
+        for (i, k) in self.req.keys().iter().enumerate() {
+            let asked = match self.stage {
+                ManyStage::First => self.target[i],
+                _ => self.retry_target(i),
+            };
+            if asked == Some(s) && self.found[i].is_none() {
+                self.found[i] = part.take(self.req.bytes.get(k.clone()).unwrap_or_default());
+            }
+        }
+    }
+
+    /// Where key `i` is asked in the second round: its backup, when the
+    /// server it was asked on first failed.
+    fn retry_target(&self, i: usize) -> Option<ServerId> {
+        let t = self.target[i]?;
+        if self.failed.contains(&t) {
+            self.backup_of[i]
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let Some(pos) = self.calls.iter().position(|(c, _)| *c == call) else {
+            return;
+        };
+        let (_, what) = self.calls.swap_remove(pos);
+        match self.stage {
+            ManyStage::First | ManyStage::Retry => self.part_done(ServerId(what), r),
+            ManyStage::ReadThrough => {
+                let i = what as usize;
+                let key = self.req.retrieval_key(i);
+                let (p, b) = (self.target[i], self.backup_of[i]);
+                if let (Some(p), Some(b)) = (p, b) {
+                    let hit = read_through_hit(&self.req, key, p, b, r, cx);
+                    if hit.is_some() {
+                        cx.count(Counter::ReadThroughHits);
+                    }
+                    if let Some(slot) = self.through.get_mut(i) {
+                        *slot = hit;
+                    }
+                }
+            }
+            ManyStage::Done => {}
+        }
+        self.advance(cx);
+    }
+
+    /// Move to the next round once the current one has every outcome.
+    fn advance(&mut self, cx: &mut Cx<'_>) {
+        while self.calls.is_empty() && self.stage != ManyStage::Done {
+            match self.stage {
+                ManyStage::First => {
+                    self.stage = ManyStage::Retry;
+                    let n = self.found.len();
+                    let mut retry = vec![None; n];
+                    let mut any = false;
+                    for (i, slot) in retry.iter_mut().enumerate() {
+                        if let (Some(t), Some(b)) = (self.target[i], self.retry_target(i)) {
+                            *slot = Some(b);
+                            any = true;
+                            cx.failover(t);
+                        }
+                    }
+                    if any {
+                        self.fetch(&retry, cx);
+                    }
+                }
+                ManyStage::Retry => {
+                    self.stage = ManyStage::ReadThrough;
+                    for i in 0..self.found.len() {
+                        if self.found[i].is_some() {
+                            continue;
+                        }
+                        let (Some(p), Some(b)) = (self.target[i], self.backup_of[i]) else {
+                            continue;
+                        };
+                        if self.failed.contains(&p) {
+                            continue;
+                        }
+                        if self.through.is_empty() {
+                            self.through = vec![None; self.found.len()];
+                        }
+                        let key = self.req.retrieval_key(i);
+                        if let Some(call) = send_read_through(&self.req, &key, b, cx) {
+                            self.calls.push((call, i as u32));
+                        }
+                    }
+                }
+                ManyStage::ReadThrough => {
+                    self.stage = ManyStage::Done;
+                    self.finish(cx);
+                }
+                ManyStage::Done => {}
+            }
+        }
+    }
+
+    fn finish(&mut self, cx: &mut Cx<'_>) {
+        let n = self.found.len();
+        let mut out = Vec::with_capacity(n + 1);
+        let mut hits = 0u64;
+        for (i, f) in self.found.iter_mut().enumerate() {
+            if let Some(block) = f.take() {
+                out.push(block);
+                hits += 1;
+            } else if let Some(pair) = self.through.get_mut(i).and_then(Option::take) {
+                out.extend(pair);
+                hits += 1;
+            }
+        }
+        cx.count_n(Counter::GetHits, hits);
+        cx.count_n(Counter::GetMisses, n as u64 - hits);
+        touch_backups(&self.req, &self.replicas, cx);
+        out.push(Bytes::from_static(compose::END));
+        cx.answer(Answer::Many(out));
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.stage == ManyStage::Done
+    }
+}
+
+/// mg and me: the primary, the backup on failure, and for `mg` a miss read
+/// through from the backup (without a repair).
+#[derive(Debug)]
+pub(super) struct MetaRead {
+    req: ClientRequest,
+    rep: Replicas,
+    parts: [Bytes; 2],
+    stage: MetaStage,
+}
+
+#[derive(Debug)]
+enum MetaStage {
+    Primary(CallId),
+    /// The primary missed; the same request on the backup.
+    ReadThrough {
+        call: CallId,
+        miss: Reply,
+    },
+    /// The primary failed (or is out); the backup answers.
+    Backup {
+        call: CallId,
+        failed: Option<CallError>,
+    },
+    Done,
+}
+
+impl MetaRead {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+        let Some(&rep) = replicas.first() else {
+            cx.answer(one(compose::NO_SERVER));
+            return Kind::Done;
+        };
+        let parts = req.upstream_parts();
+        let mut m = MetaRead {
+            req,
+            rep,
+            parts,
+            stage: MetaStage::Done,
+        };
+        if cx.is_up(rep.primary) {
+            let call = cx.send(rep.primary, m.parts.clone(), Expect::Meta);
+            m.stage = MetaStage::Primary(call);
+        } else {
+            m.try_backup(None, cx);
+        }
+        if m.is_done() {
+            return Kind::Done;
+        }
+        Kind::Meta(m)
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        match std::mem::replace(&mut self.stage, MetaStage::Done) {
+            MetaStage::Primary(c) if c == call => self.on_primary(r, cx),
+            MetaStage::ReadThrough { call: c, miss } if c == call => {
+                let a = match r {
+                    Ok(rb) if matches!(rb.status, Status::MetaValue | Status::MetaHd) => {
+                        cx.count(Counter::ReadThroughHits);
+                        self.req.reply_out(rb)
+                    }
+                    _ => self.req.reply_out(miss),
+                };
+                cx.answer(a);
+            }
+            MetaStage::Backup { call: c, failed } if c == call => self.on_backup(failed, r, cx),
+            other => self.stage = other,
+        }
+    }
+
+    fn on_primary(&mut self, r: Result<Reply, CallError>, cx: &mut Cx<'_>) {
+        match r {
+            Ok(r) => {
+                let miss = r.status == Status::MetaEn;
+                let backup = self.rep.backup.filter(|b| cx.is_up(*b));
+                if let Some(b) = backup.filter(|_| miss && self.req.r.verb == Verb::MetaGet) {
+                    let call = cx.send(b, self.parts.clone(), Expect::Meta);
+                    self.stage = MetaStage::ReadThrough { call, miss: r };
+                    return;
+                }
+                let a = self.req.reply_out(r);
+                cx.answer(a);
+            }
+            Err(e) => self.try_backup(Some(e), cx),
+        }
+    }
+
+    fn try_backup(&mut self, failed: Option<CallError>, cx: &mut Cx<'_>) {
+        let Some(b) = self.rep.backup else {
+            cx.answer(server_error(failed.unwrap_or(CallError::Closed)));
+            return;
+        };
+        match cx.send_up(b, self.parts.clone(), Expect::Meta) {
+            Some(call) => self.stage = MetaStage::Backup { call, failed },
+            None => self.on_backup(failed, Err(CallError::Closed), cx),
+        }
+    }
+
+    fn on_backup(
+        &mut self,
+        failed: Option<CallError>,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        match r {
+            Ok(r) => {
+                cx.failover(self.rep.primary);
+                let a = self.req.reply_out(r);
+                cx.answer(a);
+            }
+            Err(e) => cx.answer(server_error(failed.unwrap_or(e))),
+        }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        matches!(self.stage, MetaStage::Done)
+    }
+}

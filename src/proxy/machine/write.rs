@@ -1,0 +1,542 @@
+//! Writes, by the verb's replication rule (see [`crate::proxy`]), and
+//! `flush_all` to every server.
+//!
+//! The client's answer comes last, once the backup has converged (or has
+//! been marked as having missed the write), so an acknowledged write is on
+//! both replicas or recorded as missing from one.
+
+use bytes::{Bytes, BytesMut};
+
+use super::{
+    delete_parts, deleted, one, server_error, stored, CallError, CallId, ClientRequest, Cx, Kind,
+    MetaItem, Replicas, Reply,
+};
+use crate::protocol::compose::{self, compose_storage_line};
+use crate::protocol::{Expect, Status, Verb};
+use crate::proxy::{self, Replicate, WriteRule};
+use crate::stats::Counter;
+use crate::upstream::{Observed, ServerId};
+
+/// The counter a write's final outcome bumps, if any.
+fn write_counter(verb: Verb, st: Status) -> Option<Counter> {
+    Some(match (verb, st) {
+        (Verb::Delete, Status::Deleted) => Counter::DeleteHits,
+        (Verb::Delete, Status::NotFound) => Counter::DeleteMisses,
+        (Verb::Incr, Status::Number(_)) => Counter::IncrHits,
+        (Verb::Incr, Status::NotFound) => Counter::IncrMisses,
+        (Verb::Decr, Status::Number(_)) => Counter::DecrHits,
+        (Verb::Decr, Status::NotFound) => Counter::DecrMisses,
+        (Verb::Cas, Status::Stored) => Counter::CasHits,
+        (Verb::Cas, Status::Exists) => Counter::CasBadval,
+        (Verb::Cas, Status::NotFound) => Counter::CasMisses,
+        (Verb::Touch, Status::Touched) => Counter::TouchHits,
+        (Verb::Touch, Status::NotFound) => Counter::TouchMisses,
+        (_, s) if s.is_error() => Counter::ServerErrors,
+        _ => return None,
+    })
+}
+
+/// One write verb (set add replace append prepend cas delete incr decr touch ms md ma).
+#[derive(Debug)]
+pub(super) struct Write {
+    req: ClientRequest,
+    rep: Replicas,
+    /// The primary's health when the request decided.
+    p_seen: Observed,
+    /// The backup's, if there is one.
+    b_seen: Option<Observed>,
+    /// The request as it goes upstream.
+    parts: [Bytes; 2],
+    stage: Stage,
+}
+
+/// The outcome of one of a mirrored write's two calls, once it arrived.
+type Slot = Option<Result<Reply, CallError>>;
+
+#[derive(Debug)]
+enum Stage {
+    /// The primary is out: the backup takes the write alone.
+    BackupAlone(CallId),
+    /// No backup in service: the primary alone.
+    PrimaryAlone(CallId),
+    /// Both, in parallel.
+    Mirror {
+        p: CallId,
+        b: CallId,
+        rp: Slot,
+        rb: Slot,
+    },
+    /// Primary-then-copy: the primary first.
+    Primary(CallId),
+    /// The primary failed: the backup decides.
+    Failover(CallId),
+    /// The primary said "not there": read the item back from the backup.
+    RecoverRead {
+        call: CallId,
+        rp: Reply,
+    },
+    /// Put the backup's item back on the primary.
+    RecoverStore {
+        call: CallId,
+        rp: Reply,
+    },
+    /// Run the command on the primary again.
+    Rerun {
+        call: CallId,
+        rp: Reply,
+    },
+    /// Converge: `set` the request's item on the backup.
+    SetItem {
+        call: CallId,
+        rp: Reply,
+    },
+    /// Converge: read the item back from the primary.
+    CopyRead {
+        call: CallId,
+        rp: Reply,
+    },
+    /// Converge: `set` the read-back item on the backup.
+    CopyStore {
+        call: CallId,
+        rp: Reply,
+    },
+    /// Converge: `delete` on the backup.
+    DeleteBackup {
+        call: CallId,
+        rp: Reply,
+    },
+    Done,
+}
+
+impl Write {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+        let Some(&rep) = replicas.first() else {
+            cx.count(Counter::ServerErrors);
+            let a = req.silent_or(one(compose::NO_SERVER));
+            cx.answer(a);
+            return Kind::Done;
+        };
+        let p_seen = cx.view.observe(rep.primary);
+        let b_seen = rep.backup.map(|b| cx.view.observe(b));
+        let b_up = rep.backup.filter(|_| b_seen.is_some_and(Observed::is_up));
+        let mut w = Write {
+            parts: [Bytes::new(), Bytes::new()],
+            req,
+            rep,
+            p_seen,
+            b_seen,
+            stage: Stage::Done,
+        };
+        let expect = w.req.r.verb.expect();
+        match (p_seen.is_up(), b_up) {
+            (false, None) => {
+                cx.count(Counter::ServerErrors);
+                let a = w.req.silent_or(one(compose::NO_SERVER));
+                cx.answer(a);
+                return Kind::Done;
+            }
+            (false, Some(b)) => {
+                w.parts = w.req.upstream_parts();
+                let call = cx.send(b, w.parts.clone(), expect);
+                w.stage = Stage::BackupAlone(call);
+            }
+            (true, None) => {
+                w.parts = w.req.upstream_parts();
+                let call = cx.send(rep.primary, w.parts.clone(), expect);
+                w.stage = Stage::PrimaryAlone(call);
+            }
+            (true, Some(b)) => {
+                w.parts = w.req.upstream_parts();
+                match proxy::write_rule(w.req.r.verb, w.req.meta_flags()) {
+                    WriteRule::Mirror => {
+                        let p = cx.send(rep.primary, w.parts.clone(), expect);
+                        let b = cx.send(b, w.parts.clone(), expect);
+                        w.stage = Stage::Mirror {
+                            p,
+                            b,
+                            rp: None,
+                            rb: None,
+                        };
+                    }
+                    WriteRule::PrimaryThenCopy => {
+                        let call = cx.send(rep.primary, w.parts.clone(), expect);
+                        w.stage = Stage::Primary(call);
+                    }
+                }
+            }
+        }
+        Kind::Write(w)
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let p = self.rep.primary;
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::BackupAlone(c) if c == call => match r {
+                Ok(r) => {
+                    cx.failover(p);
+                    if !r.status.is_error() {
+                        cx.missed(p, self.p_seen, self.req.key_bytes());
+                    }
+                    self.finish(r, cx);
+                }
+                Err(e) => self.fail(e, cx),
+            },
+            Stage::PrimaryAlone(c) if c == call => match r {
+                Ok(r) => {
+                    if let (Some(b), Some(seen)) = (self.rep.backup, self.b_seen) {
+                        if !r.status.is_error() {
+                            cx.missed(b, seen, self.req.key_bytes());
+                        }
+                    }
+                    self.finish(r, cx);
+                }
+                Err(e) => self.fail(e, cx),
+            },
+            Stage::Mirror {
+                p: cp,
+                b: cb,
+                mut rp,
+                mut rb,
+            } if call == cp || call == cb => {
+                if call == cp {
+                    rp = Some(r);
+                } else {
+                    rb = Some(r);
+                }
+                match (rp, rb) {
+                    (Some(rp), Some(rb)) => self.mirrored(rp, rb, cx),
+                    (rp, rb) => {
+                        self.stage = Stage::Mirror {
+                            p: cp,
+                            b: cb,
+                            rp,
+                            rb,
+                        }
+                    }
+                }
+            }
+            Stage::Primary(c) if c == call => match r {
+                Ok(rp) => {
+                    if proxy::primary_may_lack(self.req.r.verb, rp.status) {
+                        self.recover(rp, cx);
+                    } else {
+                        self.converge(rp, cx);
+                    }
+                }
+                Err(_) => {
+                    let b = self.backup();
+                    let expect = self.req.r.verb.expect();
+                    match cx.send_up(b, self.parts.clone(), expect) {
+                        Some(call) => self.stage = Stage::Failover(call),
+                        None => self.fail(CallError::Closed, cx),
+                    }
+                }
+            },
+            Stage::Failover(c) if c == call => match r {
+                // The primary may or may not have applied it: the backup decides.
+                Ok(rb) => {
+                    cx.failover(p);
+                    cx.missed(p, self.p_seen, self.req.key_bytes());
+                    self.finish(rb, cx);
+                }
+                Err(e) => self.fail(e, cx),
+            },
+            Stage::RecoverRead { call: c, rp } if c == call => {
+                let item = match r {
+                    Ok(r) => MetaItem::parse(&r),
+                    Err(_) => None,
+                };
+                // No item on the backup either: the primary's answer stands.
+                let Some(item) = item else {
+                    return self.converge(rp, cx);
+                };
+                let store_verb = if self.req.r.verb == Verb::Add {
+                    Verb::Set
+                } else {
+                    Verb::Add
+                };
+                let store = item.store_parts(store_verb, self.req.key(), cx.view.now_unix());
+                match cx.send_up(p, store, Expect::Line) {
+                    Some(call) => self.stage = Stage::RecoverStore { call, rp },
+                    None => self.converge(rp, cx),
+                }
+            }
+            Stage::RecoverStore { call: c, rp } if c == call => {
+                if r.is_err() {
+                    return self.converge(rp, cx);
+                }
+                cx.count(Counter::Repairs);
+                let expect = self.req.r.verb.expect();
+                match cx.send_up(p, self.parts.clone(), expect) {
+                    Some(call) => self.stage = Stage::Rerun { call, rp },
+                    None => self.converge(rp, cx),
+                }
+            }
+            Stage::Rerun { call: c, rp } if c == call => {
+                let rp = r.unwrap_or(rp);
+                self.converge(rp, cx);
+            }
+            Stage::SetItem { call: c, rp } | Stage::CopyStore { call: c, rp } if c == call => {
+                let ok = stored(&r);
+                self.converged(ok, rp, cx);
+            }
+            Stage::DeleteBackup { call: c, rp } if c == call => {
+                let ok = deleted(&r);
+                self.converged(ok, rp, cx);
+            }
+            Stage::CopyRead { call: c, rp } if c == call => match r {
+                Ok(r) => match MetaItem::parse(&r) {
+                    Some(item) => {
+                        let parts = item.store_parts(Verb::Set, self.req.key(), cx.view.now_unix());
+                        match cx.send_up(self.backup(), parts, Expect::Line) {
+                            Some(call) => self.stage = Stage::CopyStore { call, rp },
+                            None => self.converged(false, rp, cx),
+                        }
+                    }
+                    None if r.status == Status::MetaEn => self.delete_backup(rp, cx),
+                    None => self.converged(false, rp, cx),
+                },
+                Err(_) => self.delete_backup(rp, cx),
+            },
+            other => self.stage = other,
+        }
+    }
+
+    /// The backup of a write that has one (only called on paths that checked).
+    fn backup(&self) -> ServerId {
+        self.rep.backup.unwrap_or(self.rep.primary)
+    }
+
+    fn mirrored(
+        &mut self,
+        rp: Result<Reply, CallError>,
+        rb: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let (p, b) = (self.rep.primary, self.backup());
+        let b_seen = self.b_seen.unwrap_or(self.p_seen);
+        match (rp, rb) {
+            (Ok(rp), Ok(rb)) => {
+                // The backup refused what the primary took: it may hold an
+                // older value now.
+                if !rp.status.is_error() && rb.status.is_error() {
+                    cx.missed(b, b_seen, self.req.key_bytes());
+                }
+                let r = if proxy::backup_answer_wins(rp.status, rb.status) {
+                    rb
+                } else {
+                    rp
+                };
+                self.finish(r, cx);
+            }
+            (Ok(rp), Err(_)) => {
+                if !rp.status.is_error() {
+                    cx.missed(b, b_seen, self.req.key_bytes());
+                }
+                self.finish(rp, cx);
+            }
+            (Err(_), Ok(rb)) => {
+                cx.failover(p);
+                if !rb.status.is_error() {
+                    cx.missed(p, self.p_seen, self.req.key_bytes());
+                }
+                self.finish(rb, cx);
+            }
+            (Err(e), Err(_)) => self.fail(e, cx),
+        }
+    }
+
+    /// The primary answered as if it did not hold the item. If the backup
+    /// holds it, it is an acknowledged item the primary lost (flushed on
+    /// rejoin, or evicted): put it back on the primary (`add`, or `set` over
+    /// the value an `add` just stored wrongly) and run the command again, so
+    /// incr, append, replace, cas and add act on the real item.
+    fn recover(&mut self, rp: Reply, cx: &mut Cx<'_>) {
+        let mut line = BytesMut::with_capacity(self.req.key().len() + 16);
+        compose::compose_readback(&mut line, self.req.key());
+        match cx.send_up(self.backup(), [line.freeze(), Bytes::new()], Expect::Meta) {
+            Some(call) => self.stage = Stage::RecoverRead { call, rp },
+            None => self.converge(rp, cx),
+        }
+    }
+
+    /// Bring the backup in line with what the primary just did (see the
+    /// table in [`crate::proxy`]).
+    fn converge(&mut self, rp: Reply, cx: &mut Cx<'_>) {
+        let b = self.backup();
+        match proxy::after_primary(self.req.r.verb, rp.status) {
+            Replicate::Nothing => self.converged(true, rp, cx),
+            Replicate::SetRequestItem => {
+                let key = self.req.key();
+                let mut line = BytesMut::with_capacity(key.len() + 48);
+                compose_storage_line(
+                    &mut line,
+                    Verb::Set,
+                    key,
+                    self.req.r.flags,
+                    self.req.r.exptime,
+                    self.req.r.data.len(),
+                    None,
+                    false,
+                );
+                let parts = [line.freeze(), self.req.data_block()];
+                match cx.send_up(b, parts, Expect::Line) {
+                    Some(call) => self.stage = Stage::SetItem { call, rp },
+                    None => self.converged(false, rp, cx),
+                }
+            }
+            Replicate::CopyItem => {
+                let mut line = BytesMut::with_capacity(self.req.key().len() + 16);
+                compose::compose_readback(&mut line, self.req.key());
+                let p = self.rep.primary;
+                match cx.send_up(p, [line.freeze(), Bytes::new()], Expect::Meta) {
+                    Some(call) => self.stage = Stage::CopyRead { call, rp },
+                    None => self.delete_backup(rp, cx),
+                }
+            }
+            Replicate::Delete => self.delete_backup(rp, cx),
+        }
+    }
+
+    fn delete_backup(&mut self, rp: Reply, cx: &mut Cx<'_>) {
+        match cx.send_up(self.backup(), delete_parts(self.req.key()), Expect::Line) {
+            Some(call) => self.stage = Stage::DeleteBackup { call, rp },
+            None => self.converged(false, rp, cx),
+        }
+    }
+
+    /// The backup converged (`ok`) or cannot be trusted for this key: it is
+    /// then marked as having missed a write.
+    fn converged(&mut self, ok: bool, rp: Reply, cx: &mut Cx<'_>) {
+        if !ok {
+            cx.count(Counter::ReplicationErrors);
+            let seen = self.b_seen.unwrap_or(self.p_seen);
+            cx.missed(self.backup(), seen, self.req.key_bytes());
+        }
+        self.finish(rp, cx);
+    }
+
+    /// Answer with the reply that decides the write.
+    fn finish(&mut self, r: Reply, cx: &mut Cx<'_>) {
+        if let Some(c) = write_counter(self.req.r.verb, r.status) {
+            cx.count(c);
+        }
+        let a = self.req.reply_out(r);
+        cx.answer(a);
+    }
+
+    /// No replica took the write.
+    fn fail(&mut self, e: CallError, cx: &mut Cx<'_>) {
+        cx.count(Counter::ServerErrors);
+        let a = self.req.silent_or(server_error(e));
+        cx.answer(a);
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+}
+
+/// `flush_all` goes to every server; one that is out is marked so that it
+/// is flushed before it serves again.
+#[derive(Debug)]
+pub(super) struct Flush {
+    req: ClientRequest,
+    /// Per server: what the request saw, its call (none when out), and
+    /// whether it answered `OK`.
+    servers: Vec<FlushServer>,
+    /// Answered.
+    done: bool,
+}
+
+#[derive(Debug)]
+struct FlushServer {
+    id: ServerId,
+    seen: Observed,
+    call: Option<CallId>,
+    ok: bool,
+}
+
+impl Flush {
+    pub(super) fn start(req: ClientRequest, servers: &[ServerId], cx: &mut Cx<'_>) -> Kind {
+        let parts = req.upstream_parts();
+        let mut list = Vec::with_capacity(servers.len());
+        for &id in servers {
+            let seen = cx.view.observe(id);
+            let call = seen
+                .is_up()
+                .then(|| cx.send(id, parts.clone(), Expect::Line));
+            list.push(FlushServer {
+                id,
+                seen,
+                call,
+                ok: false,
+            });
+        }
+        let mut f = Box::new(Flush {
+            req,
+            servers: list,
+            done: false,
+        });
+        f.finish_if_complete(cx);
+        if f.is_done() {
+            return Kind::Done;
+        }
+        Kind::Flush(f)
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let Some(s) = self.servers.iter_mut().find(|s| s.call == Some(call)) else {
+            return;
+        };
+        s.call = None;
+        s.ok = matches!(
+            r,
+            Ok(Reply {
+                status: Status::Ok,
+                ..
+            })
+        );
+        self.finish_if_complete(cx);
+    }
+
+    fn finish_if_complete(&mut self, cx: &mut Cx<'_>) {
+        if self.done || self.servers.iter().any(|s| s.call.is_some()) {
+            return;
+        }
+        self.done = true;
+        let mut all_ok = true;
+        let mut any_ok = false;
+        for s in &self.servers {
+            if s.ok {
+                any_ok = true;
+            } else {
+                all_ok = false;
+                cx.missed(s.id, s.seen, Bytes::new());
+            }
+        }
+        let out = if all_ok && any_ok {
+            one(compose::OK)
+        } else if any_ok {
+            one(b"SERVER_ERROR flush_all reached only some servers\r\n")
+        } else {
+            one(compose::NO_SERVER)
+        };
+        let a = self.req.silent_or(out);
+        cx.answer(a);
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.done
+    }
+}
