@@ -135,14 +135,19 @@ fn vanished_clients_leave_the_backup_in_step() {
     for k in 0..keys {
         let reply = pc.request(format!("get ctr{k}\r\n").as_bytes());
         let items = parse_values(&reply).expect("counter value");
-        let n: u64 = String::from_utf8_lossy(&items[0].2).parse().expect("number");
+        let n: u64 = String::from_utf8_lossy(&items[0].2)
+            .parse()
+            .expect("number");
         assert!(n <= 200, "ctr{k} = {n}: an incr ran twice");
         applied += n;
         let log = pc.request(format!("get log{k}\r\n").as_bytes());
         let items = parse_values(&log).expect("log value");
         assert!(items[0].2.len() <= 201, "an append ran twice");
     }
-    eprintln!("{applied} of {} incrs reached the proxy before their client vanished", 200 * keys);
+    eprintln!(
+        "{applied} of {} incrs reached the proxy before their client vanished",
+        200 * keys
+    );
     assert!(applied > 0, "no request ran at all");
     for i in (0..200).step_by(37) {
         for k in 0..keys {
@@ -344,7 +349,10 @@ fn one_slow_key_does_not_fail_its_neighbours() {
         ok += o;
         failed += f;
     }
-    eprintln!("unrelated gets: {ok} ok, {failed} failed; connections {}", server.accepted.load(Ordering::SeqCst));
+    eprintln!(
+        "unrelated gets: {ok} ok, {failed} failed; connections {}",
+        server.accepted.load(Ordering::SeqCst)
+    );
     assert!(ok > 0);
     assert!(
         failed * 100 <= ok + failed,

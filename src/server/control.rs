@@ -154,8 +154,17 @@ struct Blocking<'a> {
 impl Blocking<'_> {
     /// One request, one reply; a failed connection is dropped (the next
     /// call reconnects).
-    fn call(&mut self, server: ServerId, parts: &[Bytes; 2], expect: Expect) -> Result<Reply, CallError> {
-        let info = self.topo.servers.get(server.index()).ok_or(CallError::Closed)?;
+    fn call(
+        &mut self,
+        server: ServerId,
+        parts: &[Bytes; 2],
+        expect: Expect,
+    ) -> Result<Reply, CallError> {
+        let info = self
+            .topo
+            .servers
+            .get(server.index())
+            .ok_or(CallError::Closed)?;
         if !info.health.is_up() {
             return Err(CallError::Closed);
         }
@@ -187,9 +196,12 @@ impl Blocking<'_> {
         for _ in 0..64 {
             for e in fx.drain(..) {
                 match e {
-                    Effect::Send { call, server, parts, expect } => {
-                        sends.push_back((call, server, parts, expect))
-                    }
+                    Effect::Send {
+                        call,
+                        server,
+                        parts,
+                        expect,
+                    } => sends.push_back((call, server, parts, expect)),
                     Effect::Count(c, n) => stats.add(c, n),
                     Effect::MissedWrite { server, seen, .. } => {
                         if let Some(s) = self.topo.servers.get(server.index()) {
@@ -226,9 +238,19 @@ fn exchange(
     // Bounded by the reply size limit and the read timeout.
     loop {
         match frame_response(expect, buf, usize::MAX, items) {
-            Ok(Framed::Complete { len, status, line, data }) => {
+            Ok(Framed::Complete {
+                len,
+                status,
+                line,
+                data,
+            }) => {
                 let frame = buf.split_to(len).freeze();
-                return Ok(Reply { frame, status, line, data });
+                return Ok(Reply {
+                    frame,
+                    status,
+                    line,
+                    data,
+                });
             }
             Ok(Framed::Incomplete) => {}
             Err(_) => return Err(CallError::Protocol),
@@ -240,7 +262,12 @@ fn exchange(
         match s.read(&mut chunk) {
             Ok(0) => return Err(CallError::Closed),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Err(CallError::Timeout)
             }
             Err(_) => return Err(CallError::Closed),
@@ -346,7 +373,13 @@ fn resync_from(
 }
 
 /// Copy one key from `src` to `target`; true when the target kept it.
-fn copy_one(runner: &mut Blocking<'_>, src: ServerId, target: ServerId, key: Bytes, stats: &CoreStats) -> bool {
+fn copy_one(
+    runner: &mut Blocking<'_>,
+    src: ServerId,
+    target: ServerId,
+    key: Bytes,
+    stats: &CoreStats,
+) -> bool {
     let mut line = BytesMut::with_capacity(key.len() + 16);
     compose::compose_meta_get(&mut line, &key, b"v f t c");
     let Ok(r) = runner.call(src, &[line.freeze(), Bytes::new()], Expect::Meta) else {

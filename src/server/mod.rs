@@ -150,7 +150,6 @@ fn task_core<B: Backend>(
     }
 }
 
-
 struct Listeners {
     tcp: Vec<TcpListener>,
     unix: Vec<UnixListener>,

@@ -114,7 +114,10 @@ impl Observed {
     /// What a request sees of a server that is not in the topology (any
     /// more): out of service.
     pub fn gone() -> Observed {
-        Observed { raw: DOWN, epoch: 0 }
+        Observed {
+            raw: DOWN,
+            epoch: 0,
+        }
     }
 
     /// True when the server was in service.

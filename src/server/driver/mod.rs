@@ -8,7 +8,6 @@
 //! addresses). Imports nothing from the engine above it.
 
 // The per-core engine does not use the driver yet: this goes when it does.
-#![allow(dead_code)]
 
 mod epoll;
 mod uring;

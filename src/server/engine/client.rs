@@ -197,7 +197,10 @@ impl State {
                 l.1 = false;
             }
         }
-        let stopping = cx.shared.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        let stopping = cx
+            .shared
+            .stopping
+            .load(std::sync::atomic::Ordering::Relaxed);
         if c.res < 0 {
             if !stopping && !c.more {
                 // EMFILE and friends: try again shortly instead of spinning.
@@ -219,14 +222,22 @@ impl State {
             .shared
             .stats
             .iter()
-            .map(|s| s.curr_connections.load(std::sync::atomic::Ordering::Relaxed))
+            .map(|s| {
+                s.curr_connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
             .sum();
         if open >= cx.shared.cfg.max_conns as u64 {
             cx.stats().incr(Counter::RejectedConnections);
             let msg = b"ERROR Too many open connections\r\n";
             // SAFETY: plain syscalls on a descriptor we own; best effort.
             unsafe {
-                libc::send(fd, msg.as_ptr().cast(), msg.len(), libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT);
+                libc::send(
+                    fd,
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                );
                 libc::close(fd);
             }
             return;
@@ -395,9 +406,12 @@ impl State {
     ) {
         let local = match r.verb {
             Verb::Quit => Some(Answer::Close),
-            Verb::Version => Some(one(
-                concat!("VERSION memring-", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
-            )),
+            Verb::Version => Some(one(concat!(
+                "VERSION memring-",
+                env!("CARGO_PKG_VERSION"),
+                "\r\n"
+            )
+            .as_bytes())),
             Verb::Verbosity => Some(if r.noreply {
                 Answer::Nothing
             } else {
@@ -458,10 +472,11 @@ impl State {
             cl.drain_ready();
             if !cl.send_inflight && !cl.out.is_empty() {
                 cl.iov.clear();
-                cl.iov.extend(cl.out.iter().take(IOV_MAX).map(|b| libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                }));
+                cl.iov
+                    .extend(cl.out.iter().take(IOV_MAX).map(|b| libc::iovec {
+                        iov_base: b.as_ptr() as *mut libc::c_void,
+                        iov_len: b.len(),
+                    }));
                 // SAFETY: the iovecs point into `out`'s buffers, which stay
                 // untouched (never advanced or dropped) until this send's
                 // completion; `iov` itself is not modified until then either.

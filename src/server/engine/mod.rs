@@ -89,7 +89,11 @@ fn untoken(t: u64) -> (Option<Kind>, usize, u32) {
         5 => Some(Kind::UpConnect),
         _ => None,
     };
-    (kind, (t & 0xFFFF_FFFF) as usize, ((t >> 32) & 0x0FFF_FFFF) as u32)
+    (
+        kind,
+        (t & 0xFFFF_FFFF) as usize,
+        ((t >> 32) & 0x0FFF_FFFF) as u32,
+    )
 }
 
 /// Wrap a generation counter into the token's 28 bits.
@@ -152,9 +156,7 @@ impl Ctx {
         if generation == self.topo.generation {
             return Some(&self.topo);
         }
-        self.prev
-            .as_deref()
-            .filter(|p| p.generation == generation)
+        self.prev.as_deref().filter(|p| p.generation == generation)
     }
 }
 

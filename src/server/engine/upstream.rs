@@ -235,7 +235,10 @@ impl State {
         gen: u32,
         c: Completion,
     ) {
-        let current = self.ups.get(ci).is_some_and(|u| u.gen == gen && u.fd.is_some());
+        let current = self
+            .ups
+            .get(ci)
+            .is_some_and(|u| u.gen == gen && u.fd.is_some());
         if !current {
             if let Some(b) = c.buf {
                 d.recycle(b);
@@ -343,8 +346,19 @@ impl State {
     /// A completion for an earlier socket of connection `ci`: note that
     /// its operation ended, and close the socket once none is left. Returns
     /// false when `gen` is the connection's current socket.
-    fn zombie_done<D: Driver>(&mut self, d: &mut D, ci: usize, gen: u32, kind: Kind, more: bool) -> bool {
-        if self.ups.get(ci).is_some_and(|u| u.gen == gen && u.fd.is_some()) {
+    fn zombie_done<D: Driver>(
+        &mut self,
+        d: &mut D,
+        ci: usize,
+        gen: u32,
+        kind: Kind,
+        more: bool,
+    ) -> bool {
+        if self
+            .ups
+            .get(ci)
+            .is_some_and(|u| u.gen == gen && u.fd.is_some())
+        {
             return false;
         }
         let Some(pos) = self
@@ -455,7 +469,12 @@ impl State {
     }
 
     /// Deadlines of connection `ci`; returns when it is next due.
-    pub(super) fn check_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize) -> Option<Instant> {
+    pub(super) fn check_up<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        ci: usize,
+    ) -> Option<Instant> {
         let u = self.ups.get(ci)?;
         match u.phase {
             Phase::Connecting { deadline } => {
@@ -493,14 +512,22 @@ impl State {
         };
         if !u.send_inflight && !u.out.is_empty() {
             u.iov.clear();
-            u.iov.extend(u.out.iter().take(IOV_MAX).map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            }));
+            u.iov
+                .extend(u.out.iter().take(IOV_MAX).map(|b| libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }));
             // SAFETY: the iovecs point into `out`'s buffers, which are neither
             // advanced nor dropped before this send completes (a failure moves
             // them into a Zombie until then); `iov` is not touched either.
-            unsafe { d.send(token(Kind::UpSend, ci, u.gen), fd, u.iov.as_ptr(), u.iov.len()) };
+            unsafe {
+                d.send(
+                    token(Kind::UpSend, ci, u.gen),
+                    fd,
+                    u.iov.as_ptr(),
+                    u.iov.len(),
+                )
+            };
             u.send_inflight = true;
         }
         if !u.recv_armed {
