@@ -20,12 +20,6 @@ use common::*;
 /// 500 KB: the large value of the stress scenarios.
 const BIG: usize = 500 * 1000;
 
-/// The per-core engine is what these tests hold; they run it whatever the
-/// suite's default is.
-fn use_engine() {
-    std::env::set_var("MEMRING_ENGINE", "loop");
-}
-
 fn stats_of(p: &Memring) -> Vec<(String, String)> {
     proxy_stats(&mut p.client())
 }
@@ -65,7 +59,6 @@ fn read_value(r: &mut BufReader<TcpStream>, len: usize) -> Result<bool, String> 
 /// write still reaches both replicas.
 #[test]
 fn vanished_clients_leave_the_backup_in_step() {
-    use_engine();
     let primary = Memcached::start();
     let backup = Memcached::start();
     let proxy = start_with_backups(&[&primary], &[&backup], &[]);
@@ -165,7 +158,6 @@ fn vanished_clients_leave_the_backup_in_step() {
 /// queue streaming at the client's pace is progress, never a timeout.
 #[test]
 fn deep_pipelines_of_large_values_do_not_time_out() {
-    use_engine();
     let server = Memcached::start();
     let proxy = Memring::start_for(&[&server], &["--request-timeout", "1s"]);
     let mut c = proxy.client();
@@ -285,7 +277,6 @@ fn serve_slow_key(conn: TcpStream, stall: Duration, stop: &AtomicBool) {
 /// server.
 #[test]
 fn one_slow_key_does_not_fail_its_neighbours() {
-    use_engine();
     let server = SlowKeyServer::start(Duration::from_millis(1500));
     let proxy = Memring::start(&[
         "-D",
@@ -369,7 +360,6 @@ fn one_slow_key_does_not_fail_its_neighbours() {
 /// same proxy is unaffected, and the slow clients get every value later.
 #[test]
 fn clients_that_do_not_read_are_bounded_in_bytes() {
-    use_engine();
     let server = Memcached::start();
     let budget: u64 = 4 << 20;
     let proxy = Memring::start_for(&[&server], &["--client-buffer", "4m"]);
@@ -439,7 +429,6 @@ fn clients_that_do_not_read_are_bounded_in_bytes() {
 /// proxy exits at once, not after `--shutdown-timeout` (60 s here).
 #[test]
 fn sigterm_after_vanished_clients_exits_promptly() {
-    use_engine();
     let server = Memcached::start();
     let mut proxy = Memring::start_for(&[&server], &["--shutdown-timeout", "60s"]);
     let mut c = proxy.client();

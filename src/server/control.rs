@@ -25,7 +25,7 @@ use crate::proxy::machine::{CallError, CallId, Effect, Machine, MetaItem, Reply,
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{Observed, Probe, Role, ServerId};
 
-use super::core::{Settings, Shared, Topology};
+use super::topology::{Settings, Shared, Topology};
 
 /// Start the prober thread.
 pub(super) fn spawn_prober(shared: Arc<Shared>) -> std::io::Result<()> {

@@ -1,23 +1,18 @@
-//! The I/O shell: the only module that touches tokio-uring, tokio, sockets,
+//! The I/O shell: the only module that touches io_uring, epoll, sockets,
 //! threads, signals and the clock.
 //!
-//! Startup: choose the backend (io_uring, or epoll when io_uring is refused),
-//! resolve the servers, bind one SO_REUSEPORT listener per core, detach (unless
-//! `-D`), write the pid file, drop privileges, then start one runtime thread
-//! per core. The main thread keeps only signals: SIGHUP reloads the config
-//! file, SIGTERM/SIGINT stop accepting, let in-flight requests finish
-//! (bounded by `--shutdown-timeout`) and exit 0.
+//! Startup: choose the driver (io_uring, or epoll when io_uring is refused),
+//! resolve the servers, bind one SO_REUSEPORT listener per core, detach
+//! (unless `-D`), write the pid file, drop privileges, then start one event
+//! loop thread per core ([`engine`]) and the control plane ([`control`]:
+//! probes and resync). The main thread keeps only signals: SIGHUP reloads
+//! the config file, SIGTERM/SIGINT stop accepting, let in-flight requests
+//! finish (bounded by `--shutdown-timeout`) and exit 0.
 
-mod client;
 mod control;
-mod core;
-mod dispatch;
 mod driver;
 mod engine;
-mod epoll;
-mod io;
-mod resync;
-mod uring;
+mod topology;
 
 use std::fmt;
 use std::io::Write as _;
@@ -25,20 +20,15 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-
 use crate::config::{Config, IoBackend};
-use crate::protocol::{frame_response, Expect, Framed, Status};
 use crate::stats::CoreStats;
-use crate::upstream::Probe;
 
-use self::core::{Core, Shared, Topology};
-use self::io::{Backend, Listener, Stream};
+use self::driver::{Driver, EpollDriver, UringDriver};
+use self::topology::{Shared, Topology};
 
 /// Why memring could not start or keep running.
 #[derive(Debug)]
@@ -87,21 +77,13 @@ pub fn io_uring_refused_message(e: &std::io::Error) -> String {
 
 /// Run the proxy until SIGTERM/SIGINT. Returns only on a startup error.
 pub fn run(cfg: Config) -> Result<(), RunError> {
-    // Temporary switch while the per-core engine replaces the task-based
-    // one: MEMRING_ENGINE=loop selects it.
-    let engine_loop = std::env::var("MEMRING_ENGINE").is_ok_and(|v| v == "loop");
-    let probe = if engine_loop {
-        driver::uring_available
-    } else {
-        uring::probe
-    };
     let use_uring = match cfg.io_backend {
         IoBackend::Epoll => false,
         IoBackend::Uring => {
-            probe().map_err(RunError::IoUringRefused)?;
+            driver::uring_available().map_err(RunError::IoUringRefused)?;
             true
         }
-        IoBackend::Auto => match probe() {
+        IoBackend::Auto => match driver::uring_available() {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!("{}; falling back to epoll", io_uring_refused_message(&e));
@@ -109,12 +91,10 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
             }
         },
     };
-    use driver::{Driver, EpollDriver, UringDriver};
-    match (engine_loop, use_uring) {
-        (true, true) => start_cores(cfg, UringDriver::NAME, true, engine_core::<UringDriver>),
-        (true, false) => start_cores(cfg, EpollDriver::NAME, true, engine_core::<EpollDriver>),
-        (false, true) => start_cores(cfg, uring::Uring::NAME, false, task_core::<uring::Uring>),
-        (false, false) => start_cores(cfg, epoll::Epoll::NAME, false, task_core::<epoll::Epoll>),
+    if use_uring {
+        start_cores(cfg, UringDriver::NAME, engine_core::<UringDriver>)
+    } else {
+        start_cores(cfg, EpollDriver::NAME, engine_core::<EpollDriver>)
     }
 }
 
@@ -136,20 +116,6 @@ fn engine_core<D: driver::Driver>(
     engine::run_core::<D>(shared, id, engine::Listeners { tcp, unix }, ready);
 }
 
-/// The task-based core on backend `B` (being replaced by [`engine_core`]).
-fn task_core<B: Backend>(
-    shared: Arc<Shared>,
-    id: usize,
-    tcp: Option<TcpListener>,
-    unix: Option<UnixListener>,
-    ready: ReadyTx,
-) {
-    let res = B::block_on(core_main::<B>(shared, id, tcp, unix, ready.clone()));
-    if let Err(e) = res {
-        let _ = ready.send(Err(e));
-    }
-}
-
 struct Listeners {
     tcp: Vec<TcpListener>,
     unix: Vec<UnixListener>,
@@ -157,12 +123,7 @@ struct Listeners {
     announce: Vec<String>,
 }
 
-fn start_cores(
-    cfg: Config,
-    backend: &'static str,
-    control_plane: bool,
-    core: CoreMain,
-) -> Result<(), RunError> {
+fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(), RunError> {
     let started = Instant::now();
     let topo = Topology::build(&cfg, None, started).map_err(RunError::Resolve)?;
     let threads = cfg.threads.max(1);
@@ -224,9 +185,7 @@ fn start_cores(
             }
         }
     }
-    if control_plane {
-        control::spawn_prober(shared.clone()).map_err(RunError::Runtime)?;
-    }
+    control::spawn_prober(shared.clone()).map_err(RunError::Runtime)?;
     println!("ready");
     let _ = std::io::stdout().flush();
     signal_loop(&shared, &listeners.fds, pid_file.as_deref());
@@ -441,159 +400,4 @@ fn reload(shared: &Arc<Shared>) {
         }
         Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
     }
-}
-
-async fn core_main<B: Backend>(
-    shared: Arc<Shared>,
-    id: usize,
-    tcp: Option<TcpListener>,
-    unix: Option<UnixListener>,
-    ready: ReadyTx,
-) {
-    let core: Rc<Core<B>> = Core::new(shared.clone(), id);
-    let wrapped = (
-        tcp.map(B::tcp_listener).transpose(),
-        unix.map(B::unix_listener).transpose(),
-    );
-    match wrapped {
-        (Ok(tcp), Ok(unix)) => {
-            if let Some(l) = tcp {
-                tokio::task::spawn_local(accept_loop(core.clone(), l));
-            }
-            if let Some(l) = unix {
-                tokio::task::spawn_local(accept_loop(core.clone(), l));
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = ready.send(Err(e));
-            return;
-        }
-    }
-    let _ = ready.send(Ok(String::new()));
-    drop(ready);
-    health_loop(core).await;
-}
-
-async fn accept_loop<B: Backend, L: Listener>(core: Rc<Core<B>>, l: L) {
-    loop {
-        let conn = l.accept().await;
-        if core.shared.stopping.load(Ordering::Relaxed) {
-            return;
-        }
-        match conn {
-            Ok(s) => {
-                let open: u64 = core
-                    .shared
-                    .stats
-                    .iter()
-                    .map(|c| c.curr_connections.load(Ordering::Relaxed))
-                    .sum();
-                if open >= core.shared.cfg.max_conns as u64 {
-                    core.stats()
-                        .incr(crate::stats::Counter::RejectedConnections);
-                    tokio::task::spawn_local(async move {
-                        let _ = s
-                            .writev(vec![Bytes::from_static(
-                                b"ERROR Too many open connections\r\n",
-                            )])
-                            .await;
-                        s.shutdown();
-                    });
-                    continue;
-                }
-                tokio::task::spawn_local(client::serve(core.clone(), s));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
-/// Every core looks for ejected servers whose probe is due; the first to
-/// claim one probes it (and flushes it when it may hold stale values).
-async fn health_loop<B: Backend>(core: Rc<Core<B>>) {
-    let tick = Duration::from_millis(50);
-    loop {
-        tokio::time::sleep(tick.mul_f64(0.5 + core.jitter())).await;
-        let topo = core.topology();
-        let now = Instant::now();
-        for (i, s) in topo.servers.iter().enumerate() {
-            if let Some(probe) = s.health.try_claim_probe(now) {
-                let id = crate::upstream::ServerId(i as u32);
-                tokio::task::spawn_local(probe_and_rejoin(core.clone(), topo.clone(), id, probe));
-            }
-        }
-    }
-}
-
-/// Probe a claimed server; on success it rejoins (and, with `--resync`, gets
-/// its keys copied back), otherwise it goes back to waiting with a backoff.
-async fn probe_and_rejoin<B: Backend>(
-    core: Rc<Core<B>>,
-    topo: Arc<Topology>,
-    id: crate::upstream::ServerId,
-    probe: Probe,
-) {
-    let s = &topo.servers[id.index()];
-    let ok = probe_server::<B>(s.addr, probe, &topo.settings).await;
-    let now = Instant::now();
-    if ok && s.health.probe_succeeded(now, probe) {
-        tracing::warn!(server = %s.name, flushed = probe.flush, "server rejoined");
-        // It may have come back empty (restarted, or flushed just now).
-        if topo.settings.resync {
-            resync::resync(core.clone(), topo.clone(), id).await;
-        }
-        return;
-    }
-    if ok {
-        tracing::info!(server = %s.name, "probe overtaken by a missed write; retrying");
-    }
-    s.health
-        .probe_failed(now, &topo.settings.policy, probe, core.jitter());
-}
-
-/// Connect, ask `version`, and `flush_all` when the server may be stale.
-async fn probe_server<B: Backend>(
-    addr: SocketAddr,
-    probe: Probe,
-    settings: &core::Settings,
-) -> bool {
-    let attempt = async {
-        let s = B::connect(addr).await.ok()?;
-        let ok = roundtrip(&s, b"version\r\n").await == Some(Status::Version)
-            && (!probe.flush || roundtrip(&s, b"flush_all\r\n").await == Some(Status::Ok));
-        s.shutdown();
-        Some(ok)
-    };
-    let limit = settings.connect_timeout + settings.request_timeout * 2;
-    matches!(tokio::time::timeout(limit, attempt).await, Ok(Some(true)))
-}
-
-async fn roundtrip<S: Stream>(s: &S, req: &'static [u8]) -> Option<Status> {
-    let (res, _) = s.writev(vec![Bytes::from_static(req)]).await;
-    if res.ok()? != req.len() {
-        return None;
-    }
-    let mut buf = BytesMut::with_capacity(256);
-    let mut items = Vec::new();
-    for _ in 0..64 {
-        if let Ok(Framed::Complete { status, .. }) =
-            frame_response(Expect::Line, &buf, 1024, &mut items)
-        {
-            return Some(status);
-        }
-        if buf.len() > 4096 {
-            return None;
-        }
-        buf.reserve(256);
-        let (res, b) = s.read(buf).await;
-        buf = b;
-        if res.ok()? == 0 {
-            return None;
-        }
-    }
-    None
 }

@@ -19,8 +19,8 @@ use crate::stats::Counter;
 use crate::upstream::ServerId;
 
 use super::{next_gen, token, ClientRef, Ctx, HealthView, Kind, State};
-use crate::server::core::{advance, IOV_MAX};
 use crate::server::driver::{Completion, Driver};
+use crate::server::topology::{advance, IOV_MAX};
 
 /// Requests parsed ahead of their answers, per connection (as memcached
 /// bounds a connection's pipeline): past this the client is not read.
@@ -523,7 +523,7 @@ impl State {
 }
 
 /// The replicas of `key`: hashed once, placed on both rings.
-pub(super) fn replicas(topo: &crate::server::core::Topology, key: &[u8]) -> Replicas {
+pub(super) fn replicas(topo: &crate::server::topology::Topology, key: &[u8]) -> Replicas {
     let h = topo.primary_ring.hash(key);
     Replicas {
         primary: ServerId(topo.primary_ring.server_for_hash(h) as u32),

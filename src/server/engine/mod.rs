@@ -46,8 +46,8 @@ use crate::upstream::{Observed, Role, ServerId, Verdict};
 use self::client::Client;
 use self::upstream::{UpConn, Zombie};
 
-use super::core::{Shared, Topology};
 use super::driver::{Completion, Driver, DriverConfig};
+use super::topology::{Shared, Topology};
 
 /// Longest wait of a turn with nothing due: reloads and shutdown are noticed
 /// within this.

@@ -23,8 +23,8 @@ use crate::stats::Counter;
 use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
-use crate::server::core::{advance, IOV_MAX};
 use crate::server::driver::{Completion, Driver};
+use crate::server::topology::{advance, IOV_MAX};
 
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;

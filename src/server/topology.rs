@@ -1,0 +1,227 @@
+//! What every core shares: the immutable topology snapshot (servers, rings,
+//! tunables; swapped whole on reload) and the process-wide state around it.
+//!
+//! Across cores only [`Shared`] is shared: immutable data behind `Arc`,
+//! relaxed atomics, and a lock taken only when a reload swaps the topology
+//! (the cores notice through the generation number, once per loop turn).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+
+use crate::config::Config;
+use crate::route::{Member, Ring};
+use crate::stats::CoreStats;
+use crate::upstream::{Health, HealthPolicy, Role, ServerId};
+
+/// Most iovecs one `writev` may carry (Linux IOV_MAX).
+pub(crate) const IOV_MAX: usize = 1024;
+
+/// One server as the current configuration knows it.
+#[derive(Debug)]
+pub(crate) struct ServerInfo {
+    /// `host:port` as configured.
+    pub name: String,
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Primary or backup.
+    pub role: Role,
+    /// Health, shared by every core and kept across reloads by name.
+    pub health: Arc<Health>,
+}
+
+/// Timeouts and health tunables that a reload may change.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Request timeout.
+    pub request_timeout: Duration,
+    /// Health policy.
+    pub policy: HealthPolicy,
+    /// Pipelined connections per server per core.
+    pub conns_per_server: usize,
+    /// Copy a rejoined server's keys back from its partners.
+    pub resync: bool,
+}
+
+/// An immutable routing snapshot, swapped whole on reload.
+#[derive(Debug)]
+pub(crate) struct Topology {
+    /// Bumped by each reload.
+    pub generation: u64,
+    /// Primaries first, then backups; `ServerId` indexes this.
+    pub servers: Vec<ServerInfo>,
+    /// Number of primaries.
+    pub n_primaries: usize,
+    /// Ring over the primaries.
+    pub primary_ring: Ring,
+    /// Ring over the backups, if any.
+    pub backup_ring: Option<Ring>,
+    /// Tunables.
+    pub settings: Settings,
+}
+
+impl Topology {
+    /// Build from a configuration, resolving names and keeping the health of
+    /// servers that `previous` already knew.
+    pub fn build(
+        cfg: &Config,
+        previous: Option<&Topology>,
+        base: Instant,
+    ) -> Result<Topology, String> {
+        let mut servers = Vec::new();
+        let lists = [(Role::Primary, &cfg.servers), (Role::Backup, &cfg.backups)];
+        for (role, list) in lists {
+            for s in list.iter() {
+                let name = s.name();
+                let addr = resolve(&s.host, s.port).map_err(|e| format!("server {name}: {e}"))?;
+                let health = previous
+                    .and_then(|p| p.servers.iter().find(|o| o.name == name && o.role == role))
+                    .map(|o| o.health.clone())
+                    .unwrap_or_else(|| Arc::new(Health::new(base)));
+                servers.push(ServerInfo {
+                    name,
+                    addr,
+                    role,
+                    health,
+                });
+            }
+        }
+        let members = |list: &[crate::config::ServerAddr]| -> Vec<Member> {
+            // Name points like libmemcached and nutcracker (`host` alone on
+            // port 11211), so a fleet moving behind memring keeps its keys.
+            list.iter()
+                .map(|s| Member::for_nutcracker(&s.name(), s.weight))
+                .collect()
+        };
+        let backup_ring = if cfg.backups.is_empty() {
+            None
+        } else {
+            Some(Ring::new(cfg.distribution, &members(&cfg.backups)))
+        };
+        Ok(Topology {
+            generation: previous.map_or(0, |p| p.generation + 1),
+            n_primaries: cfg.servers.len(),
+            primary_ring: Ring::new(cfg.distribution, &members(&cfg.servers)),
+            backup_ring,
+            servers,
+            settings: Settings {
+                connect_timeout: cfg.connect_timeout,
+                request_timeout: cfg.request_timeout,
+                policy: HealthPolicy {
+                    failure_limit: cfg.failure_limit,
+                    retry_interval: cfg.retry_interval,
+                    max_retry_interval: cfg.retry_interval.max(Duration::from_secs(5)),
+                },
+                conns_per_server: cfg.upstream_conns.clamp(1, cfg.max_server_conns.max(1)),
+                resync: cfg.resync,
+            },
+        })
+    }
+
+    /// The primary and (if backups exist) the backup of `key`.
+    pub fn replicas(&self, key: &[u8]) -> (ServerId, Option<ServerId>) {
+        let p = ServerId(self.primary_ring.server_for(key) as u32);
+        let b = self
+            .backup_ring
+            .as_ref()
+            .map(|r| ServerId((self.n_primaries + r.server_for(key)) as u32));
+        (p, b)
+    }
+
+    /// Health of a server.
+    pub fn health(&self, id: ServerId) -> &Health {
+        &self.servers[id.index()].health
+    }
+}
+
+fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+}
+
+/// Process-wide state shared by all cores.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The startup configuration (listeners, limits).
+    pub cfg: Config,
+    /// Current topology; written only by reload.
+    pub topology: RwLock<Arc<Topology>>,
+    /// Generation of `topology`, read on the hot path instead of the lock.
+    pub generation: AtomicU64,
+    /// One block of counters per core.
+    pub stats: Vec<CoreStats>,
+    /// Process start.
+    pub started: Instant,
+    /// Set on SIGTERM/SIGINT: stop accepting.
+    pub stopping: AtomicBool,
+    /// Backend name for `stats`.
+    pub backend: &'static str,
+}
+
+impl Shared {
+    /// Install a new topology (SIGHUP reload).
+    pub fn swap_topology(&self, t: Topology) {
+        let generation = t.generation;
+        if let Ok(mut g) = self.topology.write() {
+            *g = Arc::new(t);
+        }
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// The current topology.
+    pub fn current(&self) -> Arc<Topology> {
+        match self.topology.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Drop `n` written bytes from the front of a queue of buffers.
+pub(crate) fn advance(q: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = q.front_mut() else {
+            return;
+        };
+        if front.len() <= n {
+            n -= front.len();
+            q.pop_front();
+        } else {
+            front.advance(n);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_resumes_partial_writes_exactly() {
+        let mut q: VecDeque<Bytes> = ["abc", "de", "fghij"]
+            .iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        advance(&mut q, 4);
+        assert_eq!(
+            q,
+            vec![Bytes::from_static(b"e"), Bytes::from_static(b"fghij")]
+        );
+        advance(&mut q, 3);
+        assert_eq!(q, vec![Bytes::from_static(b"hij")]);
+        advance(&mut q, 3);
+        assert!(q.is_empty());
+        advance(&mut q, 1);
+        assert!(q.is_empty());
+    }
+}
