@@ -3,9 +3,11 @@
 //! allocator and adds `STAT heap_allocations`).
 //!
 //! Run: `cargo test --features alloc-stats --test alloc_proxy -- --nocapture`.
-//! The parse -> route -> frame core allocates nothing (tests/alloc_free.rs);
-//! what remains per request is the boxed request future and its node in the
-//! connection's ordered reply queue. These bounds keep it from growing.
+//! The parse -> route -> frame core and the request machines allocate
+//! nothing (tests/alloc_free.rs), and the engine keeps requests in a slab and
+//! its buffers across requests, so a proxied get or set allocates nothing in
+//! steady state. What remains is amortised buffer growth: a read buffer is
+//! renewed once every few hundred requests while replies still share it.
 #![cfg(feature = "alloc-stats")]
 
 mod common;
@@ -43,6 +45,6 @@ fn steady_state_allocations_per_request_stay_bounded() {
     let get = per_request(&mut c, b"get alloc:k\r\n", 5000);
     let store = per_request(&mut c, &set, 5000);
     println!("allocations per request: get {get:.4}, set {store:.4}");
-    assert!(get <= 2.5, "get: {get:.2} allocations per request");
-    assert!(store <= 2.5, "set: {store:.2} allocations per request");
+    assert!(get <= 0.02, "get: {get:.4} allocations per request");
+    assert!(store <= 0.02, "set: {store:.4} allocations per request");
 }

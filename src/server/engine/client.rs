@@ -30,6 +30,9 @@ const MAX_INFLIGHT: usize = 1024;
 /// reallocate.
 const READ_STEP: usize = 4 * 1024;
 
+/// An empty read buffer larger than this is released.
+const IDLE_KEEP: usize = 64 * 1024;
+
 /// A reply slot in the client's order.
 enum Slot {
     Waiting,
@@ -509,6 +512,11 @@ impl State {
                 .curr_connections
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
+        }
+        if cl.rbuf.is_empty() && cl.rbuf.capacity() > IDLE_KEEP {
+            // A large request passed: give its buffer back rather than keep
+            // it for an idle connection.
+            cl.rbuf = BytesMut::new();
         }
         let want = !cl.read_done && cl.can_start(cx.client_budget);
         if want && !cl.recv_armed {

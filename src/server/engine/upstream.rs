@@ -29,6 +29,9 @@ use crate::server::topology::{advance, IOV_MAX};
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;
 
+/// An empty read buffer larger than this is released when the connection idles.
+const IDLE_KEEP: usize = 1 << 20;
+
 /// One call: a machine's request to a server.
 pub(super) struct Call {
     pub req: usize,
@@ -533,6 +536,10 @@ impl State {
         if !u.recv_armed {
             d.recv(token(Kind::UpRecv, ci, u.gen), fd);
             u.recv_armed = true;
+        }
+        if u.written.is_empty() && u.rbuf.is_empty() && u.rbuf.capacity() > IDLE_KEEP {
+            // Large values passed: release the buffer while the connection idles.
+            u.rbuf = BytesMut::new();
         }
     }
 
