@@ -64,7 +64,11 @@ pub(crate) trait Driver: Sized {
 
     /// Arm a multishot accept on a nonblocking listening socket. Each
     /// completion: `res` = a new connected fd (O_NONBLOCK|O_CLOEXEC set;
-    /// TCP_NODELAY is the caller's), `more` = still armed.
+    /// TCP_NODELAY is the caller's), `more` = still armed. It ends
+    /// (`more == false`) on an error, on `shutdown(listener)` (which also
+    /// stops listening: the way to stop accepting) and on io_uring when the
+    /// completion queue overflowed; that last completion may still carry a
+    /// connection. Re-arm if still wanted.
     fn accept(&mut self, token: u64, listener: RawFd);
 
     /// Arm a multishot receive into the provided-buffer pool. Each completion:
@@ -86,7 +90,8 @@ pub(crate) trait Driver: Sized {
     fn recycle(&mut self, id: u16);
 
     /// Vectored send with MSG_NOSIGNAL. `res` = bytes sent (may be fewer than
-    /// asked: the caller resumes) or `-errno`.
+    /// asked: the caller resumes) or `-errno` (`-EMSGSIZE` beyond IOV_MAX,
+    /// 1024, iovecs).
     ///
     /// # Safety
     /// `iov[..iovcnt]` and the memory it points to stay valid and unmoved until
@@ -108,7 +113,9 @@ pub(crate) trait Driver: Sized {
     /// Submit everything queued since the last call, wait until at least one
     /// completion is ready or `timeout` passed (`None`: no limit;
     /// `Some(ZERO)`: don't block) and append the ready completions to `out`.
-    /// EINTR is not an error; it may return early with nothing.
+    /// EINTR is not an error; it may return early with nothing. On io_uring
+    /// this is one io_uring_enter, unless a wake-up brought only the driver's
+    /// own completions (then it waits again, within `timeout`).
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
 }
 

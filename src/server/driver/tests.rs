@@ -524,6 +524,25 @@ fn many_connections<D: Driver>() {
     // Drop then cancels the accept and waits for it.
 }
 
+/// shutdown() on a listener ends its armed accept and stops listening.
+fn shutdown_listener<D: Driver>() {
+    let l = listener();
+    let addr = l.local_addr().expect("addr");
+    let mut h = Harness::<D>::new(&config());
+    let (fd, _client) = h.accept_one(&l);
+    h.d.close(fd);
+    h.d.shutdown(l.as_raw_fd());
+    let c = h.next(ACCEPT);
+    assert!(c.res < 0 && !c.more, "{}: accept not ended: {c:?}", D::NAME);
+    let refused = TcpStream::connect(addr).map(drop).map_err(|e| e.kind());
+    assert_eq!(
+        refused,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "{}",
+        D::NAME
+    );
+}
+
 /// Dropping the driver with a multishot accept and a recv armed lets go of
 /// the listener at once: its port can be bound again right away.
 fn drop_releases_listener<D: Driver>() {
@@ -577,6 +596,7 @@ for_both!(
     cancel_then_rearm,
     wait_timeout,
     many_connections,
+    shutdown_listener,
     drop_releases_listener,
     two_threads,
 );
