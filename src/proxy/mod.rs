@@ -101,9 +101,17 @@ pub fn after_primary(verb: Verb, status: Status) -> Replicate {
 /// Whether the primary's answer says it does not hold the item: the backup
 /// may still have an acknowledged copy (the primary was flushed on rejoin, or
 /// evicted it), which must be put back before the command is judged.
+///
+/// Only "not there" answers count: a successful `md` (`HD`) also deletes the
+/// key on the backup, but it proves the primary held the item, so it must not
+/// start a recovery (that put the item back and replayed the delete, which
+/// then failed its `C<cas>` check with `EX`).
 pub fn primary_may_lack(verb: Verb, status: Status) -> bool {
-    after_primary(verb, status) == Replicate::Delete
-        || (verb == Verb::Add && status == Status::Stored)
+    match (verb, status) {
+        (Verb::Add, Status::Stored) => true,
+        (Verb::MetaDelete, Status::MetaHd) => false,
+        _ => after_primary(verb, status) == Replicate::Delete,
+    }
 }
 
 /// For mirrored writes: the backup's answer wins when it found the item and
@@ -152,16 +160,28 @@ pub fn parse_decimal(token: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
-/// Whether a meta reply is hidden from a client that set the `q` flag:
-/// quiet mode hides the uninteresting outcome (a miss for `mg`, success for
-/// `ms`/`md`/`ma`), never errors.
+/// Whether a meta reply is hidden from a client that set the `q` flag.
+///
+/// protocol.txt: quiet mode hides the nominal outcome only, as memcached's
+/// meta commands do: `mg` its miss (`EN`), `ms` and `md` their success (`HD`;
+/// an `md` miss, `NF`, is shown), `ma` its success whether it is `HD` or, with
+/// `v`, `VA` (memcached skips every successful `ma` under `q`; 1.6.18 still
+/// showed `VA`). `NF`, `NS`, `EX` and errors are always shown.
 pub fn quiet_hides(verb: Verb, status: Status) -> bool {
     match verb {
         Verb::MetaGet => status == Status::MetaEn,
-        Verb::MetaSet => status == Status::MetaHd,
-        Verb::MetaDelete => matches!(status, Status::MetaHd | Status::MetaNf),
-        Verb::MetaArithmetic => matches!(status, Status::MetaHd),
+        Verb::MetaSet | Verb::MetaDelete => status == Status::MetaHd,
+        Verb::MetaArithmetic => matches!(status, Status::MetaHd | Status::MetaValue),
         _ => false,
+    }
+}
+
+/// A retrieval answer without its closing `END\r\n` (for a batch of a get
+/// line that goes on); any other answer, such as an error, is left whole.
+pub fn without_end(reply: Bytes) -> Bytes {
+    match reply.len().checked_sub(compose::END.len()) {
+        Some(cut) if reply.ends_with(compose::END) => reply.slice(..cut),
+        _ => reply,
     }
 }
 
@@ -259,10 +279,32 @@ mod tests {
         assert!(!primary_may_lack(Verb::Add, Status::NotStored));
         assert!(!primary_may_lack(Verb::Cas, Status::Exists));
         assert!(!primary_may_lack(Verb::Incr, Status::Number(3)));
+        // `md k C<cas>` answered HD: the primary held (and deleted) the item;
+        // the backup is told to delete it, nothing is recovered or replayed.
+        assert!(!primary_may_lack(Verb::MetaDelete, Status::MetaHd));
+        assert_eq!(
+            after_primary(Verb::MetaDelete, Status::MetaHd),
+            Replicate::Delete
+        );
+        assert!(primary_may_lack(Verb::MetaDelete, Status::MetaNf));
         assert!(backup_answer_wins(Status::NotFound, Status::Deleted));
         assert!(backup_answer_wins(Status::NotFound, Status::Touched));
         assert!(!backup_answer_wins(Status::Deleted, Status::NotFound));
         assert!(!backup_answer_wins(Status::Stored, Status::Stored));
+    }
+
+    #[test]
+    fn batches_leave_out_end() {
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert_eq!(
+            without_end(b(b"VALUE a 0 1\r\nx\r\nEND\r\n")),
+            b(b"VALUE a 0 1\r\nx\r\n")
+        );
+        assert_eq!(without_end(b(b"END\r\n")), b(b""));
+        assert_eq!(
+            without_end(b(b"SERVER_ERROR no server available\r\n")),
+            b(b"SERVER_ERROR no server available\r\n")
+        );
     }
 
     #[test]
@@ -297,6 +339,14 @@ mod tests {
         assert!(quiet_hides(Verb::MetaSet, Status::MetaHd));
         assert!(!quiet_hides(Verb::MetaSet, Status::MetaNs));
         assert!(!quiet_hides(Verb::MetaSet, Status::ServerError));
+        // memcached: `md k q` on a miss answers NF, on a hit nothing.
+        assert!(quiet_hides(Verb::MetaDelete, Status::MetaHd));
+        assert!(!quiet_hides(Verb::MetaDelete, Status::MetaNf));
+        // `ma k q` and `ma k q v` on a hit: nothing; on a miss NF.
+        assert!(quiet_hides(Verb::MetaArithmetic, Status::MetaHd));
+        assert!(quiet_hides(Verb::MetaArithmetic, Status::MetaValue));
+        assert!(!quiet_hides(Verb::MetaArithmetic, Status::MetaNf));
+        assert!(!quiet_hides(Verb::MetaArithmetic, Status::MetaEx));
     }
 
     #[test]

@@ -15,7 +15,9 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-use crate::protocol::request::noreply_requested;
+use crate::protocol::request::{
+    noreply_requested, parse_retrieval_more, too_large_removes, Request,
+};
 use crate::protocol::{compose, parse_request, ParseError, Parsed, Verb};
 use crate::stats::Counter;
 
@@ -77,6 +79,10 @@ async fn read_requests<B: Backend, S: Stream>(
     let mut buf = BytesMut::with_capacity(READ_START);
     let mut keys = Vec::new();
     let mut swallow = 0usize;
+    // The answer to a too-large request, sent once its data is swallowed.
+    let mut held: Option<Out> = None;
+    // A retrieval line longer than MAX_LINE_LEN, served batch by batch.
+    let mut long_get: Option<Request> = None;
     loop {
         loop {
             if swallow > 0 {
@@ -87,35 +93,72 @@ async fn read_requests<B: Backend, S: Stream>(
                     break;
                 }
             }
+            if let Some(out) = held.take() {
+                if tx.send(Slot::Ready(Some(out))).await.is_err() {
+                    return;
+                }
+            }
             if buf.is_empty() {
                 break;
             }
-            let (slot, last) = match parse_request(&buf, max_item, &mut keys) {
+            let parsed = match &long_get {
+                Some(first) => parse_retrieval_more(&buf, first, &mut keys),
+                None => parse_request(&buf, max_item, &mut keys),
+            };
+            let (slot, last) = match parsed {
                 Parsed::Incomplete => break,
                 Parsed::Complete(r) => {
                     let quit = r.verb == Verb::Quit;
+                    let more = r.more;
+                    long_get = more.then(|| r.clone());
                     let bytes = buf.split_to(r.consumed).freeze();
+                    if more && keys.is_empty() {
+                        continue;
+                    }
                     let req = Req {
                         r,
                         bytes,
                         keys: Keys::take(&mut keys),
                     };
-                    let slot = match dispatch::start(&core, req) {
-                        Ok(out) => Slot::Ready(Some(out)),
-                        Err(fut) => Slot::Pending(fut),
+                    let slot = match (dispatch::start(&core, req), more) {
+                        (Ok(out), false) => Slot::Ready(Some(out)),
+                        (Err(fut), false) => Slot::Pending(fut),
+                        // Not the line's last batch: its END is left out.
+                        (Ok(out), true) => Slot::Ready(Some(out.without_end())),
+                        (Err(fut), true) => {
+                            Slot::Pending(Box::pin(async move { fut.await.without_end() }))
+                        }
                     };
                     (slot, quit)
+                }
+                Parsed::Error(ParseError::TooLarge { skip }) => {
+                    core.stats().incr(Counter::ClientErrors);
+                    // The old item goes too, on every replica, as memcached
+                    // removes it; the answer waits until the data is swallowed.
+                    let delete = too_large_removes(&buf).and_then(|k| {
+                        dispatch::delete_silently(&core, buf.get(k).unwrap_or_default())
+                    });
+                    held = Some(if noreply_requested(&buf) {
+                        Out::Nothing
+                    } else {
+                        Out::One(Bytes::from_static(compose::TOO_LARGE))
+                    });
+                    swallow = skip;
+                    match delete {
+                        Some(fut) => (Slot::Pending(fut), false),
+                        None => continue,
+                    }
                 }
                 Parsed::Error(e) => {
                     core.stats().incr(Counter::ClientErrors);
                     let silent = noreply_requested(&buf);
                     let (out, last) = match e {
                         ParseError::UnknownCommand { consumed } => {
-                            buf.advance(consumed.min(buf.len()));
+                            swallow = consumed;
                             (Out::One(Bytes::from_static(compose::ERROR)), false)
                         }
                         ParseError::Client { consumed, msg } => {
-                            buf.advance(consumed.min(buf.len()));
+                            swallow = consumed;
                             let mut m = BytesMut::with_capacity(msg.len() + 16);
                             compose::compose_client_error(&mut m, msg);
                             (
@@ -127,14 +170,10 @@ async fn read_requests<B: Backend, S: Stream>(
                                 false,
                             )
                         }
-                        ParseError::TooLarge { skip } => {
-                            swallow = skip;
-                            let o = Out::One(Bytes::from_static(compose::TOO_LARGE));
-                            (if silent { Out::Nothing } else { o }, false)
-                        }
                         ParseError::LineTooLong => {
                             (Out::One(Bytes::from_static(compose::LINE_TOO_LONG)), true)
                         }
+                        ParseError::TooLarge { .. } | ParseError::Close => (Out::Nothing, true),
                     };
                     if last {
                         let _ = tx.send(Slot::Ready(Some(out))).await;

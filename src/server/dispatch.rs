@@ -18,7 +18,9 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::compose::{
     self, compose_key_command, compose_storage_line, compose_value_line,
 };
-use crate::protocol::{frame_response, Expect, Framed, Request, Status, Verb};
+use crate::protocol::{
+    frame_response, parse_request, Expect, Framed, Parsed, Request, Status, Verb,
+};
 use crate::proxy::{self, PartReply, Replicate, WriteRule};
 use crate::stats::{Counter, ProcessView, ServerView};
 use crate::upstream::{Observed, ServerId};
@@ -41,6 +43,46 @@ pub(crate) enum Out {
 
 /// A request being served: either already answered or a future.
 pub(crate) type Pending = Pin<Box<dyn Future<Output = Out>>>;
+
+impl Out {
+    /// The answer without its closing `END` (a batch of a long get line).
+    pub(crate) fn without_end(self) -> Out {
+        match self {
+            Out::One(b) => Out::One(proxy::without_end(b)),
+            Out::Many(mut v) => {
+                if let Some(last) = v.pop() {
+                    v.push(proxy::without_end(last));
+                }
+                Out::Many(v)
+            }
+            o => o,
+        }
+    }
+}
+
+/// Delete `key` on its replicas with no answer to the client (a `set` refused
+/// as too large removes the old item, as memcached does). None for a key the
+/// parser would refuse.
+pub(crate) fn delete_silently<B: Backend>(core: &Rc<Core<B>>, key: &[u8]) -> Option<Pending> {
+    let mut line = BytesMut::with_capacity(key.len() + 24);
+    compose_key_command(&mut line, b"delete", key, None);
+    line.truncate(line.len().saturating_sub(2));
+    line.extend_from_slice(b" noreply\r\n");
+    let bytes = line.freeze();
+    let mut keys = Vec::new();
+    let Parsed::Complete(r) = parse_request(&bytes, 0, &mut keys) else {
+        return None;
+    };
+    let req = Req {
+        r,
+        bytes,
+        keys: Keys::take(&mut keys),
+    };
+    match start(core, req) {
+        Ok(_) => None,
+        Err(fut) => Some(fut),
+    }
+}
 
 /// One parsed request with the bytes it came in.
 pub(crate) struct Req {
@@ -108,9 +150,7 @@ pub(crate) fn start<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Result<Out, Pen
     let verb = req.r.verb;
     match verb {
         Verb::Quit => Ok(Out::Close),
-        Verb::Version => Ok(Out::One(Bytes::from_static(
-            concat!("VERSION memring-", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
-        ))),
+        Verb::Version => Ok(one(compose::VERSION)),
         Verb::Verbosity => Ok(if req.r.noreply {
             Out::Nothing
         } else {
