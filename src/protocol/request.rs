@@ -81,6 +81,10 @@ pub enum Verb {
     MetaNoop,
     /// `me` meta debug
     MetaDebug,
+    /// A server administration command: `cache_memlimit`, `slabs`,
+    /// `lru_crawler` (its word and arguments are in `meta_flags`); see
+    /// [`crate::proxy::admin_plan`].
+    Admin,
 }
 
 impl Verb {
@@ -112,6 +116,7 @@ impl Verb {
             Verb::MetaArithmetic => b"ma",
             Verb::MetaNoop => b"mn",
             Verb::MetaDebug => b"me",
+            Verb::Admin => b"admin",
         }
     }
 
@@ -159,6 +164,8 @@ impl Verb {
             Verb::Stats => Expect::Stats,
             Verb::MetaGet | Verb::MetaArithmetic => Expect::Meta,
             Verb::MetaSet | Verb::MetaDelete | Verb::MetaDebug | Verb::MetaNoop => Expect::Meta,
+            // Only `lru_crawler metadump` lists lines; see proxy::admin_plan.
+            Verb::Admin => Expect::Line,
             _ => Expect::Line,
         }
     }
@@ -372,6 +379,12 @@ pub fn parse_request(buf: &[u8], max_item_size: usize, keys: &mut Vec<Range<usiz
             req.meta_flags = rest_range(buf, toks, line.content_end);
             Parsed::Complete(req)
         }
+        Verb::Admin => {
+            // The whole line, command word included, travels in `meta_flags`.
+            let mut req = req;
+            req.meta_flags = rest_range(buf, Tokens::new(line.content_end), line.content_end);
+            Parsed::Complete(req)
+        }
         // memcached ignores anything after these words.
         Verb::Version | Verb::Quit | Verb::MetaNoop => Parsed::Complete(req),
         Verb::MetaGet
@@ -435,6 +448,7 @@ pub(super) fn verb_from_word(word: &[u8]) -> Option<Verb> {
         b"ma" => Verb::MetaArithmetic,
         b"mn" => Verb::MetaNoop,
         b"me" => Verb::MetaDebug,
+        b"cache_memlimit" | b"slabs" | b"lru_crawler" => Verb::Admin,
         _ => return None,
     })
 }
@@ -722,6 +736,40 @@ pub fn parse_retrieval_more(buf: &[u8], first: &Request, keys: &mut Vec<Range<us
         ..first.clone()
     };
     retrieval_batch(buf, 0, req, keys)
+}
+
+/// A batch of a long retrieval line as a request of its own: the line
+/// `<verb> [<exptime>] <keys>\r\n` written into `out` (cleared first), and
+/// the request and key ranges that index it, as [`parse_request`] would give
+/// them. `batch` and `keys` are what [`parse_request`] or
+/// [`parse_retrieval_more`] returned (`keys` index `batch`); `more` is kept.
+pub fn batch_request(
+    out: &mut bytes::BytesMut,
+    batch: &[u8],
+    r: &Request,
+    keys: &mut [Range<usize>],
+) -> Request {
+    out.clear();
+    out.extend_from_slice(r.verb.as_bytes());
+    if matches!(r.verb, Verb::Gat | Verb::Gats) {
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(r.exptime.to_string().as_bytes());
+    }
+    for k in keys.iter_mut() {
+        out.extend_from_slice(b" ");
+        let start = out.len();
+        out.extend_from_slice(slice(batch, k.clone()));
+        *k = start..out.len();
+    }
+    out.extend_from_slice(b"\r\n");
+    let end = out.len() - 2;
+    Request {
+        consumed: out.len(),
+        line_len: out.len(),
+        meta_flags: end..end,
+        crlf: true,
+        ..r.clone()
+    }
 }
 
 fn retrieval_batch(
@@ -1159,6 +1207,12 @@ mod tests {
         (b"ma a D5 MI\r\n", "MetaArithmetic key=a mf=D5 MI"),
         (b"mn\r\n", "MetaNoop"),
         (b"me a\r\n", "MetaDebug key=a"),
+        (b"cache_memlimit 100\r\n", "Admin mf=cache_memlimit 100"),
+        (
+            b"lru_crawler metadump all\r\n",
+            "Admin mf=lru_crawler metadump all",
+        ),
+        (b"slabs automove 1\r\n", "Admin mf=slabs automove 1"),
     ];
 
     #[test]
@@ -1544,6 +1598,26 @@ mod tests {
                 }
                 assert!(r.consumed <= MAX_LINE_LEN);
                 got.extend(keys.iter().map(|k| text(rest, k)));
+                // Each batch stands alone as a request a server can take.
+                let mut line = bytes::BytesMut::new();
+                let mut ks = keys.clone();
+                let b = batch_request(&mut line, rest, &r, &mut ks);
+                assert_eq!(b.more, r.more);
+                let again: Vec<String> = ks.iter().map(|k| text(&line, k)).collect();
+                assert_eq!(
+                    again,
+                    keys.iter().map(|k| text(rest, k)).collect::<Vec<_>>()
+                );
+                if line.len() <= MAX_LINE_LEN {
+                    let mut k2 = Vec::new();
+                    match parse_request(&line, MAX_ITEM, &mut k2) {
+                        Parsed::Complete(p) => {
+                            assert_eq!(p.consumed, line.len());
+                            assert_eq!(k2, ks);
+                        }
+                        p => panic!("{p:?}"),
+                    }
+                }
                 rest = &rest[r.consumed..];
                 batches += 1;
                 if !r.more {

@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use crate::protocol::{compose, Status, ValueItem, Verb};
+use crate::protocol::{compose, Expect, Status, ValueItem, Verb};
 
 /// How a write reaches the backup when both replicas are up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +185,85 @@ pub fn without_end(reply: Bytes) -> Bytes {
     }
 }
 
+/// How the proxy answers `stats <group>` and the administration commands
+/// (`cache_memlimit`, `slabs ...`, `lru_crawler ...`), which describe or
+/// change one memcached each. A proxy in front of several servers answers for
+/// all of them, so the reply is memcached's own shape built from every
+/// server in service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminPlan {
+    /// memring answers itself (`stats`, `stats reset`: its own counters).
+    Local,
+    /// Send the line to every server in service; the answer is their lines
+    /// concatenated in server order under one `END` (see [`merge_listings`]).
+    /// `stats items|slabs|sizes|settings|conns|detail dump`,
+    /// `stats cachedump <class> <n>` (memdump lists every server's keys),
+    /// `lru_crawler metadump ...`.
+    Listing(Expect),
+    /// Send the line to every server in service; `OK` when every one said
+    /// `OK`, else the first other answer (see [`merge_status`]).
+    /// `cache_memlimit`, `slabs automove|reassign`, `lru_crawler <other>`,
+    /// `stats detail on|off`.
+    EveryServer,
+    /// memcached's answer for a group or command it does not know.
+    Answer(&'static [u8]),
+}
+
+/// The plan for `stats <args>` (verb `Stats`) or an administration line
+/// (verb `Admin`, `args` the whole line).
+pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    match verb {
+        Verb::Stats => match first {
+            b"" | b"reset" => AdminPlan::Local,
+            b"items" | b"slabs" | b"sizes" | b"settings" | b"conns" | b"extstore" => {
+                AdminPlan::Listing(Expect::Stats)
+            }
+            b"cachedump" => AdminPlan::Listing(Expect::Lines),
+            b"detail" if second == b"dump" => AdminPlan::Listing(Expect::Lines),
+            b"detail" => AdminPlan::EveryServer,
+            _ => AdminPlan::Answer(compose::ERROR),
+        },
+        Verb::Admin => match (first, second) {
+            (b"lru_crawler", b"metadump" | b"mgdump") => AdminPlan::Listing(Expect::Lines),
+            _ => AdminPlan::EveryServer,
+        },
+        _ => AdminPlan::Answer(compose::ERROR),
+    }
+}
+
+/// Merge every server's reply to a [`AdminPlan::Listing`] command: each
+/// reply's lines without its `END`, in order, then one `END`. When no server
+/// answered with a listing (`CLIENT_ERROR Illegal slab id` everywhere), the
+/// first reply is the answer, as from one memcached.
+pub fn merge_listings(replies: &[Bytes]) -> Vec<Bytes> {
+    let bodies: Vec<Bytes> = replies
+        .iter()
+        .filter_map(|r| {
+            let cut = r.len().checked_sub(compose::END.len())?;
+            r.ends_with(compose::END).then(|| r.slice(..cut))
+        })
+        .collect();
+    if bodies.is_empty() {
+        return replies.first().cloned().into_iter().collect();
+    }
+    let mut out: Vec<Bytes> = bodies.into_iter().filter(|b| !b.is_empty()).collect();
+    out.push(Bytes::from_static(compose::END));
+    out
+}
+
+/// Merge every server's reply to an [`AdminPlan::EveryServer`] command:
+/// `OK` if all said `OK`, else the first reply that is not `OK`.
+pub fn merge_status(replies: &[Bytes]) -> Option<Bytes> {
+    replies
+        .iter()
+        .find(|r| r.as_ref() != compose::OK)
+        .or_else(|| replies.first())
+        .cloned()
+}
+
 /// One server's framed reply to its part of a multi-get.
 #[derive(Clone, Debug, Default)]
 pub struct PartReply {
@@ -305,6 +384,73 @@ mod tests {
             without_end(b(b"SERVER_ERROR no server available\r\n")),
             b(b"SERVER_ERROR no server available\r\n")
         );
+    }
+
+    #[test]
+    fn admin_commands() {
+        use AdminPlan::*;
+        let table: &[(Verb, &[u8], AdminPlan)] = &[
+            (Verb::Stats, b"", Local),
+            (Verb::Stats, b"reset", Local),
+            (Verb::Stats, b"items", Listing(Expect::Stats)),
+            (Verb::Stats, b"slabs", Listing(Expect::Stats)),
+            (Verb::Stats, b"settings", Listing(Expect::Stats)),
+            (Verb::Stats, b"sizes", Listing(Expect::Stats)),
+            (Verb::Stats, b"cachedump 1 0", Listing(Expect::Lines)),
+            (Verb::Stats, b"detail dump", Listing(Expect::Lines)),
+            (Verb::Stats, b"detail on", EveryServer),
+            (Verb::Stats, b"bogus", Answer(compose::ERROR)),
+            (Verb::Stats, b"noreply", Answer(compose::ERROR)),
+            (
+                Verb::Admin,
+                b"lru_crawler metadump all",
+                Listing(Expect::Lines),
+            ),
+            (
+                Verb::Admin,
+                b"lru_crawler metadump 1",
+                Listing(Expect::Lines),
+            ),
+            (Verb::Admin, b"lru_crawler enable", EveryServer),
+            (Verb::Admin, b"cache_memlimit 100", EveryServer),
+            (Verb::Admin, b"slabs automove 1", EveryServer),
+        ];
+        for &(verb, args, want) in table {
+            assert_eq!(
+                admin_plan(verb, args),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(args)
+            );
+        }
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        let merged: Vec<u8> = merge_listings(&[
+            b(b"ITEM a [1 b; 0 s]\r\nEND\r\n"),
+            b(b"END\r\n"),
+            b(b"ITEM b [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"),
+        ])
+        .concat();
+        assert_eq!(
+            merged,
+            b"ITEM a [1 b; 0 s]\r\nITEM b [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"
+        );
+        let errs = [
+            b(b"CLIENT_ERROR Illegal slab id\r\n"),
+            b(b"CLIENT_ERROR Illegal slab id\r\n"),
+        ];
+        assert_eq!(
+            merge_listings(&errs).concat(),
+            b"CLIENT_ERROR Illegal slab id\r\n"
+        );
+        assert_eq!(
+            merge_status(&[b(b"OK\r\n"), b(b"OK\r\n")]),
+            Some(b(b"OK\r\n"))
+        );
+        assert_eq!(
+            merge_status(&[b(b"OK\r\n"), b(b"ERROR\r\n")]),
+            Some(b(b"ERROR\r\n"))
+        );
+        assert_eq!(merge_status(&[]), None);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 use crate::protocol::request::{
-    noreply_requested, parse_retrieval_more, too_large_removes, Request,
+    batch_request, noreply_requested, parse_retrieval_more, too_large_removes, Request,
 };
 use crate::protocol::{compose, parse_request, ParseError, Parsed, Verb};
 use crate::stats::Counter;
@@ -110,10 +110,18 @@ async fn read_requests<B: Backend, S: Stream>(
                 Parsed::Complete(r) => {
                     let quit = r.verb == Verb::Quit;
                     let more = r.more;
+                    let batch = more || long_get.is_some();
                     long_get = more.then(|| r.clone());
-                    let bytes = buf.split_to(r.consumed).freeze();
+                    let mut bytes = buf.split_to(r.consumed).freeze();
                     if more && keys.is_empty() {
                         continue;
+                    }
+                    let mut r = r;
+                    if batch {
+                        // A batch of a long get line goes on as a get of its own.
+                        let mut line = BytesMut::new();
+                        r = batch_request(&mut line, &bytes, &r, &mut keys);
+                        bytes = line.freeze();
                     }
                     let req = Req {
                         r,

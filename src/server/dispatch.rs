@@ -21,7 +21,7 @@ use crate::protocol::compose::{
 use crate::protocol::{
     frame_response, parse_request, Expect, Framed, Parsed, Request, Status, Verb,
 };
-use crate::proxy::{self, PartReply, Replicate, WriteRule};
+use crate::proxy::{self, AdminPlan, PartReply, Replicate, WriteRule};
 use crate::stats::{Counter, ProcessView, ServerView};
 use crate::upstream::{Observed, ServerId};
 
@@ -47,13 +47,28 @@ pub(crate) type Pending = Pin<Box<dyn Future<Output = Out>>>;
 impl Out {
     /// The answer without its closing `END` (a batch of a long get line).
     pub(crate) fn without_end(self) -> Out {
+        // Empty buffers never reach the writer: a zero-length write reads as a closed peer.
         match self {
-            Out::One(b) => Out::One(proxy::without_end(b)),
+            Out::One(b) => {
+                let b = proxy::without_end(b);
+                if b.is_empty() {
+                    Out::Nothing
+                } else {
+                    Out::One(b)
+                }
+            }
             Out::Many(mut v) => {
                 if let Some(last) = v.pop() {
-                    v.push(proxy::without_end(last));
+                    let last = proxy::without_end(last);
+                    if !last.is_empty() {
+                        v.push(last);
+                    }
                 }
-                Out::Many(v)
+                if v.is_empty() {
+                    Out::Nothing
+                } else {
+                    Out::Many(v)
+                }
             }
             o => o,
         }
@@ -157,7 +172,17 @@ pub(crate) fn start<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Result<Out, Pen
             one(compose::OK)
         }),
         Verb::MetaNoop => Ok(one(compose::MN)),
-        Verb::Stats => Ok(stats(core, &req)),
+        Verb::Stats | Verb::Admin => {
+            let args = req.bytes.get(req.r.meta_flags.clone()).unwrap_or_default();
+            match proxy::admin_plan(verb, args) {
+                AdminPlan::Local => Ok(stats(core, &req)),
+                AdminPlan::Answer(b) => Ok(one(b)),
+                plan => {
+                    let core = core.clone();
+                    Err(Box::pin(async move { admin(&core, &req, plan).await }))
+                }
+            }
+        }
         _ => {
             let core = core.clone();
             core.stats().active_requests.fetch_add(1, Ordering::Relaxed);
@@ -177,26 +202,6 @@ fn stats<B: Backend>(core: &Rc<Core<B>>, req: &Req) -> Out {
             s.reset();
         }
         return one(compose::RESET);
-    }
-    if !args.is_empty() {
-        let group = args.split(|&b| b == b' ').next().unwrap_or_default();
-        let known: &[&[u8]] = &[
-            b"settings",
-            b"items",
-            b"slabs",
-            b"sizes",
-            b"conns",
-            b"detail",
-            b"extstore",
-        ];
-        // Those groups describe one memcached server each: ask the servers
-        // directly. Anything else is an unknown group, which memcached
-        // answers with ERROR (`stats noreply` included).
-        return one(if known.contains(&group) {
-            compose::END
-        } else {
-            compose::ERROR
-        });
     }
     let topo = core.topology();
     let views: Vec<ServerView<'_>> = topo
@@ -226,6 +231,91 @@ fn stats<B: Backend>(core: &Rc<Core<B>>, req: &Req) -> Out {
         &p,
         Instant::now(),
     )))
+}
+
+/// `stats <group>` and the administration commands: the line goes to every
+/// server in service and the replies are merged (see [`proxy::admin_plan`]).
+async fn admin<B: Backend>(core: &Rc<Core<B>>, req: &Req, plan: AdminPlan) -> Out {
+    let topo = core.topology();
+    let expect = match plan {
+        AdminPlan::Listing(e) => e,
+        _ => Expect::Line,
+    };
+    let line = req.bytes.slice(..req.r.line_len.min(req.bytes.len()));
+    // memcached refuses a metadump with anything pipelined behind it, so it
+    // gets a connection of its own, as the resync does.
+    let own_conn = req.r.verb == Verb::Admin && expect == Expect::Lines;
+    let calls = (0..topo.servers.len() as u32)
+        .map(ServerId)
+        .filter(|&id| topo.health(id).observe().is_up())
+        .map(|id| {
+            let parts = [line.clone()];
+            let topo = &topo;
+            async move {
+                if own_conn {
+                    dump_from::<B>(topo, id, parts[0].clone()).await
+                } else {
+                    call_up(core, topo, id, &parts, expect)
+                        .await
+                        .ok()
+                        .map(|r| r.frame)
+                }
+            }
+        });
+    let replies: Vec<Bytes> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if replies.is_empty() {
+        return one(compose::NO_SERVER);
+    }
+    match plan {
+        AdminPlan::Listing(_) => Out::Many(proxy::merge_listings(&replies)),
+        _ => proxy::merge_status(&replies).map_or(Out::Nothing, Out::One),
+    }
+}
+
+/// Largest metadump one server may send through the proxy; a bigger one is
+/// left out (the proxy would hold it all in memory).
+const MAX_DUMP: usize = 64 * 1024 * 1024;
+
+/// `lru_crawler metadump ...` on a fresh connection to `id`: the whole
+/// answer, or None if the server cannot be reached, stalls or sends too much.
+async fn dump_from<B: Backend>(topo: &Topology, id: ServerId, line: Bytes) -> Option<Bytes> {
+    use super::io::Stream;
+    let settings = topo.settings;
+    let addr = topo.servers[id.index()].addr;
+    let s = tokio::time::timeout(settings.connect_timeout, B::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let want = line.len();
+    let (res, _) = s.writev(vec![line]).await;
+    let out = if res.ok() == Some(want) {
+        read_dump(&s, settings.request_timeout * 10).await
+    } else {
+        None
+    };
+    s.shutdown();
+    out
+}
+
+async fn read_dump<S: super::io::Stream>(s: &S, read_limit: std::time::Duration) -> Option<Bytes> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut scanned = 0;
+    // Bounded by MAX_DUMP and a per-read timeout.
+    while !crate::protocol::metadump::dump_complete(&buf, &mut scanned) {
+        if buf.len() > MAX_DUMP {
+            return None;
+        }
+        buf.reserve(64 * 1024);
+        match tokio::time::timeout(read_limit, s.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => buf = b,
+            _ => return None,
+        }
+    }
+    Some(buf.freeze())
 }
 
 async fn serve<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Out {
