@@ -667,6 +667,12 @@ fn parse_retrieval(
     } else if toks.clone().next(buf).is_none() {
         return unknown(line);
     }
+    // (A batch rebuilt as its own line, verb and exptime added, stays whole.)
+    if line.len > window(req.verb) + 64 {
+        // A gat line memcached would refuse upstream: served in batches.
+        req.more = true;
+        return retrieval_batch(buf, toks.pos, req, keys);
+    }
     if !push_keys(buf, toks, keys) {
         return client(line.len, MSG_BAD_FORMAT);
     }
@@ -772,13 +778,29 @@ pub fn batch_request(
     }
 }
 
+/// Longest `gat`/`gats` line sent to a server: memcached 1.6 serves long
+/// lines only for `get` and `gets`, and resets the connection when a `gat`
+/// line does not fit its 2048-byte first read. Longer client lines are
+/// served in batches of this size.
+pub const GAT_WINDOW: usize = 1536;
+
+/// The batch window of a retrieval verb.
+fn window(verb: Verb) -> usize {
+    if matches!(verb, Verb::Gat | Verb::Gats) {
+        GAT_WINDOW
+    } else {
+        super::MAX_LINE_LEN
+    }
+}
+
 fn retrieval_batch(
     buf: &[u8],
     start: usize,
     mut req: Request,
     keys: &mut Vec<Range<usize>>,
 ) -> Parsed {
-    let window = buf.get(..super::MAX_LINE_LEN).unwrap_or(buf);
+    let limit = window(req.verb);
+    let window = buf.get(..limit).unwrap_or(buf);
     let (end, consumed, more) = match window.iter().position(|&b| b == b'\n') {
         Some(nl) => {
             let end = if nl > 0 && window.get(nl - 1) == Some(&b'\r') {
@@ -788,7 +810,7 @@ fn retrieval_batch(
             };
             (end, nl + 1, false)
         }
-        None if window.len() < super::MAX_LINE_LEN => return Parsed::Incomplete,
+        None if window.len() < limit => return Parsed::Incomplete,
         // Stop before the last token, which may continue in the next read.
         None => match window.iter().rposition(|&b| b == b' ') {
             Some(sp) if sp >= start => (sp, sp + 1, true),
@@ -1818,16 +1840,32 @@ mod tests {
             crate::protocol::compose::compose_retrieval(
                 &mut out, verb, exptime, ks.iter().map(|k| &k[..]),
             );
+            // Long gat lines come in batches; every key comes back once, in order.
             let mut keys = Vec::new();
-            let Parsed::Complete(r) = parse_request(&out, 300, &mut keys) else {
-                panic!("{out:?}");
-            };
-            prop_assert_eq!(r.verb, verb);
-            prop_assert_eq!(r.consumed, out.len());
-            let want_exp = if matches!(verb, Verb::Gat | Verb::Gats) { exptime } else { 0 };
-            prop_assert_eq!(r.exptime, want_exp);
-            let got: Vec<&[u8]> = keys.iter().map(|k| &out[k.clone()]).collect();
-            let want: Vec<&[u8]> = ks.iter().map(|k| &k[..]).collect();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut rest = &out[..];
+            let mut first: Option<Request> = None;
+            for _ in 0..ks.len() + 1 {
+                let p = match &first {
+                    None => parse_request(rest, 300, &mut keys),
+                    Some(f) => parse_retrieval_more(rest, f, &mut keys),
+                };
+                let Parsed::Complete(r) = p else {
+                    panic!("{out:?}: {p:?}");
+                };
+                prop_assert_eq!(r.verb, verb);
+                let want_exp = if matches!(verb, Verb::Gat | Verb::Gats) { exptime } else { 0 };
+                prop_assert_eq!(r.exptime, want_exp);
+                got.extend(keys.iter().map(|k| rest[k.clone()].to_vec()));
+                rest = &rest[r.consumed..];
+                if !r.more {
+                    break;
+                }
+                first = Some(r);
+            }
+            prop_assert!(rest.is_empty());
+            prop_assert!(first.is_none() || matches!(verb, Verb::Gat | Verb::Gats));
+            let want: Vec<Vec<u8>> = ks.clone();
             prop_assert_eq!(got, want);
         }
     }

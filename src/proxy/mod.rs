@@ -235,23 +235,92 @@ pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
 }
 
 /// Merge every server's reply to a [`AdminPlan::Listing`] command: each
-/// reply's lines without its `END`, in order, then one `END`. When no server
+/// reply's lines without its `END`, in server order, a line that an earlier
+/// server already sent left out (a backup's copy of a key lists the same
+/// `ITEM` line; equal settings are said once), then one `END`. `STAT` lines
+/// of the same name are added up (see [`merge_stat`]). When no server
 /// answered with a listing (`CLIENT_ERROR Illegal slab id` everywhere), the
 /// first reply is the answer, as from one memcached.
 pub fn merge_listings(replies: &[Bytes]) -> Vec<Bytes> {
-    let bodies: Vec<Bytes> = replies
+    let bodies: Vec<&[u8]> = replies
         .iter()
         .filter_map(|r| {
             let cut = r.len().checked_sub(compose::END.len())?;
-            r.ends_with(compose::END).then(|| r.slice(..cut))
+            r.ends_with(compose::END).then(|| &r[..cut])
         })
         .collect();
     if bodies.is_empty() {
         return replies.first().cloned().into_iter().collect();
     }
-    let mut out: Vec<Bytes> = bodies.into_iter().filter(|b| !b.is_empty()).collect();
-    out.push(Bytes::from_static(compose::END));
-    out
+    // (line, value of a STAT line) in first-seen order.
+    let mut lines: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for body in bodies {
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            match stat_name_value(line) {
+                Some((name, value)) => match seen.get(name) {
+                    Some(&i) => {
+                        if let Some((_, Some(v))) = lines.get_mut(i) {
+                            *v = merge_stat(name, v, value);
+                        }
+                    }
+                    None => {
+                        seen.insert(name.to_vec(), lines.len());
+                        lines.push((name.to_vec(), Some(value.to_vec())));
+                    }
+                },
+                None => {
+                    if !seen.contains_key(line) {
+                        seen.insert(line.to_vec(), lines.len());
+                        lines.push((line.to_vec(), None));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(lines.iter().map(|(l, _)| l.len() + 32).sum());
+    for (line, value) in lines {
+        match value {
+            Some(v) => {
+                out.extend_from_slice(b"STAT ");
+                out.extend_from_slice(&line);
+                out.push(b' ');
+                out.extend_from_slice(&v);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(&line),
+        }
+    }
+    out.extend_from_slice(compose::END);
+    vec![Bytes::from(out)]
+}
+
+/// `STAT <name> <value>\r\n` -> (name, value).
+fn stat_name_value(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = line.strip_prefix(b"STAT ")?;
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let sp = body.iter().position(|&b| b == b' ')?;
+    Some((body.get(..sp)?, body.get(sp + 1..)?))
+}
+
+/// One `STAT` value from several servers: equal values stay as they are;
+/// differing whole numbers are added up (items, pages, bytes, hits), except
+/// ages and times, where the largest is kept; anything else keeps the first
+/// server's value.
+pub fn merge_stat(name: &[u8], a: &[u8], b: &[u8]) -> Vec<u8> {
+    if a == b {
+        return a.to_vec();
+    }
+    let (Some(x), Some(y)) = (parse_decimal(a), parse_decimal(b)) else {
+        return a.to_vec();
+    };
+    let maxed = name.ends_with(b"age")
+        || name.ends_with(b"age_hot")
+        || name.ends_with(b"age_warm")
+        || name.ends_with(b"time");
+    let v = if maxed { x.max(y) } else { x.saturating_add(y) };
+    v.to_string().into_bytes()
 }
 
 /// Merge every server's reply to an [`AdminPlan::EveryServer`] command:
@@ -427,12 +496,21 @@ mod tests {
         let merged: Vec<u8> = merge_listings(&[
             b(b"ITEM a [1 b; 0 s]\r\nEND\r\n"),
             b(b"END\r\n"),
-            b(b"ITEM b [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"),
+            b(b"ITEM b [1 b; 0 s]\r\nITEM a [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"),
         ])
         .concat();
         assert_eq!(
             merged,
             b"ITEM a [1 b; 0 s]\r\nITEM b [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"
+        );
+        let merged: Vec<u8> = merge_listings(&[
+            b(b"STAT items:1:number 3\r\nSTAT items:1:age 10\r\nSTAT sizes_status disabled\r\nEND\r\n"),
+            b(b"STAT items:1:number 4\r\nSTAT items:1:age 7\r\nSTAT sizes_status disabled\r\nEND\r\n"),
+        ])
+        .concat();
+        assert_eq!(
+            merged,
+            b"STAT items:1:number 7\r\nSTAT items:1:age 10\r\nSTAT sizes_status disabled\r\nEND\r\n"
         );
         let errs = [
             b(b"CLIENT_ERROR Illegal slab id\r\n"),
