@@ -118,7 +118,10 @@ fn exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, Ending) {
 /// Sequences whose replies must be byte-identical (after cas values are
 /// normalized) on memcached and through memring. Where the bytes are written
 /// out, they are what memcached 1.6.18 answered, checked by hand and here.
-const SAME: &[(&str, &[u8], Option<&[u8]>)] = &[
+/// (name, bytes sent, memcached's answer written out where it is a bug's literal).
+type Case = (&'static str, &'static [u8], Option<&'static [u8]>);
+
+const SAME: &[Case] = &[
     (
         "classic verbs",
         b"set a 0 0 1\r\nx\r\nget a\r\ngets a\r\nappend a 0 0 1\r\ny\r\nprepend a 0 0 1\r\nw\r\n\

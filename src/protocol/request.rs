@@ -1575,7 +1575,7 @@ mod tests {
             ok.extend_from_slice(&key(200));
         }
         ok.push(b' ');
-        ok.extend(std::iter::repeat(b'z').take(MAX_LINE_LEN - 2 - ok.len()));
+        ok.extend(std::iter::repeat_n(b'z', MAX_LINE_LEN - 2 - ok.len()));
         ok.extend_from_slice(b"\r\n");
         assert_eq!(ok.len(), MAX_LINE_LEN);
         assert!(matches!(parse(&ok).0, Parsed::Complete(r) if r.consumed == MAX_LINE_LEN));

@@ -93,10 +93,7 @@ pub(crate) fn delete_silently<B: Backend>(core: &Rc<Core<B>>, key: &[u8]) -> Opt
         bytes,
         keys: Keys::take(&mut keys),
     };
-    match start(core, req) {
-        Ok(_) => None,
-        Err(fut) => Some(fut),
-    }
+    start(core, req).err()
 }
 
 /// One parsed request with the bytes it came in.
