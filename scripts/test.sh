@@ -22,16 +22,26 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c 'import pymemcache' 2>/dev/null || python3 -m pip install -q pymemcache
 
-echo "== cargo test (io_uring backend)"
-MEMRING_IO_BACKEND=uring cargo test
+# Every step runs even when an earlier one fails, and every test binary runs
+# even when another one fails (--no-fail-fast): one failure must not hide the
+# others. The script fails at the end if anything failed.
+failed=()
+step() {
+  local name="$1"
+  shift
+  echo "== $name"
+  if ! "$@"; then
+    failed+=("$name")
+  fi
+}
 
-echo "== heap allocations per proxied request (counting allocator build)"
-cargo test --features alloc-stats --test alloc_proxy -- --nocapture
+step "cargo test (io_uring backend)" env MEMRING_IO_BACKEND=uring cargo test --no-fail-fast
 
-echo "== benches compile"
-cargo build --benches --quiet
+step "heap allocations per proxied request (counting allocator build)" \
+  cargo test --no-fail-fast --features alloc-stats --test alloc_proxy -- --nocapture
 
-echo "== integration tests again on the epoll backend"
+step "benches compile" cargo build --benches --quiet
+
 # Every test that starts the proxy; the pure ones (harness self-test, golden
 # vectors, allocation count) do not depend on the backend.
 integration=()
@@ -40,11 +50,18 @@ for f in tests/*.rs; do
   case "$name" in harness_selftest|ring_golden|alloc_free|alloc_proxy) continue ;; esac
   integration+=(--test "$name")
 done
-MEMRING_IO_BACKEND=epoll cargo test "${integration[@]}"
+step "integration tests again on the epoll backend" \
+  env MEMRING_IO_BACKEND=epoll cargo test --no-fail-fast "${integration[@]}"
 
 if [ "${SKIP_DOCKER:-0}" = 1 ]; then
   echo "== container test skipped (SKIP_DOCKER=1)"
 else
-  echo "== container test"
-  bash docker/test.sh
+  step "container test" bash docker/test.sh
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED steps:" >&2
+  printf '  %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "all steps passed"

@@ -22,21 +22,39 @@ fn main() -> ExitCode {
         }
     };
     if cfg.check {
-        println!("configuration ok");
-        return ExitCode::SUCCESS;
+        return match memring::server::check(&cfg) {
+            Ok(()) => {
+                println!("configuration ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("memring: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if let Some(path) = &cfg.log_file {
+        if let Err(e) = memring::server::logfile::open(path) {
+            eprintln!("memring: cannot open log file {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
     }
     init_logging(cfg.verbose);
     match memring::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            // Once: on stderr, and in the log file when logs go there.
+            if memring::server::logfile::active() {
+                tracing::error!("{e}");
+            }
             eprintln!("memring: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-/// Structured lines on stderr; `-v` info, `-vv` debug, `-vvv` trace; RUST_LOG overrides.
+/// Structured lines on stderr, or appended to `--log-file`; `-v` info, `-vv`
+/// debug, `-vvv` trace; RUST_LOG overrides.
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",
@@ -47,7 +65,7 @@ fn init_logging(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| memring::server::logfile::Writer)
         .with_ansi(false)
         .init();
 }

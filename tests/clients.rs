@@ -101,7 +101,7 @@ const PYMEMCACHE_SCRIPT: &str = r#"
 import sys
 from pymemcache.client.base import Client
 c = Client(("127.0.0.1", int(sys.argv[1])), connect_timeout=5, timeout=5)
-assert c.version().startswith(b"memring"), c.version()
+assert c.version().startswith(b"1.6.0 memring-"), c.version()
 c.set("py:a", b"alpha", expire=0)
 assert c.get("py:a") == b"alpha"
 assert c.add("py:a", b"x", noreply=False) is False

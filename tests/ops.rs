@@ -333,3 +333,153 @@ fn dash_u_drops_privileges_after_binding() {
     let mut c = proxy.client();
     assert_eq!(c.request(&set_cmd("u", b"1")), b"STORED\r\n".to_vec());
 }
+
+/// A port another process serves is refused (a second memring, or memcached
+/// itself), instead of splitting the clients through SO_REUSEPORT.
+#[test]
+fn a_port_already_served_is_refused() {
+    let mc = Memcached::start();
+    let first = Memring::start_for(&[&mc], &[]);
+    let taken = first.addr().to_string();
+    for addr in [taken.as_str(), &mc.addr().to_string()] {
+        let out = memring(&["-D", "--bind", addr, "-s", &mc.server_arg()]);
+        assert_eq!(out.status.code(), Some(1), "{addr}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err,
+            format!("memring: {addr} is already in use by another process\n"),
+            "{addr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // The first one still serves every client.
+    let mut c = first.client();
+    assert_eq!(c.request(&set_cmd("still", b"1")), b"STORED\r\n".to_vec());
+}
+
+/// `-u nosuchuser` fails before anything is announced, with one error line.
+#[test]
+fn startup_errors_come_once_and_before_listening() {
+    let mc = Memcached::start();
+    let out = memring(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "-u",
+        "memring-no-such-user",
+        "-s",
+        &mc.server_arg(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "memring: unknown user \"memring-no-such-user\" (-u)\n"
+    );
+}
+
+/// `--check` refuses what a start would refuse: an unknown user, a server
+/// name that does not resolve, a unix socket in a missing directory, a log
+/// file that cannot be opened.
+#[test]
+fn check_refuses_what_start_would_refuse() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["-s", "127.0.0.1:1", "-u", "memring-no-such-user"],
+            "unknown user",
+        ),
+        (
+            &["-s", "memring-no-such-host.invalid:11211"],
+            "cannot resolve",
+        ),
+        (
+            &["-s", "127.0.0.1:1", "-f", "/nonexistent-memring-dir/m.sock"],
+            "does not exist",
+        ),
+        (
+            &[
+                "-s",
+                "127.0.0.1:1",
+                "--log-file",
+                "/nonexistent-memring-dir/m.log",
+            ],
+            "cannot open log file",
+        ),
+    ];
+    for (args, why) in cases {
+        let mut argv = vec!["--check"];
+        argv.extend_from_slice(args);
+        let out = memring(&argv);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// `--log-file`: logs go there, and SIGHUP reopens it after logrotate moved it.
+#[test]
+fn log_file_is_reopened_on_sighup() {
+    let mc = Memcached::start();
+    let dir = TempDir::new("logfile");
+    let log = dir.path().join("memring.log");
+    let rotated = dir.path().join("memring.log.1");
+    let proxy = Memring::start(&[
+        "-v",
+        "--bind",
+        "127.0.0.1:0",
+        "--log-file",
+        log.to_str().expect("utf8"),
+        "-s",
+        &mc.server_arg(),
+    ]);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(read(&log).contains("starting"), "{}", read(&log));
+    assert!(
+        !proxy.stderr().contains("starting"),
+        "logs went to stderr too"
+    );
+    std::fs::rename(&log, &rotated).expect("rotate");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    let reopened = wait_for(Duration::from_secs(20), || {
+        read(&log).contains("log file reopened").then_some(())
+    });
+    assert!(reopened.is_some(), "new log: {:?}", read(&log));
+    assert!(!read(&rotated).contains("log file reopened"));
+    let mut c = proxy.client();
+    assert_eq!(c.request(&set_cmd("l", b"1")), b"STORED\r\n".to_vec());
+}
+
+/// The unix socket file goes away when memring exits.
+#[test]
+fn unix_socket_file_is_removed_on_exit() {
+    let mc = Memcached::start();
+    let dir = TempDir::new("unix-cleanup");
+    let sock = dir.path().join("m.sock");
+    let mut proxy = Memring::start(&[
+        "-D",
+        "-p",
+        "0",
+        "-f",
+        sock.to_str().expect("utf8"),
+        "-s",
+        &mc.server_arg(),
+    ]);
+    assert!(sock.exists());
+    let st = proxy.terminate();
+    assert!(st.success(), "{st:?}");
+    assert!(!sock.exists(), "{} left behind", sock.display());
+}

@@ -138,6 +138,10 @@ pub(super) struct Cli {
     #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
     pub pid_file: Option<PathBuf>,
 
+    /// Append logs to PATH instead of stderr (reopened on SIGHUP, for logrotate)
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub log_file: Option<PathBuf>,
+
     /// TOML config file; flags given here override it; reloaded on SIGHUP
     #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
     pub config: Option<PathBuf>,
@@ -208,6 +212,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         retry_interval: pick("retry_interval").map(|_| cli.retry_interval),
         io_backend: pick("io_backend").map(|_| cli.io_backend),
         pid_file: cli.pid_file.clone(),
+        log_file: cli.log_file.clone(),
         shutdown_timeout: pick("shutdown_timeout").map(|_| cli.shutdown_timeout),
         resync: cli.resync.then_some(true),
     };

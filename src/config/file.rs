@@ -35,6 +35,7 @@ struct FileConfig {
     retry_interval: Option<String>,
     io_backend: Option<String>,
     pid_file: Option<PathBuf>,
+    log_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
     resync: Option<bool>,
 }
@@ -147,6 +148,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         retry_interval: text!(retry_interval, value::timeout),
         io_backend: text!(io_backend, value::io_backend),
         pid_file: path_ok("pid_file", &f.pid_file, value::path)?,
+        log_file: path_ok("log_file", &f.log_file, value::path)?,
         shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
         resync: f.resync,
     })

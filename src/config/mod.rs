@@ -133,6 +133,8 @@ pub struct Config {
     pub io_backend: IoBackend,
     /// `--pid-file`.
     pub pid_file: Option<PathBuf>,
+    /// `--log-file`: logs are appended there instead of stderr; reopened on SIGHUP.
+    pub log_file: Option<PathBuf>,
     /// `--config`: the TOML file this was loaded from (reloaded on SIGHUP).
     pub config_file: Option<PathBuf>,
     /// `--check`: validate and exit.
@@ -335,6 +337,7 @@ struct Layer {
     retry_interval: Option<Duration>,
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
+    log_file: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
     resync: Option<bool>,
 }
@@ -369,6 +372,7 @@ impl Layer {
             retry_interval,
             io_backend,
             pid_file,
+            log_file,
             shutdown_timeout,
             resync
         )
@@ -409,6 +413,7 @@ impl Layer {
             retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
             io_backend: self.io_backend.unwrap_or_default(),
             pid_file: self.pid_file,
+            log_file: self.log_file,
             config_file: None,
             check: false,
             shutdown_timeout: dur(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
@@ -472,6 +477,7 @@ pub const RELOAD_KEEPS: &[&str] = &[
     "foreground",
     "verbose",
     "pid_file",
+    "log_file",
     "max_conns",
     "max_server_conns",
     "upstream_conns",
@@ -525,6 +531,7 @@ pub fn reload_with_report(
         foreground,
         verbose,
         pid_file,
+        log_file,
         max_conns,
         max_server_conns,
         upstream_conns,

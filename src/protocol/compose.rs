@@ -32,6 +32,16 @@ pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
 pub const NO_SERVER: &[u8] = b"SERVER_ERROR no server available\r\n";
 /// `SERVER_ERROR backend timeout\r\n`
 pub const BACKEND_TIMEOUT: &[u8] = b"SERVER_ERROR backend timeout\r\n";
+/// memring's answer to `version`.
+///
+/// Clients parse the first word as a memcached `major.minor.patch`:
+/// libmemcached (memcping, memcstat, memcdump) fails with "strtol() failed to
+/// parse major version" on anything else, and some clients enable the meta
+/// protocol only from 1.6 on. So the line claims the memcached protocol level
+/// memring speaks, 1.6.0 (text + meta, checked against 1.6.18), and memring's
+/// own version follows after a space, where those parsers stop reading.
+pub const VERSION: &[u8] =
+    concat!("VERSION 1.6.0 memring-", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes();
 
 /// Append the decimal form of `v` (no allocation).
 pub fn put_u64(out: &mut BytesMut, mut v: u64) {

@@ -22,6 +22,28 @@ pub enum DumpLine {
     Skip,
 }
 
+/// Whether `buf` holds a whole answer to `lru_crawler metadump`: item lines
+/// ending in `END\r\n`, or a single other line (`BUSY ...`, `ERROR ...`,
+/// `CLIENT_ERROR ...`). `scanned` is how far a previous call looked, so a
+/// long dump is scanned once; the call updates it.
+pub fn dump_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    let mut pos = *scanned;
+    // Bounded by the buffer: each step consumes one line.
+    while let Some(nl) = buf
+        .get(pos..)
+        .and_then(|r| r.iter().position(|&b| b == b'\n'))
+    {
+        let line = buf.get(pos..pos + nl).unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line == b"END" || (pos == 0 && !line.starts_with(b"key=")) {
+            return true;
+        }
+        pos += nl + 1;
+    }
+    *scanned = pos;
+    false
+}
+
 /// Parse one line (without its terminator), decoding the key into `key`.
 pub fn parse_dump_line(line: &[u8], key: &mut Vec<u8>) -> DumpLine {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -100,5 +122,20 @@ mod tests {
         }
         let long = format!("key={} exp=-1", "k".repeat(MAX_KEY_LEN + 1));
         assert_eq!(parse_dump_line(long.as_bytes(), &mut k), DumpLine::Skip);
+    }
+
+    #[test]
+    fn dump_completion() {
+        let mut at = 0;
+        assert!(!dump_complete(b"key=a exp=-1", &mut at));
+        assert!(!dump_complete(b"key=a exp=-1\nkey=b", &mut at));
+        assert_eq!(at, 13);
+        assert!(dump_complete(b"key=a exp=-1\nkey=b\nEND\r\n", &mut at));
+        assert!(dump_complete(b"END\r\n", &mut 0));
+        assert!(dump_complete(
+            b"BUSY currently processing crawler request\r\n",
+            &mut 0
+        ));
+        assert!(!dump_complete(b"", &mut 0));
     }
 }

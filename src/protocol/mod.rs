@@ -20,10 +20,8 @@ pub use response::{frame_response, Expect, FrameError, Framed, Status, ValueItem
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
 
-/// Longest command line (terminator included) a client may send. Large enough
-/// for a multi-get of a few hundred maximal keys; longer lines close the
+/// Longest command line (terminator included) the parser looks at. A longer
+/// retrieval line is served in batches of keys that each fit in this window
+/// (memcached has no key-count limit); any other longer line closes the
 /// connection, as framing is lost.
 pub const MAX_LINE_LEN: usize = 64 * 1024;
-
-/// Most keys in one retrieval command.
-pub const MAX_KEYS: usize = 8192;

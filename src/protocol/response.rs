@@ -27,6 +27,10 @@ pub enum Expect {
     Stats,
     /// A meta reply: `VA` with a data block, or one status line.
     Meta,
+    /// Any lines up to `END` (`stats cachedump`'s `ITEM` lines,
+    /// `lru_crawler metadump`'s `key=` lines, which end in a bare `\n`), or
+    /// a single error line.
+    Lines,
 }
 
 /// One `VALUE` block of a retrieval reply; ranges index the framed buffer.
@@ -152,6 +156,7 @@ pub fn frame_response(
         Expect::Line => frame_line(buf),
         Expect::Stats => frame_stats(buf),
         Expect::Meta => frame_meta(buf, max_value),
+        Expect::Lines => frame_lines(buf),
     };
     if !matches!(res, Ok(Framed::Complete { .. })) {
         items.clear();
@@ -402,6 +407,25 @@ fn frame_stats(buf: &[u8]) -> Result<Framed, FrameError> {
     }
 }
 
+fn frame_lines(buf: &[u8]) -> Result<Framed, FrameError> {
+    let mut pos = 0;
+    loop {
+        let Some(l) = line_at(buf, pos)? else {
+            return Ok(Framed::Incomplete);
+        };
+        let text = slice(buf, l.content.clone());
+        if text == b"END" {
+            return Ok(complete(l.next, Status::Stats, l.content));
+        }
+        if pos == 0 {
+            if let Some(status) = error_status(text) {
+                return Ok(complete(l.next, status, l.content));
+            }
+        }
+        pos = l.next;
+    }
+}
+
 fn frame_meta(buf: &[u8], max_value: usize) -> Result<Framed, FrameError> {
     let Some(l) = line_at(buf, 0)? else {
         return Ok(Framed::Incomplete);
@@ -617,6 +641,30 @@ mod tests {
         (Expect::Stats, b"RESET\r\n", Status::Ok, "RESET", "", &[]),
         (Expect::Stats, b"OK\r\n", Status::Ok, "OK", "", &[]),
         (Expect::Stats, b"ERROR\r\n", Status::Error, "ERROR", "", &[]),
+        (
+            Expect::Lines,
+            b"ITEM a [1 b; 0 s]\r\nITEM b [2 b; 0 s]\r\nEND\r\n",
+            Status::Stats,
+            "END",
+            "",
+            &[],
+        ),
+        (
+            Expect::Lines,
+            b"key=a exp=-1 la=1 cas=2 fetch=no cls=1 size=61\nEND\r\n",
+            Status::Stats,
+            "END",
+            "",
+            &[],
+        ),
+        (
+            Expect::Lines,
+            b"CLIENT_ERROR Illegal slab id\r\n",
+            Status::ClientError,
+            "CLIENT_ERROR Illegal slab id",
+            "",
+            &[],
+        ),
         (
             Expect::Meta,
             b"VA 2 f7 c37\r\nhi\r\n",

@@ -21,7 +21,7 @@ pub mod machine;
 
 use bytes::Bytes;
 
-use crate::protocol::{compose, Status, ValueItem, Verb};
+use crate::protocol::{compose, Expect, Status, ValueItem, Verb};
 
 /// How a write reaches the backup when both replicas are up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +103,11 @@ pub fn after_primary(verb: Verb, status: Status) -> Replicate {
 /// Whether the primary's answer says it does not hold the item: the backup
 /// may still have an acknowledged copy (the primary was flushed on rejoin, or
 /// evicted it), which must be put back before the command is judged.
+///
+/// Only "not there" answers count: a successful `md` (`HD`) also deletes the
+/// key on the backup, but it proves the primary held the item, so it must not
+/// start a recovery (that put the item back and replayed the delete, which
+/// then failed its `C<cas>` check with `EX`).
 pub fn primary_may_lack(verb: Verb, status: Status) -> bool {
     match (verb, status) {
         (Verb::Add, Status::Stored) => true,
@@ -160,17 +165,177 @@ pub fn parse_decimal(token: &[u8]) -> Option<i64> {
     Some(if neg { -v } else { v })
 }
 
-/// Whether a meta reply is hidden from a client that set the `q` flag:
-/// quiet mode hides the uninteresting outcome (a miss for `mg`, success for
-/// `ms`/`md`/`ma`), never errors.
+/// Whether a meta reply is hidden from a client that set the `q` flag.
+///
+/// protocol.txt: quiet mode hides the nominal outcome only, as memcached's
+/// meta commands do: `mg` its miss (`EN`), `ms` and `md` their success (`HD`;
+/// an `md` miss, `NF`, is shown), `ma` its success whether it is `HD` or, with
+/// `v`, `VA` (memcached skips every successful `ma` under `q`; 1.6.18 still
+/// showed `VA`). `NF`, `NS`, `EX` and errors are always shown.
 pub fn quiet_hides(verb: Verb, status: Status) -> bool {
     match verb {
         Verb::MetaGet => status == Status::MetaEn,
-        Verb::MetaSet => status == Status::MetaHd,
-        Verb::MetaDelete => matches!(status, Status::MetaHd | Status::MetaNf),
-        Verb::MetaArithmetic => matches!(status, Status::MetaHd),
+        Verb::MetaSet | Verb::MetaDelete => status == Status::MetaHd,
+        Verb::MetaArithmetic => matches!(status, Status::MetaHd | Status::MetaValue),
         _ => false,
     }
+}
+
+/// A retrieval answer without its closing `END\r\n` (for a batch of a get
+/// line that goes on); any other answer, such as an error, is left whole.
+pub fn without_end(reply: Bytes) -> Bytes {
+    match reply.len().checked_sub(compose::END.len()) {
+        Some(cut) if reply.ends_with(compose::END) => reply.slice(..cut),
+        _ => reply,
+    }
+}
+
+/// How the proxy answers `stats <group>` and the administration commands
+/// (`cache_memlimit`, `slabs ...`, `lru_crawler ...`), which describe or
+/// change one memcached each. A proxy in front of several servers answers for
+/// all of them, so the reply is memcached's own shape built from every
+/// server in service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminPlan {
+    /// memring answers itself (`stats`, `stats reset`: its own counters).
+    Local,
+    /// Send the line to every server in service; the answer is their lines
+    /// concatenated in server order under one `END` (see [`merge_listings`]).
+    /// `stats items|slabs|sizes|settings|conns|detail dump`,
+    /// `stats cachedump <class> <n>` (memdump lists every server's keys),
+    /// `lru_crawler metadump ...`.
+    Listing(Expect),
+    /// Send the line to every server in service; `OK` when every one said
+    /// `OK`, else the first other answer (see [`merge_status`]).
+    /// `cache_memlimit`, `slabs automove|reassign`, `lru_crawler <other>`,
+    /// `stats detail on|off`.
+    EveryServer,
+    /// memcached's answer for a group or command it does not know.
+    Answer(&'static [u8]),
+}
+
+/// The plan for `stats <args>` (verb `Stats`) or an administration line
+/// (verb `Admin`, `args` the whole line).
+pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or_default();
+    let second = words.next().unwrap_or_default();
+    match verb {
+        Verb::Stats => match first {
+            b"" | b"reset" => AdminPlan::Local,
+            b"items" | b"slabs" | b"sizes" | b"settings" | b"conns" | b"extstore" => {
+                AdminPlan::Listing(Expect::Stats)
+            }
+            b"cachedump" => AdminPlan::Listing(Expect::Lines),
+            b"detail" if second == b"dump" => AdminPlan::Listing(Expect::Lines),
+            b"detail" => AdminPlan::EveryServer,
+            _ => AdminPlan::Answer(compose::ERROR),
+        },
+        Verb::Admin => match (first, second) {
+            (b"lru_crawler", b"metadump" | b"mgdump") => AdminPlan::Listing(Expect::Lines),
+            _ => AdminPlan::EveryServer,
+        },
+        _ => AdminPlan::Answer(compose::ERROR),
+    }
+}
+
+/// Merge every server's reply to a [`AdminPlan::Listing`] command: each
+/// reply's lines without its `END`, in server order, a line that an earlier
+/// server already sent left out (a backup's copy of a key lists the same
+/// `ITEM` line; equal settings are said once), then one `END`. `STAT` lines
+/// of the same name are added up (see [`merge_stat`]). When no server
+/// answered with a listing (`CLIENT_ERROR Illegal slab id` everywhere), the
+/// first reply is the answer, as from one memcached.
+pub fn merge_listings(replies: &[Bytes]) -> Vec<Bytes> {
+    let bodies: Vec<&[u8]> = replies
+        .iter()
+        .filter_map(|r| {
+            let cut = r.len().checked_sub(compose::END.len())?;
+            r.ends_with(compose::END).then(|| &r[..cut])
+        })
+        .collect();
+    if bodies.is_empty() {
+        return replies.first().cloned().into_iter().collect();
+    }
+    // (line, value of a STAT line) in first-seen order.
+    let mut lines: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for body in bodies {
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            match stat_name_value(line) {
+                Some((name, value)) => match seen.get(name) {
+                    Some(&i) => {
+                        if let Some((_, Some(v))) = lines.get_mut(i) {
+                            *v = merge_stat(name, v, value);
+                        }
+                    }
+                    None => {
+                        seen.insert(name.to_vec(), lines.len());
+                        lines.push((name.to_vec(), Some(value.to_vec())));
+                    }
+                },
+                None => {
+                    if !seen.contains_key(line) {
+                        seen.insert(line.to_vec(), lines.len());
+                        lines.push((line.to_vec(), None));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(lines.iter().map(|(l, _)| l.len() + 32).sum());
+    for (line, value) in lines {
+        match value {
+            Some(v) => {
+                out.extend_from_slice(b"STAT ");
+                out.extend_from_slice(&line);
+                out.push(b' ');
+                out.extend_from_slice(&v);
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(&line),
+        }
+    }
+    out.extend_from_slice(compose::END);
+    vec![Bytes::from(out)]
+}
+
+/// `STAT <name> <value>\r\n` -> (name, value).
+fn stat_name_value(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let body = line.strip_prefix(b"STAT ")?;
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let sp = body.iter().position(|&b| b == b' ')?;
+    Some((body.get(..sp)?, body.get(sp + 1..)?))
+}
+
+/// One `STAT` value from several servers: equal values stay as they are;
+/// differing whole numbers are added up (items, pages, bytes, hits), except
+/// ages and times, where the largest is kept; anything else keeps the first
+/// server's value.
+pub fn merge_stat(name: &[u8], a: &[u8], b: &[u8]) -> Vec<u8> {
+    if a == b {
+        return a.to_vec();
+    }
+    let (Some(x), Some(y)) = (parse_decimal(a), parse_decimal(b)) else {
+        return a.to_vec();
+    };
+    let maxed = name.ends_with(b"age")
+        || name.ends_with(b"age_hot")
+        || name.ends_with(b"age_warm")
+        || name.ends_with(b"time");
+    let v = if maxed { x.max(y) } else { x.saturating_add(y) };
+    v.to_string().into_bytes()
+}
+
+/// Merge every server's reply to an [`AdminPlan::EveryServer`] command:
+/// `OK` if all said `OK`, else the first reply that is not `OK`.
+pub fn merge_status(replies: &[Bytes]) -> Option<Bytes> {
+    replies
+        .iter()
+        .find(|r| r.as_ref() != compose::OK)
+        .or_else(|| replies.first())
+        .cloned()
 }
 
 /// One server's framed reply to its part of a multi-get.
@@ -267,12 +432,108 @@ mod tests {
         assert!(!primary_may_lack(Verb::Add, Status::NotStored));
         assert!(!primary_may_lack(Verb::Cas, Status::Exists));
         assert!(!primary_may_lack(Verb::Incr, Status::Number(3)));
+        // `md k C<cas>` answered HD: the primary held (and deleted) the item;
+        // the backup is told to delete it, nothing is recovered or replayed.
         assert!(!primary_may_lack(Verb::MetaDelete, Status::MetaHd));
+        assert_eq!(
+            after_primary(Verb::MetaDelete, Status::MetaHd),
+            Replicate::Delete
+        );
         assert!(primary_may_lack(Verb::MetaDelete, Status::MetaNf));
         assert!(backup_answer_wins(Status::NotFound, Status::Deleted));
         assert!(backup_answer_wins(Status::NotFound, Status::Touched));
         assert!(!backup_answer_wins(Status::Deleted, Status::NotFound));
         assert!(!backup_answer_wins(Status::Stored, Status::Stored));
+    }
+
+    #[test]
+    fn batches_leave_out_end() {
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert_eq!(
+            without_end(b(b"VALUE a 0 1\r\nx\r\nEND\r\n")),
+            b(b"VALUE a 0 1\r\nx\r\n")
+        );
+        assert_eq!(without_end(b(b"END\r\n")), b(b""));
+        assert_eq!(
+            without_end(b(b"SERVER_ERROR no server available\r\n")),
+            b(b"SERVER_ERROR no server available\r\n")
+        );
+    }
+
+    #[test]
+    fn admin_commands() {
+        use AdminPlan::*;
+        let table: &[(Verb, &[u8], AdminPlan)] = &[
+            (Verb::Stats, b"", Local),
+            (Verb::Stats, b"reset", Local),
+            (Verb::Stats, b"items", Listing(Expect::Stats)),
+            (Verb::Stats, b"slabs", Listing(Expect::Stats)),
+            (Verb::Stats, b"settings", Listing(Expect::Stats)),
+            (Verb::Stats, b"sizes", Listing(Expect::Stats)),
+            (Verb::Stats, b"cachedump 1 0", Listing(Expect::Lines)),
+            (Verb::Stats, b"detail dump", Listing(Expect::Lines)),
+            (Verb::Stats, b"detail on", EveryServer),
+            (Verb::Stats, b"bogus", Answer(compose::ERROR)),
+            (Verb::Stats, b"noreply", Answer(compose::ERROR)),
+            (
+                Verb::Admin,
+                b"lru_crawler metadump all",
+                Listing(Expect::Lines),
+            ),
+            (
+                Verb::Admin,
+                b"lru_crawler metadump 1",
+                Listing(Expect::Lines),
+            ),
+            (Verb::Admin, b"lru_crawler enable", EveryServer),
+            (Verb::Admin, b"cache_memlimit 100", EveryServer),
+            (Verb::Admin, b"slabs automove 1", EveryServer),
+        ];
+        for &(verb, args, want) in table {
+            assert_eq!(
+                admin_plan(verb, args),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(args)
+            );
+        }
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        let merged: Vec<u8> = merge_listings(&[
+            b(b"ITEM a [1 b; 0 s]\r\nEND\r\n"),
+            b(b"END\r\n"),
+            b(b"ITEM b [1 b; 0 s]\r\nITEM a [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"),
+        ])
+        .concat();
+        assert_eq!(
+            merged,
+            b"ITEM a [1 b; 0 s]\r\nITEM b [1 b; 0 s]\r\nITEM c [2 b; 0 s]\r\nEND\r\n"
+        );
+        let merged: Vec<u8> = merge_listings(&[
+            b(b"STAT items:1:number 3\r\nSTAT items:1:age 10\r\nSTAT sizes_status disabled\r\nEND\r\n"),
+            b(b"STAT items:1:number 4\r\nSTAT items:1:age 7\r\nSTAT sizes_status disabled\r\nEND\r\n"),
+        ])
+        .concat();
+        assert_eq!(
+            merged,
+            b"STAT items:1:number 7\r\nSTAT items:1:age 10\r\nSTAT sizes_status disabled\r\nEND\r\n"
+        );
+        let errs = [
+            b(b"CLIENT_ERROR Illegal slab id\r\n"),
+            b(b"CLIENT_ERROR Illegal slab id\r\n"),
+        ];
+        assert_eq!(
+            merge_listings(&errs).concat(),
+            b"CLIENT_ERROR Illegal slab id\r\n"
+        );
+        assert_eq!(
+            merge_status(&[b(b"OK\r\n"), b(b"OK\r\n")]),
+            Some(b(b"OK\r\n"))
+        );
+        assert_eq!(
+            merge_status(&[b(b"OK\r\n"), b(b"ERROR\r\n")]),
+            Some(b(b"ERROR\r\n"))
+        );
+        assert_eq!(merge_status(&[]), None);
     }
 
     #[test]
@@ -307,6 +568,14 @@ mod tests {
         assert!(quiet_hides(Verb::MetaSet, Status::MetaHd));
         assert!(!quiet_hides(Verb::MetaSet, Status::MetaNs));
         assert!(!quiet_hides(Verb::MetaSet, Status::ServerError));
+        // memcached: `md k q` on a miss answers NF, on a hit nothing.
+        assert!(quiet_hides(Verb::MetaDelete, Status::MetaHd));
+        assert!(!quiet_hides(Verb::MetaDelete, Status::MetaNf));
+        // `ma k q` and `ma k q v` on a hit: nothing; on a miss NF.
+        assert!(quiet_hides(Verb::MetaArithmetic, Status::MetaHd));
+        assert!(quiet_hides(Verb::MetaArithmetic, Status::MetaValue));
+        assert!(!quiet_hides(Verb::MetaArithmetic, Status::MetaNf));
+        assert!(!quiet_hides(Verb::MetaArithmetic, Status::MetaEx));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, frame_response, Expect, Framed};
-use crate::proxy::machine::{CallError, CallId, Effect, Machine, MetaItem, Reply, View};
+use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{Observed, Probe, Role, ServerId};
 
@@ -397,4 +397,62 @@ fn copy_one(
         stats.incr(Counter::ResyncCopies);
     }
     ok
+}
+
+/// Largest metadump one server may send through the proxy; a bigger one is
+/// left out (the proxy would hold it all in memory).
+const MAX_DUMP: usize = 64 * 1024 * 1024;
+
+/// Run `lru_crawler metadump ...` (`line`) on every server in service, each
+/// on a connection of its own (memcached refuses anything pipelined behind
+/// a metadump), on a thread off the cores; the merged listing goes back to
+/// the core through `tx`.
+pub(super) fn dump_for(
+    topo: Arc<Topology>,
+    line: Bytes,
+    tx: std::sync::mpsc::Sender<super::engine::Handoff>,
+    to: super::engine::ClientRef,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("memring-dump".into())
+        .spawn(move || {
+            let replies: Vec<Bytes> = topo
+                .servers
+                .iter()
+                .filter(|s| s.health.is_up())
+                .filter_map(|s| dump_from(s.addr, &line, &topo.settings))
+                .collect();
+            let a = if replies.is_empty() {
+                Answer::One(Bytes::from_static(compose::NO_SERVER))
+            } else {
+                Answer::Many(crate::proxy::merge_listings(&replies))
+            };
+            let _ = tx.send((to, a));
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start a metadump thread");
+    }
+}
+
+/// One server's whole metadump answer, or None if it cannot be reached,
+/// stalls or sends too much.
+fn dump_from(addr: SocketAddr, line: &[u8], settings: &Settings) -> Option<Bytes> {
+    let mut s = TcpStream::connect_timeout(&addr, settings.connect_timeout).ok()?;
+    s.set_read_timeout(Some(settings.request_timeout * 10))
+        .ok()?;
+    s.write_all(line).ok()?;
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut scanned = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Bounded by MAX_DUMP and the read timeout.
+    while !crate::protocol::metadump::dump_complete(&buf, &mut scanned) {
+        if buf.len() > MAX_DUMP {
+            return None;
+        }
+        match s.read(&mut chunk) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+    Some(buf.freeze())
 }

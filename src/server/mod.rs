@@ -12,6 +12,7 @@
 mod control;
 mod driver;
 mod engine;
+pub mod logfile;
 mod topology;
 
 use std::fmt;
@@ -123,11 +124,103 @@ struct Listeners {
     announce: Vec<String>,
 }
 
+/// `--check`: everything `run` would refuse before listening, without
+/// binding: the servers resolve, the user and group exist, the unix socket's
+/// directory exists and the log file opens.
+pub fn check(cfg: &Config) -> Result<(), RunError> {
+    Topology::build(cfg, None, Instant::now()).map_err(RunError::Resolve)?;
+    resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
+    if let Some(path) = &cfg.unix_socket {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(RunError::Setup(format!(
+                "unix socket {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+    }
+    if let Some(p) = &cfg.log_file {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| RunError::Setup(format!("cannot open log file {}: {e}", p.display())))?;
+    }
+    // The port is not checked: `--check` usually runs beside the instance
+    // it is about to replace, which holds the port.
+    Ok(())
+}
+
+/// Refuse a port another process already serves. memring's own listeners
+/// share their port through SO_REUSEPORT, which would also let a second
+/// memring (even one with other servers) bind it and silently take half of
+/// the clients; a probe bound without SO_REUSEPORT fails if anyone listens.
+fn port_is_free(addr: SocketAddr) -> Result<(), RunError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).and_then(|s| {
+            // SO_REUSEADDR: connections in TIME_WAIT from an earlier run do not count.
+            s.set_reuse_address(true)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.bind(&addr.into())?;
+            Ok(s)
+        });
+    match probe {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(RunError::Setup(format!(
+            "{addr} is already in use by another process"
+        ))),
+        Err(source) => Err(RunError::Bind {
+            what: addr.to_string(),
+            source,
+        }),
+    }
+}
+
 fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(), RunError> {
     let started = Instant::now();
     let topo = Topology::build(&cfg, None, started).map_err(RunError::Resolve)?;
     let threads = cfg.threads.max(1);
+    // Before anything is bound or announced: a bad -u/-g fails here.
+    let identity = resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
+    if let Some(addr) = cfg.tcp_addr() {
+        port_is_free(addr)?;
+    }
     let listeners = bind_all(&cfg, threads)?;
+    let result = serve_on(
+        cfg.clone(),
+        topo,
+        threads,
+        listeners,
+        identity,
+        started,
+        (backend, core),
+    );
+    // Every way out after binding removes the unix socket file.
+    if let Some(p) = &cfg.unix_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+fn serve_on(
+    cfg: Config,
+    topo: Topology,
+    threads: usize,
+    listeners: Listeners,
+    identity: Identity,
+    started: Instant,
+    (backend, core): (&'static str, CoreMain),
+) -> Result<(), RunError> {
     for line in &listeners.announce {
         println!("listening on {line}");
     }
@@ -142,7 +235,7 @@ fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(),
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| RunError::Setup(format!("cannot write pid file {}: {e}", p.display())))?;
     }
-    drop_privileges(cfg.user.as_deref(), cfg.group.as_deref())?;
+    drop_privileges(identity)?;
     block_signals();
 
     let shared = Arc::new(Shared {
@@ -276,10 +369,19 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), RunError> {
-    use nix::unistd::{getuid, setgid, setgroups, setuid, Gid, Group, Uid, User};
+/// The user and group to switch to after binding (`-u`, `-g`), resolved.
+#[derive(Clone, Copy, Default)]
+struct Identity {
+    user: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    group: Option<nix::unistd::Gid>,
+}
+
+/// Look up `-u` and `-g`; an unknown name is an error, and so is switching
+/// users without being root.
+fn resolve_identity(user: Option<&str>, group: Option<&str>) -> Result<Identity, RunError> {
+    use nix::unistd::{getuid, Gid, Group, Uid, User};
     if user.is_none() && group.is_none() {
-        return Ok(());
+        return Ok(Identity::default());
     }
     let find_user = |u: &str| -> Result<(Uid, Gid), RunError> {
         if let Ok(n) = u.parse::<u32>() {
@@ -306,13 +408,22 @@ fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), RunErr
             },
         }),
     };
+    // Only root can switch; asking for who we already are is fine.
+    if !getuid().is_root() && target_user.is_some_and(|(u, _)| u != getuid()) {
+        return Err(RunError::Setup("-u needs root to switch users".into()));
+    }
+    Ok(Identity {
+        user: target_user,
+        group: target_group,
+    })
+}
+
+fn drop_privileges(id: Identity) -> Result<(), RunError> {
+    use nix::unistd::{getuid, setgid, setgroups, setuid};
     if !getuid().is_root() {
-        // Only root can switch; asking for who we already are is fine.
-        if target_user.is_some_and(|(u, _)| u != getuid()) {
-            return Err(RunError::Setup("-u needs root to switch users".into()));
-        }
         return Ok(());
     }
+    let (target_user, target_group) = (id.user, id.group);
     if let Some(g) = target_group {
         setgroups(&[g]).map_err(|e| RunError::Setup(format!("setgroups: {e}")))?;
         setgid(g).map_err(|e| RunError::Setup(format!("setgid: {e}")))?;
@@ -343,7 +454,18 @@ fn signal_loop(shared: &Arc<Shared>, fds: &[RawFd], pid_file: Option<&Path>) {
     let set = handled_signals();
     loop {
         match set.wait() {
-            Ok(Signal::SIGHUP) => reload(shared),
+            Ok(Signal::SIGHUP) => {
+                if logfile::active() {
+                    match logfile::reopen() {
+                        Ok(()) => tracing::info!("log file reopened"),
+                        Err(e) => tracing::warn!("cannot reopen the log file: {e}"),
+                    }
+                }
+                // A SIGHUP for logrotate alone is not a failed reload.
+                if shared.cfg.config_file.is_some() || !logfile::active() {
+                    reload(shared);
+                }
+            }
             Ok(sig) => {
                 tracing::info!(signal = %sig, "stopping: no new connections, finishing in-flight requests");
                 shared.stopping.store(true, Ordering::SeqCst);

@@ -66,6 +66,7 @@
 //! assert!(m.is_done());
 //! ```
 
+mod admin;
 mod copy;
 mod read;
 mod write;
@@ -126,6 +127,36 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The answer without its closing `END` (a batch of a get line that goes
+    /// on past the line limit; only the last batch ends the answer). Empty
+    /// buffers are dropped: a zero-length write reads as a closed peer.
+    pub fn without_end(self) -> Answer {
+        match self {
+            Answer::One(b) => {
+                let b = super::without_end(b);
+                if b.is_empty() {
+                    Answer::Nothing
+                } else {
+                    Answer::One(b)
+                }
+            }
+            Answer::Many(mut v) => {
+                if let Some(last) = v.pop() {
+                    let last = super::without_end(last);
+                    if !last.is_empty() {
+                        v.push(last);
+                    }
+                }
+                if v.is_empty() {
+                    Answer::Nothing
+                } else {
+                    Answer::Many(v)
+                }
+            }
+            a => a,
+        }
+    }
+
     /// The bytes the client gets, concatenated (for tests and logs).
     pub fn to_vec(&self) -> Vec<u8> {
         match self {
@@ -356,6 +387,7 @@ enum Kind {
     Write(write::Write),
     Flush(Box<write::Flush>),
     Copy(copy::CopyItem),
+    Admin(admin::Admin),
 }
 
 /// What a step may use and push to: the view, the effect list and the call ids.
@@ -530,12 +562,7 @@ impl Machine {
                 Kind::Done
             }
             Verb::Version => {
-                cx.answer(one(concat!(
-                    "VERSION memring-",
-                    env!("CARGO_PKG_VERSION"),
-                    "\r\n"
-                )
-                .as_bytes()));
+                cx.answer(one(compose::VERSION));
                 Kind::Done
             }
             Verb::Verbosity => {
@@ -566,6 +593,24 @@ impl Machine {
                 write::Write::start(req, replicas, &mut cx)
             }
         };
+        m
+    }
+
+    /// `stats <group>` or an administration line under `plan` (not
+    /// [`AdminPlan::Local`] or [`AdminPlan::Answer`], which the engine
+    /// answers itself): sent to every server of `servers` in service, the
+    /// replies merged.
+    pub fn admin(
+        req: ClientRequest,
+        plan: crate::proxy::AdminPlan,
+        servers: &[ServerId],
+        view: &dyn View,
+        fx: &mut Vec<Effect>,
+    ) -> Machine {
+        let mut m = Machine::new(Kind::Done);
+        let (mut cx, kind) = m.cx(view, fx);
+        *kind = admin::Admin::start(&req, plan, servers, &mut cx);
+        m.settle();
         m
     }
 
@@ -623,6 +668,7 @@ impl Machine {
             Kind::Write(m) => m.on_outcome(call, outcome, &mut cx),
             Kind::Flush(m) => m.on_outcome(call, outcome, &mut cx),
             Kind::Copy(m) => m.on_outcome(call, outcome, &mut cx),
+            Kind::Admin(m) => m.on_outcome(call, outcome, &mut cx),
         }
         self.settle();
     }
@@ -637,6 +683,7 @@ impl Machine {
             Kind::Write(m) => m.is_done(),
             Kind::Flush(m) => m.is_done(),
             Kind::Copy(m) => m.is_done(),
+            Kind::Admin(m) => m.is_done(),
         };
         if finished {
             if let Kind::Copy(c) = &self.kind {

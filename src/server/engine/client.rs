@@ -12,9 +12,12 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 use slab::Slab;
 
-use crate::protocol::request::noreply_requested;
-use crate::protocol::{compose, parse_request, ParseError, Parsed, Request, Verb};
+use crate::protocol::request::{
+    batch_request, noreply_requested, parse_retrieval_more, too_large_removes,
+};
+use crate::protocol::{compose, parse_request, Expect, ParseError, Parsed, Request, Verb};
 use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine, Replicas};
+use crate::proxy::{admin_plan, AdminPlan};
 use crate::stats::Counter;
 use crate::upstream::ServerId;
 
@@ -46,6 +49,9 @@ pub(super) struct Client {
     rbuf: BytesMut,
     /// Data bytes still to drop after a refused storage command.
     swallow: usize,
+    /// A retrieval line past the line limit being served batch by batch:
+    /// the previous batch, which the next parse continues.
+    long_get: Option<Request>,
     /// Answers in request order; `first_seq` numbers the front one.
     slots: VecDeque<Slot>,
     first_seq: u64,
@@ -88,6 +94,7 @@ impl Client {
             gen,
             rbuf: BytesMut::new(),
             swallow: 0,
+            long_get: None,
             slots: VecDeque::new(),
             first_seq: 0,
             waiting: 0,
@@ -347,23 +354,61 @@ impl State {
             if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) {
                 return;
             }
-            match parse_request(&cl.rbuf, cx.max_item, &mut self.keys) {
+            let parsed = match &cl.long_get {
+                Some(first) => parse_retrieval_more(&cl.rbuf, first, &mut self.keys),
+                None => parse_request(&cl.rbuf, cx.max_item, &mut self.keys),
+            };
+            match parsed {
                 Parsed::Incomplete => return,
                 Parsed::Complete(r) => {
-                    let bytes = cl.rbuf.split_to(r.consumed).freeze();
+                    // A retrieval line past the line limit is served batch by
+                    // batch, each a get of its own whose END is left out but
+                    // for the last.
+                    let more = r.more;
+                    let batch = more || cl.long_get.is_some();
+                    cl.long_get = more.then(|| r.clone());
+                    let mut bytes = cl.rbuf.split_to(r.consumed).freeze();
                     let gen = cl.gen;
-                    self.start(d, cx, idx, gen, r, bytes);
+                    if more && self.keys.is_empty() {
+                        continue;
+                    }
+                    let mut r = r;
+                    if batch {
+                        let mut line = BytesMut::new();
+                        r = batch_request(&mut line, &bytes, &r, &mut self.keys);
+                        bytes = line.freeze();
+                    }
+                    self.start(d, cx, idx, gen, r, bytes, more);
+                }
+                Parsed::Error(ParseError::TooLarge { skip }) => {
+                    cx.stats().incr(Counter::ClientErrors);
+                    // The old item goes too, on every replica, as memcached
+                    // removes it: a silent delete, answered before the error.
+                    let delete = too_large_removes(&cl.rbuf)
+                        .and_then(|k| cl.rbuf.get(k))
+                        .and_then(delete_noreply);
+                    let held = if noreply_requested(&cl.rbuf) {
+                        Answer::Nothing
+                    } else {
+                        one(compose::TOO_LARGE)
+                    };
+                    cl.swallow = skip;
+                    let gen = cl.gen;
+                    if let Some((r, bytes)) = delete {
+                        self.start(d, cx, idx, gen, r, bytes, false);
+                    }
+                    self.push_ready(idx, held);
                 }
                 Parsed::Error(e) => {
                     cx.stats().incr(Counter::ClientErrors);
                     let silent = noreply_requested(&cl.rbuf);
                     let a = match e {
                         ParseError::UnknownCommand { consumed } => {
-                            cl.rbuf.advance(consumed.min(cl.rbuf.len()));
+                            cl.swallow = consumed;
                             one(compose::ERROR)
                         }
                         ParseError::Client { consumed, msg } => {
-                            cl.rbuf.advance(consumed.min(cl.rbuf.len()));
+                            cl.swallow = consumed;
                             let mut m = BytesMut::with_capacity(msg.len() + 16);
                             compose::compose_client_error(&mut m, msg);
                             if silent {
@@ -372,32 +417,38 @@ impl State {
                                 Answer::One(m.freeze())
                             }
                         }
-                        ParseError::TooLarge { skip } => {
-                            cl.swallow = skip;
-                            if silent {
-                                Answer::Nothing
-                            } else {
-                                one(compose::TOO_LARGE)
-                            }
+                        ParseError::TooLarge { .. } | ParseError::Close => {
+                            // Not a memcached client (HTTP, binary bytes): close
+                            // without a word, after what is answered already.
+                            cl.rbuf.clear();
+                            self.push_ready(idx, Answer::Close);
+                            return;
                         }
                         ParseError::LineTooLong => {
-                            cl.push_slot(Slot::Ready(one(compose::LINE_TOO_LONG)));
-                            cl.push_slot(Slot::Ready(Answer::Close));
                             cl.rbuf.clear();
-                            cl.drain_ready();
-                            mark(&mut self.clients, &mut self.dirty_clients, idx);
+                            self.push_ready(idx, one(compose::LINE_TOO_LONG));
+                            self.push_ready(idx, Answer::Close);
                             return;
                         }
                     };
-                    cl.push_slot(Slot::Ready(a));
-                    cl.drain_ready();
-                    mark(&mut self.clients, &mut self.dirty_clients, idx);
+                    self.push_ready(idx, a);
                 }
             }
         }
     }
 
+    /// Queue an answer the client gets in order, without a machine.
+    fn push_ready(&mut self, idx: usize, a: Answer) {
+        if let Some(cl) = self.clients.get_mut(idx) {
+            cl.push_slot(Slot::Ready(a));
+            cl.drain_ready();
+            mark(&mut self.clients, &mut self.dirty_clients, idx);
+        }
+    }
+
     /// Start one parsed request: answer it here or launch its machine.
+    /// `strip_end`: a batch of a long get line that is not its last.
+    #[allow(clippy::too_many_arguments)]
     fn start<D: Driver>(
         &mut self,
         d: &mut D,
@@ -406,57 +457,81 @@ impl State {
         gen: u32,
         r: Request,
         bytes: Bytes,
+        strip_end: bool,
     ) {
+        let mut plan = None;
         let local = match r.verb {
             Verb::Quit => Some(Answer::Close),
-            Verb::Version => Some(one(concat!(
-                "VERSION memring-",
-                env!("CARGO_PKG_VERSION"),
-                "\r\n"
-            )
-            .as_bytes())),
+            Verb::Version => Some(one(compose::VERSION)),
             Verb::Verbosity => Some(if r.noreply {
                 Answer::Nothing
             } else {
                 one(compose::OK)
             }),
             Verb::MetaNoop => Some(one(compose::MN)),
-            Verb::Stats => Some(super::stats::answer(cx, &r, &bytes)),
+            Verb::Stats | Verb::Admin => {
+                let args = bytes.get(r.meta_flags.clone()).unwrap_or_default();
+                match admin_plan(r.verb, args) {
+                    AdminPlan::Local => Some(super::stats::answer(cx, &r, &bytes)),
+                    AdminPlan::Answer(b) => Some(one(b)),
+                    p => {
+                        plan = Some(p);
+                        None
+                    }
+                }
+            }
             _ => None,
         };
         let Some(cl) = self.clients.get_mut(idx) else {
             return;
         };
         if let Some(a) = local {
-            cl.push_slot(Slot::Ready(a));
-            cl.drain_ready();
-            mark(&mut self.clients, &mut self.dirty_clients, idx);
+            self.push_ready(idx, a);
             return;
         }
         let seq = cl.push_slot(Slot::Waiting);
+        let cref = ClientRef {
+            idx,
+            gen,
+            seq,
+            strip_end,
+        };
         let keys = Keys::take(&mut self.keys);
         let req = ClientRequest { r, bytes, keys };
-        self.replicas.clear();
-        for k in req.keys.as_slice() {
-            let key = req.bytes.get(k.clone()).unwrap_or_default();
-            self.replicas.push(replicas(&cx.topo, key));
-        }
-        if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
-            let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
-            self.replicas.push(replicas(&cx.topo, key));
-        }
         self.servers.clear();
-        if req.r.verb == Verb::FlushAll {
+        if req.r.verb == Verb::FlushAll || plan.is_some() {
             self.servers
                 .extend((0..cx.topo.servers.len() as u32).map(ServerId));
+        }
+        if let Some(AdminPlan::Listing(Expect::Lines)) = plan.filter(|_| req.r.verb == Verb::Admin)
+        {
+            // memcached refuses a metadump with anything pipelined behind it:
+            // the control plane runs it on connections of its own.
+            let line = req.bytes.slice(..req.r.line_len.min(req.bytes.len()));
+            super::super::control::dump_for(cx.topo.clone(), line, self.control_tx.clone(), cref);
+            return;
         }
         let mut fx = std::mem::take(&mut self.fx);
         let view = HealthView {
             topo: &cx.topo,
             now_unix: cx.now_unix,
         };
-        let machine = Machine::start(req, &self.replicas, &self.servers, &view, &mut fx);
-        self.launch(d, cx, machine, Some(ClientRef { idx, gen, seq }), &mut fx);
+        let machine = match plan {
+            Some(p) => Machine::admin(req, p, &self.servers, &view, &mut fx),
+            None => {
+                self.replicas.clear();
+                for k in req.keys.as_slice() {
+                    let key = req.bytes.get(k.clone()).unwrap_or_default();
+                    self.replicas.push(replicas(&cx.topo, key));
+                }
+                if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
+                    let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
+                    self.replicas.push(replicas(&cx.topo, key));
+                }
+                Machine::start(req, &self.replicas, &self.servers, &view, &mut fx)
+            }
+        };
+        self.launch(d, cx, machine, Some(cref), &mut fx);
         self.fx = fx;
     }
 
@@ -554,5 +629,20 @@ fn set_nodelay(fd: i32) {
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// `delete <key> noreply` as a parsed request, for removing the old item of
+/// a set refused as too large. None for a key the parser would refuse.
+fn delete_noreply(key: &[u8]) -> Option<(Request, Bytes)> {
+    let mut line = BytesMut::with_capacity(key.len() + 24);
+    line.extend_from_slice(b"delete ");
+    line.extend_from_slice(key);
+    line.extend_from_slice(b" noreply\r\n");
+    let bytes = line.freeze();
+    let mut keys = Vec::new();
+    match parse_request(&bytes, 0, &mut keys) {
+        Parsed::Complete(r) => Some((r, bytes)),
+        _ => None,
     }
 }

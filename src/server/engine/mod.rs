@@ -104,11 +104,17 @@ fn next_gen(g: &mut u32) -> u32 {
 
 /// Where a request's answer goes.
 #[derive(Clone, Copy, Debug)]
-struct ClientRef {
+pub(super) struct ClientRef {
     idx: usize,
     gen: u32,
     seq: u64,
+    /// A batch of a long get line that is not its last: its END is left out.
+    strip_end: bool,
 }
+
+/// An answer produced off the core (a metadump on the control plane), with
+/// where it goes.
+pub(super) type Handoff = (ClientRef, Answer);
 
 /// A request in flight on this core.
 struct ReqSlot {
@@ -209,6 +215,9 @@ pub(super) struct State {
     listen_retry: Option<Instant>,
     /// Scratch list of upstream connection slots for the per-turn deadline check.
     up_ids: Vec<usize>,
+    /// Answers made off the core come back here (checked once per turn).
+    control_tx: mpsc::Sender<Handoff>,
+    control_rx: mpsc::Receiver<Handoff>,
 }
 
 /// A core's listeners, kept open for the core's lifetime.
@@ -250,6 +259,7 @@ pub(super) fn run_core<D: Driver>(
         now_unix: unix_now(),
         rng: std::cell::Cell::new(seed),
     };
+    let (control_tx, control_rx) = mpsc::channel();
     let mut st = State {
         clients: Slab::with_capacity(256),
         ups: Slab::with_capacity(16),
@@ -270,6 +280,8 @@ pub(super) fn run_core<D: Driver>(
         listeners: Vec::new(),
         listen_retry: None,
         up_ids: Vec::with_capacity(16),
+        control_tx,
+        control_rx,
     };
     st.install(&mut d, &mut cx, topo);
     let fds: Vec<RawFd> = listeners
@@ -397,7 +409,7 @@ impl State {
                     parts,
                     expect,
                 } => self.send_call(d, cx, r, call, server, parts, expect),
-                Effect::Answer(a) => self.answer(cx, r, a),
+                Effect::Answer(a) => self.answer(r, a),
                 Effect::MissedWrite { server, seen, key } => {
                     missed_write(cx, server, seen, &key);
                 }
@@ -478,20 +490,24 @@ impl State {
     }
 
     /// Hand a machine's answer to its client, in the client's order.
-    fn answer(&mut self, cx: &Ctx, r: usize, a: Answer) {
-        let Some(cref) = self.reqs.get_mut(r).and_then(|s| s.client.take()) else {
-            return;
-        };
+    fn answer(&mut self, r: usize, a: Answer) {
+        if let Some(cref) = self.reqs.get_mut(r).and_then(|s| s.client.take()) {
+            self.deliver_answer(cref, a);
+        }
+    }
+
+    /// Put an answer in its client's slot (if the client is still there).
+    fn deliver_answer(&mut self, cref: ClientRef, a: Answer) {
         let Some(c) = self.clients.get_mut(cref.idx) else {
             return;
         };
         if c.gen != cref.gen {
             return;
         }
+        let a = if cref.strip_end { a.without_end() } else { a };
         if c.fill(cref.seq, a) {
             client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
         }
-        let _ = cx;
     }
 
     /// Point the pools at a topology, keeping connections to servers that
@@ -546,6 +562,9 @@ impl State {
         if generation != cx.topo.generation {
             let fresh = cx.shared.current();
             self.install(d, cx, fresh);
+        }
+        while let Ok((cref, a)) = self.control_rx.try_recv() {
+            self.deliver_answer(cref, a);
         }
         let stopping = cx.shared.stopping.load(Ordering::Relaxed);
         let mut next = cx.now + IDLE_TICK;

@@ -1,5 +1,6 @@
-//! The `stats` command, answered by the engine from every core's counters
-//! and the shared server health.
+//! The plain `stats` command (and `stats reset`), answered by the engine
+//! from every core's counters and the shared server health. Groups and
+//! administration commands go to the servers (see [`crate::proxy::admin_plan`]).
 
 use std::time::Instant;
 
@@ -20,25 +21,6 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
             s.reset();
         }
         return Answer::One(Bytes::from_static(compose::RESET));
-    }
-    if !args.is_empty() {
-        let group = args.split(|&b| b == b' ').next().unwrap_or_default();
-        let known: &[&[u8]] = &[
-            b"settings",
-            b"items",
-            b"slabs",
-            b"sizes",
-            b"conns",
-            b"detail",
-            b"extstore",
-        ];
-        // Those groups describe one memcached server each; anything else is
-        // an unknown group, which memcached answers with ERROR.
-        return Answer::One(Bytes::from_static(if known.contains(&group) {
-            compose::END
-        } else {
-            compose::ERROR
-        }));
     }
     let topo = &cx.topo;
     let views: Vec<ServerView<'_>> = topo

@@ -72,6 +72,7 @@ fn canned(expect: Expect) -> &'static [&'static str] {
             "SERVER_ERROR boom\r\n",
         ],
         Expect::Stats => &["END\r\n"],
+        Expect::Lines => &["key=a exp=-1\r\nEND\r\n"],
     }
 }
 

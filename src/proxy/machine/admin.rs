@@ -1,0 +1,89 @@
+//! `stats <group>` and the administration commands (`cache_memlimit`,
+//! `slabs ...`, `lru_crawler ...`): the line goes to every server in
+//! service and the replies merge into one memcached-shaped answer (see
+//! [`crate::proxy::admin_plan`]).
+
+use bytes::Bytes;
+
+use crate::protocol::{compose, Expect};
+use crate::proxy::{merge_listings, merge_status, AdminPlan};
+use crate::upstream::ServerId;
+
+use super::{one, Answer, CallError, CallId, ClientRequest, Cx, Kind, Reply};
+
+/// One admin line fanned out to every server in service.
+#[derive(Debug)]
+pub(super) struct Admin {
+    listing: bool,
+    /// Replies by server order; the call ids are consecutive from `first`.
+    replies: Vec<Option<Bytes>>,
+    first: CallId,
+    waiting: usize,
+}
+
+impl Admin {
+    pub(super) fn start(
+        req: &ClientRequest,
+        plan: AdminPlan,
+        servers: &[ServerId],
+        cx: &mut Cx<'_>,
+    ) -> Kind {
+        let expect = match plan {
+            AdminPlan::Listing(e) => e,
+            _ => Expect::Line,
+        };
+        let line = req.bytes.slice(..req.r.line_len.min(req.bytes.len()));
+        let mut first = None;
+        let mut n = 0;
+        for &s in servers {
+            if !cx.is_up(s) {
+                continue;
+            }
+            let call = cx.send(s, [line.clone(), Bytes::new()], expect);
+            first.get_or_insert(call);
+            n += 1;
+        }
+        let Some(first) = first else {
+            cx.answer(one(compose::NO_SERVER));
+            return Kind::Done;
+        };
+        Kind::Admin(Admin {
+            listing: matches!(plan, AdminPlan::Listing(_)),
+            replies: vec![None; n],
+            first,
+            waiting: n,
+        })
+    }
+
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        outcome: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let i = call.wrapping_sub(self.first) as usize;
+        let Some(slot) = self.replies.get_mut(i) else {
+            return;
+        };
+        self.waiting = self.waiting.saturating_sub(1);
+        if let Ok(r) = outcome {
+            *slot = Some(r.frame);
+        }
+        if self.waiting > 0 {
+            return;
+        }
+        let got: Vec<Bytes> = self.replies.iter_mut().filter_map(Option::take).collect();
+        let a = if got.is_empty() {
+            one(compose::NO_SERVER)
+        } else if self.listing {
+            Answer::Many(merge_listings(&got))
+        } else {
+            merge_status(&got).map_or(Answer::Nothing, Answer::One)
+        };
+        cx.answer(a);
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        self.waiting == 0
+    }
+}
