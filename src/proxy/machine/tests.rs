@@ -1270,14 +1270,14 @@ fn meta_writes_follow_their_mode() {
     assert_eq!(r.answer().as_deref(), Some("HD\r\n"));
 
     // md with a cas: primary first; NF is checked against the backup, then
-    // the key is deleted there; q hides NF.
+    // the key is deleted there; q shows NF, as memcached does for md.
     let mut r = Run::start(&w, "md a C5 q\r\n", &[RA]);
     r.expect_pending(&[(P0, "md a C5\r\n")]);
     r.reply(P0, "md a C5\r\n", "NF\r\n");
     r.reply(B2, "mg a v f t\r\n", "EN\r\n");
     r.reply(B2, "delete a\r\n", "NOT_FOUND\r\n");
     r.assert_done();
-    assert_eq!(r.answer(), None);
+    assert_eq!(r.answer().as_deref(), Some("NF\r\n"));
 
     // md with a cas answered HD: the primary had it; deleted on the backup
     // at once, no recovery.

@@ -49,6 +49,9 @@ pub(super) struct Client {
     rbuf: BytesMut,
     /// Data bytes still to drop after a refused storage command.
     swallow: usize,
+    /// The answer to a too-large request, queued once its data is swallowed
+    /// (memcached answers a length it cannot swallow, never).
+    held: Option<Answer>,
     /// A retrieval line past the line limit being served batch by batch:
     /// the previous batch, which the next parse continues.
     long_get: Option<Request>,
@@ -95,6 +98,7 @@ impl Client {
             rbuf: BytesMut::new(),
             swallow: 0,
             long_get: None,
+            held: None,
             slots: VecDeque::new(),
             first_seq: 0,
             waiting: 0,
@@ -351,6 +355,10 @@ impl State {
                     return;
                 }
             }
+            if let Some(a) = cl.held.take() {
+                self.push_ready(idx, a);
+                continue;
+            }
             if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) {
                 return;
             }
@@ -394,10 +402,10 @@ impl State {
                     };
                     cl.swallow = skip;
                     let gen = cl.gen;
+                    cl.held = Some(held);
                     if let Some((r, bytes)) = delete {
                         self.start(d, cx, idx, gen, r, bytes, false);
                     }
-                    self.push_ready(idx, held);
                 }
                 Parsed::Error(e) => {
                     cx.stats().incr(Counter::ClientErrors);
