@@ -242,9 +242,18 @@ async fn admin<B: Backend>(core: &Rc<Core<B>>, req: &Req, plan: AdminPlan) -> Ou
     // memcached refuses a metadump with anything pipelined behind it, so it
     // gets a connection of its own, as the resync does.
     let own_conn = req.r.verb == Verb::Admin && expect == Expect::Lines;
+    let expect = match plan {
+        AdminPlan::FirstServer => Expect::Stats,
+        _ => expect,
+    };
     let calls = (0..topo.servers.len() as u32)
         .map(ServerId)
         .filter(|&id| topo.health(id).observe().is_up())
+        .take(if plan == AdminPlan::FirstServer {
+            1
+        } else {
+            usize::MAX
+        })
         .map(|id| {
             let parts = [line.clone()];
             let topo = &topo;
@@ -269,6 +278,7 @@ async fn admin<B: Backend>(core: &Rc<Core<B>>, req: &Req, plan: AdminPlan) -> Ou
     }
     match plan {
         AdminPlan::Listing(_) => Out::Many(proxy::merge_listings(&replies)),
+        AdminPlan::FirstServer => replies.into_iter().next().map_or(Out::Nothing, Out::One),
         _ => proxy::merge_status(&replies).map_or(Out::Nothing, Out::One),
     }
 }
