@@ -293,6 +293,14 @@ fn allowed_differences_are_exactly_these() {
     let t = Targets::start();
     for d in DIFFERENCES {
         let got = exchange(t.memcached.addr(), d.send);
+        if d.name == "version" {
+            // Any memcached 1.6 release: its own version, major.minor.patch.
+            assert!(got.0.starts_with(b"VERSION 1.6."), "{}", show(&got.0));
+            for (target, addr) in t.proxies() {
+                assert_bytes(&exchange(addr, d.send).0, d.memring.0, target);
+            }
+            continue;
+        }
         assert_eq!(
             (show(&got.0), got.1),
             (show(d.memcached.0), d.memcached.1),
@@ -643,4 +651,39 @@ fn libmemcached_tools_work_through_memring() {
         });
         assert!(found.is_some(), "memcdump via {target}: {last}");
     }
+}
+
+/// Bug 9: `stats settings` is the first server's own; `stats items` adds the
+/// servers' counts up (one `items:1:number` line, the total).
+#[test]
+fn stats_groups_answer_for_the_cluster() {
+    let t = Targets::start();
+    let direct = t.seed_servers[0].client().request(b"stats settings\r\n");
+    let via = Client::tcp(t.seed.addr()).request(b"stats settings\r\n");
+    assert_bytes(&via, &direct, "stats settings via the seed proxy");
+    let mut c = Client::tcp(t.seed.addr());
+    for i in 0..40 {
+        assert_bytes(
+            &c.request(format!("set items{i} 0 0 1\r\nx\r\n").as_bytes()),
+            b"STORED\r\n",
+            "set",
+        );
+    }
+    let total: u64 = t
+        .seed_servers
+        .iter()
+        .map(|s| {
+            let st = parse_stats(&s.client().request(b"stats items\r\n"));
+            stat(&st, "items:1:number").parse::<u64>().unwrap()
+        })
+        .sum();
+    // Every key is on a primary and a backup.
+    assert_eq!(total, 80);
+    let st = parse_stats(&c.request(b"stats items\r\n"));
+    assert_eq!(stat(&st, "items:1:number"), "80");
+    let names: Vec<&String> = st.iter().map(|(n, _)| n).collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "one line per name");
 }

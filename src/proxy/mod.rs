@@ -201,10 +201,14 @@ pub enum AdminPlan {
     Local,
     /// Send the line to every server in service; the answer is their lines
     /// concatenated in server order under one `END` (see [`merge_listings`]).
-    /// `stats items|slabs|sizes|settings|conns|detail dump`,
+    /// `stats items|slabs|sizes|extstore|detail dump`,
     /// `stats cachedump <class> <n>` (memdump lists every server's keys),
     /// `lru_crawler metadump ...`.
     Listing(Expect),
+    /// Send the line to the first server in service and pass its answer on:
+    /// `stats settings` and `stats conns` describe one process, and adding
+    /// up ports or connection numbers would mean nothing.
+    FirstServer,
     /// Send the line to every server in service; `OK` when every one said
     /// `OK`, else the first other answer (see [`merge_status`]).
     /// `cache_memlimit`, `slabs automove|reassign`, `lru_crawler <other>`,
@@ -223,9 +227,8 @@ pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
     match verb {
         Verb::Stats => match first {
             b"" | b"reset" => AdminPlan::Local,
-            b"items" | b"slabs" | b"sizes" | b"settings" | b"conns" | b"extstore" => {
-                AdminPlan::Listing(Expect::Stats)
-            }
+            b"items" | b"slabs" | b"sizes" | b"extstore" => AdminPlan::Listing(Expect::Stats),
+            b"settings" | b"conns" => AdminPlan::FirstServer,
             b"cachedump" => AdminPlan::Listing(Expect::Lines),
             b"detail" if second == b"dump" => AdminPlan::Listing(Expect::Lines),
             b"detail" => AdminPlan::EveryServer,
@@ -468,7 +471,8 @@ mod tests {
             (Verb::Stats, b"reset", Local),
             (Verb::Stats, b"items", Listing(Expect::Stats)),
             (Verb::Stats, b"slabs", Listing(Expect::Stats)),
-            (Verb::Stats, b"settings", Listing(Expect::Stats)),
+            (Verb::Stats, b"settings", FirstServer),
+            (Verb::Stats, b"conns", FirstServer),
             (Verb::Stats, b"sizes", Listing(Expect::Stats)),
             (Verb::Stats, b"cachedump 1 0", Listing(Expect::Lines)),
             (Verb::Stats, b"detail dump", Listing(Expect::Lines)),

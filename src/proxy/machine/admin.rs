@@ -14,7 +14,7 @@ use super::{one, Answer, CallError, CallId, ClientRequest, Cx, Kind, Reply};
 /// One admin line fanned out to every server in service.
 #[derive(Debug)]
 pub(super) struct Admin {
-    listing: bool,
+    plan: AdminPlan,
     /// Replies by server order; the call ids are consecutive from `first`.
     replies: Vec<Option<Bytes>>,
     first: CallId,
@@ -30,13 +30,20 @@ impl Admin {
     ) -> Kind {
         let expect = match plan {
             AdminPlan::Listing(e) => e,
+            AdminPlan::FirstServer => Expect::Stats,
             _ => Expect::Line,
+        };
+        // `stats settings|conns` describe one memcached: the first in service answers.
+        let wanted = if plan == AdminPlan::FirstServer {
+            1
+        } else {
+            usize::MAX
         };
         let line = req.bytes.slice(..req.r.line_len.min(req.bytes.len()));
         let mut first = None;
         let mut n = 0;
         for &s in servers {
-            if !cx.is_up(s) {
+            if !cx.is_up(s) || n >= wanted {
                 continue;
             }
             let call = cx.send(s, [line.clone(), Bytes::new()], expect);
@@ -48,7 +55,7 @@ impl Admin {
             return Kind::Done;
         };
         Kind::Admin(Admin {
-            listing: matches!(plan, AdminPlan::Listing(_)),
+            plan,
             replies: vec![None; n],
             first,
             waiting: n,
@@ -73,12 +80,11 @@ impl Admin {
             return;
         }
         let got: Vec<Bytes> = self.replies.iter_mut().filter_map(Option::take).collect();
-        let a = if got.is_empty() {
-            one(compose::NO_SERVER)
-        } else if self.listing {
-            Answer::Many(merge_listings(&got))
-        } else {
-            merge_status(&got).map_or(Answer::Nothing, Answer::One)
+        let a = match self.plan {
+            _ if got.is_empty() => one(compose::NO_SERVER),
+            AdminPlan::Listing(_) => Answer::Many(merge_listings(&got)),
+            AdminPlan::FirstServer => got.into_iter().next().map_or(Answer::Nothing, Answer::One),
+            _ => merge_status(&got).map_or(Answer::Nothing, Answer::One),
         };
         cx.answer(a);
     }
