@@ -17,6 +17,8 @@
 //! | append, prepend, incr, decr, `ma`, other `ms`/`md` | primary; on success the item is read back (`mg v f t`) and `set` on the backup |
 //! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
+pub mod binary;
+
 use bytes::Bytes;
 
 use crate::protocol::{compose, Status, ValueItem, Verb};

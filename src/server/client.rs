@@ -15,8 +15,10 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
+use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::request::noreply_requested;
 use crate::protocol::{compose, parse_request, ParseError, Parsed, Verb};
+use crate::proxy::binary::{self, Plan, Step, Translated};
 use crate::stats::Counter;
 
 use super::core::Core;
@@ -77,6 +79,8 @@ async fn read_requests<B: Backend, S: Stream>(
     let mut buf = BytesMut::with_capacity(READ_START);
     let mut keys = Vec::new();
     let mut swallow = 0usize;
+    // Decided by the connection's first byte, as memcached does.
+    let mut is_binary = None;
     loop {
         loop {
             if swallow > 0 {
@@ -89,6 +93,20 @@ async fn read_requests<B: Backend, S: Stream>(
             }
             if buf.is_empty() {
                 break;
+            }
+            if *is_binary.get_or_insert(buf.first() == Some(&REQUEST_MAGIC)) {
+                let Some((slot, close)) = binary_slot(&core, &mut buf, max_item, &mut swallow)
+                else {
+                    break;
+                };
+                if tx.send(slot).await.is_err() {
+                    return;
+                }
+                if close {
+                    let _ = tx.send(Slot::Ready(Some(Out::Close))).await;
+                    return;
+                }
+                continue;
             }
             let (slot, last) = match parse_request(&buf, max_item, &mut keys) {
                 Parsed::Incomplete => break,
@@ -159,6 +177,111 @@ async fn read_requests<B: Backend, S: Stream>(
             _ => return,
         }
     }
+}
+
+/// A binary connection's next request as a reply slot (and whether the
+/// connection closes after it), or `None` when more bytes are needed. The
+/// adapter in [`crate::proxy::binary`] turns frames into text/meta requests
+/// that take the text path through [`dispatch`], and their replies back.
+fn binary_slot<B: Backend>(
+    core: &Rc<Core<B>>,
+    buf: &mut BytesMut,
+    max_item: usize,
+    swallow: &mut usize,
+) -> Option<(Slot, bool)> {
+    match binary::next_step(buf, max_item) {
+        Step::Incomplete => None,
+        Step::Close => {
+            core.stats().incr(Counter::ClientErrors);
+            Some((Slot::Ready(Some(Out::Close)), false))
+        }
+        Step::Answer {
+            consumed,
+            swallow: more,
+            reply,
+            close,
+        } => {
+            if more > 0 || close {
+                core.stats().incr(Counter::ClientErrors);
+            }
+            buf.advance(consumed.min(buf.len()));
+            *swallow = more;
+            let out = if reply.is_empty() {
+                Out::Nothing
+            } else {
+                Out::One(reply)
+            };
+            Some((Slot::Ready(Some(out)), close))
+        }
+        Step::Forward {
+            consumed,
+            request,
+            plan,
+        } => {
+            buf.advance(consumed.min(buf.len()));
+            let first = start_text(core, request, max_item);
+            let core = core.clone();
+            let fut = async move { serve_binary(&core, first, plan, max_item).await };
+            Some((Slot::Pending(Box::pin(fut)), false))
+        }
+    }
+}
+
+/// Start a translated request exactly as a text client's.
+fn start_text<B: Backend>(
+    core: &Rc<Core<B>>,
+    request: Bytes,
+    max_item: usize,
+) -> Result<Out, dispatch::Pending> {
+    let mut keys = Vec::new();
+    match parse_request(&request, max_item, &mut keys) {
+        Parsed::Complete(r) => dispatch::start(
+            core,
+            Req {
+                r,
+                bytes: request,
+                keys: Keys::take(&mut keys),
+            },
+        ),
+        // The adapter only builds well-formed requests; should one not parse,
+        // the client gets an error frame, not silence.
+        _ => Ok(Out::One(Bytes::from_static(
+            b"SERVER_ERROR binary request translation failed\r\n",
+        ))),
+    }
+}
+
+/// Wait for a translated request's reply and turn it into binary; a second
+/// step (incr/decr creating a missing counter) is started from here.
+async fn serve_binary<B: Backend>(
+    core: &Rc<Core<B>>,
+    first: Result<Out, dispatch::Pending>,
+    plan: Plan,
+    max_item: usize,
+) -> Out {
+    let (mut next, mut plan) = (first, plan);
+    // Bounded: a plan asks for at most one more step.
+    for _ in 0..3 {
+        let out = match next {
+            Ok(out) => out,
+            Err(fut) => fut.await,
+        };
+        let parts = match out {
+            Out::Nothing => Vec::new(),
+            Out::One(b) => vec![b],
+            Out::Many(v) => v,
+            Out::Close => return Out::Close,
+        };
+        match plan.translate(&parts) {
+            Translated::Reply(b) if b.is_empty() => return Out::Nothing,
+            Translated::Reply(b) => return Out::One(b),
+            Translated::Then { request, plan: p } => {
+                next = start_text(core, request, max_item);
+                plan = p;
+            }
+        }
+    }
+    Out::Nothing
 }
 
 async fn write_replies<B: Backend, S: Stream>(
