@@ -27,7 +27,9 @@
 //! so that a counter the primary lost but the backup holds is put back and
 //! incremented exactly as a text `incr` is (see `recover_from_backup`). Only
 //! when both replicas miss does a second `ma ... N<exp> J<initial>` create it.
-//! The race: another client may create the key between the two steps; the
+//! Later requests of the same connection start only once the counter is
+//! answered (see [`Plan::may_take_two_steps`]), so they never overtake the
+//! second step. The race: another client may create the key between the two steps; the
 //! second `ma` then increments that value instead of failing. memcached
 //! itself answers "Not stored." in that window, so memring's outcome is the one
 //! a client retrying would get, and no acknowledged value is ever overwritten.
@@ -485,6 +487,13 @@ impl Plan {
     /// The opcode of the (first) request this plan answers.
     pub fn opcode(&self) -> Opcode {
         self.opcode
+    }
+
+    /// Whether the reply may need a second request ([`Translated::Then`]).
+    /// Later requests of the connection must not start before this one is
+    /// answered, or they would overtake its second step.
+    pub fn may_take_two_steps(&self) -> bool {
+        matches!(self.kind, Kind::Arith { create: Some(_) })
     }
 
     /// Turn the text/meta reply (its buffers in order) into binary.

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::request::noreply_requested;
@@ -95,12 +95,17 @@ async fn read_requests<B: Backend, S: Stream>(
                 break;
             }
             if *is_binary.get_or_insert(buf.first() == Some(&REQUEST_MAGIC)) {
-                let Some((slot, close)) = binary_slot(&core, &mut buf, max_item, &mut swallow)
+                let Some((slot, close, done)) =
+                    binary_slot(&core, &mut buf, max_item, &mut swallow)
                 else {
                     break;
                 };
                 if tx.send(slot).await.is_err() {
                     return;
+                }
+                if let Some(done) = done {
+                    // A two-step request: nothing later may overtake it.
+                    let _ = done.await;
                 }
                 if close {
                     let _ = tx.send(Slot::Ready(Some(Out::Close))).await;
@@ -179,8 +184,9 @@ async fn read_requests<B: Backend, S: Stream>(
     }
 }
 
-/// A binary connection's next request as a reply slot (and whether the
-/// connection closes after it), or `None` when more bytes are needed. The
+/// A binary connection's next request as a reply slot (whether the
+/// connection closes after it, and what to wait for before starting the next
+/// request), or `None` when more bytes are needed. The
 /// adapter in [`crate::proxy::binary`] turns frames into text/meta requests
 /// that take the text path through [`dispatch`], and their replies back.
 fn binary_slot<B: Backend>(
@@ -188,12 +194,12 @@ fn binary_slot<B: Backend>(
     buf: &mut BytesMut,
     max_item: usize,
     swallow: &mut usize,
-) -> Option<(Slot, bool)> {
+) -> Option<(Slot, bool, Option<oneshot::Receiver<()>>)> {
     match binary::next_step(buf, max_item) {
         Step::Incomplete => None,
         Step::Close => {
             core.stats().incr(Counter::ClientErrors);
-            Some((Slot::Ready(Some(Out::Close)), false))
+            Some((Slot::Ready(Some(Out::Close)), false, None))
         }
         Step::Answer {
             consumed,
@@ -211,7 +217,7 @@ fn binary_slot<B: Backend>(
             } else {
                 Out::One(reply)
             };
-            Some((Slot::Ready(Some(out)), close))
+            Some((Slot::Ready(Some(out)), close, None))
         }
         Step::Forward {
             consumed,
@@ -219,10 +225,22 @@ fn binary_slot<B: Backend>(
             plan,
         } => {
             buf.advance(consumed.min(buf.len()));
+            let (done_tx, done_rx) = if plan.may_take_two_steps() {
+                let (t, r) = oneshot::channel();
+                (Some(t), Some(r))
+            } else {
+                (None, None)
+            };
             let first = start_text(core, request, max_item);
             let core = core.clone();
-            let fut = async move { serve_binary(&core, first, plan, max_item).await };
-            Some((Slot::Pending(Box::pin(fut)), false))
+            let fut = async move {
+                let out = serve_binary(&core, first, plan, max_item).await;
+                if let Some(t) = done_tx {
+                    let _ = t.send(());
+                }
+                out
+            };
+            Some((Slot::Pending(Box::pin(fut)), false, done_rx))
         }
     }
 }
