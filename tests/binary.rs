@@ -154,7 +154,13 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::DeleteQ, 0, vec![], b"c", b""),
         (Opcode::Get, 0, vec![], b"c", b""),
         (Opcode::Delete, 3, vec![], b"b", b""),
-        (Opcode::Increment, 0, incr_extras(1, 0, 0xffff_ffff), b"n", b""),
+        (
+            Opcode::Increment,
+            0,
+            incr_extras(1, 0, 0xffff_ffff),
+            b"n",
+            b"",
+        ),
         (Opcode::Increment, 0, incr_extras(1, 10, 0), b"n", b""),
         (Opcode::Increment, 0, incr_extras(5, 10, 0), b"n", b""),
         (Opcode::Decrement, 0, incr_extras(5, 0, 0), b"n", b""),
@@ -170,15 +176,39 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::Increment, 0, incr_extras(1, 0, 0), b"a", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::Touch, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
-        (Opcode::Touch, 0, 100u32.to_be_bytes().to_vec(), b"nokey", b""),
+        (
+            Opcode::Touch,
+            0,
+            100u32.to_be_bytes().to_vec(),
+            b"nokey",
+            b"",
+        ),
         (Opcode::Gat, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
         (Opcode::GatK, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
         (Opcode::GatQ, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
         (Opcode::GatKQ, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
-        (Opcode::GatQ, 0, 100u32.to_be_bytes().to_vec(), b"nokey", b""),
-        (Opcode::GatKQ, 0, 100u32.to_be_bytes().to_vec(), b"nokey", b""),
+        (
+            Opcode::GatQ,
+            0,
+            100u32.to_be_bytes().to_vec(),
+            b"nokey",
+            b"",
+        ),
+        (
+            Opcode::GatKQ,
+            0,
+            100u32.to_be_bytes().to_vec(),
+            b"nokey",
+            b"",
+        ),
         (Opcode::Gat, 0, 100u32.to_be_bytes().to_vec(), b"nokey", b""),
-        (Opcode::GatK, 0, 100u32.to_be_bytes().to_vec(), b"nokey", b""),
+        (
+            Opcode::GatK,
+            0,
+            100u32.to_be_bytes().to_vec(),
+            b"nokey",
+            b"",
+        ),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::SaslListMechs, 0, vec![], b"", b""),
         (Opcode::Set, 0, se.clone(), b"big", &big),
@@ -230,7 +260,11 @@ fn responses_match_memcached_byte_for_byte() {
             w.map(|f| opaque(f))
         );
     }
-    assert!(want.len() >= 40, "the script produced {} responses", want.len());
+    assert!(
+        want.len() >= 40,
+        "the script produced {} responses",
+        want.len()
+    );
     println!("{} responses compared with memcached", want.len());
 }
 
@@ -251,7 +285,10 @@ fn version_verbosity_stats_quit() {
         body(&r[0]),
         format!("memring-{}", env!("CARGO_PKG_VERSION")).as_bytes()
     );
-    assert_eq!((opaque(&r[1]), status(&r[1]), body(&r[1])), (2, 0, &b""[..]));
+    assert_eq!(
+        (opaque(&r[1]), status(&r[1]), body(&r[1])),
+        (2, 0, &b""[..])
+    );
     // Stats: one frame per stat with key = name, value = value, then an empty one.
     let stats = &r[2..];
     assert!(stats.len() > 10, "{} stat frames", stats.len());
@@ -287,7 +324,16 @@ fn quiet_pipeline_is_split_per_server_and_merged_in_order() {
         .iter()
         .enumerate()
         .filter(|(i, _)| i % 3 != 0)
-        .map(|(i, k)| frame(Opcode::SetQ, i as u32, 0, &set_extras(i as u32, 0), k.as_bytes(), k.as_bytes()))
+        .map(|(i, k)| {
+            frame(
+                Opcode::SetQ,
+                i as u32,
+                0,
+                &set_extras(i as u32, 0),
+                k.as_bytes(),
+                k.as_bytes(),
+            )
+        })
         .collect();
     assert!(exchange(&mut c, &sets).is_empty(), "quiet sets answered");
     let gets: Vec<Vec<u8>> = keys
@@ -320,7 +366,10 @@ fn quiet_pipeline_is_split_per_server_and_merged_in_order() {
 fn bad_frames_answer_or_close_and_spare_other_clients() {
     let (_servers, proxy) = seed_cluster();
     let mut other = proxy.client();
-    let r = exchange(&mut other, &[frame(Opcode::Set, 1, 0, &set_extras(0, 0), b"o", b"ok")]);
+    let r = exchange(
+        &mut other,
+        &[frame(Opcode::Set, 1, 0, &set_extras(0, 0), b"o", b"ok")],
+    );
     assert_eq!(status(&r[0]), 0);
     // Wrong magic after the first frame: closed without an answer.
     let mut c = proxy.client();
@@ -403,10 +452,16 @@ fn libmemcached_tools_round_trip_with_binary() {
     let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&file, &data).expect("write payload");
     let target = format!("--servers=127.0.0.1:{}", proxy.addr().port());
-    run(Command::new(tool("memccp")).args([&target, "--binary"]).arg(&file));
+    run(Command::new(tool("memccp"))
+        .args([&target, "--binary"])
+        .arg(&file));
     let out = run(Command::new(tool("memccat")).args([&target, "--binary", "bin-payload"]));
     let got = out.stdout.strip_suffix(b"\n").unwrap_or(&out.stdout);
-    assert!(got == data.as_slice(), "memccat returned {} bytes", got.len());
+    assert!(
+        got == data.as_slice(),
+        "memccat returned {} bytes",
+        got.len()
+    );
     // Stored on one primary and one backup, readable by a text client.
     let holders = |range: std::ops::Range<usize>| {
         servers[range]
@@ -423,7 +478,10 @@ fn libmemcached_tools_round_trip_with_binary() {
         .stdin(Stdio::null())
         .output()
         .expect("memcexist");
-    assert!(!gone.status.success(), "memcexist still finds the removed key");
+    assert!(
+        !gone.status.success(),
+        "memcexist still finds the removed key"
+    );
     assert_eq!(
         proxy.client().request(b"get bin-payload\r\n"),
         b"END\r\n",
@@ -452,9 +510,15 @@ fn memcslap_binary_load_has_no_failures() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(text.contains(&format!("Time to {test}")), "{text}");
-        assert!(!text.contains(" keys by ") || !text.contains(" 0 keys by "), "{text}");
+        assert!(
+            !text.contains(" keys by ") || !text.contains(" 0 keys by "),
+            "{text}"
+        );
         let lower = text.to_lowercase();
-        assert!(!lower.contains("error") && !lower.contains("fail"), "{text}");
+        assert!(
+            !lower.contains("error") && !lower.contains("fail"),
+            "{text}"
+        );
     }
     let stats = proxy_stats(&mut proxy.client());
     let hits: u64 = stat(&stats, "get_hits").parse().expect("get_hits");
@@ -532,11 +596,8 @@ fn pylibmc_binary_speaks_every_verb() {
         String::from_utf8_lossy(&probe.stderr)
     );
     for port in [direct.port(), proxy.addr().port()] {
-        let out = run(Command::new(system_python()).args([
-            "-c",
-            PYLIBMC_SCRIPT,
-            &port.to_string(),
-        ]));
+        let out =
+            run(Command::new(system_python()).args(["-c", PYLIBMC_SCRIPT, &port.to_string()]));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "pylibmc ok\n");
     }
 }
@@ -552,15 +613,41 @@ fn failover_serves_binary_written_keys_to_binary_and_text_clients() {
     let mut writes: Vec<Vec<u8>> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| frame(Opcode::Set, i as u32, 0, &set_extras(i as u32, 0), k.as_bytes(), b"v"))
+        .map(|(i, k)| {
+            frame(
+                Opcode::Set,
+                i as u32,
+                0,
+                &set_extras(i as u32, 0),
+                k.as_bytes(),
+                b"v",
+            )
+        })
         .collect();
-    writes.extend(keys.iter().map(|k| frame(Opcode::AppendQ, 0, 0, b"", k.as_bytes(), b"+")));
     writes.extend(
-        (0..20).map(|i| frame(Opcode::IncrementQ, 0, 0, &incr_extras(3, 100, 0), format!("fo:n{i}").as_bytes(), b"")),
+        keys.iter()
+            .map(|k| frame(Opcode::AppendQ, 0, 0, b"", k.as_bytes(), b"+")),
     );
-    writes.extend(
-        (0..20).map(|i| frame(Opcode::IncrementQ, 0, 0, &incr_extras(3, 100, 0), format!("fo:n{i}").as_bytes(), b"")),
-    );
+    writes.extend((0..20).map(|i| {
+        frame(
+            Opcode::IncrementQ,
+            0,
+            0,
+            &incr_extras(3, 100, 0),
+            format!("fo:n{i}").as_bytes(),
+            b"",
+        )
+    }));
+    writes.extend((0..20).map(|i| {
+        frame(
+            Opcode::IncrementQ,
+            0,
+            0,
+            &incr_extras(3, 100, 0),
+            format!("fo:n{i}").as_bytes(),
+            b"",
+        )
+    }));
     let r = exchange(&mut c, &writes);
     assert_eq!(r.len(), 200, "only the loud sets answer");
     assert!(r.iter().all(|f| status(f) == 0));
@@ -576,7 +663,12 @@ fn failover_serves_binary_written_keys_to_binary_and_text_clients() {
     let r = exchange(&mut b, &gets);
     assert_eq!(r.len(), 200);
     for (i, f) in r.iter().enumerate() {
-        assert_eq!((status(f), opaque(f), value(f)), (0, i as u32, &b"v+"[..]), "{}", keys[i]);
+        assert_eq!(
+            (status(f), opaque(f), value(f)),
+            (0, i as u32, &b"v+"[..]),
+            "{}",
+            keys[i]
+        );
         assert_eq!(&f[HEADER_LEN..HEADER_LEN + 4], &(i as u32).to_be_bytes());
     }
     let counters: Vec<Vec<u8>> = (0..20)
@@ -592,6 +684,90 @@ fn failover_serves_binary_written_keys_to_binary_and_text_clients() {
     }
     for i in 0..20 {
         let k = format!("fo:n{i}");
-        assert_eq!(t.request(format!("get {k}\r\n").as_bytes()), value_reply(&k, 0, b"103"));
+        assert_eq!(
+            t.request(format!("get {k}\r\n").as_bytes()),
+            value_reply(&k, 0, b"103")
+        );
+    }
+}
+
+/// A primary that lost items (flushed on rejoin, or evicted) while its backup
+/// kept them: binary add, replace, append, prepend and incr act on the kept
+/// item, exactly as their text forms do, instead of on the gap.
+#[test]
+fn binary_writes_recover_items_the_primary_lost() {
+    let (servers, proxy) = seed_cluster();
+    let mut c = proxy.client();
+    let keys: Vec<String> = ["add", "rep", "app", "pre", "cnt"]
+        .iter()
+        .map(|k| format!("lost:{k}"))
+        .collect();
+    let sets: Vec<Vec<u8>> = keys
+        .iter()
+        .map(|k| {
+            let v: &[u8] = if k.ends_with("cnt") { b"40" } else { b"kept" };
+            frame(Opcode::SetQ, 0, 0, &set_extras(3, 0), k.as_bytes(), v)
+        })
+        .collect();
+    assert!(exchange(&mut c, &sets).is_empty());
+    // Every primary forgets the keys; the backups keep them.
+    let primaries: Vec<&Memcached> = servers[..3].iter().collect();
+    let owners = key_owners(&primaries, &keys);
+    for (k, o) in keys.iter().zip(&owners) {
+        let o = o.unwrap_or_else(|| panic!("no primary holds {k}"));
+        assert_eq!(
+            servers[o]
+                .client()
+                .request(format!("delete {k}\r\n").as_bytes()),
+            b"DELETED\r\n"
+        );
+    }
+    let r = exchange(
+        &mut c,
+        &[
+            frame(
+                Opcode::Add,
+                1,
+                0,
+                &set_extras(0, 0),
+                keys[0].as_bytes(),
+                b"new",
+            ),
+            frame(
+                Opcode::Replace,
+                2,
+                0,
+                &set_extras(4, 0),
+                keys[1].as_bytes(),
+                b"replaced",
+            ),
+            frame(Opcode::Append, 3, 0, b"", keys[2].as_bytes(), b"+"),
+            frame(Opcode::Prepend, 4, 0, b"", keys[3].as_bytes(), b"-"),
+            frame(
+                Opcode::Increment,
+                5,
+                0,
+                &incr_extras(2, 0, 0),
+                keys[4].as_bytes(),
+                b"",
+            ),
+        ],
+    );
+    let got: Vec<(u32, u16)> = r.iter().map(|f| (opaque(f), status(f))).collect();
+    assert_eq!(got, vec![(1, 0x02), (2, 0), (3, 0), (4, 0), (5, 0)]);
+    assert_eq!(value(&r[4]), &42u64.to_be_bytes());
+    let mut t = proxy.client();
+    for (k, want) in keys.iter().zip([
+        value_reply(&keys[0], 3, b"kept"),
+        value_reply(&keys[1], 4, b"replaced"),
+        value_reply(&keys[2], 3, b"kept+"),
+        value_reply(&keys[3], 3, b"-kept"),
+        value_reply(&keys[4], 3, b"42"),
+    ]) {
+        assert_eq!(
+            show(&t.request(format!("get {k}\r\n").as_bytes())),
+            show(&want),
+            "{k}"
+        );
     }
 }

@@ -192,10 +192,7 @@ impl Opcode {
     /// Set, Add, Replace, Append, Prepend and their quiet forms: a value follows the key.
     pub fn is_storage(self) -> bool {
         use Opcode::*;
-        matches!(
-            self.loud(),
-            Set | Add | Replace | Append | Prepend
-        )
+        matches!(self.loud(), Set | Add | Replace | Append | Prepend)
     }
 
     /// Get, GetK, GAT, GATK and their quiet forms.
@@ -579,7 +576,14 @@ mod tests {
 
     const MAX_ITEM: usize = 1024;
 
-    fn req(opcode: Opcode, opaque: u32, cas: u64, extras: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
+    fn req(
+        opcode: Opcode,
+        opaque: u32,
+        cas: u64,
+        extras: &[u8],
+        key: &[u8],
+        value: &[u8],
+    ) -> Vec<u8> {
         let mut out = BytesMut::new();
         compose_request(&mut out, opcode, opaque, cas, extras, key, value);
         out.to_vec()
@@ -598,7 +602,8 @@ mod tests {
         assert_eq!(
             wire,
             [
-                0x80, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0x00, // magic op keylen extlen dt vb
+                0x80, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00,
+                0x00, // magic op keylen extlen dt vb
                 0x00, 0x00, 0x00, 0x03, 0xde, 0xad, 0xbe, 0xef, // bodylen opaque
                 0, 0, 0, 0, 0, 0, 0, 0, b'f', b'o', b'o',
             ]
@@ -718,11 +723,17 @@ mod tests {
         // Key + extras longer than the body: unknown command, close.
         let mut wire = req(Opcode::Get, 0, 0, b"", b"abc", b"");
         wire[11] = 2;
-        assert_eq!(rejected(&wire[..HEADER_LEN]), (Status::UnknownCommand, 26, true));
+        assert_eq!(
+            rejected(&wire[..HEADER_LEN]),
+            (Status::UnknownCommand, 26, true)
+        );
         // Key of 250 is fine, 251 is not (judged before the key arrives).
         let k250 = vec![b'k'; 250];
         let wire = req(Opcode::Get, 0, 0, b"", &k250, b"");
-        assert!(matches!(parse_request(&wire, MAX_ITEM), Parsed::Complete(_)));
+        assert!(matches!(
+            parse_request(&wire, MAX_ITEM),
+            Parsed::Complete(_)
+        ));
         let k251 = vec![b'k'; 251];
         let wire = req(Opcode::Get, 0, 0, b"", &k251, b"");
         assert_eq!(
@@ -733,7 +744,10 @@ mod tests {
         let se = set_extras(0, 0);
         let v = vec![b'v'; MAX_ITEM];
         let wire = req(Opcode::Set, 0, 0, &se, b"k", &v);
-        assert!(matches!(parse_request(&wire, MAX_ITEM), Parsed::Complete(_)));
+        assert!(matches!(
+            parse_request(&wire, MAX_ITEM),
+            Parsed::Complete(_)
+        ));
         let v = vec![b'v'; MAX_ITEM + 1];
         let wire = req(Opcode::SetQ, 0, 0, &se, b"k", &v);
         assert_eq!(
@@ -743,7 +757,10 @@ mod tests {
         // A 4 GB body on a get: wrong shape, invalid arguments, close.
         let mut wire = req(Opcode::Get, 0, 0, b"", b"k", b"");
         wire[8..12].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(rejected(&wire), (Status::InvalidArguments, _, true)));
+        assert!(matches!(
+            rejected(&wire),
+            (Status::InvalidArguments, _, true)
+        ));
         // Wrong shapes.
         for (op, extras, key, value) in [
             (Opcode::Get, &b""[..], &b""[..], &b""[..]),
@@ -761,7 +778,10 @@ mod tests {
         // Unknown opcodes and SASL: unknown command, body swallowed, connection kept.
         let mut wire = req(Opcode::Get, 0, 0, b"", b"k", b"xyz");
         wire[1] = 0x42;
-        assert_eq!(rejected(&wire[..HEADER_LEN]), (Status::UnknownCommand, wire.len(), false));
+        assert_eq!(
+            rejected(&wire[..HEADER_LEN]),
+            (Status::UnknownCommand, wire.len(), false)
+        );
         let wire = req(Opcode::SaslListMechs, 0, 0, b"", b"", b"");
         assert_eq!(rejected(&wire), (Status::UnknownCommand, HEADER_LEN, false));
         let wire = req(Opcode::SaslAuth, 0, 0, b"", b"PLAIN", b"\0u\0p");

@@ -144,7 +144,9 @@ pub enum Translated {
 
 /// Whether `key` can travel in a text/meta command line.
 fn key_ok(key: &[u8]) -> bool {
-    !key.is_empty() && key.len() <= crate::protocol::MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f)
+    !key.is_empty()
+        && key.len() <= crate::protocol::MAX_KEY_LEN
+        && key.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 fn answer(consumed: usize, reply: BytesMut) -> Step {
@@ -229,13 +231,31 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
         Opcode::Get | Opcode::GetK => return get_run(buf, max_item_size),
         Opcode::NoOp => {
             let mut out = BytesMut::with_capacity(bin::HEADER_LEN);
-            compose_response(&mut out, op as u8, bin::Status::Success, h.opaque, 0, b"", b"", b"");
+            compose_response(
+                &mut out,
+                op as u8,
+                bin::Status::Success,
+                h.opaque,
+                0,
+                b"",
+                b"",
+                b"",
+            );
             return answer(consumed, out);
         }
         Opcode::Quit => {
             let mut out = BytesMut::new();
             if !op.is_quiet() {
-                compose_response(&mut out, op as u8, bin::Status::Success, h.opaque, 0, b"", b"", b"");
+                compose_response(
+                    &mut out,
+                    op as u8,
+                    bin::Status::Success,
+                    h.opaque,
+                    0,
+                    b"",
+                    b"",
+                    b"",
+                );
             }
             return Step::Answer {
                 consumed,
@@ -622,7 +642,11 @@ impl Plan {
                 Status::MetaValue => {
                     let digits = text.get(data).unwrap_or_default();
                     match crate::protocol::request::parse_u64(digits) {
-                        Some(v) => ok(&mut out, meta_number(line, b'c').unwrap_or(0), &v.to_be_bytes()),
+                        Some(v) => ok(
+                            &mut out,
+                            meta_number(line, b'c').unwrap_or(0),
+                            &v.to_be_bytes(),
+                        ),
                         None => fail(&mut out, bin::Status::NonNumeric),
                     }
                 }
@@ -662,7 +686,16 @@ impl Plan {
                             Some(i) => (&rest[..i], &rest[i + 1..]),
                             None => (rest, &b""[..]),
                         };
-                        compose_response(&mut out, op, bin::Status::Success, opaque, 0, b"", name, value);
+                        compose_response(
+                            &mut out,
+                            op,
+                            bin::Status::Success,
+                            opaque,
+                            0,
+                            b"",
+                            name,
+                            value,
+                        );
                     }
                 }
                 // The terminator: an empty stat (also the whole answer to `reset`).

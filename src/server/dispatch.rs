@@ -830,7 +830,7 @@ async fn write<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -> Ou
             }
             WriteRule::PrimaryThenCopy => match call_up(core, topo, p, &parts, expect).await {
                 Ok(rp) => {
-                    let rp = if proxy::primary_may_lack(verb, rp.status) {
+                    let rp = if proxy::primary_may_lack_for(verb, meta_flags(req), rp.status) {
                         recover_from_backup(core, topo, req, p, b, &parts, rp).await
                     } else {
                         rp
@@ -882,7 +882,7 @@ async fn recover_from_backup<B: Backend>(
         return rp;
     };
     let verb = req.r.verb;
-    let store_verb = if verb == Verb::Add {
+    let store_verb = if proxy::recovery_overwrites(verb, meta_flags(req)) {
         Verb::Set
     } else {
         Verb::Add
@@ -914,7 +914,7 @@ async fn converge<B: Backend>(
     rp: &Reply,
 ) {
     let key = req.key();
-    let ok = match proxy::after_primary(req.r.verb, rp.status) {
+    let ok = match proxy::after_primary_for(req.r.verb, meta_flags(req), rp.status) {
         Replicate::Nothing => true,
         Replicate::SetRequestItem => {
             let mut line = BytesMut::with_capacity(key.len() + 48);
