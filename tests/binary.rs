@@ -111,6 +111,9 @@ fn masked(f: &[u8]) -> Vec<u8> {
     f
 }
 
+/// One scripted request: opcode, CAS, extras, key, value.
+type Op<'a> = (Opcode, u64, Vec<u8>, &'a [u8], &'a [u8]);
+
 /// A script that exercises every opcode memcached 1.6 serves, with hits,
 /// misses, quiet forms and errors. Opaques are the frame's index. NoOps
 /// split it into groups, each sent as one pipeline once the previous one is
@@ -120,7 +123,7 @@ fn masked(f: &[u8]) -> Vec<u8> {
 fn parity_script() -> Vec<Vec<Vec<u8>>> {
     let se = set_extras(0xdead_beef, 0);
     let big = vec![b'x'; 2 * 1024 * 1024];
-    let ops: Vec<(Opcode, u64, Vec<u8>, &[u8], &[u8])> = vec![
+    let ops: Vec<Op> = vec![
         (Opcode::Get, 0, vec![], b"a", b""),
         (Opcode::GetK, 0, vec![], b"a", b""),
         (Opcode::GetQ, 0, vec![], b"a", b""),
@@ -354,7 +357,7 @@ fn quiet_pipeline_is_split_per_server_and_merged_in_order() {
     }
     // The keys really are spread over all three primaries.
     let primaries: Vec<&Memcached> = servers[..3].iter().collect();
-    let owners = key_owners(&primaries, &keys[1..10].to_vec());
+    let owners = key_owners(&primaries, &keys[1..10]);
     let mut distinct: Vec<_> = owners.into_iter().flatten().collect();
     distinct.sort();
     distinct.dedup();

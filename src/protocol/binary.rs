@@ -636,7 +636,8 @@ mod tests {
         let se = set_extras(5, 0);
         let incr = [0u8; 20];
         let four = [0, 0, 0, 9];
-        let table: &[(Opcode, &[u8], &[u8], &[u8])] = &[
+        type Row<'a> = (Opcode, &'a [u8], &'a [u8], &'a [u8]);
+        let table: &[Row] = &[
             (Opcode::Get, b"", b"k", b""),
             (Opcode::GetQ, b"", b"k", b""),
             (Opcode::GetK, b"", b"k", b""),
@@ -793,7 +794,7 @@ mod tests {
         for b in 0..=0xffu8 {
             if let Some(op) = Opcode::from_u8(b) {
                 assert_eq!(op as u8, b);
-                assert_eq!(op.loud().is_quiet(), false);
+                assert!(!op.loud().is_quiet());
                 assert_eq!(op.is_storage(), op.loud().is_storage());
             }
         }
