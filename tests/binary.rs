@@ -214,6 +214,9 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         ),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::SaslListMechs, 0, vec![], b"", b""),
+        (Opcode::Set, 0, se.clone(), b"big", b"small"),
+        (Opcode::NoOp, 0, vec![], b"", b""),
+        // Too large: refused, and the old value is gone (memcached unlinks it).
         (Opcode::Set, 0, se.clone(), b"big", &big),
         (Opcode::SetQ, 0, se.clone(), b"big", &big),
         (Opcode::Get, 0, vec![], b"big", b""),
@@ -445,6 +448,26 @@ fn run(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// libmemcached's binary conformance checks (memccapable -b) all pass
+/// through memring in front of the seed cluster.
+#[test]
+fn memccapable_binary_conformance_passes() {
+    let (_servers, proxy) = seed_cluster();
+    let out = run(Command::new(tool("memccapable")).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &proxy.addr().port().to_string(),
+        "-b",
+        "-t",
+        "5",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("All tests passed"), "{text}");
+    let passed = text.lines().filter(|l| l.ends_with("[pass]")).count();
+    assert!(passed >= 27, "{passed} checks passed:\n{text}");
 }
 
 #[test]

@@ -84,6 +84,9 @@ pub enum Step {
     Forward {
         /// Bytes of the buffer this step used (one frame, or a run of gets).
         consumed: usize,
+        /// Bytes beyond the buffer to discard as they arrive (the value of
+        /// a set refused as too large).
+        swallow: usize,
         /// The text/meta request.
         request: Bytes,
         /// How to translate its reply.
@@ -117,6 +120,8 @@ enum Kind {
     Version,
     /// `stats`
     Stat,
+    /// The `delete` that follows a set refused as too large: "Too large.".
+    TooLarge,
 }
 
 /// How to turn the text/meta reply of a forwarded request into binary.
@@ -173,6 +178,15 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
         bin::Parsed::Error(FrameError::Reject {
             opcode,
             opaque,
+            status: bin::Status::TooLarge,
+            skip,
+            ..
+        }) if matches!(Opcode::from_u8(opcode), Some(Opcode::Set | Opcode::SetQ)) => {
+            return too_large_set(buf, opcode, opaque, skip)
+        }
+        bin::Parsed::Error(FrameError::Reject {
+            opcode,
+            opaque,
             status,
             skip,
             close,
@@ -218,7 +232,9 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             | Opcode::Verbosity
             | Opcode::Stat
     );
-    if (needs_key && !key_ok(key)) || (op == Opcode::Stat && !key.is_empty() && !key_ok(key)) {
+    // A stat group may have arguments (`detail on`), but no line breaks.
+    let stat_ok = key.iter().all(|&b| b >= b' ' && b != 0x7f);
+    if (needs_key && !key_ok(key)) || (op == Opcode::Stat && !stat_ok) {
         let status = if op == Opcode::Stat {
             bin::Status::KeyNotFound
         } else {
@@ -283,6 +299,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             };
             return Step::Forward {
                 consumed,
+                swallow: 0,
                 request,
                 plan: plan(kind),
             };
@@ -399,8 +416,47 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
     };
     Step::Forward {
         consumed,
+        swallow: 0,
         request: req.freeze(),
         plan: plan(kind),
+    }
+}
+
+/// A Set refused as too large: memcached answers "Too large." and removes the
+/// key's old value, so that no stale value outlives a failed set. The key is
+/// waited for (at most 24 + 255 + 250 bytes); the value is swallowed.
+fn too_large_set(buf: &[u8], opcode: u8, opaque: u32, skip: usize) -> Step {
+    let Some(h) = bin::Header::decode(buf) else {
+        return Step::Incomplete;
+    };
+    let start = bin::HEADER_LEN + usize::from(h.extras_len);
+    let end = start + usize::from(h.key_len);
+    let Some(key) = buf.get(start..end) else {
+        return Step::Incomplete;
+    };
+    let consumed = skip.min(buf.len());
+    let swallow = skip - consumed;
+    let Some(op) = Opcode::from_u8(opcode).filter(|_| key_ok(key)) else {
+        return Step::Answer {
+            consumed,
+            swallow,
+            reply: error_frame(opcode, bin::Status::TooLarge, opaque).freeze(),
+            close: false,
+        };
+    };
+    let mut req = BytesMut::with_capacity(key.len() + 10);
+    req.extend_from_slice(b"delete ");
+    req.extend_from_slice(key);
+    req.extend_from_slice(b"\r\n");
+    Step::Forward {
+        consumed,
+        swallow,
+        request: req.freeze(),
+        plan: Plan {
+            opcode: op,
+            opaque,
+            kind: Kind::TooLarge,
+        },
     }
 }
 
@@ -447,6 +503,7 @@ fn get_run(buf: &[u8], max_item_size: usize) -> Step {
         .collect();
     Step::Forward {
         consumed: pos,
+        swallow: 0,
         request,
         plan: Plan {
             opcode,
@@ -531,7 +588,9 @@ impl Plan {
             Kind::Get(_) | Kind::Touch => Expect::Values,
             Kind::Store | Kind::Arith { .. } | Kind::Delete { meta: true } => Expect::Meta,
             Kind::Stat => Expect::Stats,
-            Kind::Delete { meta: false } | Kind::Ok | Kind::Version => Expect::Line,
+            Kind::Delete { meta: false } | Kind::Ok | Kind::Version | Kind::TooLarge => {
+                Expect::Line
+            }
         };
         let mut items = Vec::new();
         let framed = frame_response(expect, &text, usize::MAX, &mut items);
@@ -549,7 +608,7 @@ impl Plan {
             compose_error(&mut out, op, bin::Status::KeyNotFound, opaque);
             return Translated::Reply(out.freeze());
         }
-        if status.is_error() {
+        if status.is_error() && !matches!(kind, Kind::TooLarge) {
             let (st, body) = error_of(line);
             let slots = match &kind {
                 Kind::Get(slots) => slots.iter().map(|s| (s.opcode as u8, s.opaque)).collect(),
@@ -567,6 +626,8 @@ impl Plan {
         };
         let fail = |out: &mut BytesMut, st: bin::Status| compose_error(out, op, st, opaque);
         match kind {
+            // Whatever the delete found, the set failed.
+            Kind::TooLarge => compose_error(&mut out, op, bin::Status::TooLarge, opaque),
             Kind::Get(slots) => {
                 let mut cursor = 0;
                 for s in slots {

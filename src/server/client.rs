@@ -221,10 +221,12 @@ fn binary_slot<B: Backend>(
         }
         Step::Forward {
             consumed,
+            swallow: more,
             request,
             plan,
         } => {
             buf.advance(consumed.min(buf.len()));
+            *swallow = more;
             let (done_tx, done_rx) = if plan.may_take_two_steps() {
                 let (t, r) = oneshot::channel();
                 (Some(t), Some(r))
