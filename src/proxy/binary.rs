@@ -766,3 +766,595 @@ impl Plan {
         Translated::Reply(out.freeze())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::binary::compose_request;
+    use proptest::prelude::*;
+
+    const MAX_ITEM: usize = 1024;
+
+    fn req(op: Opcode, opaque: u32, cas: u64, extras: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        compose_request(&mut out, op, opaque, cas, extras, key, value);
+        out.to_vec()
+    }
+
+    fn set_extras(flags: u32, exptime: u32) -> Vec<u8> {
+        [flags.to_be_bytes(), exptime.to_be_bytes()].concat()
+    }
+
+    fn incr_extras(delta: u64, initial: u64, exptime: u32) -> Vec<u8> {
+        [
+            &delta.to_be_bytes()[..],
+            &initial.to_be_bytes(),
+            &exptime.to_be_bytes(),
+        ]
+        .concat()
+    }
+
+    fn forward(wire: &[u8]) -> (usize, Bytes, Plan) {
+        match next_step(wire, MAX_ITEM) {
+            Step::Forward {
+                consumed,
+                swallow: 0,
+                request,
+                plan,
+            } => (consumed, request, plan),
+            other => panic!("not forwarded: {other:?}"),
+        }
+    }
+
+    fn response(
+        op: Opcode,
+        status: bin::Status,
+        opaque: u32,
+        cas: u64,
+        extras: &[u8],
+        key: &[u8],
+        value: &[u8],
+    ) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        compose_response(&mut out, op as u8, status, opaque, cas, extras, key, value);
+        out.to_vec()
+    }
+
+    fn reply(plan: Plan, text: &[u8]) -> Vec<u8> {
+        match plan.translate(&[Bytes::copy_from_slice(text)]) {
+            Translated::Reply(b) => b.to_vec(),
+            Translated::Then { request, .. } => panic!("second step {request:?}"),
+        }
+    }
+
+    /// Each opcode becomes the text/meta command that carries its fields.
+    #[test]
+    fn requests_become_text_and_meta_commands() {
+        let four = 300u32.to_be_bytes();
+        let table: Vec<(Vec<u8>, &[u8])> = vec![
+            (req(Opcode::Get, 1, 0, b"", b"k", b""), b"gets k\r\n"),
+            (req(Opcode::GetKQ, 1, 0, b"", b"k", b""), b"gets k\r\n"),
+            (req(Opcode::Gat, 1, 0, &four, b"k", b""), b"gats 300 k\r\n"),
+            (
+                req(Opcode::Touch, 1, 0, &four, b"k", b""),
+                b"gats 300 k\r\n",
+            ),
+            (
+                req(Opcode::Set, 1, 0, &set_extras(7, 60), b"k", b"val"),
+                b"ms k 3 c F7 T60 MS\r\nval\r\n",
+            ),
+            (
+                req(Opcode::SetQ, 1, 99, &set_extras(0, 0), b"k", b""),
+                b"ms k 0 c F0 T0 C99 MS\r\n\r\n",
+            ),
+            (
+                req(Opcode::Add, 1, 0, &set_extras(1, 2), b"k", b"v"),
+                b"ms k 1 c F1 T2 ME\r\nv\r\n",
+            ),
+            (
+                req(Opcode::ReplaceQ, 1, 0, &set_extras(1, 2), b"k", b"v"),
+                b"ms k 1 c F1 T2 MR\r\nv\r\n",
+            ),
+            (
+                req(Opcode::Append, 1, 0, b"", b"k", b"v"),
+                b"ms k 1 c MA\r\nv\r\n",
+            ),
+            (
+                req(Opcode::PrependQ, 1, 5, b"", b"k", b"v"),
+                b"ms k 1 c C5 MP\r\nv\r\n",
+            ),
+            (req(Opcode::Delete, 1, 0, b"", b"k", b""), b"delete k\r\n"),
+            (req(Opcode::DeleteQ, 1, 8, b"", b"k", b""), b"md k C8\r\n"),
+            (
+                req(
+                    Opcode::Increment,
+                    1,
+                    0,
+                    &incr_extras(5, 0, 0xffff_ffff),
+                    b"k",
+                    b"",
+                ),
+                b"ma k D5 v c\r\n",
+            ),
+            (
+                req(Opcode::DecrementQ, 1, 3, &incr_extras(5, 9, 0), b"k", b""),
+                b"ma k D5 v c MD C3\r\n",
+            ),
+            (req(Opcode::Flush, 1, 0, b"", b"", b""), b"flush_all\r\n"),
+            (
+                req(Opcode::FlushQ, 1, 0, &four, b"", b""),
+                b"flush_all 300\r\n",
+            ),
+            (req(Opcode::Version, 1, 0, b"", b"", b""), b"version\r\n"),
+            (
+                req(Opcode::Verbosity, 1, 0, &four, b"", b""),
+                b"verbosity 300\r\n",
+            ),
+            (req(Opcode::Stat, 1, 0, b"", b"", b""), b"stats\r\n"),
+            (
+                req(Opcode::Stat, 1, 0, b"", b"detail on", b""),
+                b"stats detail on\r\n",
+            ),
+        ];
+        for (wire, want) in table {
+            let (consumed, request, _) = forward(&wire);
+            assert_eq!(consumed, wire.len());
+            assert_eq!(
+                String::from_utf8_lossy(&request),
+                String::from_utf8_lossy(want)
+            );
+            // Split points: every strict prefix waits for more.
+            for cut in 0..wire.len() {
+                assert!(
+                    matches!(next_step(&wire[..cut], MAX_ITEM), Step::Incomplete),
+                    "{want:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_run_of_gets_is_one_multi_get_answered_per_frame() {
+        let mut wire = req(Opcode::GetKQ, 1, 0, b"", b"a", b"");
+        wire.extend(req(Opcode::GetQ, 2, 0, b"", b"b", b""));
+        wire.extend(req(Opcode::GetK, 3, 0, b"", b"c", b""));
+        wire.extend(req(Opcode::Get, 4, 0, b"", b"d", b""));
+        let noop = req(Opcode::NoOp, 5, 0, b"", b"", b"");
+        wire.extend(&noop);
+        let (consumed, request, plan) = forward(&wire);
+        assert_eq!(
+            consumed,
+            wire.len() - noop.len(),
+            "the run stops at the NoOp"
+        );
+        assert_eq!(&request[..], b"gets a b c d\r\n");
+        let got = reply(
+            plan,
+            b"VALUE a 5 2 11\r\nva\r\nVALUE d 0 0 14\r\n\r\nEND\r\n",
+        );
+        let want = [
+            response(
+                Opcode::GetKQ,
+                bin::Status::Success,
+                1,
+                11,
+                &5u32.to_be_bytes(),
+                b"a",
+                b"va",
+            ),
+            // b: quiet miss, silent; c: loud GetK miss, the key echoed.
+            response(Opcode::GetK, bin::Status::KeyNotFound, 3, 0, b"", b"c", b""),
+            response(
+                Opcode::Get,
+                bin::Status::Success,
+                4,
+                14,
+                &0u32.to_be_bytes(),
+                b"",
+                b"",
+            ),
+        ]
+        .concat();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn replies_become_status_codes() {
+        let se = set_extras(0, 0);
+        let incr = incr_extras(1, 0, 0xffff_ffff);
+        let four = 0u32.to_be_bytes();
+        let table: Vec<(Vec<u8>, &[u8], Vec<u8>)> = vec![
+            (
+                req(Opcode::Set, 7, 0, &se, b"k", b"v"),
+                b"HD c42\r\n",
+                response(Opcode::Set, bin::Status::Success, 7, 42, b"", b"", b""),
+            ),
+            (
+                req(Opcode::SetQ, 7, 0, &se, b"k", b"v"),
+                b"HD c42\r\n",
+                vec![],
+            ),
+            (
+                req(Opcode::AddQ, 7, 0, &se, b"k", b"v"),
+                b"NS\r\n",
+                response(
+                    Opcode::AddQ,
+                    bin::Status::KeyExists,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Data exists for key.",
+                ),
+            ),
+            (
+                req(Opcode::Replace, 7, 0, &se, b"k", b"v"),
+                b"NS\r\n",
+                response(
+                    Opcode::Replace,
+                    bin::Status::KeyNotFound,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not found",
+                ),
+            ),
+            (
+                req(Opcode::Append, 7, 0, b"", b"k", b"v"),
+                b"NS\r\n",
+                response(
+                    Opcode::Append,
+                    bin::Status::NotStored,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not stored.",
+                ),
+            ),
+            (
+                req(Opcode::Set, 7, 9, &se, b"k", b"v"),
+                b"EX\r\n",
+                response(
+                    Opcode::Set,
+                    bin::Status::KeyExists,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Data exists for key.",
+                ),
+            ),
+            (
+                req(Opcode::Set, 7, 0, &se, b"k", b"v"),
+                b"SERVER_ERROR out of memory storing object\r\n",
+                response(
+                    Opcode::Set,
+                    bin::Status::OutOfMemory,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Out of memory",
+                ),
+            ),
+            (
+                req(Opcode::SetQ, 7, 0, &se, b"k", b"v"),
+                b"SERVER_ERROR no server available\r\n",
+                response(
+                    Opcode::SetQ,
+                    bin::Status::InternalError,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"no server available",
+                ),
+            ),
+            (
+                req(Opcode::Delete, 7, 0, b"", b"k", b""),
+                b"DELETED\r\n",
+                response(Opcode::Delete, bin::Status::Success, 7, 0, b"", b"", b""),
+            ),
+            (
+                req(Opcode::Delete, 7, 0, b"", b"k", b""),
+                b"NOT_FOUND\r\n",
+                response(
+                    Opcode::Delete,
+                    bin::Status::KeyNotFound,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not found",
+                ),
+            ),
+            (
+                req(Opcode::DeleteQ, 7, 3, b"", b"k", b""),
+                b"EX\r\n",
+                response(
+                    Opcode::DeleteQ,
+                    bin::Status::KeyExists,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Data exists for key.",
+                ),
+            ),
+            (
+                req(Opcode::Increment, 7, 0, &incr, b"k", b""),
+                b"VA 2 c5\r\n15\r\n",
+                response(
+                    Opcode::Increment,
+                    bin::Status::Success,
+                    7,
+                    5,
+                    b"",
+                    b"",
+                    &15u64.to_be_bytes(),
+                ),
+            ),
+            (
+                req(Opcode::Increment, 7, 0, &incr, b"k", b""),
+                b"NF\r\n",
+                response(
+                    Opcode::Increment,
+                    bin::Status::KeyNotFound,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not found",
+                ),
+            ),
+            (
+                req(Opcode::Increment, 7, 0, &incr, b"k", b""),
+                b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+                response(
+                    Opcode::Increment,
+                    bin::Status::NonNumeric,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Non-numeric server-side value for incr or decr",
+                ),
+            ),
+            (
+                req(Opcode::Touch, 7, 0, &four, b"k", b""),
+                b"VALUE k 9 1 77\r\nv\r\nEND\r\n",
+                response(
+                    Opcode::Touch,
+                    bin::Status::Success,
+                    7,
+                    77,
+                    &9u32.to_be_bytes(),
+                    b"",
+                    b"",
+                ),
+            ),
+            (
+                req(Opcode::Touch, 7, 0, &four, b"k", b""),
+                b"END\r\n",
+                response(
+                    Opcode::Touch,
+                    bin::Status::KeyNotFound,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not found",
+                ),
+            ),
+            (
+                req(Opcode::GatKQ, 7, 0, &four, b"k", b""),
+                b"END\r\n",
+                vec![],
+            ),
+            (req(Opcode::FlushQ, 7, 0, b"", b"", b""), b"OK\r\n", vec![]),
+            (
+                req(Opcode::Version, 7, 0, b"", b"", b""),
+                b"VERSION memring-1.2\r\n",
+                response(
+                    Opcode::Version,
+                    bin::Status::Success,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"memring-1.2",
+                ),
+            ),
+            (
+                req(Opcode::Stat, 7, 0, b"", b"", b""),
+                b"STAT pid 12\r\nSTAT version memring 1\r\nEND\r\n",
+                [
+                    response(Opcode::Stat, bin::Status::Success, 7, 0, b"", b"pid", b"12"),
+                    response(
+                        Opcode::Stat,
+                        bin::Status::Success,
+                        7,
+                        0,
+                        b"",
+                        b"version",
+                        b"memring 1",
+                    ),
+                    response(Opcode::Stat, bin::Status::Success, 7, 0, b"", b"", b""),
+                ]
+                .concat(),
+            ),
+            (
+                req(Opcode::Stat, 7, 0, b"", b"nosuch", b""),
+                b"ERROR\r\n",
+                response(
+                    Opcode::Stat,
+                    bin::Status::KeyNotFound,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not found",
+                ),
+            ),
+        ];
+        for (wire, text, want) in table {
+            let (_, request, plan) = forward(&wire);
+            assert_eq!(
+                reply(plan, text),
+                want,
+                "{} answered {}",
+                String::from_utf8_lossy(&request),
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+
+    #[test]
+    fn incr_with_initial_value_creates_in_a_second_step() {
+        let wire = req(Opcode::Decrement, 7, 0, &incr_extras(2, 10, 60), b"k", b"");
+        let (_, request, plan) = forward(&wire);
+        assert!(plan.may_take_two_steps());
+        assert_eq!(&request[..], b"ma k D2 v c MD\r\n");
+        let Translated::Then { request, plan } = plan.translate(&[Bytes::from_static(b"NF\r\n")])
+        else {
+            panic!("no second step");
+        };
+        assert_eq!(&request[..], b"ma k D2 v c MD N60 J10\r\n");
+        assert!(!plan.may_take_two_steps());
+        assert_eq!(
+            reply(plan, b"VA 2 c3\r\n10\r\n"),
+            response(
+                Opcode::Decrement,
+                bin::Status::Success,
+                7,
+                3,
+                b"",
+                b"",
+                &10u64.to_be_bytes()
+            )
+        );
+        // Without an initial value (expiration 0xffffffff), one step only.
+        let wire = req(
+            Opcode::Decrement,
+            7,
+            0,
+            &incr_extras(2, 10, NO_CREATE),
+            b"k",
+            b"",
+        );
+        assert!(!forward(&wire).2.may_take_two_steps());
+    }
+
+    #[test]
+    fn answered_without_a_server() {
+        let answer = |wire: &[u8]| match next_step(wire, MAX_ITEM) {
+            Step::Answer {
+                consumed,
+                swallow,
+                reply,
+                close,
+            } => (consumed, swallow, reply.to_vec(), close),
+            other => panic!("not answered: {other:?}"),
+        };
+        let noop = req(Opcode::NoOp, 3, 0, b"", b"", b"");
+        assert_eq!(
+            answer(&noop),
+            (
+                24,
+                0,
+                response(Opcode::NoOp, bin::Status::Success, 3, 0, b"", b"", b""),
+                false
+            )
+        );
+        let quit = req(Opcode::Quit, 3, 0, b"", b"", b"");
+        assert_eq!(
+            answer(&quit),
+            (
+                24,
+                0,
+                response(Opcode::Quit, bin::Status::Success, 3, 0, b"", b"", b""),
+                true
+            )
+        );
+        assert_eq!(
+            answer(&req(Opcode::QuitQ, 3, 0, b"", b"", b"")),
+            (24, 0, vec![], true)
+        );
+        let spaced = req(Opcode::Get, 3, 0, b"", b"a b", b"");
+        assert_eq!(
+            answer(&spaced),
+            (
+                spaced.len(),
+                0,
+                response(
+                    Opcode::Get,
+                    bin::Status::InvalidArguments,
+                    3,
+                    0,
+                    b"",
+                    b"",
+                    b"Invalid arguments"
+                ),
+                false
+            )
+        );
+        // Unknown opcode: answered, its body skipped even before it arrives.
+        let mut unknown = req(Opcode::Append, 3, 0, b"", b"", b"0123456789");
+        unknown[1] = 0x50;
+        let (consumed, swallow, _, close) = answer(&unknown[..30]);
+        assert_eq!((consumed, swallow, close), (30, 4, false));
+        assert!(matches!(next_step(b"\x00", MAX_ITEM), Step::Close));
+        // A set too large for the item limit: a delete of the key (memcached
+        // removes the old value), the value swallowed, "Too large." whatever
+        // the delete found.
+        let big = vec![b'x'; MAX_ITEM + 1];
+        let wire = req(Opcode::SetQ, 3, 0, &set_extras(0, 0), b"k", &big);
+        assert!(matches!(next_step(&wire[..30], MAX_ITEM), Step::Incomplete));
+        let Step::Forward {
+            consumed,
+            swallow,
+            request,
+            plan,
+        } = next_step(&wire[..100], MAX_ITEM)
+        else {
+            panic!("no delete");
+        };
+        assert_eq!(
+            (consumed, swallow, &request[..]),
+            (100, wire.len() - 100, &b"delete k\r\n"[..])
+        );
+        assert_eq!(
+            reply(plan, b"DELETED\r\n"),
+            response(
+                Opcode::SetQ,
+                bin::Status::TooLarge,
+                3,
+                0,
+                b"",
+                b"",
+                b"Too large."
+            )
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_make_a_step_and_any_reply_a_translation(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            text in proptest::collection::vec(any::<u8>(), 0..200),
+            op in any::<u8>(),
+        ) {
+            let _ = next_step(&data, MAX_ITEM);
+            // A well-formed frame of a random opcode, answered with random bytes.
+            let mut wire = data.clone();
+            wire.splice(0..0, req(Opcode::Get, 1, 0, b"", b"k", b""));
+            wire[1] = op;
+            if let Step::Forward { consumed, plan, .. } = next_step(&wire, MAX_ITEM) {
+                prop_assert!(consumed <= wire.len());
+                let _ = plan.translate(&[Bytes::from(text)]);
+            }
+        }
+    }
+}
