@@ -199,7 +199,7 @@ fn binary_slot<B: Backend>(
         Step::Incomplete => None,
         Step::Close => {
             core.stats().incr(Counter::ClientErrors);
-            Some((Slot::Ready(Some(Out::Close)), false, None))
+            Some((Slot::Ready(Some(Out::Nothing)), true, None))
         }
         Step::Answer {
             consumed,
@@ -207,9 +207,6 @@ fn binary_slot<B: Backend>(
             reply,
             close,
         } => {
-            if more > 0 || close {
-                core.stats().incr(Counter::ClientErrors);
-            }
             buf.advance(consumed.min(buf.len()));
             *swallow = more;
             let out = if reply.is_empty() {
