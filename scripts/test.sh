@@ -6,13 +6,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Install what the tests need when it is missing (Debian packages and
-# pymemcache), as root or through sudo.
+# Install what the tests need when it is missing (Debian packages, pylibmc
+# among them, and pymemcache), as root or through sudo.
 need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 [ -x /usr/sbin/nutcracker ] || command -v nutcracker >/dev/null 2>&1 || need+=(nutcracker)
 command -v memccat >/dev/null 2>&1 || need+=(libmemcached-tools)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# pylibmc (binary protocol client tests) is the Debian package, for /usr/bin/python3.
+/usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1 || need+=(python3-pylibmc)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   sudo=()

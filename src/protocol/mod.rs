@@ -9,6 +9,7 @@
 //! caller's buffer plus how many bytes were consumed. `Incomplete` is a normal
 //! state, not an error.
 
+pub mod binary;
 pub mod compose;
 pub mod metadump;
 pub mod request;

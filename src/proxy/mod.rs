@@ -15,8 +15,10 @@
 //! | set, delete, touch, `ms` (set mode, no cas), `md` (no cas) | mirrored in parallel |
 //! | add, replace, cas | primary; on STORED the same item is `set` on the backup |
 //! | append, prepend, incr, decr, `ma`, other `ms`/`md` | primary; on success the item is read back (`mg v f t`) and `set` on the backup |
+//! | `ms` in add, replace, append, prepend or cas mode | as its classic verb (see [`meta_set_as_classic`]), the item read back |
 //! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
+pub mod binary;
 pub mod machine;
 
 use bytes::Bytes;
@@ -117,6 +119,67 @@ pub fn primary_may_lack(verb: Verb, status: Status) -> bool {
         (Verb::MetaDelete, Status::MetaHd) => false,
         _ => after_primary(verb, status) == Replicate::Delete,
     }
+}
+
+/// The classic verb whose replication an `ms` request follows, by its mode:
+/// `ME` add, `MR` replace, `MA` append, `MP` prepend, set mode with `C` cas.
+/// `None` for plain set mode and for every other verb. (The binary front end
+/// sends all its storage commands as `ms`, so they converge exactly as text
+/// add/replace/append/prepend/cas do.)
+pub fn meta_set_as_classic(verb: Verb, meta_flags: &[u8]) -> Option<Verb> {
+    if verb != Verb::MetaSet {
+        return None;
+    }
+    let mode = compose::meta_flag(meta_flags, b'M')
+        .and_then(|m| m.first().copied())
+        .unwrap_or(b'S');
+    match mode.to_ascii_uppercase() {
+        b'E' => Some(Verb::Add),
+        b'R' => Some(Verb::Replace),
+        b'A' => Some(Verb::Append),
+        b'P' => Some(Verb::Prepend),
+        b'S' if has_cas(meta_flags) => Some(Verb::Cas),
+        _ => None,
+    }
+}
+
+/// A meta status as the classic status of the same outcome.
+fn classic_status(status: Status) -> Status {
+    match status {
+        Status::MetaHd => Status::Stored,
+        Status::MetaNs => Status::NotStored,
+        Status::MetaNf => Status::NotFound,
+        Status::MetaEx => Status::Exists,
+        s => s,
+    }
+}
+
+/// [`after_primary`] for a request with its meta flags: an `ms` in add,
+/// replace, append, prepend or cas mode follows its classic verb (the item
+/// is read back rather than taken from the request, whose flags are meta).
+pub fn after_primary_for(verb: Verb, meta_flags: &[u8], status: Status) -> Replicate {
+    match meta_set_as_classic(verb, meta_flags) {
+        Some(v) => match after_primary(v, classic_status(status)) {
+            Replicate::SetRequestItem => Replicate::CopyItem,
+            r => r,
+        },
+        None => after_primary(verb, status),
+    }
+}
+
+/// [`primary_may_lack`] for a request with its meta flags (see [`after_primary_for`]).
+pub fn primary_may_lack_for(verb: Verb, meta_flags: &[u8], status: Status) -> bool {
+    match meta_set_as_classic(verb, meta_flags) {
+        Some(v) => primary_may_lack(v, classic_status(status)),
+        None => primary_may_lack(verb, status),
+    }
+}
+
+/// Whether an item recovered from the backup must overwrite (`set`) what the
+/// primary holds rather than be `add`ed: after an add, the primary holds the
+/// value the add wrongly stored.
+pub fn recovery_overwrites(verb: Verb, meta_flags: &[u8]) -> bool {
+    verb == Verb::Add || meta_set_as_classic(verb, meta_flags) == Some(Verb::Add)
 }
 
 /// For mirrored writes: the backup's answer wins when it found the item and
@@ -538,6 +601,45 @@ mod tests {
             Some(b(b"ERROR\r\n"))
         );
         assert_eq!(merge_status(&[]), None);
+    }
+
+    #[test]
+    fn meta_set_modes_converge_like_their_classic_verbs() {
+        use Replicate::*;
+        let table: &[(&[u8], Status, Replicate, bool)] = &[
+            (b"c F0 T0 MS", Status::MetaHd, CopyItem, false),
+            (b"c F0 T0", Status::MetaHd, CopyItem, false),
+            (b"c ME", Status::MetaHd, CopyItem, true),
+            (b"c ME", Status::MetaNs, Nothing, false),
+            (b"c MR", Status::MetaNs, Delete, true),
+            (b"c MR", Status::MetaHd, CopyItem, false),
+            (b"c MA", Status::MetaNs, Delete, true),
+            (b"c Mp", Status::MetaNs, Delete, true),
+            (b"c C5", Status::MetaNf, Delete, true),
+            (b"c C5", Status::MetaEx, Nothing, false),
+        ];
+        for &(flags, status, rep, lack) in table {
+            let f = std::str::from_utf8(flags).unwrap_or_default();
+            assert_eq!(
+                after_primary_for(Verb::MetaSet, flags, status),
+                rep,
+                "{f} {status:?}"
+            );
+            assert_eq!(
+                primary_may_lack_for(Verb::MetaSet, flags, status),
+                lack,
+                "{f} {status:?}"
+            );
+        }
+        assert!(recovery_overwrites(Verb::MetaSet, b"c ME"));
+        assert!(recovery_overwrites(Verb::Add, b""));
+        assert!(!recovery_overwrites(Verb::MetaSet, b"c MA"));
+        // Classic verbs are unchanged.
+        assert_eq!(
+            after_primary_for(Verb::Add, b"", Status::Stored),
+            SetRequestItem
+        );
+        assert!(primary_may_lack_for(Verb::Incr, b"", Status::NotFound));
     }
 
     #[test]

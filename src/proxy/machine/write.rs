@@ -222,7 +222,8 @@ impl Write {
             }
             Stage::Primary(c) if c == call => match r {
                 Ok(rp) => {
-                    if proxy::primary_may_lack(self.req.r.verb, rp.status) {
+                    let flags = self.req.meta_flags();
+                    if proxy::primary_may_lack_for(self.req.r.verb, flags, rp.status) {
                         self.recover(rp, cx);
                     } else {
                         self.converge(rp, cx);
@@ -255,11 +256,12 @@ impl Write {
                 let Some(item) = item else {
                     return self.converge(rp, cx);
                 };
-                let store_verb = if self.req.r.verb == Verb::Add {
-                    Verb::Set
-                } else {
-                    Verb::Add
-                };
+                let store_verb =
+                    if proxy::recovery_overwrites(self.req.r.verb, self.req.meta_flags()) {
+                        Verb::Set
+                    } else {
+                        Verb::Add
+                    };
                 let store = item.store_parts(store_verb, self.req.key(), cx.view.now_unix());
                 match cx.send_up(p, store, Expect::Line) {
                     Some(call) => self.stage = Stage::RecoverStore { call, rp },
@@ -369,7 +371,7 @@ impl Write {
     /// table in [`crate::proxy`]).
     fn converge(&mut self, rp: Reply, cx: &mut Cx<'_>) {
         let b = self.backup();
-        match proxy::after_primary(self.req.r.verb, rp.status) {
+        match proxy::after_primary_for(self.req.r.verb, self.req.meta_flags(), rp.status) {
             Replicate::Nothing => self.converged(true, rp, cx),
             Replicate::SetRequestItem => {
                 let key = self.req.key();

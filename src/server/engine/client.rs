@@ -12,10 +12,12 @@ use std::collections::VecDeque;
 use bytes::{Buf, Bytes, BytesMut};
 use slab::Slab;
 
+use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::request::{
     batch_request, noreply_requested, parse_retrieval_more, too_large_removes,
 };
 use crate::protocol::{compose, parse_request, Expect, ParseError, Parsed, Request, Verb};
+use crate::proxy::binary::{self, Plan, Step, Translated};
 use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine, Replicas};
 use crate::proxy::{admin_plan, AdminPlan};
 use crate::stats::Counter;
@@ -49,6 +51,12 @@ pub(super) struct Client {
     rbuf: BytesMut,
     /// Data bytes still to drop after a refused storage command.
     swallow: usize,
+    /// Decided by the connection's first byte (0x80: the binary protocol),
+    /// as memcached does.
+    binary: Option<bool>,
+    /// A binary request that may take two steps is in flight: nothing after
+    /// it may start before it ends (its second step could be overtaken).
+    barrier: bool,
     /// The answer to a too-large request, queued once its data is swallowed
     /// (memcached answers a length it cannot swallow, never).
     held: Option<Answer>,
@@ -98,6 +106,8 @@ impl Client {
             rbuf: BytesMut::new(),
             swallow: 0,
             long_get: None,
+            binary: None,
+            barrier: false,
             held: None,
             slots: VecDeque::new(),
             first_seq: 0,
@@ -359,8 +369,17 @@ impl State {
                 self.push_ready(idx, a);
                 continue;
             }
-            if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) {
+            if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) || cl.barrier {
                 return;
+            }
+            if *cl
+                .binary
+                .get_or_insert(cl.rbuf.first() == Some(&REQUEST_MAGIC))
+            {
+                if !self.binary_step(d, cx, idx) {
+                    return;
+                }
+                continue;
             }
             let parsed = match &cl.long_get {
                 Some(first) => parse_retrieval_more(&cl.rbuf, first, &mut self.keys),
@@ -445,6 +464,184 @@ impl State {
         }
     }
 
+    /// The next frame of a binary connection: answered here, or translated
+    /// into a text/meta request that takes the text path (see
+    /// [`crate::proxy::binary`]). False when more bytes are needed.
+    fn binary_step<D: Driver>(&mut self, d: &mut D, cx: &Ctx, idx: usize) -> bool {
+        let Some(cl) = self.clients.get_mut(idx) else {
+            return false;
+        };
+        match binary::next_step(&cl.rbuf, cx.max_item) {
+            Step::Incomplete => false,
+            Step::Close => {
+                cx.stats().incr(Counter::ClientErrors);
+                cl.rbuf.clear();
+                self.push_ready(idx, Answer::Close);
+                false
+            }
+            Step::Answer {
+                consumed,
+                swallow,
+                reply,
+                close,
+            } => {
+                cl.swallow = consumed + swallow;
+                let a = if reply.is_empty() {
+                    Answer::Nothing
+                } else {
+                    Answer::One(reply)
+                };
+                self.push_ready(idx, a);
+                if close {
+                    self.push_ready(idx, Answer::Close);
+                    return false;
+                }
+                true
+            }
+            Step::Forward {
+                consumed,
+                swallow,
+                request,
+                plan,
+            } => {
+                cl.swallow = consumed + swallow;
+                cl.barrier = plan.may_take_two_steps();
+                let gen = cl.gen;
+                let seq = cl.push_slot(Slot::Waiting);
+                let cref = ClientRef {
+                    idx,
+                    gen,
+                    seq,
+                    strip_end: false,
+                };
+                self.serve_text(d, cx, cref, request, Some(plan));
+                true
+            }
+        }
+    }
+
+    /// Serve a translated binary request like a text client's, into the
+    /// slot `cref` already holds; `plan` turns the answer back into binary.
+    pub(super) fn serve_text<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        cref: ClientRef,
+        request: Bytes,
+        plan: Option<Plan>,
+    ) {
+        let mut keys = std::mem::take(&mut self.keys);
+        let parsed = parse_request(&request, cx.max_item, &mut keys);
+        self.keys = keys;
+        let Parsed::Complete(r) = parsed else {
+            // The adapter builds only well-formed requests; should one not
+            // parse, the client gets an error, not silence.
+            self.finish(
+                d,
+                cx,
+                cref,
+                plan,
+                one(b"SERVER_ERROR binary request translation failed\r\n"),
+            );
+            return;
+        };
+        let local = match r.verb {
+            Verb::Quit => Some(Answer::Close),
+            Verb::Version => Some(one(compose::VERSION)),
+            Verb::Verbosity => Some(one(compose::OK)),
+            Verb::MetaNoop => Some(one(compose::MN)),
+            Verb::Stats => Some(super::stats::answer(cx, &r, &request)),
+            _ => None,
+        };
+        if let Some(a) = local {
+            self.finish(d, cx, cref, plan, a);
+            return;
+        }
+        let keys = Keys::take(&mut self.keys);
+        let req = ClientRequest {
+            r,
+            bytes: request,
+            keys,
+        };
+        let mut fx = std::mem::take(&mut self.fx);
+        let machine = self.machine_for(cx, req, None, &mut fx);
+        self.launch(d, cx, machine, Some(cref), plan, &mut fx);
+        self.fx = fx;
+    }
+
+    /// A machine for `req` (an admin fan-out when `plan` is given), its
+    /// first effects in `fx`.
+    fn machine_for(
+        &mut self,
+        cx: &Ctx,
+        req: ClientRequest,
+        plan: Option<AdminPlan>,
+        fx: &mut Vec<crate::proxy::machine::Effect>,
+    ) -> Machine {
+        self.servers.clear();
+        if req.r.verb == Verb::FlushAll || plan.is_some() {
+            self.servers
+                .extend((0..cx.topo.servers.len() as u32).map(ServerId));
+        }
+        let view = HealthView {
+            topo: &cx.topo,
+            now_unix: cx.now_unix,
+        };
+        if let Some(p) = plan {
+            return Machine::admin(req, p, &self.servers, &view, fx);
+        }
+        self.replicas.clear();
+        for k in req.keys.as_slice() {
+            let key = req.bytes.get(k.clone()).unwrap_or_default();
+            self.replicas.push(replicas(&cx.topo, key));
+        }
+        if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
+            let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
+            self.replicas.push(replicas(&cx.topo, key));
+        }
+        Machine::start(req, &self.replicas, &self.servers, &view, fx)
+    }
+
+    /// Hand an answer to its client; a binary request's answer is
+    /// translated first (and may start its second step instead).
+    pub(super) fn finish<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        cref: ClientRef,
+        plan: Option<Plan>,
+        a: Answer,
+    ) {
+        let Some(plan) = plan else {
+            self.deliver_answer(cref, a);
+            return;
+        };
+        let parts = match a {
+            Answer::Nothing => Vec::new(),
+            Answer::One(b) => vec![b],
+            Answer::Many(v) => v,
+            Answer::Close => {
+                self.deliver_answer(cref, Answer::Close);
+                return;
+            }
+        };
+        match plan.translate(&parts) {
+            Translated::Reply(b) => {
+                if let Some(cl) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+                    cl.barrier = false;
+                    mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
+                }
+                let a = if b.is_empty() {
+                    Answer::Nothing
+                } else {
+                    Answer::One(b)
+                };
+                self.deliver_answer(cref, a);
+            }
+            Translated::Then { request, plan } => self.serve_text(d, cx, cref, request, Some(plan)),
+        }
+    }
+
     /// Queue an answer the client gets in order, without a machine.
     fn push_ready(&mut self, idx: usize, a: Answer) {
         if let Some(cl) = self.clients.get_mut(idx) {
@@ -506,11 +703,6 @@ impl State {
         };
         let keys = Keys::take(&mut self.keys);
         let req = ClientRequest { r, bytes, keys };
-        self.servers.clear();
-        if req.r.verb == Verb::FlushAll || plan.is_some() {
-            self.servers
-                .extend((0..cx.topo.servers.len() as u32).map(ServerId));
-        }
         if let Some(AdminPlan::Listing(Expect::Lines)) = plan.filter(|_| req.r.verb == Verb::Admin)
         {
             // memcached refuses a metadump with anything pipelined behind it:
@@ -520,26 +712,8 @@ impl State {
             return;
         }
         let mut fx = std::mem::take(&mut self.fx);
-        let view = HealthView {
-            topo: &cx.topo,
-            now_unix: cx.now_unix,
-        };
-        let machine = match plan {
-            Some(p) => Machine::admin(req, p, &self.servers, &view, &mut fx),
-            None => {
-                self.replicas.clear();
-                for k in req.keys.as_slice() {
-                    let key = req.bytes.get(k.clone()).unwrap_or_default();
-                    self.replicas.push(replicas(&cx.topo, key));
-                }
-                if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
-                    let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
-                    self.replicas.push(replicas(&cx.topo, key));
-                }
-                Machine::start(req, &self.replicas, &self.servers, &view, &mut fx)
-            }
-        };
-        self.launch(d, cx, machine, Some(cref), &mut fx);
+        let machine = self.machine_for(cx, req, plan, &mut fx);
+        self.launch(d, cx, machine, Some(cref), None, &mut fx);
         self.fx = fx;
     }
 

@@ -126,6 +126,8 @@ struct ReqSlot {
     /// Calls sent and not yet answered: the slot is freed only at zero, so
     /// an outcome never reaches a slot that was reused.
     outstanding: u32,
+    /// A binary client's request: how its answer becomes binary.
+    binary: Option<crate::proxy::binary::Plan>,
 }
 
 /// Read-only context of a turn: configuration, the topology snapshot and
@@ -385,6 +387,7 @@ impl State {
         cx: &Ctx,
         machine: Machine,
         client: Option<ClientRef>,
+        binary: Option<crate::proxy::binary::Plan>,
         fx: &mut Vec<Effect>,
     ) {
         let r = self.reqs.insert(ReqSlot {
@@ -392,6 +395,7 @@ impl State {
             client,
             generation: cx.topo.generation,
             outstanding: 0,
+            binary,
         });
         cx.stats().active_requests.fetch_add(1, Ordering::Relaxed);
         self.apply(d, cx, r, fx);
@@ -409,7 +413,7 @@ impl State {
                     parts,
                     expect,
                 } => self.send_call(d, cx, r, call, server, parts, expect),
-                Effect::Answer(a) => self.answer(r, a),
+                Effect::Answer(a) => self.answer(d, cx, r, a),
                 Effect::MissedWrite { server, seen, key } => {
                     missed_write(cx, server, seen, &key);
                 }
@@ -431,7 +435,7 @@ impl State {
             };
             let mut m = *m;
             m.begin(&view, &mut sub);
-            self.launch(d, cx, m, None, &mut sub);
+            self.launch(d, cx, m, None, None, &mut sub);
         }
     }
 
@@ -490,9 +494,13 @@ impl State {
     }
 
     /// Hand a machine's answer to its client, in the client's order.
-    fn answer(&mut self, r: usize, a: Answer) {
-        if let Some(cref) = self.reqs.get_mut(r).and_then(|s| s.client.take()) {
-            self.deliver_answer(cref, a);
+    fn answer<D: Driver>(&mut self, d: &mut D, cx: &Ctx, r: usize, a: Answer) {
+        let Some(slot) = self.reqs.get_mut(r) else {
+            return;
+        };
+        let plan = slot.binary.take();
+        if let Some(cref) = slot.client.take() {
+            self.finish(d, cx, cref, plan, a);
         }
     }
 
