@@ -54,9 +54,10 @@ pub(super) struct Client {
     /// Decided by the connection's first byte (0x80: the binary protocol),
     /// as memcached does.
     binary: Option<bool>,
-    /// A binary request that may take two steps is in flight: nothing after
-    /// it may start before it ends (its second step could be overtaken).
-    barrier: bool,
+    /// A binary request that may take two steps is in flight (its slot's
+    /// sequence number): nothing after it may start before it ends, or its
+    /// second step could be overtaken.
+    barrier: Option<u64>,
     /// The answer to a too-large request, queued once its data is swallowed
     /// (memcached answers a length it cannot swallow, never).
     held: Option<Answer>,
@@ -107,7 +108,7 @@ impl Client {
             swallow: 0,
             long_get: None,
             binary: None,
-            barrier: false,
+            barrier: None,
             held: None,
             slots: VecDeque::new(),
             first_seq: 0,
@@ -369,7 +370,7 @@ impl State {
                 self.push_ready(idx, a);
                 continue;
             }
-            if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) || cl.barrier {
+            if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) || cl.barrier.is_some() {
                 return;
             }
             if *cl
@@ -505,9 +506,11 @@ impl State {
                 plan,
             } => {
                 cl.swallow = consumed + swallow;
-                cl.barrier = plan.may_take_two_steps();
                 let gen = cl.gen;
                 let seq = cl.push_slot(Slot::Waiting);
+                if plan.may_take_two_steps() {
+                    cl.barrier = Some(seq);
+                }
                 let cref = ClientRef {
                     idx,
                     gen,
@@ -545,14 +548,7 @@ impl State {
             );
             return;
         };
-        let local = match r.verb {
-            Verb::Quit => Some(Answer::Close),
-            Verb::Version => Some(one(compose::VERSION)),
-            Verb::Verbosity => Some(one(compose::OK)),
-            Verb::MetaNoop => Some(one(compose::MN)),
-            Verb::Stats => Some(super::stats::answer(cx, &r, &request)),
-            _ => None,
-        };
+        let (local, admin) = route_locally(cx, &r, &request);
         if let Some(a) = local {
             self.finish(d, cx, cref, plan, a);
             return;
@@ -564,7 +560,7 @@ impl State {
             keys,
         };
         let mut fx = std::mem::take(&mut self.fx);
-        let machine = self.machine_for(cx, req, None, &mut fx);
+        let machine = self.machine_for(cx, req, admin, &mut fx);
         self.launch(d, cx, machine, Some(cref), plan, &mut fx);
         self.fx = fx;
     }
@@ -628,8 +624,10 @@ impl State {
         match plan.translate(&parts) {
             Translated::Reply(b) => {
                 if let Some(cl) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
-                    cl.barrier = false;
-                    mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
+                    if cl.barrier == Some(cref.seq) {
+                        cl.barrier = None;
+                        mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
+                    }
                 }
                 let a = if b.is_empty() {
                     Answer::Nothing
@@ -664,29 +662,7 @@ impl State {
         bytes: Bytes,
         strip_end: bool,
     ) {
-        let mut plan = None;
-        let local = match r.verb {
-            Verb::Quit => Some(Answer::Close),
-            Verb::Version => Some(one(compose::VERSION)),
-            Verb::Verbosity => Some(if r.noreply {
-                Answer::Nothing
-            } else {
-                one(compose::OK)
-            }),
-            Verb::MetaNoop => Some(one(compose::MN)),
-            Verb::Stats | Verb::Admin => {
-                let args = bytes.get(r.meta_flags.clone()).unwrap_or_default();
-                match admin_plan(r.verb, args) {
-                    AdminPlan::Local => Some(super::stats::answer(cx, &r, &bytes)),
-                    AdminPlan::Answer(b) => Some(one(b)),
-                    p => {
-                        plan = Some(p);
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
+        let (local, plan) = route_locally(cx, &r, &bytes);
         let Some(cl) = self.clients.get_mut(idx) else {
             return;
         };
@@ -812,6 +788,29 @@ fn set_nodelay(fd: i32) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+/// What the engine answers itself (quit, version, verbosity, mn, memring's
+/// own `stats`, memcached's answer to an unknown group), or the admin plan of
+/// a `stats <group>` / administration line; neither for everything else.
+fn route_locally(cx: &Ctx, r: &Request, bytes: &Bytes) -> (Option<Answer>, Option<AdminPlan>) {
+    let local = match r.verb {
+        Verb::Quit => Answer::Close,
+        Verb::Version => one(compose::VERSION),
+        Verb::Verbosity if r.noreply => Answer::Nothing,
+        Verb::Verbosity => one(compose::OK),
+        Verb::MetaNoop => one(compose::MN),
+        Verb::Stats | Verb::Admin => {
+            let args = bytes.get(r.meta_flags.clone()).unwrap_or_default();
+            match admin_plan(r.verb, args) {
+                AdminPlan::Local => super::stats::answer(cx, r, bytes),
+                AdminPlan::Answer(b) => one(b),
+                p => return (None, Some(p)),
+            }
+        }
+        _ => return (None, None),
+    };
+    (Some(local), None)
 }
 
 /// `delete <key> noreply` as a parsed request, for removing the old item of
