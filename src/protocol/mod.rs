@@ -2,7 +2,7 @@
 //!
 //! Owns: parsing client requests ([`request`]), framing upstream responses
 //! ([`response`]) and composing wire bytes ([`compose`]). It must not import
-//! `server`, tokio, tokio-uring or the clock: the load generator reuses it as
+//! `server`, an I/O runtime or the clock: the load generator reuses it as
 //! its client codec.
 //!
 //! Parsers never copy and never allocate: they return byte ranges into the
