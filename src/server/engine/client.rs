@@ -25,7 +25,7 @@ use crate::upstream::ServerId;
 
 use super::{next_gen, token, ClientRef, Ctx, HealthView, Kind, State};
 use crate::server::driver::{Completion, Driver};
-use crate::server::topology::{advance, IOV_MAX};
+use crate::server::topology::{advance, fill_iov};
 
 /// Requests parsed ahead of their answers, per connection (as memcached
 /// bounds a connection's pipeline): past this the client is not read.
@@ -293,16 +293,8 @@ impl State {
             }
             return;
         };
-        if let Some(b) = c.buf {
-            if c.res > 0 && !cl.dead && !cl.read_done {
-                let n = c.res as usize;
-                if cl.rbuf.capacity() - cl.rbuf.len() < n {
-                    cl.rbuf.reserve(n.max(READ_STEP));
-                }
-                cl.rbuf.extend_from_slice(d.buffer(b, n));
-            }
-            d.recycle(b);
-        }
+        let keep = !cl.dead && !cl.read_done;
+        super::take_received(d, &c, &mut cl.rbuf, READ_STEP, keep);
         if !c.more {
             cl.recv_armed = false;
             cl.cancel_pending = false;
@@ -707,12 +699,7 @@ impl State {
         if !cl.dead {
             cl.drain_ready();
             if !cl.send_inflight && !cl.out.is_empty() {
-                cl.iov.clear();
-                cl.iov
-                    .extend(cl.out.iter().take(IOV_MAX).map(|b| libc::iovec {
-                        iov_base: b.as_ptr() as *mut libc::c_void,
-                        iov_len: b.len(),
-                    }));
+                fill_iov(&mut cl.iov, &cl.out);
                 // SAFETY: the iovecs point into `out`'s buffers, which stay
                 // untouched (never advanced or dropped) until this send's
                 // completion; `iov` itself is not modified until then either.
