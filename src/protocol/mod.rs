@@ -16,7 +16,9 @@ pub mod request;
 pub mod response;
 
 pub use request::{parse_request, ParseError, Parsed, Request, Verb};
-pub use response::{frame_response, Expect, FrameError, Framed, Status, ValueItem};
+pub use response::{
+    frame_response, reply_size_hint, Expect, FrameError, Framed, Status, ValueItem,
+};
 
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;

@@ -116,8 +116,8 @@ impl Client {
             out: VecDeque::new(),
             out_bytes: 0,
             iov: Vec::new(),
-            // Start cautious (16 answers fill the budget) and learn.
-            est_answer: (budget / 16).max(1),
+            // Start cautious (two answers fill the budget) and learn.
+            est_answer: (budget / 2).max(1),
             recv_armed: false,
             cancel_pending: false,
             shut: false,
@@ -129,13 +129,18 @@ impl Client {
         }
     }
 
-    /// True when the client may start another request.
+    /// True when the client may start another request: its unsent answers
+    /// plus the expected size of those in flight, this one included, fit the
+    /// budget. One request may always run, whatever its size.
     fn can_start(&self, budget: usize) -> bool {
+        if self.waiting == 0 && self.out_bytes == 0 {
+            return true;
+        }
         self.waiting < MAX_INFLIGHT
             && self
                 .out_bytes
-                .saturating_add(self.waiting.saturating_mul(self.est_answer))
-                < budget.max(1)
+                .saturating_add((self.waiting + 1).saturating_mul(self.est_answer))
+                <= budget
     }
 
     /// Reserve the next answer slot; returns its sequence number.
@@ -159,10 +164,15 @@ impl Client {
         if matches!(slot, Slot::Waiting) {
             self.waiting = self.waiting.saturating_sub(1);
         }
-        let size = answer_len(&a);
-        // Moving average with weight 1/8: a client's answers are usually
-        // alike in size.
-        self.est_answer = (self.est_answer * 7 + size.max(64)) / 8;
+        // The estimate follows a larger answer at once and halves towards a
+        // smaller one, so the window of requests in flight opens like TCP's
+        // slow start and never lets a burst of large answers past the budget.
+        let size = answer_len(&a).max(64);
+        self.est_answer = if size >= self.est_answer {
+            size
+        } else {
+            (self.est_answer / 2).max(size)
+        };
         *slot = Slot::Ready(a);
         pos == 0
     }

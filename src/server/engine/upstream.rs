@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::Expect;
+use crate::protocol::{reply_size_hint, Expect};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
 use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
@@ -303,6 +303,16 @@ impl State {
                     self.fail_up(d, cx, ci, CallError::Protocol);
                     return;
                 }
+            }
+        }
+        if let Some(need) = reply_size_hint(&u.rbuf).filter(|n| *n > READ_STEP) {
+            if u.rbuf.capacity() < need {
+                // A large value is on its way: one buffer of its exact size,
+                // instead of growing step by step (and copying) while it
+                // streams in.
+                let mut exact = BytesMut::with_capacity(need);
+                exact.extend_from_slice(&u.rbuf);
+                u.rbuf = exact;
             }
         }
         if u.written.is_empty() && !u.rbuf.is_empty() {
