@@ -50,7 +50,7 @@ impl World {
         for s in servers {
             let h = &w.health[s.index()];
             for _ in 0..policy.failure_limit {
-                h.record_failure(Instant::now(), &policy);
+                h.record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
             }
             assert!(!h.is_up());
         }
@@ -1197,7 +1197,7 @@ fn backup_going_out_before_the_copy_step_is_marked() {
     let policy = HealthPolicy::default();
     let seen_at_start = w.observe(B2);
     for _ in 0..policy.failure_limit {
-        w.health[2].record_failure(Instant::now(), &policy);
+        w.health[2].record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
     }
     let mut fx = Vec::new();
     let s = r.take(P0, "mg a v f t\r\n");

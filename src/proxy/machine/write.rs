@@ -118,7 +118,17 @@ impl Write {
         };
         let p_seen = cx.view.observe(rep.primary);
         let b_seen = rep.backup.map(|b| cx.view.observe(b));
-        let b_up = rep.backup.filter(|_| b_seen.is_some_and(Observed::is_up));
+        // A server draining its missed keys takes the writes that do not
+        // depend on what it holds (set, delete, touch), so that no write
+        // is missed from the moment its drain began; relative writes
+        // (incr, append, add, cas...) wait until it is up.
+        let rule = proxy::write_rule(req.r.verb, req.meta_flags());
+        let takes = |seen: Observed| match rule {
+            WriteRule::Mirror => seen.takes_writes(),
+            WriteRule::PrimaryThenCopy => seen.is_up(),
+        };
+        let p_takes = takes(p_seen);
+        let b_up = rep.backup.filter(|_| b_seen.is_some_and(takes));
         let mut w = Write {
             parts: [Bytes::new(), Bytes::new()],
             req,
@@ -128,7 +138,7 @@ impl Write {
             stage: Stage::Done,
         };
         let expect = w.req.r.verb.expect();
-        match (p_seen.is_up(), b_up) {
+        match (p_takes, b_up) {
             (false, None) => {
                 cx.count(Counter::ServerErrors);
                 let a = w.req.silent_or(one(compose::NO_SERVER));
@@ -147,7 +157,7 @@ impl Write {
             }
             (true, Some(b)) => {
                 w.parts = w.req.upstream_parts();
-                match proxy::write_rule(w.req.r.verb, w.req.meta_flags()) {
+                match rule {
                     WriteRule::Mirror => {
                         let p = cx.send(rep.primary, w.parts.clone(), expect);
                         let b = cx.send(b, w.parts.clone(), expect);
