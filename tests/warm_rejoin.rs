@@ -118,7 +118,7 @@ fn load(addr: SocketAddr, t: usize, n: usize, stop: Arc<AtomicBool>) -> Seen {
         let i = mine[(rng % mine.len() as u64) as usize];
         let k = key(i);
         let t0 = Instant::now();
-        if rng % 2 == 0 {
+        if rng & 1 == 0 {
             gen += 1;
             let reply = c.request(&set_cmd(&k, &value(i, gen)));
             if reply == b"STORED\r\n" {

@@ -128,14 +128,18 @@ fn rejoin(
 /// in service; writes already reach it meanwhile.
 fn drain(health: &Health, s: &mut TcpStream, name: &str, settings: &Settings, jitter: f64) -> bool {
     let policy = &settings.policy;
-    // Writes decided while the server was out finish within a request
-    // timeout (a little more for the cores' turn).
-    let grace = settings.request_timeout + Duration::from_millis(100);
+    // A server that missed writes stays draining until the writes decided
+    // while it was out have all been answered: a request timeout (a little
+    // more for the cores' turn). One that missed nothing (no replica
+    // answered for it: reads only, or no backups at all) comes back at
+    // once; a late missed write would only eject it again.
+    let mut grace = Duration::ZERO;
     let mut deleted = 0u64;
     let mut buf = Vec::with_capacity(16 * 1024);
     for _ in 0..DRAIN_STEPS {
         match health.drain_step(Instant::now(), policy, grace, DRAIN_BATCH, deleted) {
             DrainStep::Delete(keys) => {
+                grace = settings.request_timeout + Duration::from_millis(100);
                 if delete_all(s, &keys, &mut buf) {
                     health.drained(keys.len() as u64);
                     deleted += keys.len() as u64;

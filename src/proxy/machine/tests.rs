@@ -1576,7 +1576,7 @@ fn a_draining_server_takes_absolute_writes_but_no_reads() {
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("DELETED\r\n"));
 
-    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    let r = Run::start(&w, "get a\r\n", &[RA]);
     r.expect_pending(&[(B2, "get a\r\n")]);
 }
 
