@@ -1590,3 +1590,16 @@ fn a_draining_server_misses_relative_writes_and_logs_them() {
     assert_eq!(r.answer().as_deref(), Some("2\r\n"));
     assert_eq!(r.missed(), [(P0, "a")]);
 }
+
+#[test]
+fn a_missed_base64_key_is_logged_as_a_flush() {
+    let w = World::down(&[B2]);
+    let mut r = Run::start(&w, "ms YQ== 1 b\r\nv\r\n", &[RA]);
+    r.reply(P0, "ms YQ== 1 b\r\nv\r\n", "HD\r\n");
+    r.assert_done();
+    assert_eq!(
+        r.missed(),
+        [(B2, "")],
+        "the server holds the decoded key: only a flush is sure to cover it"
+    );
+}

@@ -190,7 +190,7 @@ impl Write {
                 Ok(r) => {
                     cx.failover(p);
                     if !r.status.is_error() {
-                        cx.missed(p, self.p_seen, self.req.key_bytes());
+                        cx.missed(p, self.p_seen, self.missed_key());
                     }
                     self.finish(r, cx);
                 }
@@ -200,7 +200,7 @@ impl Write {
                 Ok(r) => {
                     if let (Some(b), Some(seen)) = (self.rep.backup, self.b_seen) {
                         if !r.status.is_error() {
-                            cx.missed(b, seen, self.req.key_bytes());
+                            cx.missed(b, seen, self.missed_key());
                         }
                     }
                     self.finish(r, cx);
@@ -252,7 +252,7 @@ impl Write {
                 // The primary may or may not have applied it: the backup decides.
                 Ok(rb) => {
                     cx.failover(p);
-                    cx.missed(p, self.p_seen, self.req.key_bytes());
+                    cx.missed(p, self.p_seen, self.missed_key());
                     self.finish(rb, cx);
                 }
                 Err(e) => self.fail(e, cx),
@@ -319,6 +319,17 @@ impl Write {
         }
     }
 
+    /// The key a replica that missed this write logs for its rejoin to
+    /// delete. A base64 key (meta `b` flag) is stored decoded, which a text
+    /// `delete` cannot name: it logs the empty key, "flush".
+    fn missed_key(&self) -> Bytes {
+        if compose::meta_flag(self.req.meta_flags(), b'b').is_some() {
+            Bytes::new()
+        } else {
+            self.req.key_bytes()
+        }
+    }
+
     /// The backup of a write that has one (only called on paths that checked).
     fn backup(&self) -> ServerId {
         self.rep.backup.unwrap_or(self.rep.primary)
@@ -337,7 +348,7 @@ impl Write {
                 // The backup refused what the primary took: it may hold an
                 // older value now.
                 if !rp.status.is_error() && rb.status.is_error() {
-                    cx.missed(b, b_seen, self.req.key_bytes());
+                    cx.missed(b, b_seen, self.missed_key());
                 }
                 let r = if proxy::backup_answer_wins(rp.status, rb.status) {
                     rb
@@ -348,14 +359,14 @@ impl Write {
             }
             (Ok(rp), Err(_)) => {
                 if !rp.status.is_error() {
-                    cx.missed(b, b_seen, self.req.key_bytes());
+                    cx.missed(b, b_seen, self.missed_key());
                 }
                 self.finish(rp, cx);
             }
             (Err(_), Ok(rb)) => {
                 cx.failover(p);
                 if !rb.status.is_error() {
-                    cx.missed(p, self.p_seen, self.req.key_bytes());
+                    cx.missed(p, self.p_seen, self.missed_key());
                 }
                 self.finish(rb, cx);
             }
@@ -428,7 +439,7 @@ impl Write {
         if !ok {
             cx.count(Counter::ReplicationErrors);
             let seen = self.b_seen.unwrap_or(self.p_seen);
-            cx.missed(self.backup(), seen, self.req.key_bytes());
+            cx.missed(self.backup(), seen, self.missed_key());
         }
         self.finish(rp, cx);
     }
