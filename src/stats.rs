@@ -225,6 +225,32 @@ pub fn render(
             &format!("server_{i}:flushes"),
             &h.flushes.load(Ordering::Relaxed),
         );
+        let (logged_now, overflowed) = h.missed_keys();
+        stat(&format!("server_{i}:missed_keys"), &logged_now);
+        stat(
+            &format!("server_{i}:missed_keys_overflowed"),
+            &u8::from(overflowed),
+        );
+        stat(
+            &format!("server_{i}:keys_logged"),
+            &h.keys_logged.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:drains"),
+            &h.drains.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:drained_keys"),
+            &h.drained_keys.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:last_rejoin"),
+            &h.last_rejoin().as_str(),
+        );
+        stat(
+            &format!("server_{i}:last_ejection"),
+            &h.last_ejection().as_str(),
+        );
         stat(
             &format!("server_{i}:since_state_change"),
             &secs(h.since_change(now)),

@@ -615,10 +615,12 @@ fn flapping_servers_never_serve_stale_values() {
     for (i, s) in servers.iter().enumerate() {
         let role = if i < PRIMARIES { "primary" } else { "backup" };
         println!(
-            "  server {i} {role} {}: ejections {}, flushes {}, failovers {}",
+            "  server {i} {role} {}: ejections {}, flushes {}, drains {}, drained keys {}, failovers {}",
             s.server_arg(),
             server_stat(&final_stats, s, role, "ejections"),
             server_stat(&final_stats, s, role, "flushes"),
+            server_stat(&final_stats, s, role, "drains"),
+            server_stat(&final_stats, s, role, "drained_keys"),
             server_stat(&final_stats, s, role, "failovers"),
         );
     }

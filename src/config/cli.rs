@@ -58,6 +58,11 @@ pub(super) struct Cli {
     #[arg(long, help_heading = MEMRING)]
     pub resync: bool,
 
+    /// Bytes of missed keys logged per server; past it a rejoin flushes the
+    /// server instead of deleting its missed keys (0: always flush)
+    #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_MISSED_KEYS_LIMIT, value_parser = value::missed_keys_limit, help_heading = MEMRING)]
+    pub missed_keys_limit: usize,
+
     /// Max client connections
     #[arg(short = 'n', long, value_name = "N", default_value_t = super::DEFAULT_MAX_CONNS, value_parser = value::max_conns, help_heading = MAGENT)]
     pub max_conns: usize,
@@ -215,6 +220,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         log_file: cli.log_file.clone(),
         shutdown_timeout: pick("shutdown_timeout").map(|_| cli.shutdown_timeout),
         resync: cli.resync.then_some(true),
+        missed_keys_limit: pick("missed_keys_limit").map(|_| cli.missed_keys_limit),
     };
     Ok(Parsed {
         layer,

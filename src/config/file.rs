@@ -38,6 +38,7 @@ struct FileConfig {
     log_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
     resync: Option<bool>,
+    missed_keys_limit: Option<String>,
 }
 
 /// Read and validate `path`.
@@ -151,5 +152,6 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         log_file: path_ok("log_file", &f.log_file, value::path)?,
         shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
         resync: f.resync,
+        missed_keys_limit: text!(missed_keys_limit, value::missed_keys_limit),
     })
 }

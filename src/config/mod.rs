@@ -47,6 +47,10 @@ pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
 pub const DEFAULT_RETRY_INTERVAL: &str = "500ms";
 /// `--shutdown-timeout` default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+/// `--missed-keys-limit` default: 64 MiB per server, about 750 000 keys of
+/// 40 bytes (each key costs its length plus
+/// [`crate::upstream::missed::PER_KEY_OVERHEAD`]).
+pub const DEFAULT_MISSED_KEYS_LIMIT: &str = "64m";
 
 /// One memcached server: `host:port[:weight]`, host may be a name or `[v6]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +147,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--resync`: copy a rejoined server's keys back from its partners. Default off.
     pub resync: bool,
+    /// `--missed-keys-limit`: bytes of keys a server may miss before its
+    /// rejoin falls back from deleting them to `flush_all`. Default 64 MiB.
+    pub missed_keys_limit: usize,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -340,6 +347,7 @@ struct Layer {
     log_file: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
     resync: Option<bool>,
+    missed_keys_limit: Option<usize>,
 }
 
 impl Layer {
@@ -374,7 +382,8 @@ impl Layer {
             pid_file,
             log_file,
             shutdown_timeout,
-            resync
+            resync,
+            missed_keys_limit
         )
     }
 
@@ -418,6 +427,9 @@ impl Layer {
             check: false,
             shutdown_timeout: dur(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
             resync: self.resync.unwrap_or(false),
+            missed_keys_limit: self.missed_keys_limit.unwrap_or_else(|| {
+                value::missed_keys_limit(DEFAULT_MISSED_KEYS_LIMIT).unwrap_or(64 << 20)
+            }),
             argv: Vec::new(),
         }
     }
@@ -489,7 +501,7 @@ pub const RELOAD_KEEPS: &[&str] = &[
 /// over it (flags still win), keep [`RELOAD_KEEPS`] from `base`, validate.
 ///
 /// What changes: servers, backups, distribution, connect/request timeouts,
-/// failure_limit, retry_interval, shutdown_timeout. On error the caller keeps
+/// failure_limit, retry_interval, missed_keys_limit, shutdown_timeout. On error the caller keeps
 /// running with `base`.
 pub fn reload(path: &Path, base: &Config) -> Result<Config, ConfigError> {
     reload_with_report(path, base).map(|(cfg, _)| cfg)

@@ -57,6 +57,7 @@ fn defaults_are_magents() {
     assert_eq!(c.config_file, None);
     assert!(!c.check);
     assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.missed_keys_limit, 64 << 20);
     assert_eq!(c, base("memring -s 127.0.0.1:1"));
     assert_eq!(c.tcp_addr(), Some("0.0.0.0:11211".parse().unwrap()));
 }
@@ -176,6 +177,15 @@ fn argv_table() {
             c.max_item_size = 1 << 30;
             c.distribution = Distribution::Ketama;
         }),
+        ("memring -s 127.0.0.1:1 --missed-keys-limit 256", |c| {
+            c.missed_keys_limit = 256;
+        }),
+        ("memring -s 127.0.0.1:1 --missed-keys-limit 0", |c| {
+            c.missed_keys_limit = 0;
+        }),
+        ("memring -s 127.0.0.1:1 --missed-keys-limit 16g", |c| {
+            c.missed_keys_limit = 16 << 30;
+        }),
         ("memring -s 127.0.0.1:1 --max-item-size 1k -i 1 --upstream-conns 1", |c| {
             c.max_item_size = 1024;
             c.max_server_conns = 1;
@@ -210,6 +220,14 @@ fn error_table() {
         ("memring -s 127.0.0.1:1 -p", &["--port"]),
         ("memring -s 127.0.0.1:1 -n 0", &["'0'", "--max-conns"]),
         ("memring -s 127.0.0.1:1 -n -5", &["-5"]),
+        (
+            "memring -s 127.0.0.1:1 --missed-keys-limit 17g",
+            &["17g", "--missed-keys-limit", "16g"],
+        ),
+        (
+            "memring -s 127.0.0.1:1 --missed-keys-limit lots",
+            &["lots", "--missed-keys-limit"],
+        ),
         (
             "memring -s 127.0.0.1:1 -i 0",
             &["'0'", "--max-server-conns"],
@@ -538,6 +556,7 @@ retry_interval = "1s"
 io_backend = "epoll"
 pid_file = "/run/memring.pid"
 shutdown_timeout = "10s"
+missed_keys_limit = "1m"
 "#;
 
 #[test]
@@ -572,6 +591,7 @@ fn config_file_full() {
         io_backend: IoBackend::Epoll,
         pid_file: Some("/run/memring.pid".into()),
         shutdown_timeout: Duration::from_secs(10),
+        missed_keys_limit: 1 << 20,
         config_file: Some(std::fs::canonicalize(&f.0).unwrap()),
         argv: argv(&line),
         ..Config::default()

@@ -230,6 +230,23 @@ pub fn fmt_duration(d: Duration) -> String {
 
 /// A byte size like memcached's `-I`: `1m`, `512k`, `2097152`, `1g`.
 pub(crate) fn size(s: &str) -> Result<usize, String> {
+    item_size(bytes(s)?)
+}
+
+/// Largest `--missed-keys-limit`.
+pub const MAX_MISSED_KEYS_LIMIT: u64 = 16 << 30;
+
+/// `--missed-keys-limit`: a byte size from 0 (always flush) to 16g.
+pub(crate) fn missed_keys_limit(s: &str) -> Result<usize, String> {
+    let n = bytes(s)?;
+    if n > MAX_MISSED_KEYS_LIMIT {
+        return Err("must be at most 16g".into());
+    }
+    usize::try_from(n).map_err(|_| "too large for this machine".to_string())
+}
+
+/// A byte count with an optional unit (k, m, g).
+fn bytes(s: &str) -> Result<u64, String> {
     const HINT: &str = "expected a size like 1m, 512k or 2097152";
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -245,7 +262,7 @@ pub(crate) fn size(s: &str) -> Result<usize, String> {
         _ => return Err(format!("unknown unit '{unit}'; use k, m or g")),
     };
     let n: u64 = num.parse().map_err(|_| HINT.to_string())?;
-    item_size(n.saturating_mul(mult))
+    Ok(n.saturating_mul(mult))
 }
 
 /// Range check for `--max-item-size` given in bytes.

@@ -3,8 +3,11 @@
 //!
 //! Every 50 ms (jittered) the prober looks for ejected servers whose probe
 //! is due and claims them; each claimed probe runs on a short-lived thread
-//! (`version`, then `flush_all` when the server may hold stale values) and
-//! reports back to the server's shared health. With `--resync`, a server
+//! (`version`, then the rejoin the server's health picks: pipelined
+//! `delete`s of the keys it missed while the server already takes writes,
+//! or `flush_all` when its missed-key log overflowed) and reports back to
+//! the server's shared health. One log line per rejoin names the path and
+//! the keys touched. With `--resync`, a server
 //! that rejoined then gets the keys it owns copied back from the servers of
 //! the other role, on the same thread, by the same pure copy machine a
 //! read-through repair uses, driven over blocking sockets.
@@ -23,7 +26,7 @@ use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, Expect};
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
 use crate::stats::{CoreStats, Counter};
-use crate::upstream::{Observed, Probe, Role, ServerId};
+use crate::upstream::{DrainStep, Health, Observed, Probe, Rejoin, Role, ServerId};
 
 use super::topology::{Settings, Shared, Topology};
 
@@ -64,19 +67,11 @@ fn prober(shared: &Arc<Shared>) {
             let spawned = std::thread::Builder::new()
                 .name("memring-probe".into())
                 .spawn(move || {
-                    let ok = probe_server(addr, probe, &settings);
-                    let now = Instant::now();
-                    if ok && health.probe_succeeded(now, probe) {
-                        tracing::warn!(server = %name, flushed = probe.flush, "server rejoined");
+                    if rejoin(&health, addr, &name, probe, &settings, j) {
                         if let (true, Some(id)) = (settings.resync, id) {
                             resync(&shared, &topo2, id);
                         }
-                        return;
                     }
-                    if ok {
-                        tracing::info!(server = %name, "probe overtaken by a missed write; retrying");
-                    }
-                    health.probe_failed(now, &settings.policy, probe, j);
                 });
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot start a probe thread");
@@ -87,20 +82,138 @@ fn prober(shared: &Arc<Shared>) {
     }
 }
 
-/// Connect, ask `version`, and `flush_all` when the server may be stale.
-fn probe_server(addr: SocketAddr, probe: Probe, settings: &Settings) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, settings.connect_timeout) else {
+/// Keys deleted per pipelined batch of a drain.
+const DRAIN_BATCH: usize = 256;
+
+/// Steps a drain may take before it gives up (and retries later): each
+/// step deletes a batch or waits [`DRAIN_WAIT`] for the grace to run out.
+const DRAIN_STEPS: usize = 1 << 20;
+
+/// Pause of a drain whose log is empty while its grace runs.
+const DRAIN_WAIT: Duration = Duration::from_millis(10);
+
+/// Probe the server and bring it back: true when it is in service again.
+fn rejoin(
+    health: &Health,
+    addr: SocketAddr,
+    name: &str,
+    probe: Probe,
+    settings: &Settings,
+    jitter: f64,
+) -> bool {
+    let policy = &settings.policy;
+    let Some(mut s) = probe_server(addr, settings) else {
+        health.probe_failed(Instant::now(), policy, probe, jitter);
         return false;
     };
-    let limit = Some(settings.request_timeout.max(Duration::from_millis(100)));
-    if s.set_read_timeout(limit).is_err() || s.set_write_timeout(limit).is_err() {
+    let done = match health.begin_rejoin(Instant::now(), probe) {
+        Rejoin::Flush => {
+            if roundtrip(&mut s, b"flush_all\r\n", b"OK\r\n")
+                && health.probe_succeeded(Instant::now())
+            {
+                tracing::warn!(server = %name, path = "flush", keys = "all", "server rejoined");
+                true
+            } else {
+                health.probe_failed(Instant::now(), policy, probe, jitter);
+                false
+            }
+        }
+        Rejoin::Drain => drain(health, &mut s, name, settings, jitter),
+    };
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    done
+}
+
+/// Delete the server's missed keys over `s` until its health puts it back
+/// in service; writes already reach it meanwhile.
+fn drain(health: &Health, s: &mut TcpStream, name: &str, settings: &Settings, jitter: f64) -> bool {
+    let policy = &settings.policy;
+    // A server that missed writes stays draining until the writes decided
+    // while it was out have all been answered: a request timeout (a little
+    // more for the cores' turn). One that missed nothing (no replica
+    // answered for it: reads only, or no backups at all) comes back at
+    // once; a late missed write would only eject it again.
+    let mut grace = Duration::ZERO;
+    let mut deleted = 0u64;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    for _ in 0..DRAIN_STEPS {
+        match health.drain_step(Instant::now(), policy, grace, DRAIN_BATCH, deleted) {
+            DrainStep::Delete(keys) => {
+                grace = settings.request_timeout + Duration::from_millis(100);
+                if delete_all(s, &keys, &mut buf) {
+                    health.drained(keys.len() as u64);
+                    deleted += keys.len() as u64;
+                } else {
+                    tracing::warn!(server = %name, deleted, "drain failed; retrying later");
+                    health.drain_failed(Instant::now(), policy, keys, jitter);
+                    return false;
+                }
+            }
+            DrainStep::Wait => std::thread::sleep(DRAIN_WAIT),
+            DrainStep::Rejoined => {
+                let path = if deleted > 0 { "drain" } else { "clean" };
+                tracing::warn!(server = %name, path, keys = deleted, "server rejoined");
+                return true;
+            }
+            DrainStep::Aborted => {
+                tracing::warn!(server = %name, deleted, "drain aborted: missed-key log overflowed, will flush");
+                return false;
+            }
+        }
+    }
+    tracing::warn!(server = %name, deleted, "drain did not finish; retrying later");
+    health.drain_failed(Instant::now(), policy, Vec::new(), jitter);
+    false
+}
+
+/// Pipelined `delete` of every key; true when each got `DELETED` or
+/// `NOT_FOUND` (or `CLIENT_ERROR`: a key memcached refuses it cannot hold).
+fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool {
+    buf.clear();
+    for k in keys {
+        buf.extend_from_slice(b"delete ");
+        buf.extend_from_slice(k);
+        buf.extend_from_slice(b"\r\n");
+    }
+    if s.write_all(buf).is_err() {
         return false;
     }
+    buf.clear();
+    let mut answered = 0;
+    let mut start = 0;
+    let mut chunk = [0u8; 16 * 1024];
+    // Bounded by the key count and the read timeout.
+    while answered < keys.len() {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
+            let line = &buf[start..start + pos + 1];
+            let ok = line.starts_with(b"DELETED")
+                || line.starts_with(b"NOT_FOUND")
+                || line.starts_with(b"CLIENT_ERROR");
+            if !ok {
+                return false;
+            }
+            answered += 1;
+            start += pos + 1;
+        }
+        if buf.len() > 1 << 20 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Connect and ask `version`: the connection, when the server answered.
+fn probe_server(addr: SocketAddr, settings: &Settings) -> Option<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, settings.connect_timeout).ok()?;
+    let limit = Some(settings.request_timeout.max(Duration::from_millis(100)));
+    s.set_read_timeout(limit).ok()?;
+    s.set_write_timeout(limit).ok()?;
     let _ = s.set_nodelay(true);
-    let ok = roundtrip(&mut s, b"version\r\n", b"VERSION ")
-        && (!probe.flush || roundtrip(&mut s, b"flush_all\r\n", b"OK\r\n"));
-    let _ = s.shutdown(std::net::Shutdown::Both);
-    ok
+    roundtrip(&mut s, b"version\r\n", b"VERSION ").then_some(s)
 }
 
 /// Send `req` and read one line; true when it starts with `want`.
@@ -203,12 +316,13 @@ impl Blocking<'_> {
                         expect,
                     } => sends.push_back((call, server, parts, expect)),
                     Effect::Count(c, n) => stats.add(c, n),
-                    Effect::MissedWrite { server, seen, .. } => {
+                    Effect::MissedWrite { server, seen, key } => {
                         if let Some(s) = self.topo.servers.get(server.index()) {
                             s.health.record_missed_write(
                                 Instant::now(),
                                 &self.topo.settings.policy,
                                 seen,
+                                &key,
                             );
                         }
                     }

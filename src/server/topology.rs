@@ -117,6 +117,7 @@ impl Topology {
                     failure_limit: cfg.failure_limit,
                     retry_interval: cfg.retry_interval,
                     max_retry_interval: cfg.retry_interval.max(Duration::from_secs(5)),
+                    missed_keys_limit: cfg.missed_keys_limit,
                 },
                 conns_per_server: cfg.upstream_conns.clamp(1, cfg.max_server_conns.max(1)),
                 resync: cfg.resync,

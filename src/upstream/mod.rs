@@ -10,15 +10,26 @@
 //! ```text
 //!   Up --(failure_limit consecutive failures, or one missed write)--> Down
 //!   Down --(probe due; one core claims it)--> Probing
-//!   Probing --(version answered; flush_all if dirty)--> Up
-//!   Probing --(probe failed)--> Down (next probe after a jittered backoff)
+//!   Probing --(version answered; log overflowed or a flush_all missed)--> Flushing --(flush_all OK)--> Up
+//!   Probing --(version answered; log holds keys or nothing)--> Draining --(log empty, grace over)--> Up
+//!   Probing / Flushing / Draining --(probe, flush or delete failed)--> Down (jittered backoff)
 //! ```
-//! A server is *dirty* when a write was acknowledged to a client without it.
-//! A dirty server may hold stale values, so it is flushed before it serves
-//! again; a clean one (e.g. it only timed out on reads) keeps its cache.
+//! Every write acknowledged to a client without a server (it was out, or
+//! failed while its replica succeeded) logs the key in the server's
+//! [`MissedLog`]; the server may hold a stale value for exactly those keys.
+//! A rejoin deletes them (`Draining`: the server takes absolute writes but
+//! serves no reads) and goes up only when the log is empty, under the log's
+//! lock, so a key logged before that moment is always deleted first. A
+//! missed write that reaches a server already up ejects it again. Only an
+//! overflowed log (or a missed `flush_all`) costs the whole cache.
+
+pub mod missed;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+pub use missed::{MissedLog, Pending};
 
 /// Index of a server in the process-wide server table (primaries first, then backups).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,8 +68,10 @@ pub enum State {
     Up,
     /// Ejected: gets no traffic until a probe succeeds.
     Down,
-    /// A core is probing it (and flushing it when dirty).
+    /// A probe (or its flush) is running.
     Probing,
+    /// Its missed keys are being deleted: takes absolute writes, serves no reads.
+    Draining,
 }
 
 impl State {
@@ -68,17 +81,100 @@ impl State {
             State::Up => "up",
             State::Down => "down",
             State::Probing => "probing",
+            State::Draining => "draining",
         }
     }
 }
 
-// Raw states. A probe that will flush is told apart from a clean one: writes
-// missed while a flush is pending are harmless, writes missed during a clean
-// probe must abort it.
+// Raw states. Writes missed while a flush is pending are covered by it;
+// writes missed in any other state are logged.
 const UP: u8 = 0;
 const DOWN: u8 = 1;
 const PROBING_FLUSH: u8 = 2;
-const PROBING_CLEAN: u8 = 3;
+const PROBING: u8 = 3;
+const DRAINING: u8 = 4;
+
+/// Why a server was last ejected (as shown by `stats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Ejection {
+    /// Never ejected.
+    None = 0,
+    /// Connections refused, reset or not established in time.
+    Connect = 1,
+    /// Requests made no progress within the request timeout.
+    Timeout = 2,
+    /// Connections closed under requests.
+    Closed = 3,
+    /// The server sent bytes that are not a reply.
+    Protocol = 4,
+    /// A write was acknowledged without it.
+    MissedWrite = 5,
+    /// Deleting its missed keys on rejoin failed.
+    DrainFailed = 6,
+}
+
+impl Ejection {
+    /// As shown by `stats`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ejection::None => "none",
+            Ejection::Connect => "connect",
+            Ejection::Timeout => "timeout",
+            Ejection::Closed => "closed",
+            Ejection::Protocol => "protocol",
+            Ejection::MissedWrite => "missed_write",
+            Ejection::DrainFailed => "drain_failed",
+        }
+    }
+
+    fn from_raw(r: u8) -> Ejection {
+        match r {
+            1 => Ejection::Connect,
+            2 => Ejection::Timeout,
+            3 => Ejection::Closed,
+            4 => Ejection::Protocol,
+            5 => Ejection::MissedWrite,
+            6 => Ejection::DrainFailed,
+            _ => Ejection::None,
+        }
+    }
+}
+
+/// How a server last came back (as shown by `stats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RejoinPath {
+    /// Never rejoined.
+    None = 0,
+    /// Nothing was missed: back with its whole cache.
+    Clean = 1,
+    /// Its missed keys were deleted.
+    Drain = 2,
+    /// Flushed (log overflow or a missed `flush_all`).
+    Flush = 3,
+}
+
+impl RejoinPath {
+    /// As shown by `stats` and the rejoin log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejoinPath::None => "none",
+            RejoinPath::Clean => "clean",
+            RejoinPath::Drain => "drain",
+            RejoinPath::Flush => "flush",
+        }
+    }
+
+    fn from_raw(r: u8) -> RejoinPath {
+        match r {
+            1 => RejoinPath::Clean,
+            2 => RejoinPath::Drain,
+            3 => RejoinPath::Flush,
+            _ => RejoinPath::None,
+        }
+    }
+}
 
 /// Tunables of the health state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +185,8 @@ pub struct HealthPolicy {
     pub retry_interval: Duration,
     /// Upper bound of the probe delay.
     pub max_retry_interval: Duration,
+    /// Bytes of one server's missed-key log before it falls back to a flush.
+    pub missed_keys_limit: usize,
 }
 
 impl Default for HealthPolicy {
@@ -97,6 +195,7 @@ impl Default for HealthPolicy {
             failure_limit: 2,
             retry_interval: Duration::from_millis(500),
             max_retry_interval: Duration::from_secs(10),
+            missed_keys_limit: missed::DEFAULT_LIMIT,
         }
     }
 }
@@ -124,19 +223,28 @@ impl Observed {
     pub fn is_up(self) -> bool {
         self.raw == UP
     }
+
+    /// True when the server took absolute writes (`set`, `delete`, `touch`):
+    /// in service, or draining its missed keys.
+    pub fn takes_writes(self) -> bool {
+        self.raw == UP || self.raw == DRAINING
+    }
 }
 
-/// Shared health of one server. All methods are lock-free.
+/// Shared health of one server. All methods but the missed-key ones are
+/// lock-free.
 #[derive(Debug)]
 pub struct Health {
     base: Instant,
     state: AtomicU8,
-    dirty: AtomicU8,
     flush_epoch: AtomicU64,
     consecutive: AtomicU32,
     probe_failures: AtomicU32,
     next_probe_ms: AtomicU64,
     changed_ms: AtomicU64,
+    last_ejection: AtomicU8,
+    last_rejoin: AtomicU8,
+    missed: Mutex<MissedLog>,
     /// Requests that failed (error, timeout, connection loss).
     pub failures: AtomicU64,
     /// Requests answered by the other replica because this one failed or was down.
@@ -145,6 +253,12 @@ pub struct Health {
     pub flushes: AtomicU64,
     /// Times this server was ejected.
     pub ejections: AtomicU64,
+    /// Keys put in the missed-key log.
+    pub keys_logged: AtomicU64,
+    /// Rejoins that deleted missed keys instead of flushing.
+    pub drains: AtomicU64,
+    /// Keys deleted by drains.
+    pub drained_keys: AtomicU64,
 }
 
 /// What the caller must do after reporting a failure.
@@ -156,11 +270,33 @@ pub enum Verdict {
     Ejected,
 }
 
-/// A claimed probe: whether it must flush the server before it rejoins.
+/// A claimed probe (Down -> Probing); only its holder may move the server on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Probe {
-    /// Send `flush_all` after the server answers, before it rejoins.
-    pub flush: bool,
+pub struct Probe(());
+
+/// How a server that answered its probe comes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejoin {
+    /// Send `flush_all`, then [`Health::probe_succeeded`].
+    Flush,
+    /// Delete the missed keys: [`Health::drain_step`] until it says so.
+    Drain,
+}
+
+/// The next thing a drain must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DrainStep {
+    /// Delete these keys on the server, then report with
+    /// [`Health::drained`] or [`Health::drain_failed`].
+    Delete(Vec<Box<[u8]>>),
+    /// Nothing logged, but writes decided while the server was out may still
+    /// be in flight: ask again shortly.
+    Wait,
+    /// Back in service.
+    Rejoined,
+    /// The drain is over without a rejoin (the log overflowed meanwhile:
+    /// the server is down again and will be flushed).
+    Aborted,
 }
 
 impl Health {
@@ -169,21 +305,31 @@ impl Health {
         Health {
             base,
             state: AtomicU8::new(UP),
-            dirty: AtomicU8::new(0),
             flush_epoch: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
             next_probe_ms: AtomicU64::new(0),
             changed_ms: AtomicU64::new(0),
+            last_ejection: AtomicU8::new(Ejection::None as u8),
+            last_rejoin: AtomicU8::new(RejoinPath::None as u8),
+            missed: Mutex::new(MissedLog::default()),
             failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            keys_logged: AtomicU64::new(0),
+            drains: AtomicU64::new(0),
+            drained_keys: AtomicU64::new(0),
         }
     }
 
     fn ms(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.base).as_millis() as u64
+    }
+
+    /// The missed-key log; a poisoned lock still holds a usable log.
+    fn log(&self) -> MutexGuard<'_, MissedLog> {
+        self.missed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Snapshot taken when a request decides whether to use this server.
@@ -200,6 +346,7 @@ impl Health {
         match self.state.load(Ordering::Acquire) {
             UP => State::Up,
             DOWN => State::Down,
+            DRAINING => State::Draining,
             _ => State::Probing,
         }
     }
@@ -209,9 +356,25 @@ impl Health {
         self.state() == State::Up
     }
 
-    /// True when a write was acknowledged without this server since its last flush.
+    /// True when the server may hold stale values (its log is not empty).
     pub fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire) != 0
+        !self.log().is_empty()
+    }
+
+    /// Keys in the missed-key log now, and whether it overflowed.
+    pub fn missed_keys(&self) -> (usize, bool) {
+        let log = self.log();
+        (log.len(), log.must_flush())
+    }
+
+    /// Why the server was last ejected.
+    pub fn last_ejection(&self) -> Ejection {
+        Ejection::from_raw(self.last_ejection.load(Ordering::Relaxed))
+    }
+
+    /// How the server last rejoined.
+    pub fn last_rejoin(&self) -> RejoinPath {
+        RejoinPath::from_raw(self.last_rejoin.load(Ordering::Relaxed))
     }
 
     /// Time since the last state change.
@@ -229,41 +392,43 @@ impl Health {
         }
     }
 
-    /// A request failed. The server is ejected after `failure_limit`
+    /// A request failed (`why`). The server is ejected after `failure_limit`
     /// consecutive failures; see [`Health::record_missed_write`] for writes.
-    pub fn record_failure(&self, now: Instant, policy: &HealthPolicy) -> Verdict {
+    pub fn record_failure(&self, now: Instant, policy: &HealthPolicy, why: Ejection) -> Verdict {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= policy.failure_limit.max(1) {
-            self.eject_from(UP, now, policy)
+            self.eject_from(UP, now, policy, why)
         } else {
             Verdict::Stays
         }
     }
 
-    /// A write was acknowledged to a client without this server (it was out,
-    /// or failed while its replica succeeded); `seen` is what the request
-    /// observed when it decided. Unless a flush started since, the server may
-    /// now hold a stale value: it is marked dirty and ejected at once, and a
-    /// clean probe in progress is aborted.
+    /// A write of `key` (empty: a `flush_all`) was acknowledged to a client
+    /// without this server (it was out, or failed while its replica
+    /// succeeded); `seen` is what the request observed when it decided.
+    /// Unless a flush started since, the key is logged, and a server that is
+    /// up is ejected at once (it may now serve a stale value); a server on
+    /// its way back deletes the key before it serves again.
     pub fn record_missed_write(
         &self,
         now: Instant,
         policy: &HealthPolicy,
         seen: Observed,
+        key: &[u8],
     ) -> Verdict {
         if seen.raw == PROBING_FLUSH || self.flush_epoch.load(Ordering::Acquire) != seen.epoch {
             return Verdict::Stays;
         }
-        // Dirty before the state change: a prober that claims after this sees it.
-        self.dirty.store(1, Ordering::Release);
-        match self.eject_from(UP, now, policy) {
-            Verdict::Ejected => Verdict::Ejected,
-            Verdict::Stays => self.eject_from(PROBING_CLEAN, now, policy),
+        // Under the log's lock: a drain cannot pass to Up without this key.
+        let mut log = self.log();
+        if log.add(key, policy.missed_keys_limit) {
+            self.keys_logged.fetch_add(1, Ordering::Relaxed);
         }
+        self.eject_from(UP, now, policy, Ejection::MissedWrite)
     }
 
-    fn eject_from(&self, from: u8, now: Instant, policy: &HealthPolicy) -> Verdict {
+    fn eject_from(&self, from: u8, now: Instant, policy: &HealthPolicy, why: Ejection) -> Verdict {
         if self
             .state
             .compare_exchange(from, DOWN, Ordering::AcqRel, Ordering::Acquire)
@@ -273,6 +438,7 @@ impl Health {
         }
         let at = self.ms(now);
         self.changed_ms.store(at, Ordering::Relaxed);
+        self.last_ejection.store(why as u8, Ordering::Relaxed);
         if from == UP {
             self.ejections.fetch_add(1, Ordering::Relaxed);
             self.probe_failures.store(0, Ordering::Relaxed);
@@ -291,63 +457,134 @@ impl Health {
         {
             return None;
         }
-        let dirty = self.is_dirty();
-        let to = if dirty { PROBING_FLUSH } else { PROBING_CLEAN };
         self.state
-            .compare_exchange(DOWN, to, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(DOWN, PROBING, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        // A write missed between the dirty load and the claim: flush after all.
-        let flush = dirty
-            || (self.is_dirty()
-                && self
-                    .state
-                    .compare_exchange(
-                        PROBING_CLEAN,
-                        PROBING_FLUSH,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok());
-        if flush {
-            self.flush_epoch.fetch_add(1, Ordering::AcqRel);
-            self.dirty.store(0, Ordering::Release);
-        } else if self.state.load(Ordering::Acquire) != PROBING_CLEAN {
-            return None; // aborted by a missed write already
-        }
-        Some(Probe { flush })
+        Some(Probe(()))
     }
 
-    /// The probe (and its flush) succeeded: back in service, unless a missed
-    /// write aborted a clean probe meanwhile. Returns whether it rejoined.
-    pub fn probe_succeeded(&self, now: Instant, probe: Probe) -> bool {
-        let from = if probe.flush {
-            PROBING_FLUSH
+    /// The server answered its probe: decide how it comes back. A flush
+    /// starts a new epoch (covering every write decided before it) and
+    /// empties the log; a drain starts taking absolute writes at once.
+    pub fn begin_rejoin(&self, now: Instant, _probe: Probe) -> Rejoin {
+        let mut log = self.log();
+        if log.must_flush() {
+            log.clear();
+            self.flush_epoch.fetch_add(1, Ordering::AcqRel);
+            self.state.store(PROBING_FLUSH, Ordering::Release);
+            Rejoin::Flush
         } else {
-            PROBING_CLEAN
-        };
+            self.changed_ms.store(self.ms(now), Ordering::Relaxed);
+            self.state.store(DRAINING, Ordering::Release);
+            Rejoin::Drain
+        }
+    }
+
+    /// The flush succeeded: back in service.
+    pub fn probe_succeeded(&self, now: Instant) -> bool {
         if self
             .state
-            .compare_exchange(from, UP, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(PROBING_FLUSH, UP, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return false;
         }
-        if probe.flush {
-            self.flushes.fetch_add(1, Ordering::Relaxed);
-        }
-        self.consecutive.store(0, Ordering::Relaxed);
-        self.probe_failures.store(0, Ordering::Relaxed);
-        self.changed_ms.store(self.ms(now), Ordering::Relaxed);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.last_rejoin
+            .store(RejoinPath::Flush as u8, Ordering::Relaxed);
+        self.back_up(now);
         true
     }
 
-    /// The probe failed: back to Down, next probe after an exponential
-    /// backoff with `jitter` in [0, 1) spreading the cores' and servers' probes.
-    pub fn probe_failed(&self, now: Instant, policy: &HealthPolicy, probe: Probe, jitter: f64) {
-        if probe.flush {
-            // The flush may not have run: the server may still be stale.
-            self.dirty.store(1, Ordering::Release);
+    fn back_up(&self, now: Instant) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.probe_failures.store(0, Ordering::Relaxed);
+        self.changed_ms.store(self.ms(now), Ordering::Relaxed);
+    }
+
+    /// The next step of a drain: up to `max` keys to delete, or, once the
+    /// log is empty and the server has drained for `grace` (the request
+    /// timeout: every write decided while it was out has been acknowledged
+    /// or failed by then), back in service. `deleted_so_far` picks the path
+    /// shown by `stats`.
+    pub fn drain_step(
+        &self,
+        now: Instant,
+        policy: &HealthPolicy,
+        grace: Duration,
+        max: usize,
+        deleted_so_far: u64,
+    ) -> DrainStep {
+        let mut log = self.log();
+        if self.state.load(Ordering::Acquire) != DRAINING {
+            return DrainStep::Aborted;
         }
+        match log.take(max.max(1)) {
+            Pending::Keys(keys) => DrainStep::Delete(keys),
+            Pending::Flush => {
+                // Overflowed mid-drain: stop taking writes, flush later.
+                log.overflow();
+                self.state.store(DOWN, Ordering::Release);
+                let at = self.ms(now);
+                self.changed_ms.store(at, Ordering::Relaxed);
+                self.next_probe_ms.store(
+                    at + policy.retry_interval.as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                DrainStep::Aborted
+            }
+            Pending::Nothing if self.since_change(now) < grace => DrainStep::Wait,
+            Pending::Nothing => {
+                self.state.store(UP, Ordering::Release);
+                let path = if deleted_so_far > 0 {
+                    self.drains.fetch_add(1, Ordering::Relaxed);
+                    RejoinPath::Drain
+                } else {
+                    RejoinPath::Clean
+                };
+                self.last_rejoin.store(path as u8, Ordering::Relaxed);
+                self.back_up(now);
+                DrainStep::Rejoined
+            }
+        }
+    }
+
+    /// A drain deleted `n` keys.
+    pub fn drained(&self, n: u64) {
+        self.drained_keys.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Deleting `undone` failed: they go back to the log and the server
+    /// goes down until a later probe.
+    pub fn drain_failed(
+        &self,
+        now: Instant,
+        policy: &HealthPolicy,
+        undone: Vec<Box<[u8]>>,
+        jitter: f64,
+    ) {
+        let mut log = self.log();
+        log.restore(undone, policy.missed_keys_limit);
+        if self.state.load(Ordering::Acquire) == DRAINING {
+            self.last_ejection
+                .store(Ejection::DrainFailed as u8, Ordering::Relaxed);
+            self.down_after_failed_probe(now, policy, jitter);
+        }
+    }
+
+    /// The probe or its flush failed: back to Down, next probe after an
+    /// exponential backoff with `jitter` in [0, 1) spreading the cores' and
+    /// servers' probes.
+    pub fn probe_failed(&self, now: Instant, policy: &HealthPolicy, _probe: Probe, jitter: f64) {
+        let mut log = self.log();
+        if self.state.load(Ordering::Acquire) == PROBING_FLUSH {
+            // The flush may not have run: the server may still be stale.
+            log.overflow();
+        }
+        self.down_after_failed_probe(now, policy, jitter);
+    }
+
+    fn down_after_failed_probe(&self, now: Instant, policy: &HealthPolicy, jitter: f64) {
         let n = self.probe_failures.fetch_add(1, Ordering::Relaxed).min(16);
         let delay = backoff(policy, n, jitter);
         self.next_probe_ms
@@ -375,125 +612,258 @@ mod tests {
             failure_limit: 2,
             retry_interval: Duration::from_millis(100),
             max_retry_interval: Duration::from_secs(1),
+            missed_keys_limit: 1 << 20,
         }
+    }
+
+    const GRACE: Duration = Duration::from_millis(50);
+
+    /// Drain to the end, returning the keys deleted.
+    fn drain(h: &Health, mut now: Instant) -> Vec<Box<[u8]>> {
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            match h.drain_step(now, &policy(), GRACE, 2, all.len() as u64) {
+                DrainStep::Delete(k) => {
+                    h.drained(k.len() as u64);
+                    all.extend(k);
+                }
+                DrainStep::Wait => now += Duration::from_millis(10),
+                DrainStep::Rejoined => return all,
+                DrainStep::Aborted => panic!("drain aborted"),
+            }
+        }
+        panic!("drain did not end");
     }
 
     #[test]
     fn read_failures_eject_after_the_limit_and_success_resets() {
         let t0 = Instant::now();
         let h = Health::new(t0);
-        assert_eq!(h.record_failure(t0, &policy()), Verdict::Stays);
+        let p = policy();
+        assert_eq!(h.record_failure(t0, &p, Ejection::Timeout), Verdict::Stays);
         h.record_success();
-        assert_eq!(h.record_failure(t0, &policy()), Verdict::Stays);
-        assert_eq!(h.record_failure(t0, &policy()), Verdict::Ejected);
+        assert_eq!(h.record_failure(t0, &p, Ejection::Timeout), Verdict::Stays);
+        assert_eq!(
+            h.record_failure(t0, &p, Ejection::Connect),
+            Verdict::Ejected
+        );
         assert_eq!(h.state(), State::Down);
+        assert_eq!(h.last_ejection(), Ejection::Connect);
         assert!(!h.is_dirty(), "read failures do not make a server stale");
         assert_eq!(h.failures.load(Ordering::Relaxed), 3);
     }
 
     #[test]
-    fn a_missed_write_ejects_at_once_and_marks_dirty() {
+    fn a_missed_write_ejects_at_once_and_logs_the_key() {
         let t0 = Instant::now();
         let h = Health::new(t0);
         let seen = h.observe();
-        assert_eq!(h.record_missed_write(t0, &policy(), seen), Verdict::Ejected);
+        assert_eq!(
+            h.record_missed_write(t0, &policy(), seen, b"k"),
+            Verdict::Ejected
+        );
         assert_eq!(h.state(), State::Down);
         assert!(h.is_dirty());
-        assert_eq!(h.record_missed_write(t0, &policy(), seen), Verdict::Stays);
+        assert_eq!(h.last_ejection(), Ejection::MissedWrite);
+        assert_eq!(
+            h.record_missed_write(t0, &policy(), seen, b"k"),
+            Verdict::Stays
+        );
         assert_eq!(h.ejections.load(Ordering::Relaxed), 1);
+        assert_eq!(h.keys_logged.load(Ordering::Relaxed), 1, "deduplicated");
+        assert_eq!(h.missed_keys(), (1, false));
     }
 
     #[test]
-    fn dirty_server_is_flushed_by_exactly_one_prober() {
+    fn a_rejoin_deletes_exactly_the_logged_keys_then_waits_out_the_grace() {
         let t0 = Instant::now();
         let h = Health::new(t0);
-        h.record_missed_write(t0, &policy(), h.observe());
+        for k in [&b"a"[..], b"b", b"c"] {
+            h.record_missed_write(t0, &policy(), h.observe(), k);
+        }
         assert_eq!(h.try_claim_probe(t0 + Duration::from_millis(99)), None);
         let t1 = t0 + Duration::from_millis(100);
         let probe = h.try_claim_probe(t1).expect("due");
-        assert!(probe.flush);
+        assert_eq!(h.try_claim_probe(t1), None, "one prober only");
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Drain);
+        assert_eq!(h.state(), State::Draining);
+        assert!(h.observe().takes_writes() && !h.observe().is_up());
+        let mut keys = drain(&h, t1);
+        keys.sort();
         assert_eq!(
-            h.try_claim_probe(t1),
-            None,
-            "a second core must not probe too"
+            keys,
+            vec![b"a"[..].into(), b"b"[..].into(), b"c"[..].into()]
         );
-        assert_eq!(h.state(), State::Probing);
-        assert!(h.probe_succeeded(t1, probe));
         assert_eq!(h.state(), State::Up);
+        assert_eq!(h.last_rejoin(), RejoinPath::Drain);
+        assert_eq!(h.drains.load(Ordering::Relaxed), 1);
+        assert_eq!(h.drained_keys.load(Ordering::Relaxed), 3);
+        assert_eq!(h.flushes.load(Ordering::Relaxed), 0);
         assert!(!h.is_dirty());
-        assert_eq!(h.flushes.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            h.since_change(t1 + Duration::from_secs(3)),
-            Duration::from_secs(3)
-        );
     }
 
     #[test]
-    fn clean_server_rejoins_without_flush() {
+    fn the_drain_does_not_end_before_the_grace() {
         let t0 = Instant::now();
         let h = Health::new(t0);
-        h.record_failure(t0, &policy());
-        h.record_failure(t0, &policy());
-        let probe = h.try_claim_probe(t0 + Duration::from_secs(1)).expect("due");
-        assert!(!probe.flush, "only read failures: the cache is still valid");
-        assert!(h.probe_succeeded(t0 + Duration::from_secs(1), probe));
-    }
-
-    #[test]
-    fn write_missed_during_a_clean_probe_aborts_it() {
-        let t0 = Instant::now();
-        let h = Health::new(t0);
-        h.record_failure(t0, &policy());
-        h.record_failure(t0, &policy());
-        let seen = h.observe();
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
         let t1 = t0 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t1).expect("due");
-        assert!(!probe.flush);
-        assert_eq!(h.record_missed_write(t1, &policy(), seen), Verdict::Ejected);
-        assert!(
-            !h.probe_succeeded(t1, probe),
-            "stale server must not rejoin unflushed"
-        );
-        assert_eq!(h.state(), State::Down);
-        assert!(h.is_dirty());
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Drain);
+        let step = |t| h.drain_step(t, &policy(), GRACE, 10, 0);
+        assert_eq!(step(t1), DrainStep::Wait);
+        assert_eq!(step(t1 + Duration::from_millis(49)), DrainStep::Wait);
+        assert_eq!(step(t1 + GRACE), DrainStep::Rejoined);
+        assert_eq!(h.last_rejoin(), RejoinPath::Clean);
+        assert_eq!(h.drains.load(Ordering::Relaxed), 0);
     }
 
     #[test]
-    fn write_missed_before_a_flush_is_covered_by_it() {
+    fn a_write_missed_during_the_drain_extends_it() {
         let t0 = Instant::now();
         let h = Health::new(t0);
-        h.record_missed_write(t0, &policy(), h.observe());
+        h.record_missed_write(t0, &policy(), h.observe(), b"a");
         let seen_while_down = h.observe();
         let t1 = t0 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t1).expect("due");
-        let seen_while_flushing = h.observe();
-        assert!(h.probe_succeeded(t1, probe));
-        // Both writes were decided before the rejoin but acknowledged after it.
-        assert_eq!(
-            h.record_missed_write(t1, &policy(), seen_while_down),
-            Verdict::Stays
-        );
-        assert_eq!(
-            h.record_missed_write(t1, &policy(), seen_while_flushing),
-            Verdict::Stays
-        );
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Drain);
+        let seen_while_draining = h.observe();
+        let DrainStep::Delete(first) = h.drain_step(t1, &policy(), GRACE, 10, 0) else {
+            panic!("keys expected")
+        };
+        assert_eq!(first, vec![b"a"[..].into()]);
+        // Decided while out, acknowledged now; and a write that failed on it.
+        for (seen, k) in [(seen_while_down, &b"b"[..]), (seen_while_draining, b"c")] {
+            assert_eq!(
+                h.record_missed_write(t1, &policy(), seen, k),
+                Verdict::Stays,
+                "no ejection while draining"
+            );
+        }
+        let mut rest = drain(&h, t1);
+        rest.sort();
+        assert_eq!(rest, vec![b"b"[..].into(), b"c"[..].into()]);
         assert_eq!(h.state(), State::Up);
+    }
+
+    #[test]
+    fn a_write_missed_after_the_rejoin_ejects_again() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_missed_write(t0, &policy(), h.observe(), b"a");
+        let seen_while_down = h.observe();
+        let t1 = t0 + Duration::from_secs(1);
+        let probe = h.try_claim_probe(t1).expect("due");
+        h.begin_rejoin(t1, probe);
+        drain(&h, t1);
+        assert!(h.is_up());
+        assert_eq!(
+            h.record_missed_write(t1, &policy(), seen_while_down, b"late"),
+            Verdict::Ejected,
+            "the late key was not drained: the server must not serve it"
+        );
+        assert_eq!(h.missed_keys(), (1, false));
+    }
+
+    #[test]
+    fn overflow_falls_back_to_a_flush_that_covers_earlier_writes() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        let tiny = HealthPolicy {
+            missed_keys_limit: 60,
+            ..policy()
+        };
+        h.record_missed_write(t0, &tiny, h.observe(), b"k1");
+        h.record_missed_write(t0, &tiny, h.observe(), b"k2");
+        assert_eq!(h.missed_keys(), (0, true));
+        let seen_while_down = h.observe();
+        let t1 = t0 + Duration::from_secs(1);
+        let probe = h.try_claim_probe(t1).expect("due");
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
+        assert_eq!(h.state(), State::Probing);
+        let seen_while_flushing = h.observe();
+        assert!(!seen_while_flushing.takes_writes());
+        assert!(h.probe_succeeded(t1));
+        assert_eq!(h.last_rejoin(), RejoinPath::Flush);
+        assert_eq!(h.flushes.load(Ordering::Relaxed), 1);
+        // Both writes were decided before the flush but acknowledged after it.
+        for seen in [seen_while_down, seen_while_flushing] {
+            assert_eq!(
+                h.record_missed_write(t1, &tiny, seen, b"k3"),
+                Verdict::Stays
+            );
+        }
+        assert!(h.is_up());
         assert!(!h.is_dirty());
     }
 
     #[test]
-    fn failed_flush_probe_keeps_the_server_dirty_and_backs_off() {
+    fn a_missed_flush_all_means_flush() {
         let t0 = Instant::now();
         let h = Health::new(t0);
-        h.record_missed_write(t0, &policy(), h.observe());
+        h.record_missed_write(t0, &policy(), h.observe(), b"");
+        let t1 = t0 + Duration::from_secs(1);
+        let probe = h.try_claim_probe(t1).expect("due");
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
+    }
+
+    #[test]
+    fn overflow_during_a_drain_sends_the_server_down_for_a_flush() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        let t1 = t0 + Duration::from_secs(1);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        let probe = h.try_claim_probe(t1).expect("due");
+        h.begin_rejoin(t1, probe);
+        h.record_missed_write(t1, &policy(), h.observe(), b"");
+        assert_eq!(
+            h.drain_step(t1, &policy(), GRACE, 10, 0),
+            DrainStep::Aborted
+        );
+        assert_eq!(h.state(), State::Down);
+        let t2 = t1 + Duration::from_secs(1);
+        let probe = h.try_claim_probe(t2).expect("due");
+        assert_eq!(h.begin_rejoin(t2, probe), Rejoin::Flush);
+    }
+
+    #[test]
+    fn a_failed_drain_keeps_its_keys_and_backs_off() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_missed_write(t0, &policy(), h.observe(), b"a");
         let t1 = t0 + Duration::from_millis(100);
         let probe = h.try_claim_probe(t1).expect("due");
+        h.begin_rejoin(t1, probe);
+        let DrainStep::Delete(keys) = h.drain_step(t1, &policy(), GRACE, 10, 0) else {
+            panic!("keys expected")
+        };
+        h.drain_failed(t1, &policy(), keys, 0.5);
+        assert_eq!(h.state(), State::Down);
+        assert_eq!(h.last_ejection(), Ejection::DrainFailed);
+        assert_eq!(h.missed_keys(), (1, false));
+        assert_eq!(h.try_claim_probe(t1 + Duration::from_millis(99)), None);
+        assert!(h.try_claim_probe(t1 + Duration::from_millis(100)).is_some());
+    }
+
+    #[test]
+    fn failed_flush_keeps_the_server_dirty_and_backs_off() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_missed_write(t0, &policy(), h.observe(), b"");
+        let t1 = t0 + Duration::from_millis(100);
+        let probe = h.try_claim_probe(t1).expect("due");
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
         h.probe_failed(t1, &policy(), probe, 0.5);
         assert_eq!(h.state(), State::Down);
         assert!(h.is_dirty());
         // attempt 0 at jitter 0.5 -> exactly the retry interval
         assert_eq!(h.try_claim_probe(t1 + Duration::from_millis(99)), None);
-        assert!(h.try_claim_probe(t1 + Duration::from_millis(100)).is_some());
+        let probe = h
+            .try_claim_probe(t1 + Duration::from_millis(100))
+            .expect("due");
+        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
     }
 
     #[test]

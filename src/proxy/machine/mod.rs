@@ -360,8 +360,8 @@ pub enum Effect {
     /// machine, never by a detached one).
     Answer(Answer),
     /// A write was acknowledged without `server`: the engine calls
-    /// `Health::record_missed_write(now, policy, seen)` (and, later, logs
-    /// `key` for warm rejoin). `key` is empty for `flush_all`.
+    /// `Health::record_missed_write(now, policy, seen, key)`, which logs
+    /// `key` for the rejoin to delete. `key` is empty for `flush_all`.
     MissedWrite {
         /// The replica that missed the write.
         server: ServerId,

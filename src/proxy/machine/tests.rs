@@ -50,7 +50,7 @@ impl World {
         for s in servers {
             let h = &w.health[s.index()];
             for _ in 0..policy.failure_limit {
-                h.record_failure(Instant::now(), &policy);
+                h.record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
             }
             assert!(!h.is_up());
         }
@@ -1197,7 +1197,7 @@ fn backup_going_out_before_the_copy_step_is_marked() {
     let policy = HealthPolicy::default();
     let seen_at_start = w.observe(B2);
     for _ in 0..policy.failure_limit {
-        w.health[2].record_failure(Instant::now(), &policy);
+        w.health[2].record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
     }
     let mut fx = Vec::new();
     let s = r.take(P0, "mg a v f t\r\n");
@@ -1540,3 +1540,66 @@ fn machines_stay_small() {
 }
 
 mod prop;
+
+/// A world where `s` drains its missed keys after an outage.
+fn draining(s: ServerId) -> World {
+    let w = World::new();
+    let h = &w.health[s.index()];
+    let policy = HealthPolicy::default();
+    let t0 = Instant::now();
+    h.record_missed_write(t0, &policy, h.observe(), b"x");
+    let t1 = t0 + policy.retry_interval;
+    let probe = h.try_claim_probe(t1).expect("probe due");
+    assert_eq!(
+        h.begin_rejoin(t1, probe),
+        crate::upstream::Rejoin::Drain,
+        "a small log drains"
+    );
+    w
+}
+
+#[test]
+fn a_draining_server_takes_absolute_writes_but_no_reads() {
+    let w = draining(P0);
+    let mut r = Run::start(&w, "set a 0 0 1\r\nv\r\n", &[RA]);
+    r.expect_pending(&[(P0, "set a 0 0 1\r\nv\r\n"), (B2, "set a 0 0 1\r\nv\r\n")]);
+    r.reply(P0, "set a 0 0 1\r\nv\r\n", "STORED\r\n");
+    r.reply(B2, "set a 0 0 1\r\nv\r\n", "STORED\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("STORED\r\n"));
+    assert!(r.missed().is_empty(), "the draining primary got the write");
+
+    // The drain may have deleted it already: the backup's DELETED wins.
+    let mut r = Run::start(&w, "delete a\r\n", &[RA]);
+    r.reply(P0, "delete a\r\n", "NOT_FOUND\r\n");
+    r.reply(B2, "delete a\r\n", "DELETED\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("DELETED\r\n"));
+
+    let r = Run::start(&w, "get a\r\n", &[RA]);
+    r.expect_pending(&[(B2, "get a\r\n")]);
+}
+
+#[test]
+fn a_draining_server_misses_relative_writes_and_logs_them() {
+    let w = draining(P0);
+    let mut r = Run::start(&w, "incr a 1\r\n", &[RA]);
+    r.expect_pending(&[(B2, "incr a 1\r\n")]);
+    r.reply(B2, "incr a 1\r\n", "2\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("2\r\n"));
+    assert_eq!(r.missed(), [(P0, "a")]);
+}
+
+#[test]
+fn a_missed_base64_key_is_logged_as_a_flush() {
+    let w = World::down(&[B2]);
+    let mut r = Run::start(&w, "ms YQ== 1 b\r\nv\r\n", &[RA]);
+    r.reply(P0, "ms YQ== 1 b\r\nv\r\n", "HD\r\n");
+    r.assert_done();
+    assert_eq!(
+        r.missed(),
+        [(B2, "")],
+        "the server holds the decoded key: only a flush is sure to cover it"
+    );
+}

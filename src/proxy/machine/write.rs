@@ -118,7 +118,17 @@ impl Write {
         };
         let p_seen = cx.view.observe(rep.primary);
         let b_seen = rep.backup.map(|b| cx.view.observe(b));
-        let b_up = rep.backup.filter(|_| b_seen.is_some_and(Observed::is_up));
+        // A server draining its missed keys takes the writes that do not
+        // depend on what it holds (set, delete, touch), so that no write
+        // is missed from the moment its drain began; relative writes
+        // (incr, append, add, cas...) wait until it is up.
+        let rule = proxy::write_rule(req.r.verb, req.meta_flags());
+        let takes = |seen: Observed| match rule {
+            WriteRule::Mirror => seen.takes_writes(),
+            WriteRule::PrimaryThenCopy => seen.is_up(),
+        };
+        let p_takes = takes(p_seen);
+        let b_up = rep.backup.filter(|_| b_seen.is_some_and(takes));
         let mut w = Write {
             parts: [Bytes::new(), Bytes::new()],
             req,
@@ -128,7 +138,7 @@ impl Write {
             stage: Stage::Done,
         };
         let expect = w.req.r.verb.expect();
-        match (p_seen.is_up(), b_up) {
+        match (p_takes, b_up) {
             (false, None) => {
                 cx.count(Counter::ServerErrors);
                 let a = w.req.silent_or(one(compose::NO_SERVER));
@@ -147,7 +157,7 @@ impl Write {
             }
             (true, Some(b)) => {
                 w.parts = w.req.upstream_parts();
-                match proxy::write_rule(w.req.r.verb, w.req.meta_flags()) {
+                match rule {
                     WriteRule::Mirror => {
                         let p = cx.send(rep.primary, w.parts.clone(), expect);
                         let b = cx.send(b, w.parts.clone(), expect);
@@ -180,7 +190,7 @@ impl Write {
                 Ok(r) => {
                     cx.failover(p);
                     if !r.status.is_error() {
-                        cx.missed(p, self.p_seen, self.req.key_bytes());
+                        cx.missed(p, self.p_seen, self.missed_key());
                     }
                     self.finish(r, cx);
                 }
@@ -190,7 +200,7 @@ impl Write {
                 Ok(r) => {
                     if let (Some(b), Some(seen)) = (self.rep.backup, self.b_seen) {
                         if !r.status.is_error() {
-                            cx.missed(b, seen, self.req.key_bytes());
+                            cx.missed(b, seen, self.missed_key());
                         }
                     }
                     self.finish(r, cx);
@@ -242,7 +252,7 @@ impl Write {
                 // The primary may or may not have applied it: the backup decides.
                 Ok(rb) => {
                     cx.failover(p);
-                    cx.missed(p, self.p_seen, self.req.key_bytes());
+                    cx.missed(p, self.p_seen, self.missed_key());
                     self.finish(rb, cx);
                 }
                 Err(e) => self.fail(e, cx),
@@ -309,6 +319,17 @@ impl Write {
         }
     }
 
+    /// The key a replica that missed this write logs for its rejoin to
+    /// delete. A base64 key (meta `b` flag) is stored decoded, which a text
+    /// `delete` cannot name: it logs the empty key, "flush".
+    fn missed_key(&self) -> Bytes {
+        if compose::meta_flag(self.req.meta_flags(), b'b').is_some() {
+            Bytes::new()
+        } else {
+            self.req.key_bytes()
+        }
+    }
+
     /// The backup of a write that has one (only called on paths that checked).
     fn backup(&self) -> ServerId {
         self.rep.backup.unwrap_or(self.rep.primary)
@@ -327,7 +348,7 @@ impl Write {
                 // The backup refused what the primary took: it may hold an
                 // older value now.
                 if !rp.status.is_error() && rb.status.is_error() {
-                    cx.missed(b, b_seen, self.req.key_bytes());
+                    cx.missed(b, b_seen, self.missed_key());
                 }
                 let r = if proxy::backup_answer_wins(rp.status, rb.status) {
                     rb
@@ -338,14 +359,14 @@ impl Write {
             }
             (Ok(rp), Err(_)) => {
                 if !rp.status.is_error() {
-                    cx.missed(b, b_seen, self.req.key_bytes());
+                    cx.missed(b, b_seen, self.missed_key());
                 }
                 self.finish(rp, cx);
             }
             (Err(_), Ok(rb)) => {
                 cx.failover(p);
                 if !rb.status.is_error() {
-                    cx.missed(p, self.p_seen, self.req.key_bytes());
+                    cx.missed(p, self.p_seen, self.missed_key());
                 }
                 self.finish(rb, cx);
             }
@@ -418,7 +439,7 @@ impl Write {
         if !ok {
             cx.count(Counter::ReplicationErrors);
             let seen = self.b_seen.unwrap_or(self.p_seen);
-            cx.missed(self.backup(), seen, self.req.key_bytes());
+            cx.missed(self.backup(), seen, self.missed_key());
         }
         self.finish(rp, cx);
     }

@@ -638,14 +638,16 @@ impl State {
     }
 }
 
-/// A write was acknowledged without `server`: it may now hold a stale value.
-fn missed_write(cx: &Ctx, server: ServerId, seen: Observed, _key: &Bytes) {
+/// A write was acknowledged without `server`: it may now hold a stale value
+/// for `key`, which goes into its missed-key log (only while it is failing:
+/// the log's mutex is never taken in normal operation).
+fn missed_write(cx: &Ctx, server: ServerId, seen: Observed, key: &Bytes) {
     let Some(s) = cx.topo.servers.get(server.index()) else {
         return;
     };
     let policy = &cx.topo.settings.policy;
-    if s.health.record_missed_write(cx.now, policy, seen) == Verdict::Ejected {
-        tracing::warn!(server = %s.name, "server missed a write: ejected until flushed");
+    if s.health.record_missed_write(cx.now, policy, seen, key) == Verdict::Ejected {
+        tracing::warn!(server = %s.name, "server missed a write: ejected until its missed keys are deleted");
     }
 }
 

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::{reply_size_hint, Expect};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
-use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
+use crate::upstream::{backoff, Ejection, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::driver::{Completion, Driver};
@@ -410,7 +410,13 @@ impl State {
         let server = cx.topo.servers.get(u.server.index());
         let policy = cx.topo.settings.policy;
         if let Some(s) = server {
-            if s.health.record_failure(cx.now, &policy) == Verdict::Ejected {
+            let reason = match why {
+                CallError::Connect => Ejection::Connect,
+                CallError::Timeout => Ejection::Timeout,
+                CallError::Closed => Ejection::Closed,
+                CallError::Protocol => Ejection::Protocol,
+            };
+            if s.health.record_failure(cx.now, &policy, reason) == Verdict::Ejected {
                 tracing::warn!(server = %s.name, ?why, "server ejected after failures");
             }
         }

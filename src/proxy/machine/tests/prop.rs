@@ -160,7 +160,7 @@ proptest! {
         for (i, d) in down.iter().enumerate() {
             if *d {
                 for _ in 0..policy.failure_limit {
-                    world.health[i].record_failure(Instant::now(), &policy);
+                    world.health[i].record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
                 }
             }
         }
