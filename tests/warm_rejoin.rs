@@ -204,7 +204,15 @@ fn freeze_under_load(
     thread::sleep(Duration::from_millis(500));
     prim[0].stop();
     thread::sleep(REQUEST_TIMEOUT.mul_f64(1.5));
+    // On a busy machine the ejection can come later than 1.5 request
+    // timeouts: stay frozen until the proxy has taken the server out (the
+    // scenario is "missed writes, then back"), bounded.
+    let out = wait_for(Duration::from_secs(30), || {
+        let s = proxy_stats(&mut c);
+        (server_stat(&s, &prim[0], "primary", "state") != "up").then_some(())
+    });
     prim[0].cont();
+    assert!(out.is_some(), "the frozen primary was never taken out");
     let rejoined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_rejoined(&mut c, &prim[0])
     }));
