@@ -36,6 +36,8 @@ struct FileConfig {
     pid_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
     resync: Option<bool>,
+    metrics_listen: Option<String>,
+    latency_stats: Option<bool>,
 }
 
 /// Read and validate `path`.
@@ -147,5 +149,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         pid_file: path_ok("pid_file", &f.pid_file, value::path)?,
         shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
         resync: f.resync,
+        metrics_listen: text!(metrics_listen, value::bind),
+        latency_stats: f.latency_stats,
     })
 }

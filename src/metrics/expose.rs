@@ -23,7 +23,7 @@
 //! ```
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -81,7 +81,9 @@ fn histogram(
 ) -> Result<(), std::fmt::Error> {
     let mut buckets = [(0.0f64, 0u64); super::NB];
     for (i, b) in buckets.iter_mut().enumerate() {
-        let bound = BUCKETS_NS.get(i).map_or(f64::INFINITY, |&ns| ns as f64 / 1e9);
+        let bound = BUCKETS_NS
+            .get(i)
+            .map_or(f64::INFINITY, |&ns| ns as f64 / 1e9);
         *b = (bound, h.buckets[i]);
     }
     m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
@@ -299,7 +301,7 @@ impl Collector for SnapshotCollector {
             ),
         ];
         for (name, help, ty, v) in plain {
-            family(&mut enc, name, help, None, ty.clone(), |m| match ty {
+            family(&mut enc, name, help, None, ty, |m| match ty {
                 MetricType::Gauge => m.encode_gauge(&(v as i64)),
                 _ => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
             })?;
@@ -380,7 +382,10 @@ mod tests {
             assert!(text.contains(w), "missing {w:?} in\n{text}");
         }
         assert!(text.contains("io_backend=\"io_uring\""), "{text}");
-        assert!(!text.contains("command=\"delete\""), "unseen commands are left out");
+        assert!(
+            !text.contains("command=\"delete\""),
+            "unseen commands are left out"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 

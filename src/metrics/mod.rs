@@ -330,7 +330,9 @@ impl ServerMetrics {
     /// Blocks for `cores` cores.
     pub fn new(cores: usize) -> ServerMetrics {
         ServerMetrics {
-            per_core: (0..cores.max(1)).map(|_| UpstreamBlock::default()).collect(),
+            per_core: (0..cores.max(1))
+                .map(|_| UpstreamBlock::default())
+                .collect(),
             ejections: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -535,7 +537,10 @@ mod tests {
         assert_eq!(s.sum_ns, 90 * 15_000 + 10 * 150_000);
         // Rank 50 of 90 in 10..20 µs.
         let p50 = s.quantile(0.5).unwrap().as_nanos() as f64;
-        assert!((p50 - (10_000.0 + 10_000.0 * 50.0 / 90.0)).abs() < 2.0, "{p50}");
+        assert!(
+            (p50 - (10_000.0 + 10_000.0 * 50.0 / 90.0)).abs() < 2.0,
+            "{p50}"
+        );
         assert_eq!(s.quantile(0.9), Some(Duration::from_micros(20)));
         // Rank 99: 9 of 10 into 100..200 µs.
         assert_eq!(s.quantile(0.99), Some(Duration::from_micros(190)));
@@ -574,13 +579,7 @@ mod tests {
             flushes: 3,
             metrics: &m,
         }];
-        let s = Snapshot::take(
-            &cores,
-            &servers,
-            ProcessCounters::default(),
-            "epoll",
-            true,
-        );
+        let s = Snapshot::take(&cores, &servers, ProcessCounters::default(), "epoll", true);
         assert_eq!(s.requests[Command::Get as usize].count(), 2);
         assert_eq!(s.requests[Command::MetaSet as usize].count(), 1);
         assert_eq!(s.requests_total(), 3);

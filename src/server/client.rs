@@ -9,12 +9,14 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
+use crate::metrics::Command;
 use crate::protocol::request::noreply_requested;
 use crate::protocol::{compose, parse_request, ParseError, Parsed, Verb};
 use crate::stats::Counter;
@@ -51,13 +53,81 @@ impl Future for Slot {
     }
 }
 
+/// What the latency histogram needs of a request: its command and when the
+/// read that brought its first byte completed (`None` when not timing).
+#[derive(Clone, Copy)]
+struct Stamp {
+    cmd: Command,
+    since: Option<Instant>,
+}
+
+/// A slot with its stamp; resolves to both.
+struct Timed {
+    slot: Slot,
+    stamp: Stamp,
+}
+
+impl Future for Timed {
+    type Output = (Out, Stamp);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(Out, Stamp)> {
+        let this = self.get_mut();
+        Pin::new(&mut this.slot)
+            .poll(cx)
+            .map(|out| (out, this.stamp))
+    }
+}
+
+/// When the oldest unparsed byte of the read buffer arrived. Clock reads
+/// happen once per read, never per request, and only when timing is on.
+struct Arrival {
+    timing: bool,
+    /// Read that brought the oldest unparsed byte.
+    oldest: Option<Instant>,
+    /// The latest read and how many bytes it brought.
+    last: Option<(Instant, usize)>,
+}
+
+impl Arrival {
+    /// `n` bytes were read into a buffer that now holds `buffered` unparsed bytes.
+    fn read(&mut self, n: usize, buffered: usize) {
+        if !self.timing {
+            return;
+        }
+        let now = Instant::now();
+        if buffered <= n || self.oldest.is_none() {
+            self.oldest = Some(now);
+        }
+        self.last = Some((now, n));
+    }
+
+    /// Requests were parsed off the front; `buffered` unparsed bytes remain.
+    fn consumed(&mut self, buffered: usize) {
+        if let Some((at, n)) = self.last {
+            // The rest all came with the latest read: it started there.
+            // (Otherwise it started in an earlier read: keep the oldest, an
+            // overestimate only when a request spans three reads or more.)
+            if buffered <= n {
+                self.oldest = Some(at);
+            }
+        }
+    }
+
+    fn stamp(&self, cmd: Command) -> Stamp {
+        Stamp {
+            cmd,
+            since: self.oldest,
+        }
+    }
+}
+
 /// Serve one client until it quits, disconnects or breaks framing.
 pub(crate) async fn serve<B: Backend, S: Stream>(core: Rc<Core<B>>, stream: S) {
     let stream = Rc::new(stream);
     let stats = core.stats();
     stats.curr_connections.fetch_add(1, Ordering::Relaxed);
     stats.incr(Counter::TotalConnections);
-    let (tx, rx) = mpsc::channel(QUEUE);
+    let (tx, rx) = mpsc::channel::<Timed>(QUEUE);
     let reader = tokio::task::spawn_local(read_requests(core.clone(), stream.clone(), tx));
     write_replies(&core, &*stream, rx).await;
     // Wakes the reader if it is still waiting for bytes.
@@ -71,12 +141,17 @@ pub(crate) async fn serve<B: Backend, S: Stream>(core: Rc<Core<B>>, stream: S) {
 async fn read_requests<B: Backend, S: Stream>(
     core: Rc<Core<B>>,
     stream: Rc<S>,
-    tx: mpsc::Sender<Slot>,
+    tx: mpsc::Sender<Timed>,
 ) {
     let max_item = core.shared.cfg.max_item_size;
     let mut buf = BytesMut::with_capacity(READ_START);
     let mut keys = Vec::new();
     let mut swallow = 0usize;
+    let mut arrival = Arrival {
+        timing: core.shared.timing,
+        oldest: None,
+        last: None,
+    };
     loop {
         loop {
             if swallow > 0 {
@@ -90,10 +165,12 @@ async fn read_requests<B: Backend, S: Stream>(
             if buf.is_empty() {
                 break;
             }
+            let mut stamp = arrival.stamp(Command::Invalid);
             let (slot, last) = match parse_request(&buf, max_item, &mut keys) {
                 Parsed::Incomplete => break,
                 Parsed::Complete(r) => {
                     let quit = r.verb == Verb::Quit;
+                    stamp.cmd = Command::of(r.verb);
                     let bytes = buf.split_to(r.consumed).freeze();
                     let req = Req {
                         r,
@@ -137,14 +214,18 @@ async fn read_requests<B: Backend, S: Stream>(
                         }
                     };
                     if last {
-                        let _ = tx.send(Slot::Ready(Some(out))).await;
-                        let _ = tx.send(Slot::Ready(Some(Out::Close))).await;
+                        let slot = Slot::Ready(Some(out));
+                        let _ = tx.send(Timed { slot, stamp }).await;
+                        let slot = Slot::Ready(Some(Out::Close));
+                        stamp.since = None;
+                        let _ = tx.send(Timed { slot, stamp }).await;
                         return;
                     }
                     (Slot::Ready(Some(out)), false)
                 }
             };
-            if tx.send(slot).await.is_err() || last {
+            arrival.consumed(buf.len().saturating_sub(swallow));
+            if tx.send(Timed { slot, stamp }).await.is_err() || last {
                 return;
             }
         }
@@ -155,7 +236,10 @@ async fn read_requests<B: Backend, S: Stream>(
         let (res, b) = stream.read(buf).await;
         buf = b;
         match res {
-            Ok(n) if n > 0 => core.stats().add(Counter::BytesRead, n as u64),
+            Ok(n) if n > 0 => {
+                core.stats().add(Counter::BytesRead, n as u64);
+                arrival.read(n, buf.len());
+            }
             _ => return,
         }
     }
@@ -164,17 +248,22 @@ async fn read_requests<B: Backend, S: Stream>(
 async fn write_replies<B: Backend, S: Stream>(
     core: &Core<B>,
     stream: &S,
-    mut rx: mpsc::Receiver<Slot>,
+    mut rx: mpsc::Receiver<Timed>,
 ) {
-    let mut queue: FuturesOrdered<Slot> = FuturesOrdered::new();
+    let mut queue: FuturesOrdered<Timed> = FuturesOrdered::new();
     let mut out: VecDeque<Bytes> = VecDeque::new();
     let mut batch: Vec<Bytes> = Vec::new();
+    // Replies in `out`, to time once their last byte is written.
+    let mut answered: Vec<Stamp> = Vec::new();
     let mut open = true;
     let mut closing = false;
     loop {
         tokio::select! {
             biased;
-            Some(o) = queue.next(), if !queue.is_empty() => closing |= push(&mut out, o),
+            Some((o, s)) = queue.next(), if !queue.is_empty() => {
+                closing |= push(&mut out, o);
+                answered.push(s);
+            }
             r = rx.recv(), if open && queue.len() < MAX_INFLIGHT => match r {
                 Some(slot) => queue.push_back(slot),
                 None => open = false,
@@ -195,7 +284,10 @@ async fn write_replies<B: Backend, S: Stream>(
                 }
             }
             match queue.next().now_or_never() {
-                Some(Some(o)) => closing |= push(&mut out, o),
+                Some(Some((o, s))) => {
+                    closing |= push(&mut out, o);
+                    answered.push(s);
+                }
                 _ => break,
             }
         }
@@ -205,10 +297,29 @@ async fn write_replies<B: Backend, S: Stream>(
                 Err(()) => return,
             }
         }
+        record_latency(core, &mut answered);
         if closing {
             return;
         }
     }
+}
+
+/// Every reply in `answered` has been written (or had nothing to write):
+/// record its latency. One clock read per batch.
+fn record_latency<B: Backend>(core: &Core<B>, answered: &mut Vec<Stamp>) {
+    if answered.is_empty() {
+        return;
+    }
+    if core.shared.timing {
+        let now = Instant::now();
+        let m = core.metrics();
+        for s in answered.iter() {
+            if let Some(since) = s.since {
+                m.record_request(s.cmd, now.saturating_duration_since(since));
+            }
+        }
+    }
+    answered.clear();
 }
 
 /// Queue a reply's buffers; true when the connection must close after them.

@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::metrics::{EjectReason, ReadThrough, UpstreamErrorKind};
 use crate::protocol::compose::{
     self, compose_key_command, compose_storage_line, compose_value_line,
 };
@@ -138,36 +139,8 @@ fn stats<B: Backend>(core: &Rc<Core<B>>, req: &Req) -> Out {
         }
         return one(compose::RESET);
     }
-    if !args.is_empty() {
-        let group = args.split(|&b| b == b' ').next().unwrap_or_default();
-        let known: &[&[u8]] = &[
-            b"settings",
-            b"items",
-            b"slabs",
-            b"sizes",
-            b"conns",
-            b"detail",
-            b"extstore",
-        ];
-        // Those groups describe one memcached server each: ask the servers
-        // directly. Anything else is an unknown group, which memcached
-        // answers with ERROR (`stats noreply` included).
-        return one(if known.contains(&group) {
-            compose::END
-        } else {
-            compose::ERROR
-        });
-    }
+    let group = args.split(|&b| b == b' ').next().unwrap_or_default();
     let topo = core.topology();
-    let views: Vec<ServerView<'_>> = topo
-        .servers
-        .iter()
-        .map(|s| ServerView {
-            name: &s.name,
-            role: s.role,
-            health: &s.health,
-        })
-        .collect();
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -180,12 +153,40 @@ fn stats<B: Backend>(core: &Rc<Core<B>>, req: &Req) -> Out {
         backend: core.shared.backend,
         config_generation: topo.generation,
     };
-    Out::One(Bytes::from(crate::stats::render(
-        &core.shared.stats,
-        &views,
-        &p,
-        Instant::now(),
-    )))
+    let views: Vec<ServerView<'_>> = topo
+        .servers
+        .iter()
+        .map(|s| ServerView {
+            name: &s.name,
+            role: s.role,
+            health: &s.health,
+        })
+        .collect();
+    match group {
+        b"" => Out::One(Bytes::from(crate::stats::render(
+            &core.shared.stats,
+            &views,
+            &p,
+            Instant::now(),
+        ))),
+        // A reload keeps the settings that need a restart, so the config the
+        // topology was built from is the effective one.
+        b"settings" => Out::One(Bytes::from(crate::stats::render_settings(&topo.config, &p))),
+        b"proxy" => {
+            let snap = super::observe::snapshot(&core.shared, &topo);
+            Out::One(Bytes::from(crate::stats::render_proxy(
+                &core.shared.stats,
+                &views,
+                &snap,
+                Instant::now(),
+            )))
+        }
+        // These describe one memcached server each: ask the servers directly.
+        b"items" | b"slabs" | b"sizes" | b"conns" | b"detail" | b"extstore" => one(compose::END),
+        // Anything else is an unknown group, which memcached answers with
+        // ERROR (`stats noreply` included).
+        _ => one(compose::ERROR),
+    }
 }
 
 async fn serve<B: Backend>(core: &Rc<Core<B>>, req: Req) -> Out {
@@ -261,6 +262,9 @@ fn note<T>(topo: &Topology, id: ServerId, r: &Result<T, CallError>) {
             if h.record_failure(Instant::now(), &topo.settings.policy)
                 == crate::upstream::Verdict::Ejected
             {
+                topo.servers[id.index()]
+                    .metrics
+                    .ejected(EjectReason::Failures);
                 tracing::warn!(server = %topo.servers[id.index()].name, "server ejected after failures");
             }
         }
@@ -272,6 +276,9 @@ fn missed_write(topo: &Topology, id: ServerId, seen: Observed) {
     if h.record_missed_write(Instant::now(), &topo.settings.policy, seen)
         == crate::upstream::Verdict::Ejected
     {
+        topo.servers[id.index()]
+            .metrics
+            .ejected(EjectReason::MissedWrite);
         tracing::warn!(server = %topo.servers[id.index()].name, "server missed a write: ejected until flushed");
     }
 }
@@ -294,7 +301,26 @@ pub(super) async fn call_up<B: Backend>(
     if !topo.health(id).is_up() {
         return Err(CallError::Closed);
     }
+    let t0 = core.shared.timing.then(Instant::now);
     let r = core.call(topo, id, parts, expect).await;
+    if let Some(m) = topo.servers.get(id.index()).map(|s| &s.metrics) {
+        match &r {
+            Ok(_) => {
+                if let Some(t0) = t0 {
+                    m.record_upstream(core.id, t0.elapsed());
+                }
+            }
+            Err(e) => m.upstream_error(
+                core.id,
+                match e {
+                    CallError::Connect => UpstreamErrorKind::Connect,
+                    CallError::Timeout => UpstreamErrorKind::Timeout,
+                    CallError::Closed => UpstreamErrorKind::Closed,
+                    CallError::Protocol => UpstreamErrorKind::Protocol,
+                },
+            ),
+        }
+    }
     note(topo, id, &r);
     if matches!(r, Err(CallError::Timeout)) {
         core.stats().incr(Counter::BackendTimeouts);
@@ -384,10 +410,20 @@ async fn read_through<B: Backend>(
     }
     let mut line = BytesMut::with_capacity(key.len() + 40);
     compose::compose_meta_get(&mut line, key, &flags);
-    let r = call_up(core, topo, backup, &[line.freeze()], Expect::Meta)
-        .await
-        .ok()?;
-    let item = MetaItem::parse(&r)?;
+    let m = core.metrics();
+    let Ok(r) = call_up(core, topo, backup, &[line.freeze()], Expect::Meta).await else {
+        m.read_through(ReadThrough::Error);
+        return None;
+    };
+    let Some(item) = MetaItem::parse(&r) else {
+        m.read_through(if r.status == Status::MetaEn {
+            ReadThrough::Miss
+        } else {
+            ReadThrough::Error
+        });
+        return None;
+    };
+    m.read_through(ReadThrough::Hit);
     let cas = matches!(verb, Verb::Gets | Verb::Gats).then_some(item.cas);
     let mut head = BytesMut::with_capacity(key.len() + 48);
     compose_value_line(&mut head, key, item.flags, item.data_len, cas);
@@ -684,11 +720,15 @@ async fn meta_read<B: Backend>(core: &Rc<Core<B>>, topo: &Topology, req: &Req) -
                     return reply_out(req, r);
                 }
                 if let Some(b) = b {
-                    if let Ok(rb) = call_up(core, topo, b, &parts, Expect::Meta).await {
-                        if rb.status == Status::MetaValue || rb.status == Status::MetaHd {
+                    let m = core.metrics();
+                    match call_up(core, topo, b, &parts, Expect::Meta).await {
+                        Ok(rb) if rb.status == Status::MetaValue || rb.status == Status::MetaHd => {
                             core.stats().incr(Counter::ReadThroughHits);
+                            m.read_through(ReadThrough::Hit);
                             return reply_out(req, rb);
                         }
+                        Ok(rb) if rb.status == Status::MetaEn => m.read_through(ReadThrough::Miss),
+                        _ => m.read_through(ReadThrough::Error),
                     }
                 }
                 return reply_out(req, r);

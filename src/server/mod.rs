@@ -13,6 +13,7 @@ mod core;
 mod dispatch;
 mod epoll;
 mod io;
+mod observe;
 mod resync;
 mod uring;
 
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::config::{Config, IoBackend};
+use crate::metrics::CoreMetrics;
 use crate::protocol::{frame_response, Expect, Framed, Status};
 use crate::stats::CoreStats;
 use crate::upstream::Probe;
@@ -117,8 +119,18 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
     let topo = Topology::build(&cfg, None, started).map_err(RunError::Resolve)?;
     let threads = cfg.threads.max(1);
     let listeners = bind_all(&cfg, threads)?;
+    let metrics = match cfg.metrics_addr() {
+        Some(addr) => Some(observe::bind(addr).map_err(|source| RunError::Bind {
+            what: format!("metrics {addr}"),
+            source,
+        })?),
+        None => None,
+    };
     for line in &listeners.announce {
         println!("listening on {line}");
+    }
+    if let Some(Ok(addr)) = metrics.as_ref().map(TcpListener::local_addr) {
+        println!("metrics on http://{addr}/metrics");
     }
     let _ = std::io::stdout().flush();
     if !cfg.foreground {
@@ -138,12 +150,17 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
         generation: AtomicU64::new(topo.generation),
         topology: RwLock::new(Arc::new(topo)),
         stats: (0..threads).map(|_| CoreStats::default()).collect(),
+        metrics: (0..threads).map(|_| CoreMetrics::default()).collect(),
+        timing: cfg.latency_timing(),
         started,
         stopping: AtomicBool::new(false),
         backend: B::NAME,
         cfg,
     });
     tracing::info!(backend = B::NAME, threads, "starting");
+    if let Some(l) = metrics {
+        observe::spawn(l, shared.clone()).map_err(RunError::Runtime)?;
+    }
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, std::io::Error>>();
     let mut tcp = listeners.tcp.into_iter();
