@@ -4,6 +4,7 @@
 //! between writers); `stats` sums the blocks. Must not import `server`.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -242,8 +243,9 @@ pub fn render(
 /// Render `stats settings`: memring's effective settings, memcached's names
 /// where memcached has the setting (`maxconns`, `tcpport`, `num_threads`,
 /// `item_size_max`, ...). Lists are comma-separated so that each value stays
-/// one word; booleans are `yes`/`no` as memcached writes them.
-pub fn render_settings(cfg: &Config, p: &ProcessView) -> String {
+/// one word; booleans are `yes`/`no` as memcached writes them. `tcp` is the
+/// address actually bound (it differs from the configured one for port 0).
+pub fn render_settings(cfg: &Config, p: &ProcessView, tcp: Option<SocketAddr>) -> String {
     let mut s = String::with_capacity(2048);
     let mut stat = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(s, "STAT {name} {value}\r\n");
@@ -268,7 +270,7 @@ pub fn render_settings(cfg: &Config, p: &ProcessView) -> String {
         p.as_ref()
             .map_or_else(|| "NULL".to_string(), |p| p.display().to_string())
     };
-    let tcp = cfg.tcp_addr();
+    let tcp = tcp.or_else(|| cfg.tcp_addr());
     stat("maxconns", &cfg.max_conns);
     stat("tcpport", &tcp.map_or(0, |a| a.port()));
     stat(

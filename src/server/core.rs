@@ -196,6 +196,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Backend name for `stats`.
     pub backend: &'static str,
+    /// The TCP address bound (for `stats settings`; port 0 resolved).
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl Shared {

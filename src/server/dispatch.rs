@@ -171,7 +171,11 @@ fn stats<B: Backend>(core: &Rc<Core<B>>, req: &Req) -> Out {
         ))),
         // A reload keeps the settings that need a restart, so the config the
         // topology was built from is the effective one.
-        b"settings" => Out::One(Bytes::from(crate::stats::render_settings(&topo.config, &p))),
+        b"settings" => Out::One(Bytes::from(crate::stats::render_settings(
+            &topo.config,
+            &p,
+            core.shared.tcp_addr,
+        ))),
         b"proxy" => {
             let snap = super::observe::snapshot(&core.shared, &topo);
             Out::One(Bytes::from(crate::stats::render_proxy(

@@ -155,6 +155,7 @@ fn start<B: Backend>(cfg: Config) -> Result<(), RunError> {
         started,
         stopping: AtomicBool::new(false),
         backend: B::NAME,
+        tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         cfg,
     });
     tracing::info!(backend = B::NAME, threads, "starting");
