@@ -13,6 +13,11 @@ command -v memcached >/dev/null 2>&1 || need+=(memcached)
 [ -x /usr/sbin/nutcracker ] || command -v nutcracker >/dev/null 2>&1 || need+=(nutcracker)
 command -v memccat >/dev/null 2>&1 || need+=(libmemcached-tools)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# tests/metrics.rs scrapes memring with a real Prometheus; tests/package.rs
+# installs the .deb (dpkg-deb, adduser, systemd-analyze for the unit).
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   sudo=()
@@ -21,6 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -c 'import pymemcache' 2>/dev/null || python3 -m pip install -q pymemcache
+# cargo-deb builds the Debian package that tests/package.rs installs. Building
+# it from source takes about 2 minutes on 2 busy cores (once per machine).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb" >&2
+  cargo install cargo-deb --locked --quiet
+fi
 
 echo "== cargo test (io_uring backend)"
 MEMRING_IO_BACKEND=uring cargo test
