@@ -138,10 +138,22 @@ enum TargetKind {
     Memring,
     /// nutcracker (twemproxy) in front of the same pool.
     Nutcracker,
+    /// memring again, with `--metrics-listen` (latency histograms recorded)
+    /// and a scraper fetching `/metrics` every second: compare its CPU per
+    /// request with plain `memring` to see what metrics cost.
+    MemringMetrics,
 }
 
 impl TargetKind {
-    const ALL: [TargetKind; 3] = [
+    const ALL: [TargetKind; 4] = [
+        TargetKind::Direct,
+        TargetKind::Memring,
+        TargetKind::Nutcracker,
+        TargetKind::MemringMetrics,
+    ];
+
+    /// What runs when `--targets` is not given.
+    const DEFAULT: [TargetKind; 3] = [
         TargetKind::Direct,
         TargetKind::Memring,
         TargetKind::Nutcracker,
@@ -152,6 +164,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Memring => "memring",
             TargetKind::Nutcracker => "nutcracker",
+            TargetKind::MemringMetrics => "memring-metrics",
         }
     }
 }
@@ -174,7 +187,7 @@ struct Opts {
 fn usage() -> &'static str {
     "usage: cargo bench --bench load -- [options]\n\
      --workload a,b,c,d,e   presets to run (default: all)\n\
-     --targets direct,memring,nutcracker\n\
+     --targets direct,memring,nutcracker,memring-metrics\n\
      --duration 10s         measured time per run (default 10s, --quick 1s)\n\
      --warmup 2s            unmeasured time per run (default 2s, --quick 250ms)\n\
      --quick                short runs for a smoke test (well under a minute)\n\
@@ -213,7 +226,7 @@ fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
 
 fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut sel: Option<Vec<char>> = None;
-    let mut targets = TargetKind::ALL.to_vec();
+    let mut targets = TargetKind::DEFAULT.to_vec();
     let (mut duration, mut warmup) = (None, None);
     let mut quick = false;
     let mut pin = true;
@@ -497,6 +510,7 @@ fn start_memring(
     threads: usize,
     place: Placement,
     log_dir: &Path,
+    metrics: bool,
 ) -> Result<(Proc, SocketAddr), String> {
     if !bin.exists() {
         return Err(format!(
@@ -517,6 +531,9 @@ fn start_memring(
     for a in pool {
         cmd.args(["-s", &a.to_string()]);
     }
+    if metrics {
+        cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
     let mut p = spawn("memring", cmd, place).map_err(|e| format!("{}: {e}", bin.display()))?;
     let stdout = p.child.stdout.take().ok_or("memring: no stdout")?;
@@ -531,12 +548,15 @@ fn start_memring(
     });
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let mut addr: Option<SocketAddr> = None;
+    let mut metrics_addr: Option<SocketAddr> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(a) = line.trim().strip_prefix("listening on tcp ") {
                     addr = a.trim().parse().ok();
+                } else if let Some(url) = line.trim().strip_prefix("metrics on http://") {
+                    metrics_addr = url.trim_end_matches("/metrics").parse().ok();
                 } else if line.trim() == "ready" {
                     break;
                 }
@@ -554,7 +574,33 @@ fn start_memring(
         }
     }
     let addr = addr.ok_or("memring printed `ready` but no `listening on tcp ADDR` line")?;
+    if metrics {
+        let m = metrics_addr.ok_or("memring printed no `metrics on http://ADDR/metrics` line")?;
+        spawn_scraper(m);
+    }
     Ok((p, addr))
+}
+
+/// Fetch `http://addr/metrics` every second, as Prometheus would, until the
+/// endpoint goes away (memring stopped) or an hour has passed.
+fn spawn_scraper(addr: SocketAddr) {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for _ in 0..3600 {
+            let scraped = (|| -> io::Result<usize> {
+                let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+                let mut body = Vec::new();
+                s.take(64 << 20).read_to_end(&mut body)?;
+                Ok(body.len())
+            })();
+            if scraped.is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
 }
 
 /// Start nutcracker (ketama, md5) in front of `pool`.
@@ -1093,6 +1139,9 @@ struct RunStats {
     conn_errors: u64,
     client_cpu: f64,
     sut_cpu: f64,
+    /// CPU of the proxy process alone (its memcached servers excluded);
+    /// for the direct target, of that memcached.
+    proxy_cpu: f64,
     /// CPU used on the client and SUT cores by anything else (other
     /// processes, interrupts, steal): noise.
     other_cpu: f64,
@@ -1160,16 +1209,20 @@ fn run_one(
 
         // Sample CPU use around the measured window only.
         tokio::time::sleep_until(win.measure.into()).await;
-        let (c0, s0, b0, t0) = (
+        // The proxy (or the direct memcached) is the first pid.
+        let front = &sut_pids[..sut_pids.len().min(1)];
+        let (c0, s0, p0, b0, t0) = (
             self_cpu(),
             procs_cpu(sut_pids),
+            procs_cpu(front),
             cpus_busy(watched),
             Instant::now(),
         );
         tokio::time::sleep_until(win.end.into()).await;
-        let (c1, s1, b1, t1) = (
+        let (c1, s1, p1, b1, t1) = (
             self_cpu(),
             procs_cpu(sut_pids),
+            procs_cpu(front),
             cpus_busy(watched),
             Instant::now(),
         );
@@ -1205,6 +1258,7 @@ fn run_one(
             conn_errors: t.conn_errors,
             client_cpu: (c1 - c0) / wall,
             sut_cpu: (s1 - s0) / wall,
+            proxy_cpu: (p1 - p0) / wall,
             other_cpu: (((b1 - b0) - (c1 - c0) - (s1 - s0)) / wall).max(0.0),
         })
     })
@@ -1319,6 +1373,7 @@ fn print_table(opts: &Opts, results: &[RunResult]) {
             }
         }
     }
+    print_cpu_per_request(opts, results);
     println!();
     println!("ops/s ratio > 1 favours memring; latency ratio < 1 favours memring.");
     println!(
@@ -1433,12 +1488,52 @@ fn write_json(
     std::fs::write(path, text + "\n")
 }
 
+/// CPU per request of the proxy process alone, and what metrics cost: the
+/// `memring-metrics` target against plain `memring` in the same run.
+fn print_cpu_per_request(opts: &Opts, results: &[RunResult]) {
+    let us_per_req = |s: &RunStats| s.proxy_cpu / s.ops_per_sec.max(1e-9) * 1e6;
+    let any = results.iter().any(|r| r.stats.is_some());
+    if !any {
+        return;
+    }
+    println!();
+    println!(
+        "CPU per request of the proxy process alone (memcached excluded; direct: that memcached):"
+    );
+    for w in &opts.workloads {
+        let mut line = format!("{}:", w.id);
+        for r in results.iter().filter(|r| r.workload == w.id) {
+            if let Some(s) = &r.stats {
+                let _ = write!(line, "  {} {:.2} us", r.target, us_per_req(s));
+            }
+        }
+        println!("{line}");
+        let find = |t: TargetKind| {
+            results
+                .iter()
+                .find(|r| r.workload == w.id && r.target == t.name())
+                .and_then(|r| r.stats.as_ref())
+        };
+        if let (Some(off), Some(on)) = (find(TargetKind::Memring), find(TargetKind::MemringMetrics))
+        {
+            let (a, b) = (us_per_req(off), us_per_req(on));
+            println!(
+                "   metrics on/off: {:.2} / {:.2} us per request = {:+.1} % (same run; noise on this machine is several %)",
+                b,
+                a,
+                (b / a.max(1e-9) - 1.0) * 100.0
+            );
+        }
+    }
+}
+
 fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), String> {
     use plotters::prelude::*;
     let colors = [
         RGBColor(31, 119, 180),
         RGBColor(214, 39, 40),
         RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
     ];
     let n = opts.workloads.len().max(1);
     let cols = n.min(3);
@@ -1641,14 +1736,15 @@ fn run(opts: Opts) -> Result<(), String> {
     for &t in &opts.targets {
         let started = match t {
             TargetKind::Direct => start_memcached("memcached-direct", place, &dir),
-            TargetKind::Memring => {
+            TargetKind::Memring | TargetKind::MemringMetrics => {
                 let bin = std::env::var_os("MEMRING_BIN")
                     .map(PathBuf::from)
                     .or_else(|| option_env!("CARGO_BIN_EXE_memring").map(PathBuf::from))
                     .unwrap_or_else(|| {
                         Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/memring")
                     });
-                start_memring(&bin, &pool, opts.memring_threads, place, &dir)
+                let metrics = t == TargetKind::MemringMetrics;
+                start_memring(&bin, &pool, opts.memring_threads, place, &dir, metrics)
             }
             TargetKind::Nutcracker if !Path::new(NUTCRACKER).exists() => Err(format!(
                 "{NUTCRACKER} not installed (`apt-get install nutcracker`); skipped"
