@@ -310,6 +310,19 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// Whether Prometheus accepts `promql` (parses and evaluates it); its error otherwise.
+    fn check(&self, promql: &str) -> Result<(), String> {
+        let path = format!("/api/v1/query?query={}", url_encode(promql));
+        let (code, body) = http_get(self.addr, &path).map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+        if code == 200 && v["status"] == "success" {
+            Ok(())
+        } else {
+            Err(format!("HTTP {code}: {body}"))
+        }
+    }
+
     /// Poll `promql` until `ok` accepts its result; panics after `PROM_WAIT`.
     fn wait_query(
         &self,
@@ -338,6 +351,38 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every PromQL expression in docs/grafana-memring.json.
+fn dashboard_queries() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana-memring.json");
+    let text = std::fs::read_to_string(&path).expect("docs/grafana-memring.json");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut out = Vec::new();
+    for p in doc["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                out.push(e.to_string());
+            }
+        }
+    }
+    assert!(out.len() >= 10, "too few dashboard queries: {out:?}");
+    out
+}
+
+/// The `memring_*` identifiers in an expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("memring_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
 }
 
 fn url_encode(s: &str) -> String {
@@ -397,6 +442,27 @@ fn prometheus_scrapes_memring_and_sees_a_killed_primary_go_down() {
     for (labels, _) in &up {
         assert_eq!(labels["role"], "primary", "{up:?}");
         assert_eq!(labels["job"], "memring", "{up:?}");
+    }
+
+    // The Grafana dashboard's queries: each one parses and evaluates, and
+    // every metric it names is one memring exposes.
+    let (_, exposed) = http_get(maddr, "/metrics").expect("GET /metrics");
+    for expr in dashboard_queries() {
+        let q = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*");
+        prom.check(&q)
+            .unwrap_or_else(|e| panic!("dashboard query `{expr}` rejected: {e}"));
+        for name in metric_names(&expr) {
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suf| name.strip_suffix(suf))
+                .unwrap_or(&name);
+            assert!(
+                exposed.contains(&format!("\n{family}")),
+                "dashboard query `{expr}` names {name}, which memring does not expose"
+            );
+        }
     }
 
     // SIGKILL primary `a`; traffic over many keys reaches it, fails, and
