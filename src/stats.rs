@@ -455,4 +455,99 @@ mod tests {
         cores[0].reset();
         assert_eq!(cores[0].get(Counter::CmdGet), 0);
     }
+
+    #[test]
+    fn proxy_group_shows_servers_and_interpolated_percentiles() {
+        use crate::metrics::{CoreMetrics, ProcessCounters, ServerInput, ServerMetrics};
+        let cores = vec![CoreStats::default()];
+        cores[0].incr(Counter::Failovers);
+        let m = [CoreMetrics::default()];
+        for _ in 0..100 {
+            m[0].record_request(Command::Get, Duration::from_micros(15));
+        }
+        let sm = ServerMetrics::new(1);
+        sm.upstream_error(0, UpstreamErrorKind::Timeout);
+        sm.ejected(EjectReason::Failures);
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        let views = [ServerView {
+            name: "127.0.0.1:1",
+            role: Role::Primary,
+            health: &h,
+        }];
+        let inputs = [ServerInput {
+            name: "127.0.0.1:1",
+            role: Role::Primary,
+            state: h.state(),
+            flushes: 0,
+            metrics: &sm,
+        }];
+        let snap = Snapshot::take(&m, &inputs, ProcessCounters::default(), "epoll", true);
+        let out = render_proxy(&cores, &views, &snap, t0);
+        for want in [
+            "STAT proxy_failovers 1\r\n",
+            "STAT proxy_latency_recorded 1\r\n",
+            "STAT server_0:state up\r\n",
+            "STAT server_0:errors_timeout 1\r\n",
+            "STAT server_0:ejections_failures 1\r\n",
+            "STAT server_0:latency_count 0\r\n",
+            "STAT latency_get_count 100\r\n",
+            "STAT latency_get_mean_us 15.0\r\n",
+            // All in the 10..20 us bucket: rank 50 of 100 is its middle.
+            "STAT latency_get_p50_us 15.0\r\n",
+            "STAT latency_get_p99_us 19.9\r\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in {out}");
+        }
+        assert!(!out.contains("latency_set"), "unseen commands are left out");
+        assert!(out.ends_with("END\r\n"));
+    }
+
+    #[test]
+    fn settings_group_uses_memcached_names_and_one_word_values() {
+        let cfg = Config {
+            servers: vec![
+                crate::config::ServerAddr {
+                    host: "10.0.0.1".into(),
+                    port: 11211,
+                    weight: 1,
+                },
+                crate::config::ServerAddr {
+                    host: "::1".into(),
+                    port: 11212,
+                    weight: 3,
+                },
+            ],
+            ..Config::default()
+        };
+        let p = ProcessView {
+            pid: 1,
+            started: Instant::now(),
+            now_unix: 0,
+            threads: 2,
+            max_connections: 4096,
+            backend: "epoll",
+            config_generation: 4,
+        };
+        let out = render_settings(&cfg, &p, "127.0.0.1:4242".parse().ok());
+        for want in [
+            "STAT maxconns 4096\r\n",
+            "STAT tcpport 4242\r\n",
+            "STAT inter 127.0.0.1\r\n",
+            "STAT num_threads 2\r\n",
+            "STAT item_size_max 1048576\r\n",
+            "STAT servers 10.0.0.1:11211,[::1]:11212:3\r\n",
+            "STAT backups NULL\r\n",
+            "STAT request_timeout 1.000\r\n",
+            "STAT resync no\r\n",
+            "STAT io_backend epoll\r\n",
+            "STAT config_generation 4\r\n",
+            "STAT latency_stats no\r\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in {out}");
+        }
+        for line in out.lines() {
+            assert!(line == "END" || line.split(' ').count() == 3, "{line:?}");
+        }
+    }
 }

@@ -976,7 +976,10 @@ mod never_panics {
 #[test]
 fn metrics_listen_and_latency_stats() {
     let c = parse("memring -s 127.0.0.1:1").unwrap();
-    assert_eq!((c.metrics_listen.as_deref(), c.latency_stats), (None, false));
+    assert_eq!(
+        (c.metrics_listen.as_deref(), c.latency_stats),
+        (None, false)
+    );
     assert!(!c.latency_timing());
     let c = parse("memring -s 127.0.0.1:1 --metrics-listen [::1]:9150").unwrap();
     assert_eq!(c.metrics_listen.as_deref(), Some("[::1]:9150"));
