@@ -48,7 +48,7 @@ echo "== integration tests again on the epoll backend"
 integration=()
 for f in tests/*.rs; do
   name="$(basename "$f" .rs)"
-  case "$name" in harness_selftest|ring_golden|alloc_free|alloc_proxy) continue ;; esac
+  case "$name" in harness_selftest|ring_golden|alloc_free|alloc_proxy|package) continue ;; esac
   integration+=(--test "$name")
 done
 MEMRING_IO_BACKEND=epoll cargo test "${integration[@]}"
