@@ -44,7 +44,7 @@ cargo build --benches --quiet
 
 echo "== integration tests again on the epoll backend"
 # Every test that starts the proxy; the pure ones (harness self-test, golden
-# vectors, allocation count) do not depend on the backend.
+# vectors, allocation count) and the package test do not depend on the backend.
 integration=()
 for f in tests/*.rs; do
   name="$(basename "$f" .rs)"
