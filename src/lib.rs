@@ -9,12 +9,14 @@
 //! route     -- modula / ketama rings, multi-get fan-out plan (pure)
 //! upstream  -- server health bookkeeping that takes `now` (pure)
 //! proxy     -- replication / failover rules per verb, reply merging (pure)
+//! metrics   -- latency histograms and event counters, Prometheus exposition (pure)
 //! stats     -- counters and `stats` rendering
 //! config    -- command line and config file -> validated Config
 //! server    -- the I/O shell: runtimes, listeners, connections, timers
 //! ```
 
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod route;

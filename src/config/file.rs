@@ -38,6 +38,8 @@ struct FileConfig {
     log_file: Option<PathBuf>,
     shutdown_timeout: Option<String>,
     resync: Option<bool>,
+    metrics_listen: Option<String>,
+    latency_stats: Option<bool>,
 }
 
 /// Read and validate `path`.
@@ -151,5 +153,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         log_file: path_ok("log_file", &f.log_file, value::path)?,
         shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
         resync: f.resync,
+        metrics_listen: text!(metrics_listen, value::bind),
+        latency_stats: f.latency_stats,
     })
 }

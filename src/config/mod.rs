@@ -143,6 +143,12 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// `--resync`: copy a rejoined server's keys back from its partners. Default off.
     pub resync: bool,
+    /// `--metrics-listen ADDR:PORT`: serve Prometheus metrics over HTTP there
+    /// (canonical `SocketAddr` text). Default off.
+    pub metrics_listen: Option<String>,
+    /// `--latency-stats`: record latency histograms for `stats proxy` even
+    /// without `--metrics-listen` (which implies it). Default off.
+    pub latency_stats: bool,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -197,6 +203,17 @@ impl Config {
         Some(SocketAddr::new(ip, self.port))
     }
 
+    /// The metrics endpoint's address, if `--metrics-listen` is given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.as_deref().and_then(|a| a.parse().ok())
+    }
+
+    /// Whether request and upstream latency is recorded (costs two clock
+    /// reads per batch of requests).
+    pub fn latency_timing(&self) -> bool {
+        self.latency_stats || self.metrics_listen.is_some()
+    }
+
     /// Cross-field and range checks. [`parse_args`] and [`reload`] run it;
     /// call it on a `Config` built by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -241,6 +258,11 @@ impl Config {
         } else {
             if let Err(why) = value::listen(&self.listen) {
                 return err(format!("invalid -l/--listen '{}': {why}", self.listen));
+            }
+        }
+        if let Some(m) = &self.metrics_listen {
+            if let Err(why) = value::bind(m) {
+                return err(format!("invalid --metrics-listen '{m}': {why}"));
             }
         }
         let range = |flag: &str, v: usize, lo: usize, hi: usize| {
@@ -340,6 +362,8 @@ struct Layer {
     log_file: Option<PathBuf>,
     shutdown_timeout: Option<Duration>,
     resync: Option<bool>,
+    metrics_listen: Option<String>,
+    latency_stats: Option<bool>,
 }
 
 impl Layer {
@@ -374,7 +398,9 @@ impl Layer {
             pid_file,
             log_file,
             shutdown_timeout,
-            resync
+            resync,
+            metrics_listen,
+            latency_stats
         )
     }
 
@@ -418,6 +444,8 @@ impl Layer {
             check: false,
             shutdown_timeout: dur(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
             resync: self.resync.unwrap_or(false),
+            metrics_listen: self.metrics_listen,
+            latency_stats: self.latency_stats.unwrap_or(false),
             argv: Vec::new(),
         }
     }
@@ -536,7 +564,8 @@ pub fn reload_with_report(
         max_server_conns,
         upstream_conns,
         max_item_size,
-        client_buffer
+        client_buffer,
+        metrics_listen
     );
     new.validate()?;
     Ok((new, ignored))
