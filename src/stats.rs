@@ -1,4 +1,4 @@
-//! Counters and the `stats` replies: `stats`, `stats settings`, `stats proxy`.
+//! Counters and the `stats` replies: `stats`, `stats proxy settings`, `stats proxy`.
 //!
 //! Each core bumps its own block of relaxed atomics (no sharing of cache lines
 //! between writers); `stats` sums the blocks. Must not import `server`.
@@ -240,7 +240,7 @@ pub fn render(
     s
 }
 
-/// Render `stats settings`: memring's effective settings, memcached's names
+/// Render `stats proxy settings`: memring's effective settings, memcached's names
 /// where memcached has the setting (`maxconns`, `tcpport`, `num_threads`,
 /// `item_size_max`, ...). Lists are comma-separated so that each value stays
 /// one word; booleans are `yes`/`no` as memcached writes them. `tcp` is the

@@ -208,8 +208,8 @@ impl Config {
         self.metrics_listen.as_deref().and_then(|a| a.parse().ok())
     }
 
-    /// Whether request and upstream latency is recorded (costs two clock
-    /// reads per batch of requests).
+    /// Whether request and upstream latency is recorded (stamped with each
+    /// event loop turn's clock; no clock reads of its own).
     pub fn latency_timing(&self) -> bool {
         self.latency_stats || self.metrics_listen.is_some()
     }
