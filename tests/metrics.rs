@@ -118,6 +118,62 @@ fn stats_settings_and_proxy_show_settings_counters_and_percentiles() {
     assert_eq!(c.request(b"stats nonsense\r\n"), b"ERROR\r\n");
 }
 
+/// Client-visible latency runs from the turn that received a request's
+/// first byte (not its last) to the write of its reply's last byte, and
+/// upstream latency from the write of the call to its reply. A request sent
+/// in two halves 400 ms apart, and a get held 400 ms by a stopped memcached,
+/// each show at least 300 ms (the lower edge of their histogram bucket).
+/// Only lower bounds: a busy machine makes things slower, never faster.
+#[test]
+fn latency_runs_from_the_first_byte_to_the_reply_and_covers_a_slow_server() {
+    const HOLD: Duration = Duration::from_millis(400);
+    const AT_LEAST_US: f64 = 300_000.0;
+    let mc = Memcached::start();
+    let p = Memring::start_for(&[&mc], &["--latency-stats", "--request-timeout", "30s"]);
+    let mut c = p.client();
+    let us = |stats: &[(String, String)], name: &str| -> f64 {
+        stat(stats, name)
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e} in {stats:?}"))
+    };
+
+    // A get whose line arrives in two receives, HOLD apart. The sleep makes
+    // the delay being measured; nothing waits on it for synchronisation.
+    c.send(b"get spl");
+    std::thread::sleep(HOLD);
+    c.send(b"it\r\n");
+    assert_eq!(c.read_reply(Reply::Values), b"END\r\n");
+    let proxy = parse_stats(&c.request(b"stats proxy\r\n"));
+    assert_eq!(stat(&proxy, "latency_get_count"), "1");
+    let first = us(&proxy, "latency_get_p50_us");
+    assert!(
+        first >= AT_LEAST_US,
+        "a request split {HOLD:?} apart took {first} us from its first byte"
+    );
+
+    // A get that the stopped server holds: the upstream call and the
+    // client's request both take at least HOLD.
+    mc.stop();
+    c.send(b"get held\r\n");
+    std::thread::sleep(HOLD);
+    mc.cont();
+    assert_eq!(c.read_reply(Reply::Values), b"END\r\n");
+    let proxy = parse_stats(&c.request(b"stats proxy\r\n"));
+    assert_eq!(stat(&proxy, "latency_get_count"), "2");
+    // Both gets are slow: even the lower quantile is.
+    let held = us(&proxy, "latency_get_p50_us");
+    assert!(held >= AT_LEAST_US, "get held {HOLD:?}: p50 {held} us");
+    assert_eq!(stat(&proxy, "server_0:latency_count"), "2");
+    let upstream = us(&proxy, "server_0:latency_p99_us");
+    assert!(
+        upstream >= AT_LEAST_US,
+        "upstream call held {HOLD:?}: p99 {upstream} us"
+    );
+    assert_eq!(stat(&proxy, "server_0:state"), "up");
+    // The stats requests themselves are timed too.
+    assert_eq!(stat(&proxy, "latency_stats_count"), "1");
+}
+
 #[test]
 fn without_latency_recording_stats_proxy_has_no_percentiles() {
     let mc = Memcached::start();

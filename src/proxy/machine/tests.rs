@@ -643,6 +643,23 @@ fn multi_get_read_through_hit_fills_its_place() {
         ]
     );
     assert_eq!(r.spawned.len(), 1);
+    assert_eq!(r.read_through, [ReadThrough::Hit]);
+}
+
+#[test]
+fn multi_get_read_through_results_are_reported_per_key() {
+    let w = World::new();
+    let mut r = Run::start(&w, "get a b\r\n", &[RA, RB]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.reply(P1, "get b\r\n", "END\r\n");
+    // The backups: one misses too, one fails.
+    r.reply(B2, "mg a v f t c\r\n", "EN\r\n");
+    r.fail(B3, "mg b v f t c\r\n", CallError::Closed);
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("END\r\n"));
+    let mut got = r.read_through.clone();
+    got.sort_by_key(|t| t.label());
+    assert_eq!(got, [ReadThrough::Error, ReadThrough::Miss]);
 }
 
 #[test]

@@ -417,6 +417,9 @@ impl State {
             advance(&mut cl.out, n);
             cl.out_bytes = cl.out_bytes.saturating_sub(n);
             cl.sent_total += n as u64;
+            // Now, not at the end of the turn: a request this turn's later
+            // completions bring (a `stats proxy`) sees this one counted.
+            cl.record_sent(cx);
             cx.stats().add(Counter::BytesWritten, n as u64);
         } else {
             cl.dead = true;
