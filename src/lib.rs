@@ -1,18 +1,19 @@
-//! memring: a memcached proxy on per-core io_uring runtimes.
+//! memring: a memcached proxy on per-core io_uring event loops.
 //!
 //! The crate is split so that the wire format, routing and proxy decisions are
 //! pure ("sans-IO") and testable without sockets or a clock. Only [`server`]
-//! touches tokio-uring, tokio, sockets, threads, signals and time.
+//! touches io_uring, epoll, sockets, threads, signals and time.
 //!
 //! ```text
 //! protocol  -- request parser, upstream response framer, composer (pure)
 //! route     -- modula / ketama rings, multi-get fan-out plan (pure)
 //! upstream  -- server health bookkeeping that takes `now` (pure)
-//! proxy     -- replication / failover rules per verb, reply merging (pure)
+//! proxy     -- replication / failover rules per verb, reply merging, the
+//!              request state machines, the binary protocol adapter (pure)
 //! metrics   -- latency histograms and event counters, Prometheus exposition (pure)
 //! stats     -- counters and `stats` rendering
 //! config    -- command line and config file -> validated Config
-//! server    -- the I/O shell: runtimes, listeners, connections, timers
+//! server    -- the I/O shell: drivers, per-core event loops, control plane
 //! ```
 
 pub mod config;

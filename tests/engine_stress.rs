@@ -35,6 +35,15 @@ fn peak_rss(pid: u32) -> u64 {
     kb * 1024
 }
 
+/// Store the large value every scenario reads, through the proxy.
+fn seed_big(c: &mut Client) {
+    assert_bytes(
+        &c.request(&storage("set", "big", 0, 0, &vec![b'v'; BIG])),
+        b"STORED\r\n",
+        "seed",
+    );
+}
+
 /// Read one `get` reply of exactly one value of `len` bytes (or END on a
 /// miss); returns whether it was the value.
 fn read_value(r: &mut BufReader<TcpStream>, len: usize) -> Result<bool, String> {
@@ -161,11 +170,7 @@ fn deep_pipelines_of_large_values_do_not_time_out() {
     let server = Memcached::start();
     let proxy = Memring::start_for(&[&server], &["--request-timeout", "1s"]);
     let mut c = proxy.client();
-    assert_bytes(
-        &c.request(&storage("set", "big", 0, 0, &vec![b'v'; BIG])),
-        b"STORED\r\n",
-        "seed",
-    );
+    seed_big(&mut c);
     let addr = proxy.addr();
     let handles: Vec<_> = (0..2)
         .map(|_| {
@@ -364,11 +369,7 @@ fn clients_that_do_not_read_are_bounded_in_bytes() {
     let budget: u64 = 4 << 20;
     let proxy = Memring::start_for(&[&server], &["--client-buffer", "4m"]);
     let mut c = proxy.client();
-    assert_bytes(
-        &c.request(&storage("set", "big", 0, 0, &vec![b'v'; BIG])),
-        b"STORED\r\n",
-        "seed",
-    );
+    seed_big(&mut c);
     let addr = proxy.addr();
     let slow: Vec<TcpStream> = (0..10)
         .map(|_| {
@@ -432,11 +433,7 @@ fn sigterm_after_vanished_clients_exits_promptly() {
     let server = Memcached::start();
     let mut proxy = Memring::start_for(&[&server], &["--shutdown-timeout", "60s"]);
     let mut c = proxy.client();
-    assert_bytes(
-        &c.request(&storage("set", "big", 0, 0, &vec![b'v'; BIG])),
-        b"STORED\r\n",
-        "seed",
-    );
+    seed_big(&mut c);
     drop(c);
     for _ in 0..20 {
         let mut s = TcpStream::connect(proxy.addr()).expect("connect");

@@ -79,7 +79,7 @@ pub enum IoBackend {
     Auto,
     /// io_uring or exit with an explanation.
     Uring,
-    /// Plain tokio (epoll).
+    /// epoll (mio), with the same completion-shaped driver interface.
     Epoll,
 }
 

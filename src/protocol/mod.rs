@@ -2,7 +2,7 @@
 //!
 //! Owns: parsing client requests ([`request`]), framing upstream responses
 //! ([`response`]) and composing wire bytes ([`compose`]). It must not import
-//! `server`, tokio, tokio-uring or the clock: the load generator reuses it as
+//! `server`, an I/O runtime or the clock: the load generator reuses it as
 //! its client codec.
 //!
 //! Parsers never copy and never allocate: they return byte ranges into the
@@ -16,7 +16,9 @@ pub mod request;
 pub mod response;
 
 pub use request::{parse_request, ParseError, Parsed, Request, Verb};
-pub use response::{frame_response, Expect, FrameError, Framed, Status, ValueItem};
+pub use response::{
+    frame_response, reply_size_hint, Expect, FrameError, Framed, Status, ValueItem,
+};
 
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;

@@ -171,6 +171,27 @@ struct RLine {
 }
 
 /// Find the line starting at `start`; `None` when more bytes are needed.
+/// How many bytes the reply at the front of `buf` will take at least, once
+/// its first line is in: a `VALUE` line's data block and the closing `END`,
+/// or a meta `VA` line's data block. None before the line is complete or for
+/// replies without a data block. A reader that learns this early can make
+/// room for a large value once, instead of growing its buffer step by step.
+pub fn reply_size_hint(buf: &[u8]) -> Option<usize> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf.get(..end)?.strip_suffix(b"\r")?;
+    let mut words = tokens(line);
+    let (size, tail) = match words.next()? {
+        b"VALUE" => (words.nth(2)?, END_LEN),
+        b"VA" => (words.next()?, 0),
+        _ => return None,
+    };
+    let size = usize::try_from(parse_u64(size)?).ok()?;
+    (end + 1).checked_add(size)?.checked_add(2 + tail)
+}
+
+/// `END\r\n`.
+const END_LEN: usize = 5;
+
 fn line_at(buf: &[u8], start: usize) -> Result<Option<RLine>, FrameError> {
     let rest = buf.get(start..).unwrap_or_default();
     let window = rest.get(..super::MAX_LINE_LEN).unwrap_or(rest);
@@ -468,6 +489,25 @@ fn frame_meta(buf: &[u8], max_value: usize) -> Result<Framed, FrameError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn size_hints_come_from_the_first_line() {
+        assert_eq!(
+            reply_size_hint(b"VALUE k 0 500\r\nxx"),
+            Some(15 + 500 + 2 + 5)
+        );
+        assert_eq!(reply_size_hint(b"VALUE k 0 5 99\r\n"), Some(16 + 5 + 2 + 5));
+        assert_eq!(reply_size_hint(b"VA 10 f0\r\n"), Some(10 + 10 + 2));
+        assert_eq!(reply_size_hint(b"VALUE k 0 500"), None, "line not complete");
+        assert_eq!(reply_size_hint(b"END\r\n"), None);
+        assert_eq!(reply_size_hint(b"HD\r\n"), None);
+        assert_eq!(reply_size_hint(b"VALUE k 0 x\r\n"), None);
+        assert_eq!(
+            reply_size_hint(b"VALUE k 0 99999999999999999999999\r\n"),
+            None
+        );
+    }
+
     use super::*;
     use crate::protocol::MAX_LINE_LEN;
     use proptest::prelude::*;

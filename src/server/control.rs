@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::metrics::EjectReason;
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
-use crate::protocol::{compose, frame_response, Expect, Framed};
+use crate::protocol::{compose, Expect};
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{Observed, Probe, Role, ServerId};
@@ -244,22 +244,9 @@ fn exchange(
     }
     // Bounded by the reply size limit and the read timeout.
     loop {
-        match frame_response(expect, buf, usize::MAX, items) {
-            Ok(Framed::Complete {
-                len,
-                status,
-                line,
-                data,
-            }) => {
-                let frame = buf.split_to(len).freeze();
-                return Ok(Reply {
-                    frame,
-                    status,
-                    line,
-                    data,
-                });
-            }
-            Ok(Framed::Incomplete) => {}
+        match Reply::frame(expect, buf, usize::MAX, items) {
+            Ok(Some(r)) => return Ok(r),
+            Ok(None) => {}
             Err(_) => return Err(CallError::Protocol),
         }
         if buf.len() > 64 << 20 {

@@ -203,6 +203,15 @@ impl Shared {
     }
 }
 
+/// Point `iov` at the first IOV_MAX buffers of `out`, for one vectored send.
+pub(crate) fn fill_iov(iov: &mut Vec<libc::iovec>, out: &VecDeque<Bytes>) {
+    iov.clear();
+    iov.extend(out.iter().take(IOV_MAX).map(|b| libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    }));
+}
+
 /// Drop `n` written bytes from the front of a queue of buffers.
 pub(crate) fn advance(q: &mut VecDeque<Bytes>, mut n: usize) {
     while n > 0 {

@@ -100,6 +100,32 @@ pub struct Reply {
     pub data: Range<usize>,
 }
 
+impl Reply {
+    /// Frame the reply at the front of `buf` (shaped by `expect`, values up
+    /// to `max_value`) and split it off: `Ok(None)` while it is incomplete.
+    pub fn frame(
+        expect: Expect,
+        buf: &mut BytesMut,
+        max_value: usize,
+        items: &mut Vec<crate::protocol::ValueItem>,
+    ) -> Result<Option<Reply>, crate::protocol::FrameError> {
+        match crate::protocol::frame_response(expect, buf, max_value, items)? {
+            crate::protocol::Framed::Complete {
+                len,
+                status,
+                line,
+                data,
+            } => Ok(Some(Reply {
+                frame: buf.split_to(len).freeze(),
+                status,
+                line,
+                data,
+            })),
+            crate::protocol::Framed::Incomplete => Ok(None),
+        }
+    }
+}
+
 /// Why an upstream call produced no reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallError {

@@ -27,7 +27,7 @@ use crate::upstream::ServerId;
 
 use super::{next_gen, token, ClientRef, Ctx, HealthView, Kind, State};
 use crate::server::driver::{Completion, Driver};
-use crate::server::topology::{advance, IOV_MAX};
+use crate::server::topology::{advance, fill_iov};
 
 /// Requests parsed ahead of their answers, per connection (as memcached
 /// bounds a connection's pipeline): past this the client is not read.
@@ -140,8 +140,8 @@ impl Client {
             out: VecDeque::new(),
             out_bytes: 0,
             iov: Vec::new(),
-            // Start cautious (16 answers fill the budget) and learn.
-            est_answer: (budget / 16).max(1),
+            // Start cautious (two answers fill the budget) and learn.
+            est_answer: (budget / 2).max(1),
             recv_armed: false,
             cancel_pending: false,
             shut: false,
@@ -153,13 +153,18 @@ impl Client {
         }
     }
 
-    /// True when the client may start another request.
+    /// True when the client may start another request: its unsent answers
+    /// plus the expected size of those in flight, this one included, fit the
+    /// budget. One request may always run, whatever its size.
     fn can_start(&self, budget: usize) -> bool {
+        if self.waiting == 0 && self.out_bytes == 0 {
+            return true;
+        }
         self.waiting < MAX_INFLIGHT
             && self
                 .out_bytes
-                .saturating_add(self.waiting.saturating_mul(self.est_answer))
-                < budget.max(1)
+                .saturating_add((self.waiting + 1).saturating_mul(self.est_answer))
+                <= budget
     }
 
     /// The stamp of a request parsed now (None when not timing).
@@ -227,10 +232,15 @@ impl Client {
             }
             Slot::Ready(..) => None,
         };
-        let size = answer_len(&a);
-        // Moving average with weight 1/8: a client's answers are usually
-        // alike in size.
-        self.est_answer = (self.est_answer * 7 + size.max(64)) / 8;
+        // The estimate follows a larger answer at once and halves towards a
+        // smaller one, so the window of requests in flight opens like TCP's
+        // slow start and never lets a burst of large answers past the budget.
+        let size = answer_len(&a).max(64);
+        self.est_answer = if size >= self.est_answer {
+            size
+        } else {
+            (self.est_answer / 2).max(size)
+        };
         *slot = Slot::Ready(a, stamp);
         pos == 0
     }
@@ -368,17 +378,11 @@ impl State {
             }
             return;
         };
-        if let Some(b) = c.buf {
-            if c.res > 0 && !cl.dead && !cl.read_done {
-                let n = c.res as usize;
-                if cl.rbuf.capacity() - cl.rbuf.len() < n {
-                    cl.rbuf.reserve(n.max(READ_STEP));
-                }
-                cl.rbuf.extend_from_slice(d.buffer(b, n));
-                cl.last_read = (cx.now, n);
-                cl.sync_arrival();
-            }
-            d.recycle(b);
+        let keep = !cl.dead && !cl.read_done;
+        super::take_received(d, &c, &mut cl.rbuf, READ_STEP, keep);
+        if keep && c.buf.is_some() && c.res > 0 {
+            cl.last_read = (cx.now, c.res as usize);
+            cl.sync_arrival();
         }
         if !c.more {
             cl.recv_armed = false;
@@ -804,12 +808,7 @@ impl State {
             cl.drain_ready();
             cl.record_sent(cx);
             if !cl.send_inflight && !cl.out.is_empty() {
-                cl.iov.clear();
-                cl.iov
-                    .extend(cl.out.iter().take(IOV_MAX).map(|b| libc::iovec {
-                        iov_base: b.as_ptr() as *mut libc::c_void,
-                        iov_len: b.len(),
-                    }));
+                fill_iov(&mut cl.iov, &cl.out);
                 // SAFETY: the iovecs point into `out`'s buffers, which stay
                 // untouched (never advanced or dropped) until this send's
                 // completion; `iov` itself is not modified until then either.

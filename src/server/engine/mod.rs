@@ -326,6 +326,30 @@ pub(super) fn run_core<D: Driver>(
     }
 }
 
+/// Copy a receive completion's bytes into `rbuf` (when `keep`) and give the
+/// provided buffer back at once. `rbuf` grows in `step`s: requests and
+/// replies are split off it as they complete, and a buffer nobody shares any
+/// more is then reused in place, so steady traffic does not allocate.
+fn take_received<D: Driver>(
+    d: &mut D,
+    c: &Completion,
+    rbuf: &mut bytes::BytesMut,
+    step: usize,
+    keep: bool,
+) {
+    let Some(b) = c.buf else {
+        return;
+    };
+    if c.res > 0 && keep {
+        let n = c.res as usize;
+        if rbuf.capacity() - rbuf.len() < n {
+            rbuf.reserve(n.max(step));
+        }
+        rbuf.extend_from_slice(d.buffer(b, n));
+    }
+    d.recycle(b);
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

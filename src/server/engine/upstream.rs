@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::metrics::{EjectReason, UpstreamErrorKind};
-use crate::protocol::{frame_response, Expect, Framed};
+use crate::protocol::{reply_size_hint, Expect};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
 use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::driver::{Completion, Driver};
-use crate::server::topology::{advance, IOV_MAX};
+use crate::server::topology::{advance, fill_iov};
 
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;
@@ -123,6 +123,28 @@ impl UpConn {
     /// Calls on this connection, for picking the least loaded one.
     pub(super) fn load(&self) -> usize {
         self.pending.len() + self.written.len()
+    }
+
+    /// Let go of the socket: closed at once when the kernel holds nothing of
+    /// it, otherwise shut down and handed back as a [`Zombie`] that keeps
+    /// what in-flight operations point into until they complete.
+    fn bury<D: Driver>(&mut self, d: &mut D, idx: usize) -> Option<Zombie> {
+        let fd = self.fd.take()?;
+        if !(self.recv_armed || self.send_inflight || self.connecting) {
+            d.close(fd);
+            return None;
+        }
+        d.shutdown(fd);
+        Some(Zombie {
+            idx,
+            gen: self.gen,
+            fd,
+            recv: self.recv_armed,
+            send: self.send_inflight,
+            connect: self.connecting,
+            _out: std::mem::take(&mut self.out),
+            _iov: std::mem::take(&mut self.iov),
+        })
     }
 
     /// Queue a call's bytes for this turn's send.
@@ -257,18 +279,7 @@ impl State {
         let Some(u) = self.ups.get_mut(ci) else {
             return;
         };
-        if let Some(b) = c.buf {
-            if c.res > 0 {
-                let n = c.res as usize;
-                if u.rbuf.capacity() - u.rbuf.len() < n {
-                    // In steps: replies are split off as they complete, and
-                    // a buffer nobody shares any more is reused in place.
-                    u.rbuf.reserve(n.max(READ_STEP));
-                }
-                u.rbuf.extend_from_slice(d.buffer(b, n));
-            }
-            d.recycle(b);
-        }
+        super::take_received(d, &c, &mut u.rbuf, READ_STEP, true);
         if !c.more {
             u.recv_armed = false;
         }
@@ -290,14 +301,8 @@ impl State {
             .then(|| cx.topo.servers.get(u.server.index()))
             .flatten();
         while let Some(head) = u.written.front() {
-            match frame_response(head.expect, &u.rbuf, max_value, &mut self.items) {
-                Ok(Framed::Complete {
-                    len,
-                    status,
-                    line,
-                    data,
-                }) => {
-                    let frame = u.rbuf.split_to(len).freeze();
+            match Reply::frame(head.expect, &mut u.rbuf, max_value, &mut self.items) {
+                Ok(Some(reply)) => {
                     if let Some(call) = u.written.pop_front() {
                         answered = true;
                         if let Some(s) = timed {
@@ -306,24 +311,25 @@ impl State {
                                 cx.now.saturating_duration_since(call.written_at),
                             );
                         }
-                        self.outcomes.push_back((
-                            call.req,
-                            call.call,
-                            Ok(Reply {
-                                frame,
-                                status,
-                                line,
-                                data,
-                            }),
-                        ));
+                        self.outcomes.push_back((call.req, call.call, Ok(reply)));
                     }
                 }
-                Ok(Framed::Incomplete) => break,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(server = %u.name, error = e.msg, "unparseable reply, closing connection");
                     self.fail_up(d, cx, ci, CallError::Protocol);
                     return;
                 }
+            }
+        }
+        if let Some(need) = reply_size_hint(&u.rbuf).filter(|n| *n > READ_STEP) {
+            if u.rbuf.capacity() < need {
+                // A large value is on its way: one buffer of its exact size,
+                // instead of growing step by step (and copying) while it
+                // streams in.
+                let mut exact = BytesMut::with_capacity(need);
+                exact.extend_from_slice(&u.rbuf);
+                u.rbuf = exact;
             }
         }
         if u.written.is_empty() && !u.rbuf.is_empty() {
@@ -409,22 +415,8 @@ impl State {
         let Some(u) = self.ups.get_mut(ci) else {
             return;
         };
-        if let Some(fd) = u.fd.take() {
-            if u.recv_armed || u.send_inflight || u.connecting {
-                d.shutdown(fd);
-                self.zombies.push(Zombie {
-                    idx: ci,
-                    gen: u.gen,
-                    fd,
-                    recv: u.recv_armed,
-                    send: u.send_inflight,
-                    connect: u.connecting,
-                    _out: std::mem::take(&mut u.out),
-                    _iov: std::mem::take(&mut u.iov),
-                });
-            } else {
-                d.close(fd);
-            }
+        if let Some(z) = u.bury(d, ci) {
+            self.zombies.push(z);
         }
         u.gen = gen;
         u.recv_armed = false;
@@ -533,12 +525,7 @@ impl State {
             return;
         };
         if !u.send_inflight && !u.out.is_empty() {
-            u.iov.clear();
-            u.iov
-                .extend(u.out.iter().take(IOV_MAX).map(|b| libc::iovec {
-                    iov_base: b.as_ptr() as *mut libc::c_void,
-                    iov_len: b.len(),
-                }));
+            fill_iov(&mut u.iov, &u.out);
             // SAFETY: the iovecs point into `out`'s buffers, which are neither
             // advanced nor dropped before this send completes (a failure moves
             // them into a Zombie until then); `iov` is not touched either.
@@ -571,22 +558,8 @@ impl State {
             self.outcomes
                 .push_back((call.req, call.call, Err(CallError::Closed)));
         }
-        if let Some(fd) = u.fd.take() {
-            if u.recv_armed || u.send_inflight || u.connecting {
-                d.shutdown(fd);
-                self.zombies.push(Zombie {
-                    idx: ci,
-                    gen: u.gen,
-                    fd,
-                    recv: u.recv_armed,
-                    send: u.send_inflight,
-                    connect: u.connecting,
-                    _out: std::mem::take(&mut u.out),
-                    _iov: std::mem::take(&mut u.iov),
-                });
-            } else {
-                d.close(fd);
-            }
+        if let Some(z) = u.bury(d, ci) {
+            self.zombies.push(z);
         }
         self.ups.remove(ci);
         let _ = cx;
