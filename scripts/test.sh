@@ -15,6 +15,11 @@ command -v memccat >/dev/null 2>&1 || need+=(libmemcached-tools)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # pylibmc (binary protocol client tests) is the Debian package, for /usr/bin/python3.
 /usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1 || need+=(python3-pylibmc)
+# tests/metrics.rs scrapes memring with a real Prometheus; tests/package.rs
+# installs the .deb (it depends on adduser; the test runs systemd-analyze
+# verify on the unit where systemd is installed, else checks its content).
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v adduser >/dev/null 2>&1 || need+=(adduser)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   sudo=()
@@ -23,6 +28,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -c 'import pymemcache' 2>/dev/null || python3 -m pip install -q pymemcache
+# cargo-deb builds the Debian package that tests/package.rs installs. Building
+# it from source takes about 2 minutes on 2 busy cores (once per machine).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb" >&2
+  cargo install cargo-deb --locked --quiet
+fi
 
 # Every step runs even when an earlier one fails, and every test binary runs
 # even when another one fails (--no-fail-fast): one failure must not hide the
@@ -45,11 +56,11 @@ step "heap allocations per proxied request (counting allocator build)" \
 step "benches compile" cargo build --benches --quiet
 
 # Every test that starts the proxy; the pure ones (harness self-test, golden
-# vectors, allocation count) do not depend on the backend.
+# vectors, allocation count) and the package test do not depend on the backend.
 integration=()
 for f in tests/*.rs; do
   name="$(basename "$f" .rs)"
-  case "$name" in harness_selftest|ring_golden|alloc_free|alloc_proxy) continue ;; esac
+  case "$name" in harness_selftest|ring_golden|alloc_free|alloc_proxy|package) continue ;; esac
   integration+=(--test "$name")
 done
 step "integration tests again on the epoll backend" \

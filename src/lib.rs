@@ -10,12 +10,14 @@
 //! upstream  -- server health bookkeeping that takes `now` (pure)
 //! proxy     -- replication / failover rules per verb, reply merging, the
 //!              request state machines, the binary protocol adapter (pure)
+//! metrics   -- latency histograms and event counters, Prometheus exposition (pure)
 //! stats     -- counters and `stats` rendering
 //! config    -- command line and config file -> validated Config
 //! server    -- the I/O shell: drivers, per-core event loops, control plane
 //! ```
 
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod route;

@@ -1,12 +1,18 @@
-//! Counters and the `stats` reply.
+//! Counters and the `stats` replies: `stats`, `stats proxy settings`, `stats proxy`.
 //!
 //! Each core bumps its own block of relaxed atomics (no sharing of cache lines
 //! between writers); `stats` sums the blocks. Must not import `server`.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::config::{Config, IoBackend};
+use crate::metrics::{
+    Command, EjectReason, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind,
+};
+use crate::route::Distribution;
 use crate::upstream::{Health, Role};
 
 macro_rules! counters {
@@ -260,6 +266,179 @@ pub fn render(
     s
 }
 
+/// Render `stats proxy settings`: memring's effective settings, memcached's names
+/// where memcached has the setting (`maxconns`, `tcpport`, `num_threads`,
+/// `item_size_max`, ...). Lists are comma-separated so that each value stays
+/// one word; booleans are `yes`/`no` as memcached writes them. `tcp` is the
+/// address actually bound (it differs from the configured one for port 0).
+pub fn render_settings(cfg: &Config, p: &ProcessView, tcp: Option<SocketAddr>) -> String {
+    let mut s = String::with_capacity(2048);
+    let mut stat = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = write!(s, "STAT {name} {value}\r\n");
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let list = |v: &[crate::config::ServerAddr]| -> String {
+        if v.is_empty() {
+            return "NULL".into();
+        }
+        v.iter()
+            .map(|a| {
+                if a.weight == 1 {
+                    a.name()
+                } else {
+                    format!("{}:{}", a.name(), a.weight)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map_or_else(|| "NULL".to_string(), |p| p.display().to_string())
+    };
+    let tcp = tcp.or_else(|| cfg.tcp_addr());
+    stat("maxconns", &cfg.max_conns);
+    stat("tcpport", &tcp.map_or(0, |a| a.port()));
+    stat(
+        "inter",
+        &tcp.map_or_else(|| "NULL".to_string(), |a| a.ip().to_string()),
+    );
+    stat("domain_socket", &path(&cfg.unix_socket));
+    stat("verbosity", &cfg.verbose);
+    stat("num_threads", &p.threads);
+    stat("item_size_max", &cfg.max_item_size);
+    stat("binding_protocol", &"ascii");
+    stat("servers", &list(&cfg.servers));
+    stat("backups", &list(&cfg.backups));
+    stat(
+        "distribution",
+        &match cfg.distribution {
+            Distribution::Modula => "modula",
+            Distribution::Ketama => "ketama",
+        },
+    );
+    stat("max_server_conns", &cfg.max_server_conns);
+    stat("upstream_conns", &cfg.upstream_conns);
+    stat("connect_timeout", &secs(cfg.connect_timeout));
+    stat("request_timeout", &secs(cfg.request_timeout));
+    stat("failure_limit", &cfg.failure_limit);
+    stat("retry_interval", &secs(cfg.retry_interval));
+    stat("resync", &yes(cfg.resync));
+    stat("shutdown_timeout", &secs(cfg.shutdown_timeout));
+    stat(
+        "io_backend_setting",
+        &match cfg.io_backend {
+            IoBackend::Auto => "auto",
+            IoBackend::Uring => "uring",
+            IoBackend::Epoll => "epoll",
+        },
+    );
+    stat("io_backend", &p.backend);
+    stat(
+        "metrics_listen",
+        &cfg.metrics_listen.as_deref().unwrap_or("NULL"),
+    );
+    stat("latency_stats", &yes(cfg.latency_timing()));
+    stat("config_file", &path(&cfg.config_file));
+    stat("config_generation", &p.config_generation);
+    stat("pid_file", &path(&cfg.pid_file));
+    stat("user", &cfg.user.as_deref().unwrap_or("NULL"));
+    s.push_str("END\r\n");
+    s
+}
+
+/// Percentiles `stats proxy` shows for each histogram, with their suffixes.
+const PERCENTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.99, "p99"), (0.999, "p999")];
+
+/// Render `stats proxy`: memring's own counters, read-through results, each
+/// server's block, and latency percentiles (microseconds, interpolated in
+/// the histogram buckets as Prometheus does) for every command seen and every
+/// server. `servers` and `snap.servers` list the same servers in order.
+pub fn render_proxy(
+    cores: &[CoreStats],
+    servers: &[ServerView<'_>],
+    snap: &Snapshot,
+    now: Instant,
+) -> String {
+    let mut s = String::with_capacity(4096);
+    let mut stat = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = write!(s, "STAT {name} {value}\r\n");
+    };
+    for &c in Counter::ALL {
+        if c.wire_name().starts_with("proxy_") {
+            let v: u64 = cores.iter().map(|core| core.get(c)).sum();
+            stat(c.wire_name(), &v);
+        }
+    }
+    for r in ReadThrough::ALL {
+        stat(
+            &format!("proxy_read_through_{}", r.label()),
+            &snap.read_through[*r as usize],
+        );
+    }
+    stat("proxy_latency_recorded", &u8::from(snap.timing));
+    stat("proxy_servers", &servers.len());
+    let pct = |h: &HistogramSnapshot,
+               stat: &mut dyn FnMut(&str, &dyn std::fmt::Display),
+               prefix: &str| {
+        stat(&format!("{prefix}_count"), &h.count());
+        if h.count() > 0 {
+            let mean = h.sum_ns as f64 / h.count() as f64 / 1000.0;
+            stat(&format!("{prefix}_mean_us"), &format!("{mean:.1}"));
+        }
+        for (q, name) in PERCENTILES {
+            if let Some(d) = h.quantile(q) {
+                let us = d.as_nanos() as f64 / 1000.0;
+                stat(&format!("{prefix}_{name}_us"), &format!("{us:.1}"));
+            }
+        }
+    };
+    for (i, (v, m)) in servers.iter().zip(&snap.servers).enumerate() {
+        let h = v.health;
+        stat(&format!("server_{i}:address"), &v.name);
+        stat(&format!("server_{i}:role"), &v.role.as_str());
+        stat(&format!("server_{i}:state"), &h.state().as_str());
+        stat(&format!("server_{i}:dirty"), &u8::from(h.is_dirty()));
+        stat(
+            &format!("server_{i}:since_state_change"),
+            &secs(h.since_change(now)),
+        );
+        stat(
+            &format!("server_{i}:failures"),
+            &h.failures.load(Ordering::Relaxed),
+        );
+        stat(
+            &format!("server_{i}:failovers"),
+            &h.failovers.load(Ordering::Relaxed),
+        );
+        stat(&format!("server_{i}:flushes"), &m.flushes);
+        for r in EjectReason::ALL {
+            stat(
+                &format!("server_{i}:ejections_{}", r.label()),
+                &m.ejections[*r as usize],
+            );
+        }
+        for k in UpstreamErrorKind::ALL {
+            stat(
+                &format!("server_{i}:errors_{}", k.label()),
+                &m.errors[*k as usize],
+            );
+        }
+        if snap.timing {
+            pct(&m.upstream, &mut stat, &format!("server_{i}:latency"));
+        }
+    }
+    if snap.timing {
+        for (c, h) in Command::ALL.iter().zip(&snap.requests) {
+            if h.count() > 0 {
+                pct(h, &mut stat, &format!("latency_{}", c.label()));
+            }
+        }
+    }
+    s.push_str("END\r\n");
+    s
+}
+
 fn secs(d: Duration) -> String {
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }
@@ -301,5 +480,100 @@ mod tests {
         assert!(out.ends_with("END\r\n"));
         cores[0].reset();
         assert_eq!(cores[0].get(Counter::CmdGet), 0);
+    }
+
+    #[test]
+    fn proxy_group_shows_servers_and_interpolated_percentiles() {
+        use crate::metrics::{CoreMetrics, ProcessCounters, ServerInput, ServerMetrics};
+        let cores = vec![CoreStats::default()];
+        cores[0].incr(Counter::Failovers);
+        let m = [CoreMetrics::default()];
+        for _ in 0..100 {
+            m[0].record_request(Command::Get, Duration::from_micros(15));
+        }
+        let sm = ServerMetrics::new(1);
+        sm.upstream_error(0, UpstreamErrorKind::Timeout);
+        sm.ejected(EjectReason::Failures);
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        let views = [ServerView {
+            name: "127.0.0.1:1",
+            role: Role::Primary,
+            health: &h,
+        }];
+        let inputs = [ServerInput {
+            name: "127.0.0.1:1",
+            role: Role::Primary,
+            state: h.state(),
+            flushes: 0,
+            metrics: &sm,
+        }];
+        let snap = Snapshot::take(&m, &inputs, ProcessCounters::default(), "epoll", true);
+        let out = render_proxy(&cores, &views, &snap, t0);
+        for want in [
+            "STAT proxy_failovers 1\r\n",
+            "STAT proxy_latency_recorded 1\r\n",
+            "STAT server_0:state up\r\n",
+            "STAT server_0:errors_timeout 1\r\n",
+            "STAT server_0:ejections_failures 1\r\n",
+            "STAT server_0:latency_count 0\r\n",
+            "STAT latency_get_count 100\r\n",
+            "STAT latency_get_mean_us 15.0\r\n",
+            // All in the 10..20 us bucket: rank 50 of 100 is its middle.
+            "STAT latency_get_p50_us 15.0\r\n",
+            "STAT latency_get_p99_us 19.9\r\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in {out}");
+        }
+        assert!(!out.contains("latency_set"), "unseen commands are left out");
+        assert!(out.ends_with("END\r\n"));
+    }
+
+    #[test]
+    fn settings_group_uses_memcached_names_and_one_word_values() {
+        let cfg = Config {
+            servers: vec![
+                crate::config::ServerAddr {
+                    host: "10.0.0.1".into(),
+                    port: 11211,
+                    weight: 1,
+                },
+                crate::config::ServerAddr {
+                    host: "::1".into(),
+                    port: 11212,
+                    weight: 3,
+                },
+            ],
+            ..Config::default()
+        };
+        let p = ProcessView {
+            pid: 1,
+            started: Instant::now(),
+            now_unix: 0,
+            threads: 2,
+            max_connections: 4096,
+            backend: "epoll",
+            config_generation: 4,
+        };
+        let out = render_settings(&cfg, &p, "127.0.0.1:4242".parse().ok());
+        for want in [
+            "STAT maxconns 4096\r\n",
+            "STAT tcpport 4242\r\n",
+            "STAT inter 127.0.0.1\r\n",
+            "STAT num_threads 2\r\n",
+            "STAT item_size_max 1048576\r\n",
+            "STAT servers 10.0.0.1:11211,[::1]:11212:3\r\n",
+            "STAT backups NULL\r\n",
+            "STAT request_timeout 1.000\r\n",
+            "STAT resync no\r\n",
+            "STAT io_backend epoll\r\n",
+            "STAT config_generation 4\r\n",
+            "STAT latency_stats no\r\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in {out}");
+        }
+        for line in out.lines() {
+            assert!(line == "END" || line.split(' ').count() == 3, "{line:?}");
+        }
     }
 }

@@ -151,6 +151,14 @@ pub(super) struct Cli {
     #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
     pub config: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = value::bind, help_heading = MEMRING)]
+    pub metrics_listen: Option<String>,
+
+    /// Record per-command latency for `stats proxy` (implied by --metrics-listen)
+    #[arg(long, help_heading = MEMRING)]
+    pub latency_stats: bool,
+
     /// Validate the configuration and exit
     #[arg(long, help_heading = MEMRING)]
     pub check: bool,
@@ -221,6 +229,8 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         shutdown_timeout: pick("shutdown_timeout").map(|_| cli.shutdown_timeout),
         resync: cli.resync.then_some(true),
         missed_keys_limit: pick("missed_keys_limit").map(|_| cli.missed_keys_limit),
+        metrics_listen: cli.metrics_listen.clone(),
+        latency_stats: cli.latency_stats.then_some(true),
     };
     Ok(Parsed {
         layer,

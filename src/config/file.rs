@@ -39,6 +39,8 @@ struct FileConfig {
     shutdown_timeout: Option<String>,
     resync: Option<bool>,
     missed_keys_limit: Option<String>,
+    metrics_listen: Option<String>,
+    latency_stats: Option<bool>,
 }
 
 /// Read and validate `path`.
@@ -153,5 +155,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         shutdown_timeout: text!(shutdown_timeout, value::shutdown_timeout),
         resync: f.resync,
         missed_keys_limit: text!(missed_keys_limit, value::missed_keys_limit),
+        metrics_listen: text!(metrics_listen, value::bind),
+        latency_stats: f.latency_stats,
     })
 }

@@ -150,6 +150,12 @@ pub struct Config {
     /// `--missed-keys-limit`: bytes of keys a server may miss before its
     /// rejoin falls back from deleting them to `flush_all`. Default 64 MiB.
     pub missed_keys_limit: usize,
+    /// `--metrics-listen ADDR:PORT`: serve Prometheus metrics over HTTP there
+    /// (canonical `SocketAddr` text). Default off.
+    pub metrics_listen: Option<String>,
+    /// `--latency-stats`: record latency histograms for `stats proxy` even
+    /// without `--metrics-listen` (which implies it). Default off.
+    pub latency_stats: bool,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -204,6 +210,17 @@ impl Config {
         Some(SocketAddr::new(ip, self.port))
     }
 
+    /// The metrics endpoint's address, if `--metrics-listen` is given.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.as_deref().and_then(|a| a.parse().ok())
+    }
+
+    /// Whether request and upstream latency is recorded (stamped with each
+    /// event loop turn's clock; no clock reads of its own).
+    pub fn latency_timing(&self) -> bool {
+        self.latency_stats || self.metrics_listen.is_some()
+    }
+
     /// Cross-field and range checks. [`parse_args`] and [`reload`] run it;
     /// call it on a `Config` built by hand.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -248,6 +265,11 @@ impl Config {
         } else {
             if let Err(why) = value::listen(&self.listen) {
                 return err(format!("invalid -l/--listen '{}': {why}", self.listen));
+            }
+        }
+        if let Some(m) = &self.metrics_listen {
+            if let Err(why) = value::bind(m) {
+                return err(format!("invalid --metrics-listen '{m}': {why}"));
             }
         }
         let range = |flag: &str, v: usize, lo: usize, hi: usize| {
@@ -348,6 +370,8 @@ struct Layer {
     shutdown_timeout: Option<Duration>,
     resync: Option<bool>,
     missed_keys_limit: Option<usize>,
+    metrics_listen: Option<String>,
+    latency_stats: Option<bool>,
 }
 
 impl Layer {
@@ -383,7 +407,9 @@ impl Layer {
             log_file,
             shutdown_timeout,
             resync,
-            missed_keys_limit
+            missed_keys_limit,
+            metrics_listen,
+            latency_stats
         )
     }
 
@@ -430,6 +456,8 @@ impl Layer {
             missed_keys_limit: self.missed_keys_limit.unwrap_or_else(|| {
                 value::missed_keys_limit(DEFAULT_MISSED_KEYS_LIMIT).unwrap_or(64 << 20)
             }),
+            metrics_listen: self.metrics_listen,
+            latency_stats: self.latency_stats.unwrap_or(false),
             argv: Vec::new(),
         }
     }
@@ -548,7 +576,8 @@ pub fn reload_with_report(
         max_server_conns,
         upstream_conns,
         max_item_size,
-        client_buffer
+        client_buffer,
+        metrics_listen
     );
     new.validate()?;
     Ok((new, ignored))

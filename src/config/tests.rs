@@ -992,3 +992,33 @@ mod never_panics {
         assert_eq!(e.code, 2);
     }
 }
+
+#[test]
+fn metrics_listen_and_latency_stats() {
+    let c = parse("memring -s 127.0.0.1:1").unwrap();
+    assert_eq!(
+        (c.metrics_listen.as_deref(), c.latency_stats),
+        (None, false)
+    );
+    assert!(!c.latency_timing());
+    let c = parse("memring -s 127.0.0.1:1 --metrics-listen [::1]:9150").unwrap();
+    assert_eq!(c.metrics_listen.as_deref(), Some("[::1]:9150"));
+    assert_eq!(c.metrics_addr(), "[::1]:9150".parse().ok());
+    assert!(c.latency_timing(), "the endpoint implies latency recording");
+    let c = parse("memring -s 127.0.0.1:1 --latency-stats").unwrap();
+    assert!(c.latency_timing() && c.metrics_listen.is_none());
+    for bad in ["localhost:9150", "127.0.0.1", "9150", "127.0.0.1:x"] {
+        let e = parse(&format!("memring -s 127.0.0.1:1 --metrics-listen {bad}")).unwrap_err();
+        assert_eq!(e.code, 2, "{bad}: {}", e.msg);
+    }
+    let layer = file::parse(
+        "metrics_listen = \"127.0.0.1:0\"\nlatency_stats = true\n",
+        Path::new("m.toml"),
+    )
+    .unwrap();
+    let c = layer.finish();
+    assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:0"));
+    assert!(c.latency_stats);
+    let e = file::parse("metrics_listen = \"nope\"\n", Path::new("m.toml")).unwrap_err();
+    assert!(e.msg.contains("metrics_listen"), "{}", e.msg);
+}

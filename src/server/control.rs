@@ -22,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::metrics::EjectReason;
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, Expect};
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
@@ -318,15 +319,21 @@ impl Blocking<'_> {
                     Effect::Count(c, n) => stats.add(c, n),
                     Effect::MissedWrite { server, seen, key } => {
                         if let Some(s) = self.topo.servers.get(server.index()) {
-                            s.health.record_missed_write(
+                            let v = s.health.record_missed_write(
                                 Instant::now(),
                                 &self.topo.settings.policy,
                                 seen,
                                 &key,
                             );
+                            if v == crate::upstream::Verdict::Ejected {
+                                s.metrics.ejected(EjectReason::MissedWrite);
+                            }
                         }
                     }
-                    Effect::Answer(_) | Effect::Failover { .. } | Effect::Spawn(_) => {}
+                    Effect::Answer(_)
+                    | Effect::Failover { .. }
+                    | Effect::Spawn(_)
+                    | Effect::ReadThrough(_) => {}
                 }
             }
             let Some((call, server, parts, expect)) = sends.pop_front() else {

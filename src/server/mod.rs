@@ -13,6 +13,7 @@ mod control;
 mod driver;
 mod engine;
 pub mod logfile;
+mod observe;
 mod topology;
 
 use std::fmt;
@@ -26,6 +27,7 @@ use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, IoBackend};
+use crate::metrics::CoreMetrics;
 use crate::stats::CoreStats;
 
 use self::driver::{Driver, EpollDriver, UringDriver};
@@ -221,8 +223,18 @@ fn serve_on(
     started: Instant,
     (backend, core): (&'static str, CoreMain),
 ) -> Result<(), RunError> {
+    let metrics = match cfg.metrics_addr() {
+        Some(addr) => Some(observe::bind(addr).map_err(|source| RunError::Bind {
+            what: format!("metrics {addr}"),
+            source,
+        })?),
+        None => None,
+    };
     for line in &listeners.announce {
         println!("listening on {line}");
+    }
+    if let Some(Ok(addr)) = metrics.as_ref().map(TcpListener::local_addr) {
+        println!("metrics on http://{addr}/metrics");
     }
     let _ = std::io::stdout().flush();
     if !cfg.foreground {
@@ -242,9 +254,12 @@ fn serve_on(
         generation: AtomicU64::new(topo.generation),
         topology: RwLock::new(Arc::new(topo)),
         stats: (0..threads).map(|_| CoreStats::default()).collect(),
+        metrics: (0..threads).map(|_| CoreMetrics::default()).collect(),
+        timing: cfg.latency_timing(),
         started,
         stopping: AtomicBool::new(false),
         backend,
+        tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         cfg,
     });
     tracing::info!(backend, threads, "starting");
@@ -279,6 +294,9 @@ fn serve_on(
         }
     }
     control::spawn_prober(shared.clone()).map_err(RunError::Runtime)?;
+    if let Some(l) = metrics {
+        observe::spawn(l, shared.clone()).map_err(RunError::Runtime)?;
+    }
     println!("ready");
     let _ = std::io::stdout().flush();
     signal_loop(&shared, &listeners.fds, pid_file.as_deref());

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 
 use crate::config::Config;
+use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::route::{Member, Ring};
 use crate::stats::CoreStats;
 use crate::upstream::{Health, HealthPolicy, Role, ServerId};
@@ -32,6 +33,8 @@ pub(crate) struct ServerInfo {
     pub role: Role,
     /// Health, shared by every core and kept across reloads by name.
     pub health: Arc<Health>,
+    /// Latency and error metrics, one block per core, kept like `health`.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 /// Timeouts and health tunables that a reload may change.
@@ -64,6 +67,8 @@ pub(crate) struct Topology {
     pub backup_ring: Option<Ring>,
     /// Tunables.
     pub settings: Settings,
+    /// The configuration this was built from (for `stats settings`).
+    pub config: Arc<Config>,
 }
 
 impl Topology {
@@ -80,15 +85,20 @@ impl Topology {
             for s in list.iter() {
                 let name = s.name();
                 let addr = resolve(&s.host, s.port).map_err(|e| format!("server {name}: {e}"))?;
-                let health = previous
-                    .and_then(|p| p.servers.iter().find(|o| o.name == name && o.role == role))
+                let known = previous
+                    .and_then(|p| p.servers.iter().find(|o| o.name == name && o.role == role));
+                let health = known
                     .map(|o| o.health.clone())
                     .unwrap_or_else(|| Arc::new(Health::new(base)));
+                let metrics = known
+                    .map(|o| o.metrics.clone())
+                    .unwrap_or_else(|| Arc::new(ServerMetrics::new(cfg.threads.max(1))));
                 servers.push(ServerInfo {
                     name,
                     addr,
                     role,
                     health,
+                    metrics,
                 });
             }
         }
@@ -122,6 +132,7 @@ impl Topology {
                 conns_per_server: cfg.upstream_conns.clamp(1, cfg.max_server_conns.max(1)),
                 resync: cfg.resync,
             },
+            config: Arc::new(cfg.clone()),
         })
     }
 
@@ -160,12 +171,18 @@ pub(crate) struct Shared {
     pub generation: AtomicU64,
     /// One block of counters per core.
     pub stats: Vec<CoreStats>,
+    /// One block of latency metrics per core.
+    pub metrics: Vec<CoreMetrics>,
+    /// Whether latency is recorded (`--metrics-listen` or `--latency-stats`).
+    pub timing: bool,
     /// Process start.
     pub started: Instant,
     /// Set on SIGTERM/SIGINT: stop accepting.
     pub stopping: AtomicBool,
     /// Backend name for `stats`.
     pub backend: &'static str,
+    /// The TCP address bound (for `stats settings`; port 0 resolved).
+    pub tcp_addr: Option<SocketAddr>,
 }
 
 impl Shared {

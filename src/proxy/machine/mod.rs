@@ -378,6 +378,9 @@ pub enum Effect {
         /// The server that failed or was out.
         failed: ServerId,
     },
+    /// A primary missed and its backup was asked: how that ended (for
+    /// `memring_read_through_total`).
+    ReadThrough(crate::metrics::ReadThrough),
     /// Start a detached machine (the background repair after a read-through
     /// hit); it has no client. It has not started yet: the engine gives it a
     /// slot, then calls [`Machine::begin`] on it, and the effects that call
@@ -466,6 +469,10 @@ impl Cx<'_> {
         if n > 0 {
             self.fx.push(Effect::Count(c, n));
         }
+    }
+
+    fn read_through(&mut self, r: crate::metrics::ReadThrough) {
+        self.fx.push(Effect::ReadThrough(r));
     }
 
     fn failover(&mut self, failed: ServerId) {

@@ -11,6 +11,7 @@ use super::{
     one, server_error, Answer, CallError, CallId, ClientRequest, Cx, Effect, Kind, Machine,
     MetaItem, Replicas, Reply,
 };
+use crate::metrics::ReadThrough;
 use crate::protocol::compose::{self, compose_key_command, compose_value_line};
 use crate::protocol::{frame_response, Expect, Framed, Status, Verb};
 use crate::proxy::PartReply;
@@ -71,7 +72,22 @@ fn read_through_hit(
     r: Result<Reply, CallError>,
     cx: &mut Cx<'_>,
 ) -> Option<[Bytes; 2]> {
-    let item = MetaItem::parse(&r.ok()?)?;
+    let reply = match r {
+        Ok(reply) => reply,
+        Err(_) => {
+            cx.read_through(ReadThrough::Error);
+            return None;
+        }
+    };
+    let Some(item) = MetaItem::parse(&reply) else {
+        cx.read_through(if reply.status == Status::MetaEn {
+            ReadThrough::Miss
+        } else {
+            ReadThrough::Error
+        });
+        return None;
+    };
+    cx.read_through(ReadThrough::Hit);
     let cas = matches!(req.r.verb, Verb::Gets | Verb::Gats).then_some(item.cas);
     let mut head = BytesMut::with_capacity(key.len() + 48);
     compose_value_line(&mut head, &key, item.flags, item.data_len, cas);
@@ -568,9 +584,17 @@ impl MetaRead {
                 let a = match r {
                     Ok(rb) if matches!(rb.status, Status::MetaValue | Status::MetaHd) => {
                         cx.count(Counter::ReadThroughHits);
+                        cx.read_through(ReadThrough::Hit);
                         self.req.reply_out(rb)
                     }
-                    _ => self.req.reply_out(miss),
+                    Ok(rb) if rb.status == Status::MetaEn => {
+                        cx.read_through(ReadThrough::Miss);
+                        self.req.reply_out(miss)
+                    }
+                    _ => {
+                        cx.read_through(ReadThrough::Error);
+                        self.req.reply_out(miss)
+                    }
                 };
                 cx.answer(a);
             }

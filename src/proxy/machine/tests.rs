@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::*;
+use crate::metrics::ReadThrough;
 use crate::protocol::{frame_response, parse_request, Framed, Parsed};
 use crate::upstream::{Health, HealthPolicy};
 
@@ -130,6 +131,8 @@ struct Run<'w> {
     failovers: Vec<ServerId>,
     missed: Vec<(ServerId, String)>,
     spawned: Vec<Machine>,
+    /// Read-through results, in order.
+    read_through: Vec<ReadThrough>,
     /// Every request sent, in order: (server, bytes).
     history: Vec<(ServerId, String)>,
 }
@@ -161,6 +164,7 @@ impl<'w> Run<'w> {
             failovers: Vec::new(),
             missed: Vec::new(),
             spawned: Vec::new(),
+            read_through: Vec::new(),
             history: Vec::new(),
         }
     }
@@ -195,6 +199,7 @@ impl<'w> Run<'w> {
                     self.missed.push((server, text(&key)));
                 }
                 Effect::Spawn(m) => self.spawned.push(*m),
+                Effect::ReadThrough(t) => self.read_through.push(t),
             }
         }
     }
@@ -329,6 +334,7 @@ fn get_miss_read_through_misses_too() {
     assert_eq!(r.answer().as_deref(), Some("END\r\n"));
     assert_eq!(r.counts(), [("cmd_get", 1), ("get_misses", 1)]);
     assert!(r.spawned.is_empty());
+    assert_eq!(r.read_through, [ReadThrough::Miss]);
 }
 
 #[test]
@@ -341,6 +347,7 @@ fn get_read_through_failure_is_a_miss() {
     assert_eq!(r.answer().as_deref(), Some("END\r\n"));
     assert_eq!(r.counts(), [("cmd_get", 1), ("get_misses", 1)]);
     assert!(r.failovers.is_empty());
+    assert_eq!(r.read_through, [ReadThrough::Error]);
 }
 
 #[test]
@@ -445,6 +452,7 @@ fn read_through_hit_answers_from_the_backup_and_spawns_a_repair() {
     );
     assert!(r.failovers.is_empty());
     assert_eq!(r.spawned.len(), 1);
+    assert_eq!(r.read_through, [ReadThrough::Hit]);
 
     // The repair: add on the primary, then check the source still holds cas 77.
     let child = r.spawned.pop().expect("spawned");
@@ -635,6 +643,23 @@ fn multi_get_read_through_hit_fills_its_place() {
         ]
     );
     assert_eq!(r.spawned.len(), 1);
+    assert_eq!(r.read_through, [ReadThrough::Hit]);
+}
+
+#[test]
+fn multi_get_read_through_results_are_reported_per_key() {
+    let w = World::new();
+    let mut r = Run::start(&w, "get a b\r\n", &[RA, RB]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.reply(P1, "get b\r\n", "END\r\n");
+    // The backups: one misses too, one fails.
+    r.reply(B2, "mg a v f t c\r\n", "EN\r\n");
+    r.fail(B3, "mg b v f t c\r\n", CallError::Closed);
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("END\r\n"));
+    let mut got = r.read_through.clone();
+    got.sort_by_key(|t| t.label());
+    assert_eq!(got, [ReadThrough::Error, ReadThrough::Miss]);
 }
 
 #[test]
@@ -746,6 +771,7 @@ fn meta_get_read_through_hit_answers_the_backups_reply() {
         [("cmd_meta", 1), ("proxy_read_through_hits", 1)]
     );
     assert!(r.spawned.is_empty(), "mg read-through does not repair");
+    assert_eq!(r.read_through, [ReadThrough::Hit]);
 
     // A failed read-through keeps the primary's miss.
     let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
@@ -753,6 +779,15 @@ fn meta_get_read_through_hit_answers_the_backups_reply() {
     r.fail(B2, "mg a v\r\n", CallError::Closed);
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("EN\r\n"));
+    assert_eq!(r.read_through, [ReadThrough::Error]);
+
+    // A read-through miss keeps it too.
+    let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
+    r.reply(P0, "mg a v\r\n", "EN\r\n");
+    r.reply(B2, "mg a v\r\n", "EN\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("EN\r\n"));
+    assert_eq!(r.read_through, [ReadThrough::Miss]);
 }
 
 #[test]

@@ -8,10 +8,12 @@
 //! is closed: the kernel never writes into memory that was reused.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use slab::Slab;
 
+use crate::metrics::Command;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::request::{
     batch_request, noreply_requested, parse_retrieval_more, too_large_removes,
@@ -38,10 +40,19 @@ const READ_STEP: usize = 4 * 1024;
 /// An empty read buffer larger than this is released.
 const IDLE_KEEP: usize = 64 * 1024;
 
-/// A reply slot in the client's order.
+/// A reply slot in the client's order, with its latency stamp (None when
+/// not timing, or for answers that are not a request's, like a close).
 enum Slot {
-    Waiting,
-    Ready(Answer),
+    Waiting(Option<Stamp>),
+    Ready(Answer, Option<Stamp>),
+}
+
+/// What the latency histogram needs of a request: its command and the turn
+/// that received its first byte.
+#[derive(Clone, Copy, Debug)]
+struct Stamp {
+    cmd: Command,
+    since: Instant,
 }
 
 /// One client connection.
@@ -60,12 +71,21 @@ pub(super) struct Client {
     barrier: Option<u64>,
     /// The answer to a too-large request, queued once its data is swallowed
     /// (memcached answers a length it cannot swallow, never).
-    held: Option<Answer>,
+    held: Option<(Answer, Option<Stamp>)>,
     /// A retrieval line past the line limit being served batch by batch:
     /// the previous batch, which the next parse continues.
     long_get: Option<Request>,
     /// Answers in request order; `first_seq` numbers the front one.
     slots: VecDeque<Slot>,
+    /// Turn that received the oldest unparsed byte of `rbuf` (when timing).
+    arrived: Instant,
+    /// The latest receive: its turn and how many bytes it brought.
+    last_read: (Instant, usize),
+    /// Bytes sent to this client so far.
+    sent_total: u64,
+    /// Answers moved to `out`, timed once `sent_total` passes the offset of
+    /// their last byte: (that offset, stamp), in order.
+    timed: VecDeque<(u64, Stamp)>,
     first_seq: u64,
     /// Requests started and not yet answered.
     waiting: usize,
@@ -100,8 +120,12 @@ pub(super) fn mark(clients: &mut Slab<Client>, dirty: &mut Vec<usize>, idx: usiz
 }
 
 impl Client {
-    fn new(fd: i32, gen: u32, budget: usize) -> Client {
+    fn new(fd: i32, gen: u32, budget: usize, now: Instant) -> Client {
         Client {
+            arrived: now,
+            last_read: (now, 0),
+            sent_total: 0,
+            timed: VecDeque::new(),
             fd,
             gen,
             rbuf: BytesMut::new(),
@@ -143,10 +167,50 @@ impl Client {
                 <= budget
     }
 
+    /// The stamp of a request parsed now (None when not timing).
+    fn stamp(&self, timing: bool, cmd: Command) -> Option<Stamp> {
+        timing.then_some(Stamp {
+            cmd,
+            since: self.arrived,
+        })
+    }
+
+    /// Keep `arrived` true: when everything unparsed came with the latest
+    /// receive, it arrived then. (Otherwise it started in an earlier one:
+    /// `arrived` stays, an overestimate only for a request spanning three
+    /// receives or more.)
+    fn sync_arrival(&mut self) {
+        if self.rbuf.len() <= self.last_read.1 {
+            self.arrived = self.last_read.0;
+        }
+    }
+
+    /// Give slot `seq` its command once known (a binary request's).
+    fn label(&mut self, seq: u64, cmd: Command) {
+        let pos = seq.checked_sub(self.first_seq);
+        if let Some(Slot::Waiting(Some(s))) = pos.and_then(|p| self.slots.get_mut(p as usize)) {
+            s.cmd = cmd;
+        }
+    }
+
+    /// Record the latency of every answer whose last byte is now written
+    /// (at once for answers with nothing to write).
+    fn record_sent(&mut self, cx: &Ctx) {
+        // Bounded by the answers queued.
+        while let Some(&(end, s)) = self.timed.front() {
+            if end > self.sent_total {
+                break;
+            }
+            self.timed.pop_front();
+            cx.metrics()
+                .record_request(s.cmd, cx.now.saturating_duration_since(s.since));
+        }
+    }
+
     /// Reserve the next answer slot; returns its sequence number.
     fn push_slot(&mut self, slot: Slot) -> u64 {
         let seq = self.first_seq + self.slots.len() as u64;
-        if matches!(slot, Slot::Waiting) {
+        if matches!(slot, Slot::Waiting(_)) {
             self.waiting += 1;
         }
         self.slots.push_back(slot);
@@ -161,9 +225,13 @@ impl Client {
         let Some(slot) = self.slots.get_mut(pos as usize) else {
             return false;
         };
-        if matches!(slot, Slot::Waiting) {
-            self.waiting = self.waiting.saturating_sub(1);
-        }
+        let stamp = match slot {
+            Slot::Waiting(s) => {
+                self.waiting = self.waiting.saturating_sub(1);
+                *s
+            }
+            Slot::Ready(..) => None,
+        };
         // The estimate follows a larger answer at once and halves towards a
         // smaller one, so the window of requests in flight opens like TCP's
         // slow start and never lets a burst of large answers past the budget.
@@ -173,14 +241,14 @@ impl Client {
         } else {
             (self.est_answer / 2).max(size)
         };
-        *slot = Slot::Ready(a);
+        *slot = Slot::Ready(a, stamp);
         pos == 0
     }
 
     /// Move the answered prefix of the slots to the output queue.
     fn drain_ready(&mut self) {
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            let Some(Slot::Ready(a)) = self.slots.pop_front() else {
+        while let Some(Slot::Ready(..)) = self.slots.front() {
+            let Some(Slot::Ready(a, stamp)) = self.slots.pop_front() else {
                 break;
             };
             self.first_seq += 1;
@@ -203,6 +271,11 @@ impl Client {
                     self.waiting = 0;
                     break;
                 }
+            }
+            if let Some(s) = stamp {
+                // Its last byte is the last one queued so far.
+                let end = self.sent_total + self.out_bytes as u64;
+                self.timed.push_back((end, s));
             }
         }
     }
@@ -279,7 +352,9 @@ impl State {
         }
         set_nodelay(fd);
         let gen = next_gen(&mut self.client_gen);
-        let idx = self.clients.insert(Client::new(fd, gen, cx.client_budget));
+        let idx = self
+            .clients
+            .insert(Client::new(fd, gen, cx.client_budget, cx.now));
         cx.stats()
             .curr_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -305,6 +380,10 @@ impl State {
         };
         let keep = !cl.dead && !cl.read_done;
         super::take_received(d, &c, &mut cl.rbuf, READ_STEP, keep);
+        if keep && c.buf.is_some() && c.res > 0 {
+            cl.last_read = (cx.now, c.res as usize);
+            cl.sync_arrival();
+        }
         if !c.more {
             cl.recv_armed = false;
             cl.cancel_pending = false;
@@ -341,6 +420,10 @@ impl State {
             let n = c.res as usize;
             advance(&mut cl.out, n);
             cl.out_bytes = cl.out_bytes.saturating_sub(n);
+            cl.sent_total += n as u64;
+            // Now, not at the end of the turn: a request this turn's later
+            // completions bring (a `stats proxy`) sees this one counted.
+            cl.record_sent(cx);
             cx.stats().add(Counter::BytesWritten, n as u64);
         } else {
             cl.dead = true;
@@ -360,6 +443,7 @@ impl State {
             if cl.dead || cl.close_after {
                 return;
             }
+            cl.sync_arrival();
             if cl.swallow > 0 {
                 let n = cl.swallow.min(cl.rbuf.len());
                 cl.rbuf.advance(n);
@@ -368,8 +452,8 @@ impl State {
                     return;
                 }
             }
-            if let Some(a) = cl.held.take() {
-                self.push_ready(idx, a);
+            if let Some((a, stamp)) = cl.held.take() {
+                self.push_ready(idx, a, stamp);
                 continue;
             }
             if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) || cl.barrier.is_some() {
@@ -424,7 +508,7 @@ impl State {
                     };
                     cl.swallow = skip;
                     let gen = cl.gen;
-                    cl.held = Some(held);
+                    cl.held = Some((held, cl.stamp(cx.shared.timing, Command::Invalid)));
                     if let Some((r, bytes)) = delete {
                         self.start(d, cx, idx, gen, r, bytes, false);
                     }
@@ -432,6 +516,7 @@ impl State {
                 Parsed::Error(e) => {
                     cx.stats().incr(Counter::ClientErrors);
                     let silent = noreply_requested(&cl.rbuf);
+                    let stamp = cl.stamp(cx.shared.timing, Command::Invalid);
                     let a = match e {
                         ParseError::UnknownCommand { consumed } => {
                             cl.swallow = consumed;
@@ -451,17 +536,17 @@ impl State {
                             // Not a memcached client (HTTP, binary bytes): close
                             // without a word, after what is answered already.
                             cl.rbuf.clear();
-                            self.push_ready(idx, Answer::Close);
+                            self.push_ready(idx, Answer::Close, None);
                             return;
                         }
                         ParseError::LineTooLong => {
                             cl.rbuf.clear();
-                            self.push_ready(idx, one(compose::LINE_TOO_LONG));
-                            self.push_ready(idx, Answer::Close);
+                            self.push_ready(idx, one(compose::LINE_TOO_LONG), stamp);
+                            self.push_ready(idx, Answer::Close, None);
                             return;
                         }
                     };
-                    self.push_ready(idx, a);
+                    self.push_ready(idx, a, stamp);
                 }
             }
         }
@@ -479,7 +564,7 @@ impl State {
             Step::Close => {
                 cx.stats().incr(Counter::ClientErrors);
                 cl.rbuf.clear();
-                self.push_ready(idx, Answer::Close);
+                self.push_ready(idx, Answer::Close, None);
                 false
             }
             Step::Answer {
@@ -494,9 +579,11 @@ impl State {
                 } else {
                     Answer::One(reply)
                 };
-                self.push_ready(idx, a);
+                // Answered by the adapter itself: no verb to label it with,
+                // so it is not timed.
+                self.push_ready(idx, a, None);
                 if close {
-                    self.push_ready(idx, Answer::Close);
+                    self.push_ready(idx, Answer::Close, None);
                     return false;
                 }
                 true
@@ -509,7 +596,9 @@ impl State {
             } => {
                 cl.swallow = consumed + swallow;
                 let gen = cl.gen;
-                let seq = cl.push_slot(Slot::Waiting);
+                // Labelled with its text verb once translated (serve_text).
+                let stamp = cl.stamp(cx.shared.timing, Command::Invalid);
+                let seq = cl.push_slot(Slot::Waiting(stamp));
                 if plan.may_take_two_steps() {
                     cl.barrier = Some(seq);
                 }
@@ -538,6 +627,11 @@ impl State {
         let mut keys = std::mem::take(&mut self.keys);
         let parsed = parse_request(&request, cx.max_item, &mut keys);
         self.keys = keys;
+        if let Some(cl) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+            if let Parsed::Complete(r) = &parsed {
+                cl.label(cref.seq, Command::of(r.verb));
+            }
+        }
         let Parsed::Complete(r) = parsed else {
             // The adapter builds only well-formed requests; should one not
             // parse, the client gets an error, not silence.
@@ -643,9 +737,9 @@ impl State {
     }
 
     /// Queue an answer the client gets in order, without a machine.
-    fn push_ready(&mut self, idx: usize, a: Answer) {
+    fn push_ready(&mut self, idx: usize, a: Answer, stamp: Option<Stamp>) {
         if let Some(cl) = self.clients.get_mut(idx) {
-            cl.push_slot(Slot::Ready(a));
+            cl.push_slot(Slot::Ready(a, stamp));
             cl.drain_ready();
             mark(&mut self.clients, &mut self.dirty_clients, idx);
         }
@@ -668,11 +762,15 @@ impl State {
         let Some(cl) = self.clients.get_mut(idx) else {
             return;
         };
+        // The silent delete that goes with a refused too-large set (its
+        // error is held meanwhile) is not a client request: not timed.
+        let timing = cx.shared.timing && cl.held.is_none();
+        let stamp = cl.stamp(timing, Command::of(r.verb));
         if let Some(a) = local {
-            self.push_ready(idx, a);
+            self.push_ready(idx, a, stamp);
             return;
         }
-        let seq = cl.push_slot(Slot::Waiting);
+        let seq = cl.push_slot(Slot::Waiting(stamp));
         let cref = ClientRef {
             idx,
             gen,
@@ -708,6 +806,7 @@ impl State {
         cl.dirty = false;
         if !cl.dead {
             cl.drain_ready();
+            cl.record_sent(cx);
             if !cl.send_inflight && !cl.out.is_empty() {
                 fill_iov(&mut cl.iov, &cl.out);
                 // SAFETY: the iovecs point into `out`'s buffers, which stay

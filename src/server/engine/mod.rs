@@ -38,6 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use slab::Slab;
 
+use crate::metrics::{CoreMetrics, EjectReason};
 use crate::protocol::Expect;
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, Reply, View};
 use crate::stats::{CoreStats, Counter};
@@ -148,6 +149,11 @@ pub(super) struct Ctx {
 impl Ctx {
     fn stats(&self) -> &CoreStats {
         &self.shared.stats[self.id]
+    }
+
+    /// This core's metrics block (only this core writes it).
+    fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics[self.id]
     }
 
     /// A pseudo-random number in [0, 1) for backoff jitter.
@@ -449,6 +455,7 @@ impl State {
                     }
                 }
                 Effect::Spawn(m) => spawned.push(m),
+                Effect::ReadThrough(t) => cx.metrics().read_through(t),
             }
         }
         for m in spawned {
@@ -499,6 +506,7 @@ impl State {
             expect,
             parts,
             retried: false,
+            written_at: cx.now,
         };
         self.queue_call(d, cx, ci, call);
     }
@@ -647,6 +655,7 @@ fn missed_write(cx: &Ctx, server: ServerId, seen: Observed, key: &Bytes) {
     };
     let policy = &cx.topo.settings.policy;
     if s.health.record_missed_write(cx.now, policy, seen, key) == Verdict::Ejected {
+        s.metrics.ejected(EjectReason::MissedWrite);
         tracing::warn!(server = %s.name, "server missed a write: ejected until its missed keys are deleted");
     }
 }

@@ -1,6 +1,9 @@
-//! The plain `stats` command (and `stats reset`), answered by the engine
-//! from every core's counters and the shared server health. Groups and
-//! administration commands go to the servers (see [`crate::proxy::admin_plan`]).
+//! The plain `stats` command (and `stats reset`), and memring's own groups
+//! `stats proxy` (its counters, per-server block and latency percentiles)
+//! and `stats proxy settings` (its effective settings), answered by the
+//! engine from every core's counters and metrics and the shared server
+//! health. Other groups and administration commands go to the servers (see
+//! [`crate::proxy::admin_plan`]); `stats settings` is the first server's.
 
 use std::time::Instant;
 
@@ -41,10 +44,19 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         backend: shared.backend,
         config_generation: topo.generation,
     };
-    Answer::One(Bytes::from(crate::stats::render(
-        &shared.stats,
-        &views,
-        &p,
-        Instant::now(),
-    )))
+    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let text = match (words.next(), words.next(), words.next()) {
+        (None, ..) => crate::stats::render(&shared.stats, &views, &p, Instant::now()),
+        (Some(b"proxy"), None, _) => {
+            let snap = crate::server::observe::snapshot(shared, topo);
+            crate::stats::render_proxy(&shared.stats, &views, &snap, Instant::now())
+        }
+        // A reload keeps the settings that need a restart, so the config
+        // the topology was built from is the effective one.
+        (Some(b"proxy"), Some(b"settings"), None) => {
+            crate::stats::render_settings(&topo.config, &p, shared.tcp_addr)
+        }
+        _ => return Answer::One(Bytes::from_static(compose::ERROR)),
+    };
+    Answer::One(Bytes::from(text))
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::metrics::{EjectReason, UpstreamErrorKind};
 use crate::protocol::{reply_size_hint, Expect};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
@@ -40,6 +41,9 @@ pub(super) struct Call {
     /// Kept only for reads, which may be sent again after a failure.
     pub parts: [Bytes; 2],
     pub retried: bool,
+    /// The turn that wrote it on its connection (upstream latency runs from
+    /// there to the turn that framed its reply).
+    pub written_at: Instant,
 }
 
 impl Call {
@@ -148,6 +152,7 @@ impl UpConn {
         if self.written.is_empty() {
             self.progress_at = now;
         }
+        call.written_at = now;
         if call.retryable() {
             for p in &call.parts {
                 if !p.is_empty() {
@@ -289,11 +294,23 @@ impl State {
         u.progress_at = cx.now;
         let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
         let mut answered = false;
+        // Upstream latency, when timing: this server's block of this core.
+        let timed = cx
+            .shared
+            .timing
+            .then(|| cx.topo.servers.get(u.server.index()))
+            .flatten();
         while let Some(head) = u.written.front() {
             match Reply::frame(head.expect, &mut u.rbuf, max_value, &mut self.items) {
                 Ok(Some(reply)) => {
                     if let Some(call) = u.written.pop_front() {
                         answered = true;
+                        if let Some(s) = timed {
+                            s.metrics.record_upstream(
+                                cx.id,
+                                cx.now.saturating_duration_since(call.written_at),
+                            );
+                        }
                         self.outcomes.push_back((call.req, call.call, Ok(reply)));
                     }
                 }
@@ -416,7 +433,9 @@ impl State {
                 CallError::Closed => Ejection::Closed,
                 CallError::Protocol => Ejection::Protocol,
             };
+            s.metrics.upstream_error(cx.id, error_kind(why));
             if s.health.record_failure(cx.now, &policy, reason) == Verdict::Ejected {
+                s.metrics.ejected(EjectReason::Failures);
                 tracing::warn!(server = %s.name, ?why, "server ejected after failures");
             }
         }
@@ -550,6 +569,16 @@ impl State {
         }
         self.ups.remove(ci);
         let _ = cx;
+    }
+}
+
+/// The `kind` label of a connection failure.
+fn error_kind(why: CallError) -> UpstreamErrorKind {
+    match why {
+        CallError::Connect => UpstreamErrorKind::Connect,
+        CallError::Timeout => UpstreamErrorKind::Timeout,
+        CallError::Closed => UpstreamErrorKind::Closed,
+        CallError::Protocol => UpstreamErrorKind::Protocol,
     }
 }
 

@@ -124,7 +124,10 @@ impl Tracked {
                 }
                 Effect::Answer(_) => self.answers += 1,
                 Effect::Spawn(m) => spawned.push(*m),
-                Effect::Count(..) | Effect::Failover { .. } | Effect::MissedWrite { .. } => {}
+                Effect::Count(..)
+                | Effect::Failover { .. }
+                | Effect::MissedWrite { .. }
+                | Effect::ReadThrough(_) => {}
             }
         }
         Ok(())

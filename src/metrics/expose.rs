@@ -1,0 +1,400 @@
+//! A [`Snapshot`] in the OpenMetrics text format, through the
+//! `prometheus-client` crate's encoder (a custom collector over the merged
+//! numbers: the request path never touches the crate's own metric types).
+//!
+//! OpenMetrics 1.0 text is what that encoder writes; Prometheus asks for it
+//! first and parses it natively (the 0.0.4 text format differs only in the
+//! `# EOF` and `# UNIT` lines and the `_total` suffix on counter families).
+//!
+//! # Names
+//! ```text
+//! memring_requests_total{command}                 counter
+//! memring_request_duration_seconds{command}      histogram  (client-visible)
+//! memring_upstream_request_duration_seconds{server}  histogram
+//! memring_upstream_errors_total{server,kind}     counter
+//! memring_server_up{server,role}                 gauge 1 serving, 0 out
+//! memring_server_state{server,state}             gauge 1 for the current state
+//! memring_failovers_total  memring_read_through_total{result}
+//! memring_ejections_total{server,reason}  memring_flushes_total{server}
+//! memring_resync_copies_total  memring_repairs_total
+//! memring_client_connections  memring_client_connections_rejected_total
+//! memring_client_read_bytes_total  memring_client_written_bytes_total
+//! memring_info{version,io_backend}               gauge 1
+//! ```
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{
+    Command, EjectReason, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind, BUCKETS_NS,
+};
+use crate::upstream::State;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Render a snapshot as an OpenMetrics text exposition.
+pub fn render(snap: Snapshot) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snap)));
+    let mut out = String::with_capacity(16 * 1024);
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        // Writing into a String cannot fail; keep what was written.
+        out.push_str("# EOF\n");
+    }
+    out
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+type Labels<'a> = [(&'static str, &'a str)];
+
+/// One metric family: its samples are written by `each`.
+fn family<'a>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    ty: MetricType,
+    each: impl FnOnce(&mut MetricEncoder) -> Result<(), std::fmt::Error> + 'a,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, unit, ty)?;
+    each(&mut m)
+}
+
+fn counter(m: &mut MetricEncoder, labels: &Labels<'_>, v: u64) -> Result<(), std::fmt::Error> {
+    m.encode_family(&labels)?
+        .encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge(m: &mut MetricEncoder, labels: &Labels<'_>, v: i64) -> Result<(), std::fmt::Error> {
+    m.encode_family(&labels)?.encode_gauge(&v)
+}
+
+fn histogram(
+    m: &mut MetricEncoder,
+    labels: &Labels<'_>,
+    h: &HistogramSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let mut buckets = [(0.0f64, 0u64); super::NB];
+    for (i, b) in buckets.iter_mut().enumerate() {
+        let bound = BUCKETS_NS
+            .get(i)
+            .map_or(f64::INFINITY, |&ns| ns as f64 / 1e9);
+        *b = (bound, h.buckets[i]);
+    }
+    m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+        h.sum_ns as f64 / 1e9,
+        h.count(),
+        &buckets,
+        None,
+    )
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let p = &s.process;
+        let seconds = Unit::Seconds;
+        family(
+            &mut enc,
+            "memring_info",
+            "memring's version and the I/O backend in use",
+            None,
+            MetricType::Gauge,
+            |m| {
+                gauge(
+                    m,
+                    &[("version", s.version), ("io_backend", s.io_backend)],
+                    1,
+                )
+            },
+        )?;
+        // Commands never seen are left out: they would only be zeros.
+        let seen: Vec<(Command, &HistogramSnapshot)> = Command::ALL
+            .iter()
+            .zip(&s.requests)
+            .filter(|(_, h)| h.count() > 0)
+            .map(|(c, h)| (*c, h))
+            .collect();
+        family(
+            &mut enc,
+            "memring_requests",
+            "Client requests answered, by command",
+            None,
+            MetricType::Counter,
+            |m| {
+                for (c, h) in &seen {
+                    counter(m, &[("command", c.label())], h.count())?;
+                }
+                Ok(())
+            },
+        )?;
+        if s.timing {
+            family(
+                &mut enc,
+                "memring_request_duration",
+                "Client-visible latency: from the read that brought a request's first byte \
+                 to the write that sent its reply's last byte",
+                Some(&seconds),
+                MetricType::Histogram,
+                |m| {
+                    for (c, h) in &seen {
+                        histogram(m, &[("command", c.label())], h)?;
+                    }
+                    Ok(())
+                },
+            )?;
+            family(
+                &mut enc,
+                "memring_upstream_request_duration",
+                "Upstream call latency per server, from queueing the request to its reply",
+                Some(&seconds),
+                MetricType::Histogram,
+                |m| {
+                    for srv in &s.servers {
+                        histogram(m, &[("server", &srv.name)], &srv.upstream)?;
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        family(
+            &mut enc,
+            "memring_upstream_errors",
+            "Upstream calls that got no reply, by server and kind",
+            None,
+            MetricType::Counter,
+            |m| {
+                for srv in &s.servers {
+                    for k in UpstreamErrorKind::ALL {
+                        counter(
+                            m,
+                            &[("server", &srv.name), ("kind", k.label())],
+                            srv.errors[*k as usize],
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "memring_server_up",
+            "1 while the server takes traffic, 0 while it is ejected or probed",
+            None,
+            MetricType::Gauge,
+            |m| {
+                for srv in &s.servers {
+                    let up = i64::from(srv.state == State::Up);
+                    gauge(m, &[("server", &srv.name), ("role", srv.role.as_str())], up)?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "memring_server_state",
+            "1 for the server's current health state, 0 for the others",
+            None,
+            MetricType::Gauge,
+            |m| {
+                for srv in &s.servers {
+                    for st in [State::Up, State::Down, State::Probing] {
+                        let v = i64::from(srv.state == st);
+                        gauge(m, &[("server", &srv.name), ("state", st.as_str())], v)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "memring_ejections",
+            "Times a server was taken out of service, by reason",
+            None,
+            MetricType::Counter,
+            |m| {
+                for srv in &s.servers {
+                    for r in EjectReason::ALL {
+                        counter(
+                            m,
+                            &[("server", &srv.name), ("reason", r.label())],
+                            srv.ejections[*r as usize],
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "memring_flushes",
+            "Times a server was flushed before rejoining (it had missed writes)",
+            None,
+            MetricType::Counter,
+            |m| {
+                for srv in &s.servers {
+                    counter(m, &[("server", &srv.name)], srv.flushes)?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "memring_read_through",
+            "Primary misses looked up on the backup, by result",
+            None,
+            MetricType::Counter,
+            |m| {
+                for r in ReadThrough::ALL {
+                    counter(m, &[("result", r.label())], s.read_through[*r as usize])?;
+                }
+                Ok(())
+            },
+        )?;
+        let plain: [(&str, &str, MetricType, u64); 7] = [
+            (
+                "memring_failovers",
+                "Requests answered by the other replica because one failed or was out",
+                MetricType::Counter,
+                p.failovers,
+            ),
+            (
+                "memring_resync_copies",
+                "Items copied back into a rejoined server (warm rejoin)",
+                MetricType::Counter,
+                p.resync_copies,
+            ),
+            (
+                "memring_repairs",
+                "Items put back on a primary from its backup",
+                MetricType::Counter,
+                p.repairs,
+            ),
+            (
+                "memring_client_connections",
+                "Open client connections",
+                MetricType::Gauge,
+                p.client_connections,
+            ),
+            (
+                "memring_client_connections_rejected",
+                "Client connections refused at the connection limit",
+                MetricType::Counter,
+                p.client_connections_rejected,
+            ),
+            (
+                "memring_client_read_bytes",
+                "Bytes read from clients",
+                MetricType::Counter,
+                p.client_bytes_read,
+            ),
+            (
+                "memring_client_written_bytes",
+                "Bytes written to clients",
+                MetricType::Counter,
+                p.client_bytes_written,
+            ),
+        ];
+        for (name, help, ty, v) in plain {
+            family(&mut enc, name, help, None, ty, |m| match ty {
+                MetricType::Gauge => m.encode_gauge(&(v as i64)),
+                _ => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{
+        CoreMetrics, ProcessCounters, ServerInput, ServerMetrics, Snapshot, UpstreamErrorKind,
+    };
+    use super::*;
+    use crate::upstream::Role;
+
+    fn sample() -> Snapshot {
+        let cores = [CoreMetrics::default()];
+        for _ in 0..3 {
+            cores[0].record_request(Command::Get, Duration::from_micros(45));
+        }
+        cores[0].record_request(Command::Set, Duration::from_millis(15));
+        cores[0].read_through(ReadThrough::Miss);
+        let m = ServerMetrics::new(1);
+        m.record_upstream(0, Duration::from_micros(25));
+        m.upstream_error(0, UpstreamErrorKind::Connect);
+        m.ejected(EjectReason::Failures);
+        let servers = [ServerInput {
+            name: "127.0.0.1:11211",
+            role: Role::Primary,
+            state: State::Down,
+            flushes: 2,
+            metrics: &m,
+        }];
+        let process = ProcessCounters {
+            client_connections: 4,
+            client_connections_rejected: 1,
+            client_bytes_read: 100,
+            client_bytes_written: 200,
+            failovers: 5,
+            resync_copies: 0,
+            repairs: 0,
+        };
+        Snapshot::take(&cores, &servers, process, "io_uring", true)
+    }
+
+    #[test]
+    fn exposition_has_the_documented_names_and_values() {
+        let text = render(sample());
+        let want = [
+            "memring_info{version=\"",
+            "memring_requests_total{command=\"get\"} 3\n",
+            "memring_requests_total{command=\"set\"} 1\n",
+            "# TYPE memring_request_duration_seconds histogram\n",
+            "memring_request_duration_seconds_bucket{le=\"0.00005\",command=\"get\"} 3\n",
+            "memring_request_duration_seconds_bucket{le=\"0.01\",command=\"set\"} 0\n",
+            "memring_request_duration_seconds_bucket{le=\"0.02\",command=\"set\"} 1\n",
+            "memring_request_duration_seconds_bucket{le=\"+Inf\",command=\"set\"} 1\n",
+            "memring_request_duration_seconds_count{command=\"get\"} 3\n",
+            "memring_upstream_request_duration_seconds_count{server=\"127.0.0.1:11211\"} 1\n",
+            "memring_upstream_errors_total{server=\"127.0.0.1:11211\",kind=\"connect\"} 1\n",
+            "memring_upstream_errors_total{server=\"127.0.0.1:11211\",kind=\"timeout\"} 0\n",
+            "memring_server_up{server=\"127.0.0.1:11211\",role=\"primary\"} 0\n",
+            "memring_server_state{server=\"127.0.0.1:11211\",state=\"down\"} 1\n",
+            "memring_server_state{server=\"127.0.0.1:11211\",state=\"up\"} 0\n",
+            "memring_ejections_total{server=\"127.0.0.1:11211\",reason=\"failures\"} 1\n",
+            "memring_flushes_total{server=\"127.0.0.1:11211\"} 2\n",
+            "memring_read_through_total{result=\"miss\"} 1\n",
+            "memring_failovers_total 5\n",
+            "memring_client_connections 4\n",
+            "memring_client_connections_rejected_total 1\n",
+            "memring_client_read_bytes_total 100\n",
+            "memring_client_written_bytes_total 200\n",
+        ];
+        for w in want {
+            assert!(text.contains(w), "missing {w:?} in\n{text}");
+        }
+        assert!(text.contains("io_backend=\"io_uring\""), "{text}");
+        assert!(
+            !text.contains("command=\"delete\""),
+            "unseen commands are left out"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn without_timing_there_are_no_histograms() {
+        let mut s = sample();
+        s.timing = false;
+        let text = render(s);
+        assert!(text.contains("memring_requests_total{command=\"get\"} 3\n"));
+        assert!(!text.contains("_bucket"), "{text}");
+    }
+}

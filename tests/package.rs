@@ -1,0 +1,254 @@
+//! The Debian package (issue 12): `cargo deb` builds it, `dpkg -i` installs
+//! it on this machine, and the installed files work: `memring --version`,
+//! `--check` of the default config, the `memring` system user, the systemd
+//! unit (`systemd-analyze verify`, or its content where that tool is absent),
+//! and the installed binary proxying to a real memcached as that user.
+//! `dpkg --purge` removes it again (`dpkg -r` keeps the conffile; purge is
+//! what leaves the machine as it was).
+//!
+//! Needs root (dpkg) and cargo-deb (`cargo install cargo-deb --locked`;
+//! scripts/test.sh installs it): without them the test fails saying so.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"))
+}
+
+#[track_caller]
+fn run_ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `dpkg` with its arguments, retried while another dpkg holds the lock.
+fn dpkg(args: &[&str]) -> String {
+    let mut last = String::new();
+    let done = wait_for(Duration::from_secs(300), || {
+        let out = run(Command::new("dpkg").args(args));
+        if out.status.success() {
+            return Some(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !last.contains("lock") {
+            panic!("dpkg {args:?} failed ({}):\n{last}", out.status);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        None
+    });
+    done.unwrap_or_else(|| panic!("dpkg {args:?}: lock never freed:\n{last}"))
+}
+
+/// Removes the package even when an assertion fails halfway.
+struct Installed;
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "memring"]).output();
+    }
+}
+
+fn build_package(out_dir: &Path) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let probe = Command::new(&cargo).args(["deb", "--version"]).output();
+    if !matches!(&probe, Ok(o) if o.status.success()) {
+        panic!(
+            "cargo-deb is missing: install it with `cargo install cargo-deb --locked` \
+             (scripts/test.sh does)"
+        );
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Its own target directory: the `cargo test` that runs us owns ours.
+    let target = manifest.join("target").join("package-test");
+    run_ok(
+        Command::new(&cargo)
+            .current_dir(manifest)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["deb", "--profile", "deb-test", "--fast", "-o"])
+            .arg(out_dir),
+    );
+    let debs: Vec<PathBuf> = std::fs::read_dir(out_dir)
+        .expect("read the output directory")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    assert_eq!(debs.len(), 1, "expected one .deb in {out_dir:?}: {debs:?}");
+    debs[0].clone()
+}
+
+#[test]
+fn dpkg_installs_a_working_memring_with_its_unit_config_and_user() {
+    assert!(
+        nix::unistd::getuid().is_root(),
+        "this test installs a Debian package: run it as root (CI does)"
+    );
+    let dir = TempDir::new("package");
+    let deb = build_package(dir.path());
+
+    // What the package holds, before installing it.
+    let contents = run_ok(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    for path in [
+        "./usr/bin/memring",
+        "./lib/systemd/system/memring.service",
+        "./etc/memring/memring.toml",
+    ] {
+        assert!(
+            contents.contains(path),
+            "{path} not in the package:\n{contents}"
+        );
+    }
+    let conffiles = run_ok(
+        Command::new("dpkg-deb")
+            .arg("--info")
+            .arg(&deb)
+            .arg("conffiles"),
+    );
+    assert!(
+        conffiles.contains("/etc/memring/memring.toml"),
+        "{conffiles}"
+    );
+
+    let _guard = Installed;
+    dpkg(&["-i", deb.to_str().expect("utf-8 path")]);
+    let status = run_ok(Command::new("dpkg").args(["-s", "memring"]));
+    assert!(status.contains("Status: install ok installed"), "{status}");
+
+    let version = run_ok(Command::new("/usr/bin/memring").arg("--version"));
+    assert_eq!(
+        version.trim(),
+        format!("memring {}", env!("CARGO_PKG_VERSION"))
+    );
+    let check = run_ok(Command::new("/usr/bin/memring").args([
+        "--config",
+        "/etc/memring/memring.toml",
+        "--check",
+    ]));
+    assert_eq!(check.trim(), "configuration ok");
+
+    let user = run_ok(Command::new("getent").args(["passwd", "memring"]));
+    assert!(user.starts_with("memring:"), "{user}");
+    assert!(
+        user.trim_end().ends_with("/usr/sbin/nologin") || user.contains("/bin/false"),
+        "{user}"
+    );
+
+    let unit_path = "/lib/systemd/system/memring.service";
+    let unit = std::fs::read_to_string(unit_path).expect("the unit file is installed");
+    for line in [
+        "User=memring",
+        "ExecStart=/usr/bin/memring -D --config /etc/memring/memring.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line:?} not in the unit:\n{unit}"
+        );
+    }
+    if Path::new("/usr/bin/systemd-analyze").exists() || Path::new("/bin/systemd-analyze").exists()
+    {
+        let out = run(Command::new("systemd-analyze").args(["verify", unit_path]));
+        let errors = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !errors.contains("memring.service"),
+            "systemd-analyze verify {unit_path} ({}):\n{errors}",
+            out.status
+        );
+    }
+
+    // The installed binary, as the unit would run it (its user, its config),
+    // with the servers and listener overridden for this test.
+    let mc = Memcached::start();
+    let mut child = Command::new("/usr/bin/memring")
+        .args([
+            "-D",
+            "--config",
+            "/etc/memring/memring.toml",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .args(["-s", &mc.server_arg(), "-u", "memring"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the installed memring");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addr: Option<SocketAddr> = None;
+    let mut ready = false;
+    for _ in 0..16 {
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(l) if l == "ready" => {
+                ready = true;
+                break;
+            }
+            Ok(l) => {
+                if let Some(a) = l.strip_prefix("listening on tcp ") {
+                    addr = a.parse().ok();
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let pid = child.id();
+    let result = std::panic::catch_unwind(|| {
+        assert!(ready, "the installed memring never printed `ready`");
+        let addr = addr.expect("a `listening on tcp` line");
+        // It dropped to the packaged user.
+        let uid = run_ok(Command::new("id").args(["-u", "memring"]));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let real_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(real_uid, uid.trim(), "{status}");
+        let mut c = Client::tcp(addr);
+        assert_eq!(c.request(&set_cmd("pkg", b"installed")), b"STORED\r\n");
+        assert_eq!(
+            c.request(b"get pkg\r\n"),
+            value_reply("pkg", 0, b"installed")
+        );
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+
+    dpkg(&["--purge", "memring"]);
+    assert!(!Path::new("/usr/bin/memring").exists());
+    assert!(!Path::new(unit_path).exists());
+    let gone = run(Command::new("dpkg").args(["-s", "memring"]));
+    assert!(
+        !gone.status.success(),
+        "memring is still installed after dpkg --purge"
+    );
+}
