@@ -1417,10 +1417,12 @@ fn run_one(
         let wall = (t1 - t0).as_secs_f64().max(1e-9);
         let t = tally.borrow();
         if t.ops == 0 {
-            return Err(t
-                .first_error
-                .clone()
-                .unwrap_or_else(|| "no request completed".into()));
+            return Err(t.first_error.clone().unwrap_or_else(|| {
+                format!(
+                    "no request completed in the window ({} unanswered at the drain timeout)",
+                    t.timeouts
+                )
+            }));
         }
         let secs = opts.duration.as_secs_f64();
         let mut lat_us = [0.0; 5];
