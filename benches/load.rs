@@ -2051,7 +2051,9 @@ fn machine_info(
     let mut m = serde_json::json!({
         "date_utc": date,
         "cpu_model": model,
-        "cpus_online": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        // SAFETY: sysconf has no preconditions. (available_parallelism would
+        // see the affinity the harness pinned itself to.)
+        "cpus_online": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
         "cpus_allowed": cpus_allowed,
         "mem_total": mem_kb,
         "kernel": kernel.trim(),
