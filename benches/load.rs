@@ -84,11 +84,12 @@ struct Workload {
     rate: Option<f64>,
 }
 
-/// The preset workloads of issue 4.
+/// The preset workloads of issues 4 and 8. a..d are open loop at the rates
+/// issue 8 compares CPU per request at; e is the fan-in test.
 fn presets() -> Vec<Workload> {
     let base = Workload {
         id: 'a',
-        name: "50 conns, no pipelining, get:set 9:1, 100 B",
+        name: "50 conns, get:set 9:1, 100 B, 20k req/s",
         conns: 50,
         depth: 1,
         keys: 10_000,
@@ -96,32 +97,35 @@ fn presets() -> Vec<Workload> {
         get_weight: 9,
         set_weight: 1,
         multiget: 1,
-        rate: None,
+        rate: Some(20_000.0),
     };
     vec![
         base.clone(),
         Workload {
             id: 'b',
-            name: "50 conns, pipeline depth 16, 9:1, 100 B",
+            name: "50 conns, pipeline depth 16, 9:1, 100 B, 60k req/s",
             depth: 16,
+            rate: Some(60_000.0),
             ..base.clone()
         },
         Workload {
             id: 'c',
-            name: "50 conns, 10-key multi-gets, 9:1, 100 B",
+            name: "50 conns, 10-key multi-gets, 9:1, 100 B, 10k req/s",
             multiget: 10,
+            rate: Some(10_000.0),
             ..base.clone()
         },
         Workload {
             id: 'd',
-            name: "50 conns, 16 KB values, 9:1",
+            name: "50 conns, 16 KB values, 9:1, 15k req/s",
             value_size: 16 * 1024,
             keys: 2_000,
+            rate: Some(15_000.0),
             ..base.clone()
         },
         Workload {
             id: 'e',
-            name: "1000 mostly idle conns, trickle of 5000 req/s total",
+            name: "1000 mostly idle conns, 5000 req/s total",
             conns: 1000,
             rate: Some(5000.0),
             ..base
@@ -134,24 +138,46 @@ fn presets() -> Vec<Workload> {
 enum TargetKind {
     /// One memcached, no proxy.
     Direct,
-    /// memring in front of the 3-server pool.
-    Memring,
-    /// nutcracker (twemproxy) in front of the same pool.
+    /// nutcracker (twemproxy) in front of the 3-server pool: the yardstick.
     Nutcracker,
+    /// memcached's built-in proxy (a memcached built with `--enable-proxy`)
+    /// in front of the same pool.
+    McProxy,
+    /// memring in front of the same pool, default I/O backend.
+    Memring,
+    /// The same memring binary with `--io-backend epoll`.
+    MemringEpoll,
+    /// Another memring build (`MEMRING_BASE_BIN`), to compare two versions
+    /// in one run.
+    MemringBase,
 }
 
 impl TargetKind {
-    const ALL: [TargetKind; 3] = [
+    const ALL: [TargetKind; 6] = [
         TargetKind::Direct,
-        TargetKind::Memring,
         TargetKind::Nutcracker,
+        TargetKind::McProxy,
+        TargetKind::Memring,
+        TargetKind::MemringEpoll,
+        TargetKind::MemringBase,
+    ];
+
+    /// What runs without `--targets`.
+    const DEFAULT: [TargetKind; 4] = [
+        TargetKind::Direct,
+        TargetKind::Nutcracker,
+        TargetKind::McProxy,
+        TargetKind::Memring,
     ];
 
     fn name(self) -> &'static str {
         match self {
             TargetKind::Direct => "direct",
-            TargetKind::Memring => "memring",
             TargetKind::Nutcracker => "nutcracker",
+            TargetKind::McProxy => "mcproxy",
+            TargetKind::Memring => "memring",
+            TargetKind::MemringEpoll => "memring-epoll",
+            TargetKind::MemringBase => "memring-base",
         }
     }
 }
@@ -168,18 +194,23 @@ struct Opts {
     client_cpu: Option<usize>,
     server_cpu: Option<usize>,
     memring_threads: usize,
+    /// Rounds of every (workload, target) run; medians are reported.
+    rounds: usize,
     out_dir: PathBuf,
+    /// The harness's own command line, recorded with the results.
+    command: String,
 }
 
 fn usage() -> &'static str {
     "usage: cargo bench --bench load -- [options]\n\
      --workload a,b,c,d,e   presets to run (default: all)\n\
-     --targets direct,memring,nutcracker\n\
-     --duration 10s         measured time per run (default 10s, --quick 1s)\n\
+     --targets direct,nutcracker,mcproxy,memring[,memring-epoll,memring-base]\n\
+     --rounds N             rounds of every run, targets rotated; medians (default 3, --quick 1)\n\
+     --duration 6s          measured time per run (default 6s, --quick 1s)\n\
      --warmup 2s            unmeasured time per run (default 2s, --quick 250ms)\n\
-     --quick                short runs for a smoke test (well under a minute)\n\
+     --quick                short runs for a smoke test (about a minute)\n\
      --conns N --depth N --keys N --value-size N --get-set G:S --multiget N\n\
-     --rate OPS             override the presets (rate = open loop, total ops/s)\n\
+     --rate OPS             override the presets (open loop at OPS req/s in total; 0 = closed loop)\n\
      --no-pin               do not pin client and servers to separate cores\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
@@ -213,7 +244,18 @@ fn parse_num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
 
 fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut sel: Option<Vec<char>> = None;
-    let mut targets = TargetKind::ALL.to_vec();
+    let given: Vec<&str> = args
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .filter(|a| *a != "--bench")
+        .collect();
+    let command = format!("cargo bench --bench load -- {}", given.join(" "))
+        .trim_end()
+        .trim_end_matches(" --")
+        .to_string();
+    let mut targets = TargetKind::DEFAULT.to_vec();
+    let mut rounds = None;
     let (mut duration, mut warmup) = (None, None);
     let mut quick = false;
     let mut pin = true;
@@ -241,6 +283,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                 | "--client-cpu"
                 | "--server-cpu"
                 | "--memring-threads"
+                | "--rounds"
                 | "--out"
                 | "--conns"
                 | "--depth"
@@ -283,6 +326,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
             "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
             "--server-cpu" => server_cpu = Some(parse_num(&flag, &val)?),
             "--memring-threads" => memring_threads = parse_num(&flag, &val)?,
+            "--rounds" => rounds = Some(parse_num::<usize>(&flag, &val)?.max(1)),
             "--out" => out_dir = PathBuf::from(val),
             "--conns" => conns = Some(parse_num::<usize>(&flag, &val)?.max(1)),
             "--depth" => depth = Some(parse_num::<usize>(&flag, &val)?.max(1)),
@@ -326,7 +370,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let duration = duration.unwrap_or(if quick {
         Duration::from_secs(1)
     } else {
-        Duration::from_secs(10)
+        Duration::from_secs(6)
     });
     let warmup = warmup.unwrap_or(if quick {
         Duration::from_millis(250)
@@ -343,7 +387,9 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         client_cpu,
         server_cpu,
         memring_threads: memring_threads.max(1),
+        rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
         out_dir,
+        command,
     })
 }
 
@@ -492,7 +538,9 @@ fn start_memcached(
 
 /// Start memring in front of `pool`; it reports the port it bound on stdout.
 fn start_memring(
+    name: &str,
     bin: &Path,
+    extra: &[&str],
     pool: &[SocketAddr],
     threads: usize,
     place: Placement,
@@ -504,7 +552,8 @@ fn start_memring(
             bin.display()
         ));
     }
-    let log = std::fs::File::create(log_dir.join("memring.log")).map_err(|e| e.to_string())?;
+    let log_path = log_dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(bin);
     cmd.args([
         "-D",
@@ -513,12 +562,13 @@ fn start_memring(
         "127.0.0.1:0",
         "--threads",
         &threads.to_string(),
-    ]);
+    ])
+    .args(extra);
     for a in pool {
         cmd.args(["-s", &a.to_string()]);
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log);
-    let mut p = spawn("memring", cmd, place).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut p = spawn(name, cmd, place).map_err(|e| format!("{}: {e}", bin.display()))?;
     let stdout = p.child.stdout.take().ok_or("memring: no stdout")?;
     // A reader thread forwards lines and then keeps draining stdout so the
     // child never blocks on a full pipe; it ends at EOF (when memring exits).
@@ -548,7 +598,7 @@ fn start_memring(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let st = p.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                let tail = log_tail(&log_dir.join("memring.log"));
+                let tail = log_tail(&log_path);
                 return Err(format!("memring exited before `ready` ({st}): {tail}"));
             }
         }
@@ -590,6 +640,101 @@ fn start_nutcracker(
         match wait_listening(&mut p, addr) {
             Ok(()) => return Ok((p, addr)),
             Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The memcached binary with the built-in proxy: `MEMCACHED_PROXY_BIN`, or
+/// the system memcached if it was built with `--enable-proxy` (its `-h`
+/// lists `proxy_config`). Never built here.
+fn mcproxy_bin() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("MEMCACHED_PROXY_BIN") {
+        let bin = PathBuf::from(bin);
+        if !bin.exists() {
+            return Err(format!("MEMCACHED_PROXY_BIN={} not found", bin.display()));
+        }
+        return Ok(bin);
+    }
+    let help = Command::new(MEMCACHED)
+        .arg("-h")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if help.contains("proxy_config") {
+        return Ok(PathBuf::from(MEMCACHED));
+    }
+    Err(format!(
+        "not installed ({MEMCACHED} has no built-in proxy; set MEMCACHED_PROXY_BIN to a \
+         memcached built with --enable-proxy)"
+    ))
+}
+
+/// Start memcached's built-in proxy (one worker thread) in front of `pool`,
+/// with a minimal route: every command to the pool's default hash.
+fn start_mcproxy(
+    bin: &Path,
+    pool: &[SocketAddr],
+    place: Placement,
+    dir: &Path,
+) -> Result<(Proc, SocketAddr), String> {
+    let mut conf = String::from("function mcp_config_pools()\n");
+    for (i, a) in pool.iter().enumerate() {
+        let _ = writeln!(
+            conf,
+            "    local b{i} = mcp.backend('b{i}', '{}', {})",
+            a.ip(),
+            a.port()
+        );
+    }
+    let names: Vec<String> = (0..pool.len()).map(|i| format!("b{i}")).collect();
+    let _ = write!(
+        conf,
+        "    return mcp.pool({{{}}})\nend\n\n\
+         function mcp_config_routes(pool)\n\
+         \x20   local fgen = mcp.funcgen_new()\n\
+         \x20   local h = fgen:new_handle(pool)\n\
+         \x20   fgen:ready({{ f = function(rctx)\n\
+         \x20       return function(r) return rctx:enqueue_and_wait(r, h) end\n\
+         \x20   end }})\n\
+         \x20   mcp.attach(mcp.CMD_ANY_STORAGE, fgen)\n\
+         end\n",
+        names.join(", ")
+    );
+    let conf_path = dir.join("mcproxy.lua");
+    std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+    let mut last = String::new();
+    for _attempt in 0..5 {
+        let port = free_port().map_err(|e| e.to_string())?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = std::fs::File::create(dir.join("mcproxy.log")).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-l",
+            "127.0.0.1",
+            "-U",
+            "0",
+            "-t",
+            "1",
+            "-m",
+            "64",
+            "-c",
+            "8192",
+        ])
+        .args(["-p", &port.to_string()])
+        .arg(format!("-oproxy_config={}", conf_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        let mut p = spawn("mcproxy", cmd, place).map_err(|e| format!("{}: {e}", bin.display()))?;
+        match wait_listening(&mut p, addr) {
+            Ok(()) => return Ok((p, addr)),
+            Err(e) => last = format!("{e}: {}", log_tail(&dir.join("mcproxy.log"))),
         }
     }
     Err(last)
@@ -688,6 +833,58 @@ fn procs_cpu(pids: &[u32]) -> f64 {
         }
     }
     ticks as f64 / hz
+}
+
+/// TCP data segments `pid` has sent on its established connections to
+/// `upstreams`, from `ss -tie` (data_segs_out), matched to the process by
+/// socket inode. `None` for no upstreams or when `ss` cannot be run.
+///
+/// A connection that closes between two readings drops out of the sum; the
+/// proxies keep theirs open for the whole run.
+fn upstream_segs(pid: u32, upstreams: &[SocketAddr]) -> Option<u64> {
+    if upstreams.is_empty() {
+        return None;
+    }
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let ino = link
+            .to_str()
+            .and_then(|l| l.strip_prefix("socket:["))
+            .and_then(|l| l.strip_suffix(']'))
+            .and_then(|l| l.parse::<u64>().ok());
+        if let Some(ino) = ino {
+            inodes.insert(ino);
+        }
+    }
+    let filter = upstreams
+        .iter()
+        .map(|a| format!("dport = :{}", a.port()))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let out = Command::new("ss")
+        .args(["-tinHe", "state", "established"])
+        .arg(format!("( {filter} )"))
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    // Each socket is `... ino:N ...` followed by its info with `data_segs_out:M`.
+    let (mut mine, mut total) = (false, 0u64);
+    for tok in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Some(ino) = tok.strip_prefix("ino:") {
+            mine = ino.parse::<u64>().is_ok_and(|i| inodes.contains(&i));
+        } else if let Some(n) = tok.strip_prefix("data_segs_out:") {
+            if mine {
+                total += n.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Some(total)
 }
 
 // ---------------------------------------------------------------------------
@@ -880,10 +1077,14 @@ impl Driver {
         tally: &RefCell<Tally>,
     ) -> Result<(), String> {
         let depth = self.w.depth;
+        // Open loop sends bursts of `depth` requests (one write when the
+        // window is free), so a pipelined workload at a fixed rate really
+        // arrives pipelined; `interval` is the time between bursts.
         let interval = self
             .w
             .rate
-            .map(|r| Duration::from_secs_f64(self.w.conns as f64 / r.max(1e-3)));
+            .map(|r| Duration::from_secs_f64(self.w.conns as f64 * depth as f64 / r.max(1e-3)));
+        let mut in_burst = 0usize;
         let drain_end = win.end + DRAIN_TIMEOUT;
         let mut next_send = Instant::now() + phase;
         loop {
@@ -921,7 +1122,11 @@ impl Driver {
                                 now
                             };
                             self.issue(origin);
-                            next_send += iv;
+                            in_burst += 1;
+                            if in_burst == depth {
+                                in_burst = 0;
+                                next_send += iv;
+                            }
                         }
                     }
                 }
@@ -1066,12 +1271,28 @@ async fn populate(addr: SocketAddr, corpus: Arc<Corpus>) -> Result<(), String> {
     Ok(())
 }
 
-/// A started target: its address and the PIDs whose CPU counts as the SUT's.
-type Started = Result<(SocketAddr, Vec<u32>), String>;
+/// A target that started.
+#[derive(Clone, Debug)]
+struct Live {
+    addr: SocketAddr,
+    /// The proxy's own pid (the memcached's for `direct`): its CPU per
+    /// request is the figure compared.
+    pid: u32,
+    /// Every pid of the system under test: the proxy and its pool.
+    sut_pids: Vec<u32>,
+    /// The pool the proxy forwards to (empty for `direct`); the proxy's
+    /// sockets towards it are the ones whose sends are counted.
+    upstreams: Vec<SocketAddr>,
+}
+
+/// A started target, or why it is not there.
+type Started = Result<Live, String>;
 
 /// Result of one workload against one target.
 #[derive(Clone, Debug)]
 struct RunResult {
+    /// Round number, from 0.
+    round: usize,
     workload: char,
     target: &'static str,
     /// `None` when the target could not be run; the reason is in `note`.
@@ -1092,28 +1313,41 @@ struct RunStats {
     timeouts: u64,
     conn_errors: u64,
     client_cpu: f64,
+    /// CPU of the proxy process alone (of memcached for `direct`), cores.
+    proxy_cpu: f64,
+    /// The proxy's CPU time (utime + stime) in the window per request
+    /// completed, in microseconds: the figure issue 8 compares.
+    us_per_req: f64,
+    /// TCP data segments the proxy sent to its pool per request completed
+    /// (`ss` data_segs_out; about its upstream sends per request).
+    up_segs_per_req: Option<f64>,
+    /// CPU of the whole SUT: the proxy and its memcached pool, cores.
     sut_cpu: f64,
     /// CPU used on the client and SUT cores by anything else (other
     /// processes, interrupts, steal): noise.
     other_cpu: f64,
 }
 
-/// Populate, warm up and measure one workload against `addr`.
+/// Populate (if asked), warm up and measure one workload against `live`.
 fn run_one(
     rt: &tokio::runtime::Runtime,
     w: &Workload,
-    addr: SocketAddr,
-    sut_pids: &[u32],
+    live: &Live,
+    populate_first: bool,
     watched: &[usize],
     opts: &Opts,
 ) -> Result<RunStats, String> {
     let w = Arc::new(w.clone());
     let corpus = Arc::new(Corpus::new(&w));
+    let addr = live.addr;
+    let sut_pids = &live.sut_pids[..];
     let local = tokio::task::LocalSet::new();
     local.block_on(rt, async {
-        tokio::time::timeout(Duration::from_secs(120), populate(addr, corpus.clone()))
-            .await
-            .map_err(|_| "populate timed out".to_string())??;
+        if populate_first {
+            tokio::time::timeout(Duration::from_secs(120), populate(addr, corpus.clone()))
+                .await
+                .map_err(|_| "populate timed out".to_string())??;
+        }
 
         // Connect everything first so connection setup is not measured.
         let mut streams = Vec::with_capacity(w.conns);
@@ -1137,7 +1371,7 @@ fn run_one(
             let seed = seed_rng.next();
             let phase = match w.rate {
                 Some(r) => Duration::from_secs_f64(
-                    w.conns as f64 / r * (seed >> 11) as f64 / (1u64 << 53) as f64,
+                    w.conns as f64 * w.depth as f64 / r * (seed >> 11) as f64 / (1u64 << 53) as f64,
                 ),
                 None => Duration::ZERO,
             };
@@ -1160,29 +1394,35 @@ fn run_one(
 
         // Sample CPU use around the measured window only.
         tokio::time::sleep_until(win.measure.into()).await;
-        let (c0, s0, b0, t0) = (
+        let (c0, p0, s0, b0, t0) = (
             self_cpu(),
+            procs_cpu(&[live.pid]),
             procs_cpu(sut_pids),
             cpus_busy(watched),
             Instant::now(),
         );
+        let segs0 = upstream_segs(live.pid, &live.upstreams);
         tokio::time::sleep_until(win.end.into()).await;
-        let (c1, s1, b1, t1) = (
+        let (c1, p1, s1, b1, t1) = (
             self_cpu(),
+            procs_cpu(&[live.pid]),
             procs_cpu(sut_pids),
             cpus_busy(watched),
             Instant::now(),
         );
+        let segs1 = upstream_segs(live.pid, &live.upstreams);
         for t in tasks {
             let _ = t.await;
         }
         let wall = (t1 - t0).as_secs_f64().max(1e-9);
         let t = tally.borrow();
         if t.ops == 0 {
-            return Err(t
-                .first_error
-                .clone()
-                .unwrap_or_else(|| "no request completed".into()));
+            return Err(t.first_error.clone().unwrap_or_else(|| {
+                format!(
+                    "no request completed in the window ({} unanswered at the drain timeout)",
+                    t.timeouts
+                )
+            }));
         }
         let secs = opts.duration.as_secs_f64();
         let mut lat_us = [0.0; 5];
@@ -1204,6 +1444,12 @@ fn run_one(
             timeouts: t.timeouts,
             conn_errors: t.conn_errors,
             client_cpu: (c1 - c0) / wall,
+            proxy_cpu: (p1 - p0) / wall,
+            us_per_req: (p1 - p0) * 1e6 / t.ops as f64,
+            up_segs_per_req: match (segs0, segs1) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / t.ops as f64),
+                _ => None,
+            },
             sut_cpu: (s1 - s0) / wall,
             other_cpu: (((b1 - b0) - (c1 - c0) - (s1 - s0)) / wall).max(0.0),
         })
@@ -1228,122 +1474,245 @@ where
 }
 
 // ---------------------------------------------------------------------------
-// Output
+// Rounds and medians
 // ---------------------------------------------------------------------------
 
-fn fmt_ratio(num: f64, den: f64) -> String {
-    if den > 0.0 && num.is_finite() {
-        format!("{:.2}x", num / den)
+/// One (workload, target) over all its rounds.
+#[derive(Clone, Debug)]
+struct Summary {
+    workload: char,
+    target: &'static str,
+    /// Rounds that produced numbers.
+    rounds: usize,
+    /// Field-wise medians over those rounds (error counts summed, hit ratio
+    /// the lowest). `None` when no round produced numbers.
+    stats: Option<RunStats>,
+    /// CPU µs per request of each round that produced numbers, in order.
+    us_rounds: Vec<f64>,
+    /// Median over rounds of this target's µs per request divided by
+    /// nutcracker's in the same round.
+    vs_nutcracker: Option<f64>,
+    note: String,
+}
+
+/// Median of `v` (mean of the middle two for an even count); NaN if empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
     } else {
-        "-".into()
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
-fn print_table(opts: &Opts, results: &[RunResult]) {
+/// Field-wise medians of several rounds' stats.
+fn median_stats(runs: &[&RunStats]) -> RunStats {
+    let med = |f: &dyn Fn(&RunStats) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    let mut lat_us = [0.0; 5];
+    for (i, slot) in lat_us.iter_mut().enumerate() {
+        *slot = med(&|r| r.lat_us[i]);
+    }
+    let segs: Vec<f64> = runs.iter().filter_map(|r| r.up_segs_per_req).collect();
+    RunStats {
+        ops_per_sec: med(&|r| r.ops_per_sec),
+        keys_per_sec: med(&|r| r.keys_per_sec),
+        lat_us,
+        mean_us: med(&|r| r.mean_us),
+        ops: med(&|r| r.ops as f64) as u64,
+        hit_ratio: runs.iter().map(|r| r.hit_ratio).fold(1.0, f64::min),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        timeouts: runs.iter().map(|r| r.timeouts).sum(),
+        conn_errors: runs.iter().map(|r| r.conn_errors).sum(),
+        client_cpu: med(&|r| r.client_cpu),
+        proxy_cpu: med(&|r| r.proxy_cpu),
+        us_per_req: med(&|r| r.us_per_req),
+        up_segs_per_req: (!segs.is_empty()).then(|| median(segs)),
+        sut_cpu: med(&|r| r.sut_cpu),
+        other_cpu: med(&|r| r.other_cpu),
+    }
+}
+
+/// Medians per (workload, target), ratios to nutcracker paired by round,
+/// and the flags that make a row suspect.
+fn summarize(opts: &Opts, targets: &[TargetKind], results: &[RunResult]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for w in &opts.workloads {
+        let nut = |round: usize| {
+            results.iter().find_map(|r| {
+                (r.round == round && r.workload == w.id && r.target == "nutcracker")
+                    .then_some(r.stats.as_ref())
+                    .flatten()
+            })
+        };
+        for t in targets {
+            let mine: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.workload == w.id && r.target == t.name())
+                .collect();
+            let ok: Vec<&RunStats> = mine.iter().filter_map(|r| r.stats.as_ref()).collect();
+            let ratios: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| {
+                    let n = nut(r.round)?;
+                    let m = r.stats.as_ref()?;
+                    (n.us_per_req > 0.0).then(|| m.us_per_req / n.us_per_req)
+                })
+                .collect();
+            let mut notes: Vec<String> = Vec::new();
+            for r in &mine {
+                if !r.note.is_empty() && !notes.contains(&r.note) {
+                    notes.push(r.note.clone());
+                }
+            }
+            let stats = (!ok.is_empty()).then(|| median_stats(&ok));
+            if let Some(s) = &stats {
+                if s.errors + s.timeouts + s.conn_errors > 0 {
+                    notes.push(format!(
+                        "errors={} timeouts={} conn_errors={}",
+                        s.errors, s.timeouts, s.conn_errors
+                    ));
+                }
+                if let Some(rate) = w.rate {
+                    if s.ops_per_sec < 0.97 * rate {
+                        notes.push("below offered rate".into());
+                    }
+                }
+                if s.client_cpu > 0.9 {
+                    notes.push("client-bound".into());
+                }
+                if s.other_cpu > 0.2 {
+                    notes.push("noisy".into());
+                }
+                if ok.len() < mine.len() {
+                    notes.push(format!(
+                        "{} of {} rounds failed",
+                        mine.len() - ok.len(),
+                        mine.len()
+                    ));
+                }
+            }
+            out.push(Summary {
+                workload: w.id,
+                target: t.name(),
+                rounds: ok.len(),
+                us_rounds: ok.iter().map(|s| s.us_per_req).collect(),
+                stats,
+                vs_nutcracker: (!ratios.is_empty()).then(|| median(ratios)),
+                note: notes.join("; "),
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------
+
+fn print_table(opts: &Opts, sums: &[Summary]) {
     println!();
     println!(
-        "{:<3} {:<11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6} {:>6} {:>6}  note",
+        "medians of {} round(s); us/req = the proxy's own CPU (utime+stime) per request \
+         completed; x nutc = that ratio to nutcracker, paired by round",
+        opts.rounds
+    );
+    println!(
+        "{:<3} {:<13} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>8} {:>5} {:>5} {:>5}  note",
         "wl",
         "target",
         "ops/s",
         "p50 us",
-        "p90 us",
         "p99 us",
         "p99.9 us",
-        "max us",
-        "hit%",
-        "cli%",
+        "us/req",
+        "x nutc",
+        "segs/req",
+        "prx%",
         "sut%",
         "oth%"
     );
     for w in &opts.workloads {
-        println!("--- {}: {}", w.id, w.name);
-        let find = |t: TargetKind| {
-            results
-                .iter()
-                .find(|r| r.workload == w.id && r.target == t.name())
-                .and_then(|r| r.stats.clone())
-        };
-        for r in results.iter().filter(|r| r.workload == w.id) {
+        let offered = w.rate.map_or("closed loop".to_string(), |r| {
+            format!("offered {r:.0} req/s")
+        });
+        println!("--- {}: {} ({offered})", w.id, w.name);
+        let mut by_round = Vec::new();
+        for r in sums.iter().filter(|r| r.workload == w.id) {
             match &r.stats {
                 Some(s) => {
-                    let mut note = r.note.clone();
-                    if s.errors + s.timeouts + s.conn_errors > 0 {
-                        let _ = write!(
-                            note,
-                            " errors={} timeouts={} conn_errors={}",
-                            s.errors, s.timeouts, s.conn_errors
-                        );
-                    }
-                    if s.client_cpu > 0.9 {
-                        note.push_str(" client-bound");
-                    }
-                    if s.other_cpu > 0.2 {
-                        note.push_str(" noisy");
-                    }
                     println!(
-                        "{:<3} {:<11} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6.1} {:>6.0} {:>6.0} {:>6.0}  {}",
+                        "{:<3} {:<13} {:>8.0} {:>8.1} {:>8.1} {:>9.1} {:>7.2} {:>6} {:>8} {:>5.0} {:>5.0} {:>5.0}  {}",
                         r.workload,
                         r.target,
                         s.ops_per_sec,
                         s.lat_us[0],
-                        s.lat_us[1],
                         s.lat_us[2],
                         s.lat_us[3],
-                        s.lat_us[4],
-                        s.hit_ratio * 100.0,
-                        s.client_cpu * 100.0,
+                        s.us_per_req,
+                        r.vs_nutcracker.map_or("-".into(), |x| format!("{x:.2}")),
+                        s.up_segs_per_req.map_or("-".into(), |x| format!("{x:.3}")),
+                        s.proxy_cpu * 100.0,
                         s.sut_cpu * 100.0,
                         s.other_cpu * 100.0,
-                        note.trim()
+                        r.note
                     );
+                    let rounds: Vec<String> =
+                        r.us_rounds.iter().map(|u| format!("{u:.2}")).collect();
+                    by_round.push(format!("{} {}", r.target, rounds.join(" ")));
                 }
                 None => println!(
-                    "{:<3} {:<11} {:>10}  {}",
+                    "{:<3} {:<13} {:>8}  {}",
                     r.workload, r.target, "n/a", r.note
                 ),
             }
         }
-        if let Some(m) = find(TargetKind::Memring) {
-            for other in [TargetKind::Direct, TargetKind::Nutcracker] {
-                if let Some(o) = find(other) {
-                    println!(
-                        "    memring/{:<10} ops/s {}  p50 {}  p99 {}  p99.9 {}",
-                        other.name(),
-                        fmt_ratio(m.ops_per_sec, o.ops_per_sec),
-                        fmt_ratio(m.lat_us[0], o.lat_us[0]),
-                        fmt_ratio(m.lat_us[2], o.lat_us[2]),
-                        fmt_ratio(m.lat_us[3], o.lat_us[3]),
-                    );
-                }
-            }
+        if opts.rounds > 1 && !by_round.is_empty() {
+            println!("    us/req by round: {}", by_round.join(" | "));
         }
     }
     println!();
-    println!("ops/s ratio > 1 favours memring; latency ratio < 1 favours memring.");
     println!(
-        "cli% / sut% / oth% = CPU of the load generator / of the proxy + its memcached / of anything \
-         else on those cores (100 = one core)."
+        "segs/req = TCP data segments the proxy sent to its pool per client request (ss \
+         data_segs_out), about its upstream sends per request."
     );
     println!(
-        "client-bound: cli% > 90, ops/s is a lower bound. noisy: oth% > 20, other work competed; rerun."
+        "prx% / sut% / oth% = CPU of the proxy alone / of the proxy + its memcached pool / of \
+         anything else on the client and SUT cores (100 = one core)."
+    );
+    println!(
+        "client-bound: the load generator used > 90 % of its core. noisy: oth% > 20, other work \
+         competed; rerun. below offered rate: the target did not keep up, so its us/req is not \
+         at the fixed rate."
     );
 }
 
-fn write_csv(path: &Path, opts: &Opts, results: &[RunResult]) -> io::Result<()> {
+fn write_csv(path: &Path, opts: &Opts, sums: &[Summary]) -> io::Result<()> {
     let mut s = String::from(
-        "workload,target,ops_per_sec,keys_per_sec,p50_us,p90_us,p99_us,p999_us,max_us,mean_us,ops,\
-         hit_ratio,errors,timeouts,conn_errors,client_cpu,sut_cpu,other_cpu,conns,depth,keys,value_size,\
-         get_weight,set_weight,multiget,rate,note\n",
+        "workload,target,rounds,offered_rate,ops_per_sec,keys_per_sec,p50_us,p90_us,p99_us,\
+         p999_us,max_us,mean_us,us_per_req,vs_nutcracker,upstream_segs_per_req,hit_ratio,errors,\
+         timeouts,conn_errors,client_cpu,proxy_cpu,sut_cpu,other_cpu,conns,depth,keys,value_size,\
+         get_weight,set_weight,multiget,note\n",
     );
-    for r in results {
+    let opt = |v: Option<f64>, prec: usize| v.map_or(String::new(), |x| format!("{x:.prec$}"));
+    for r in sums {
         let w = opts.workloads.iter().find(|w| w.id == r.workload);
-        let _ = write!(s, "{},{},", r.workload, r.target);
+        let _ = write!(
+            s,
+            "{},{},{},{},",
+            r.workload,
+            r.target,
+            r.rounds,
+            opt(w.and_then(|w| w.rate), 0)
+        );
         match &r.stats {
             Some(x) => {
                 let _ = write!(
                     s,
-                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{},{:.4},{},{},{},{:.3},{:.3},{:.3},",
+                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{},{},{:.4},{},{},{},{:.3},{:.3},{:.3},{:.3},",
                     x.ops_per_sec,
                     x.keys_per_sec,
                     x.lat_us[0],
@@ -1352,42 +1721,54 @@ fn write_csv(path: &Path, opts: &Opts, results: &[RunResult]) -> io::Result<()> 
                     x.lat_us[3],
                     x.lat_us[4],
                     x.mean_us,
-                    x.ops,
+                    x.us_per_req,
+                    opt(r.vs_nutcracker, 3),
+                    opt(x.up_segs_per_req, 4),
                     x.hit_ratio,
                     x.errors,
                     x.timeouts,
                     x.conn_errors,
                     x.client_cpu,
+                    x.proxy_cpu,
                     x.sut_cpu,
                     x.other_cpu
                 );
             }
-            None => s.push_str(",,,,,,,,,,,,,,,,"),
+            None => s.push_str(",,,,,,,,,,,,,,,,,,,"),
         }
         if let Some(w) = w {
             let _ = write!(
                 s,
-                "{},{},{},{},{},{},{},{},",
-                w.conns,
-                w.depth,
-                w.keys,
-                w.value_size,
-                w.get_weight,
-                w.set_weight,
-                w.multiget,
-                w.rate.map(|r| r.to_string()).unwrap_or_default()
+                "{},{},{},{},{},{},{},",
+                w.conns, w.depth, w.keys, w.value_size, w.get_weight, w.set_weight, w.multiget,
             );
         } else {
-            s.push_str(",,,,,,,,");
+            s.push_str(",,,,,,,");
         }
         let _ = writeln!(s, "\"{}\"", r.note.replace('"', "'"));
     }
     std::fs::write(path, s)
 }
 
+fn stats_json(x: &RunStats) -> serde_json::Value {
+    serde_json::json!({
+        "ops_per_sec": x.ops_per_sec, "keys_per_sec": x.keys_per_sec,
+        "latency_us": {
+            "p50": x.lat_us[0], "p90": x.lat_us[1], "p99": x.lat_us[2],
+            "p99.9": x.lat_us[3], "max": x.lat_us[4], "mean": x.mean_us,
+        },
+        "ops": x.ops, "hit_ratio": x.hit_ratio, "errors": x.errors,
+        "timeouts": x.timeouts, "conn_errors": x.conn_errors,
+        "us_per_req": x.us_per_req, "upstream_segs_per_req": x.up_segs_per_req,
+        "client_cpu": x.client_cpu, "proxy_cpu": x.proxy_cpu, "sut_cpu": x.sut_cpu,
+        "other_cpu": x.other_cpu,
+    })
+}
+
 fn write_json(
     path: &Path,
     opts: &Opts,
+    sums: &[Summary],
     results: &[RunResult],
     machine: &serde_json::Value,
 ) -> io::Result<()> {
@@ -1403,62 +1784,154 @@ fn write_json(
             })
         })
         .collect();
+    let summary: Vec<_> = sums
+        .iter()
+        .map(|r| {
+            json!({
+                "workload": r.workload.to_string(), "target": r.target, "rounds": r.rounds,
+                "median": r.stats.as_ref().map(stats_json),
+                "us_per_req_by_round": r.us_rounds, "vs_nutcracker": r.vs_nutcracker,
+                "note": r.note,
+            })
+        })
+        .collect();
     let runs: Vec<_> = results
         .iter()
         .map(|r| {
-            let stats = r.stats.as_ref().map(|x| {
-                json!({
-                    "ops_per_sec": x.ops_per_sec, "keys_per_sec": x.keys_per_sec,
-                    "latency_us": {
-                        "p50": x.lat_us[0], "p90": x.lat_us[1], "p99": x.lat_us[2],
-                        "p99.9": x.lat_us[3], "max": x.lat_us[4], "mean": x.mean_us,
-                    },
-                    "ops": x.ops, "hit_ratio": x.hit_ratio, "errors": x.errors,
-                    "timeouts": x.timeouts, "conn_errors": x.conn_errors,
-                    "client_cpu": x.client_cpu, "sut_cpu": x.sut_cpu, "other_cpu": x.other_cpu,
-                })
-            });
-            json!({ "workload": r.workload.to_string(), "target": r.target, "stats": stats, "note": r.note })
+            json!({
+                "round": r.round, "workload": r.workload.to_string(), "target": r.target,
+                "stats": r.stats.as_ref().map(stats_json), "note": r.note,
+            })
         })
         .collect();
     let doc = json!({
+        "command": opts.command,
+        "rounds": opts.rounds,
         "duration_s": opts.duration.as_secs_f64(),
         "warmup_s": opts.warmup.as_secs_f64(),
         "quick": opts.quick,
         "machine": machine,
         "workloads": workloads,
+        "summary": summary,
         "runs": runs,
     });
     let text = serde_json::to_string_pretty(&doc).map_err(io::Error::other)?;
     std::fs::write(path, text + "\n")
 }
 
-fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), String> {
+/// One colour per target, in `TargetKind::ALL` order.
+const COLORS: [(u8, u8, u8); 6] = [
+    (127, 127, 127),
+    (31, 119, 180),
+    (255, 127, 14),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+];
+
+fn color_of(target: &str) -> plotters::style::RGBColor {
+    let i = TargetKind::ALL
+        .iter()
+        .position(|t| t.name() == target)
+        .unwrap_or(0);
+    let (r, g, b) = COLORS[i];
+    plotters::style::RGBColor(r, g, b)
+}
+
+/// The plot: a panel of CPU per request (every workload, every target),
+/// then one latency panel per workload (p50 .. max on a log axis).
+fn write_svg(path: &Path, opts: &Opts, sums: &[Summary]) -> Result<(), String> {
     use plotters::prelude::*;
-    let colors = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-    ];
-    let n = opts.workloads.len().max(1);
+    let n = opts.workloads.len() + 1;
     let cols = n.min(3);
     let rows = n.div_ceil(cols);
-    let root = SVGBackend::new(path, (420 * cols as u32, 340 * rows as u32)).into_drawing_area();
+    let root = SVGBackend::new(path, (440 * cols as u32, 340 * rows as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let panels = root.split_evenly((rows, cols));
-    for (panel, w) in panels.iter().zip(&opts.workloads) {
-        let runs: Vec<(usize, &RunResult, &RunStats)> = TargetKind::ALL
+    let targets: Vec<&'static str> = TargetKind::ALL
+        .iter()
+        .map(|t| t.name())
+        .filter(|t| sums.iter().any(|s| s.target == *t && s.stats.is_some()))
+        .collect();
+
+    // CPU per request, grouped bars.
+    let nw = opts.workloads.len();
+    let top = sums
+        .iter()
+        .filter_map(|s| s.stats.as_ref().map(|x| x.us_per_req))
+        .fold(1.0f64, f64::max);
+    let ids: Vec<char> = opts.workloads.iter().map(|w| w.id).collect();
+    let mut chart = ChartBuilder::on(&panels[0])
+        .caption(
+            format!("CPU per request, medians of {} round(s)", opts.rounds),
+            ("sans-serif", 13),
+        )
+        .margin(10)
+        .x_label_area_size(28)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..nw as f64, 0f64..top * 1.45)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(nw * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x - 0.5;
+            if (i - i.round()).abs() < 1e-6 && i >= 0.0 {
+                ids.get(i.round() as usize)
+                    .map_or(String::new(), |c| c.to_string())
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("proxy CPU us / request")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let bw = 0.8 / targets.len().max(1) as f64;
+    for (ti, t) in targets.iter().enumerate() {
+        let color = color_of(t);
+        let bars: Vec<Rectangle<(f64, f64)>> = opts
+            .workloads
             .iter()
             .enumerate()
-            .filter_map(|(i, t)| {
-                let r = results
+            .filter_map(|(wi, w)| {
+                let s = sums
                     .iter()
-                    .find(|r| r.workload == w.id && r.target == t.name())?;
-                Some((i, r, r.stats.as_ref()?))
+                    .find(|s| s.workload == w.id && s.target == *t)?
+                    .stats
+                    .as_ref()?;
+                let x0 = wi as f64 + 0.1 + ti as f64 * bw;
+                Some(Rectangle::new(
+                    [(x0, 0.0), (x0 + bw * 0.9, s.us_per_req)],
+                    color.filled(),
+                ))
+            })
+            .collect();
+        chart
+            .draw_series(bars)
+            .map_err(|e| e.to_string())?
+            .label(t.to_string())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 12, y + 4)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .label_font(("sans-serif", 11))
+        .draw()
+        .map_err(|e| e.to_string())?;
+
+    for (panel, w) in panels.iter().skip(1).zip(&opts.workloads) {
+        let runs: Vec<(&Summary, &RunStats)> = targets
+            .iter()
+            .filter_map(|t| {
+                let r = sums.iter().find(|r| r.workload == w.id && r.target == *t)?;
+                Some((r, r.stats.as_ref()?))
             })
             .collect();
         let (mut lo, mut hi) = (f64::MAX, 0.0f64);
-        for (_, _, s) in &runs {
+        for (_, s) in &runs {
             for v in s.lat_us {
                 lo = lo.min(v.max(0.1));
                 hi = hi.max(v);
@@ -1468,7 +1941,7 @@ fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), Stri
             (lo, hi) = (1.0, 10.0);
         }
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{}: {}", w.id, w.name), ("sans-serif", 13))
+            .caption(format!("{}: {}", w.id, w.name), ("sans-serif", 12))
             .margin(10)
             .x_label_area_size(28)
             .y_label_area_size(55)
@@ -1495,8 +1968,8 @@ fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), Stri
             })
             .draw()
             .map_err(|e| e.to_string())?;
-        for (i, r, s) in runs {
-            let color = colors[i];
+        for (r, s) in runs {
+            let color = color_of(r.target);
             let pts: Vec<(f64, f64)> = s
                 .lat_us
                 .iter()
@@ -1519,11 +1992,25 @@ fn write_svg(path: &Path, opts: &Opts, results: &[RunResult]) -> Result<(), Stri
             .position(SeriesLabelPosition::UpperLeft)
             .border_style(BLACK)
             .background_style(WHITE.mix(0.85))
-            .label_font(("sans-serif", 11))
+            .label_font(("sans-serif", 10))
             .draw()
             .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+/// First line of a command's output (stdout, then stderr), or "".
+fn first_line(bin: &Path, args: &[&str]) -> String {
+    Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
 }
 
 fn machine_info(
@@ -1531,6 +2018,7 @@ fn machine_info(
     place: Placement,
     client_cpu: Option<usize>,
     cpus_allowed: usize,
+    bins: &[(&'static str, String)],
 ) -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -1541,27 +2029,46 @@ fn machine_info(
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let version = |bin: &str, flag: &str| {
-        Command::new(bin)
-            .arg(flag)
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
             .output()
-            .map(|o| {
-                let mut s = String::from_utf8_lossy(&o.stdout).to_string();
-                s.push_str(&String::from_utf8_lossy(&o.stderr));
-                s.lines().next().unwrap_or("").trim().to_string()
-            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
-    serde_json::json!({
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut m = serde_json::json!({
+        "date_utc": date,
         "cpu_model": model,
+        // SAFETY: sysconf has no preconditions. (available_parallelism would
+        // see the affinity the harness pinned itself to.)
+        "cpus_online": unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) },
         "cpus_allowed": cpus_allowed,
+        "mem_total": mem_kb,
         "kernel": kernel.trim(),
         "client_cpu": client_cpu,
         "server_cpu": place.server_cpu,
         "memring_threads": opts.memring_threads,
-        "memcached": version(MEMCACHED, "-V"),
-        "nutcracker": version(NUTCRACKER, "-V"),
-    })
+        "memring_commit": git(&["rev-parse", "--short", "HEAD"]),
+        "memring_dirty": !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        "memcached": first_line(Path::new(MEMCACHED), &["-V"]),
+        "nutcracker": first_line(Path::new(NUTCRACKER), &["-V"]),
+    });
+    for (k, v) in bins {
+        m[*k] = serde_json::Value::String(v.clone());
+    }
+    m
 }
 
 // ---------------------------------------------------------------------------
@@ -1584,6 +2091,15 @@ fn main() {
         eprintln!("load: {e}");
         std::process::exit(1);
     }
+}
+
+/// The memring binary `cargo bench` built next to the harness, unless
+/// `MEMRING_BIN` names another.
+fn memring_bin() -> PathBuf {
+    std::env::var_os("MEMRING_BIN")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("CARGO_BIN_EXE_memring").map(PathBuf::from))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/memring"))
 }
 
 fn run(opts: Opts) -> Result<(), String> {
@@ -1614,9 +2130,10 @@ fn run(opts: Opts) -> Result<(), String> {
         }
     }
     println!(
-        "load: client on cpu {}, servers on cpu {}; {} warmup + {} measured per run",
+        "load: client on cpu {}, servers on cpu {}; {} rounds of {} warmup + {} measured per run",
         client_cpu.map_or("any".into(), |c| c.to_string()),
         place.server_cpu.map_or("any".into(), |c| c.to_string()),
+        opts.rounds,
         humantime(opts.warmup),
         humantime(opts.duration)
     );
@@ -1629,6 +2146,7 @@ fn run(opts: Opts) -> Result<(), String> {
     let mut targets: Vec<(TargetKind, Started)> = Vec::new();
     let mut pool: Vec<SocketAddr> = Vec::new();
     let mut pool_pids: Vec<u32> = Vec::new();
+    let mut bins: Vec<(&'static str, String)> = Vec::new();
     let needs_pool = opts.targets.iter().any(|t| *t != TargetKind::Direct);
     if needs_pool {
         for i in 0..3 {
@@ -1641,29 +2159,67 @@ fn run(opts: Opts) -> Result<(), String> {
     for &t in &opts.targets {
         let started = match t {
             TargetKind::Direct => start_memcached("memcached-direct", place, &dir),
-            TargetKind::Memring => {
-                let bin = std::env::var_os("MEMRING_BIN")
-                    .map(PathBuf::from)
-                    .or_else(|| option_env!("CARGO_BIN_EXE_memring").map(PathBuf::from))
-                    .unwrap_or_else(|| {
-                        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/memring")
-                    });
-                start_memring(&bin, &pool, opts.memring_threads, place, &dir)
-            }
             TargetKind::Nutcracker if !Path::new(NUTCRACKER).exists() => Err(format!(
-                "{NUTCRACKER} not installed (`apt-get install nutcracker`); skipped"
+                "not installed ({NUTCRACKER}; `apt-get install nutcracker`)"
             )),
             TargetKind::Nutcracker => start_nutcracker(&pool, place, &dir),
+            TargetKind::McProxy => mcproxy_bin().and_then(|bin| {
+                bins.push(("mcproxy", first_line(&bin, &["-V"])));
+                start_mcproxy(&bin, &pool, place, &dir)
+            }),
+            TargetKind::Memring | TargetKind::MemringEpoll => {
+                let extra: &[&str] = if t == TargetKind::MemringEpoll {
+                    &["--io-backend", "epoll"]
+                } else {
+                    &[]
+                };
+                let bin = memring_bin();
+                bins.push(("memring_bin", bin.display().to_string()));
+                start_memring(
+                    t.name(),
+                    &bin,
+                    extra,
+                    &pool,
+                    opts.memring_threads,
+                    place,
+                    &dir,
+                )
+            }
+            TargetKind::MemringBase => match std::env::var_os("MEMRING_BASE_BIN") {
+                None => Err("set MEMRING_BASE_BIN to the memring build to compare".into()),
+                Some(bin) => {
+                    let bin = PathBuf::from(bin);
+                    bins.push(("memring_base_bin", bin.display().to_string()));
+                    start_memring(
+                        t.name(),
+                        &bin,
+                        &[],
+                        &pool,
+                        opts.memring_threads,
+                        place,
+                        &dir,
+                    )
+                }
+            },
         };
         let entry = match started {
             Ok((p, addr)) => {
-                let mut pids = vec![p.pid()];
-                if t != TargetKind::Direct {
-                    pids.extend(&pool_pids);
-                }
+                let mut sut_pids = vec![p.pid()];
+                let upstreams = if t == TargetKind::Direct {
+                    Vec::new()
+                } else {
+                    sut_pids.extend(&pool_pids);
+                    pool.clone()
+                };
                 println!("load: {} on {addr} (pid {})", t.name(), p.pid());
+                let live = Live {
+                    addr,
+                    pid: p.pid(),
+                    sut_pids,
+                    upstreams,
+                };
                 procs.push(p);
-                Ok((addr, pids))
+                Ok(live)
             }
             Err(e) => {
                 println!("load: {} not available: {e}", t.name());
@@ -1671,6 +2227,13 @@ fn run(opts: Opts) -> Result<(), String> {
             }
         };
         targets.push((t, entry));
+    }
+    if targets
+        .iter()
+        .any(|(t, e)| *t != TargetKind::Direct && e.is_ok())
+        && Command::new("ss").arg("-V").output().is_err()
+    {
+        println!("load: `ss` not found (apt-get install iproute2): no upstream segment counts");
     }
 
     // The cores whose other users we report as noise: the two we pinned to,
@@ -1684,51 +2247,69 @@ fn run(opts: Opts) -> Result<(), String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
 
+    // Targets are interleaved: in every round each workload runs against
+    // every target, in an order rotated by round and workload, so a slow
+    // phase of this shared machine does not always land on the same target.
     let mut results = Vec::new();
     let t_all = Instant::now();
-    for w in &opts.workloads {
-        for (t, entry) in &targets {
-            let (stats, note) = match entry {
-                Err(e) => (None, e.clone()),
-                Ok((addr, pids)) => {
-                    print!("load: {} {:<11} ... ", w.id, t.name());
-                    let _ = io::Write::flush(&mut io::stdout());
-                    match run_one(&rt, w, *addr, pids, &watched, &opts) {
-                        Ok(s) => {
-                            println!(
-                                "{:.0} ops/s, p50 {:.1} us, p99 {:.1} us",
-                                s.ops_per_sec, s.lat_us[0], s.lat_us[2]
-                            );
-                            (Some(s), String::new())
-                        }
-                        Err(e) => {
-                            println!("failed: {e}");
-                            (None, format!("failed: {e}"))
+    for round in 0..opts.rounds {
+        for (wi, w) in opts.workloads.iter().enumerate() {
+            let mut order: Vec<&(TargetKind, Started)> = targets.iter().collect();
+            let k = (round + wi) % order.len().max(1);
+            order.rotate_left(k);
+            for (t, entry) in order {
+                let (stats, note) = match entry {
+                    Err(e) => (None, e.clone()),
+                    Ok(live) => {
+                        print!("load: round {} {} {:<13} ... ", round + 1, w.id, t.name());
+                        let _ = io::Write::flush(&mut io::stdout());
+                        match run_one(&rt, w, live, round == 0, &watched, &opts) {
+                            Ok(s) => {
+                                println!(
+                                    "{:.0} ops/s, p99 {:.1} us, {:.2} us/req",
+                                    s.ops_per_sec, s.lat_us[2], s.us_per_req
+                                );
+                                (Some(s), String::new())
+                            }
+                            Err(e) => {
+                                println!("failed: {e}");
+                                (None, format!("failed: {e}"))
+                            }
                         }
                     }
-                }
-            };
-            results.push(RunResult {
-                workload: w.id,
-                target: t.name(),
-                stats,
-                note,
-            });
+                };
+                results.push(RunResult {
+                    round,
+                    workload: w.id,
+                    target: t.name(),
+                    stats,
+                    note,
+                });
+            }
         }
     }
     drop(rt);
-    let machine = machine_info(&opts, place, client_cpu, cpus.len());
+    let machine = machine_info(&opts, place, client_cpu, cpus.len(), &bins);
     drop(procs); // stop every child before writing results
     let _ = std::fs::remove_dir_all(&dir);
 
-    print_table(&opts, &results);
+    let kinds: Vec<TargetKind> = targets.iter().map(|(t, _)| *t).collect();
+    let sums = summarize(&opts, &kinds, &results);
+    print_table(&opts, &sums);
     std::fs::create_dir_all(&opts.out_dir)
         .map_err(|e| format!("{}: {e}", opts.out_dir.display()))?;
     let base = opts.out_dir.join("latest");
-    write_csv(&base.with_extension("csv"), &opts, &results).map_err(|e| format!("csv: {e}"))?;
-    write_json(&base.with_extension("json"), &opts, &results, &machine)
-        .map_err(|e| format!("json: {e}"))?;
-    write_svg(&base.with_extension("svg"), &opts, &results).map_err(|e| format!("svg: {e}"))?;
+    write_csv(&base.with_extension("csv"), &opts, &sums).map_err(|e| format!("csv: {e}"))?;
+    write_json(
+        &base.with_extension("json"),
+        &opts,
+        &sums,
+        &results,
+        &machine,
+    )
+    .map_err(|e| format!("json: {e}"))?;
+    write_svg(&base.with_extension("svg"), &opts, &sums).map_err(|e| format!("svg: {e}"))?;
+    println!("load: command: {}", opts.command);
     println!(
         "load: wrote {}.{{csv,json,svg}} in {:.1}s total",
         base.display(),
