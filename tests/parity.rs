@@ -252,8 +252,10 @@ const DIFFERENCES: &[Difference] = &[
             Ending::Mn,
         ),
         why: "memcached runs the data block of a refused storage line as a command \
-              (here `flush_all` empties the cache, twice); memring never executes a \
-              data block: when the length is readable it is skipped with the line",
+              (here `flush_all` empties the cache, twice); memring skips the data \
+              block of a set/add/replace/append/prepend/cas/ms line it refuses when \
+              the length is readable (an `ms` with too many flags is refused before \
+              its length, by memcached and memring alike, and its data then runs)",
     },
 ];
 
