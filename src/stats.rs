@@ -215,40 +215,33 @@ pub fn render(
         stat(&format!("server_{i}:role"), &v.role.as_str());
         stat(&format!("server_{i}:state"), &h.state().as_str());
         stat(&format!("server_{i}:dirty"), &u8::from(h.is_dirty()));
-        stat(
-            &format!("server_{i}:failures"),
-            &h.failures.load(Ordering::Relaxed),
-        );
-        stat(
-            &format!("server_{i}:failovers"),
-            &h.failovers.load(Ordering::Relaxed),
-        );
-        stat(
-            &format!("server_{i}:ejections"),
-            &h.ejections.load(Ordering::Relaxed),
-        );
-        stat(
-            &format!("server_{i}:flushes"),
-            &h.flushes.load(Ordering::Relaxed),
-        );
+        for (name, counter) in [
+            ("failures", &h.failures),
+            ("failovers", &h.failovers),
+            ("ejections", &h.ejections),
+            ("flushes", &h.flushes),
+        ] {
+            stat(
+                &format!("server_{i}:{name}"),
+                &counter.load(Ordering::Relaxed),
+            );
+        }
         let (logged_now, overflowed) = h.missed_keys();
         stat(&format!("server_{i}:missed_keys"), &logged_now);
         stat(
             &format!("server_{i}:missed_keys_overflowed"),
             &u8::from(overflowed),
         );
-        stat(
-            &format!("server_{i}:keys_logged"),
-            &h.keys_logged.load(Ordering::Relaxed),
-        );
-        stat(
-            &format!("server_{i}:drains"),
-            &h.drains.load(Ordering::Relaxed),
-        );
-        stat(
-            &format!("server_{i}:drained_keys"),
-            &h.drained_keys.load(Ordering::Relaxed),
-        );
+        for (name, counter) in [
+            ("keys_logged", &h.keys_logged),
+            ("drains", &h.drains),
+            ("drained_keys", &h.drained_keys),
+        ] {
+            stat(
+                &format!("server_{i}:{name}"),
+                &counter.load(Ordering::Relaxed),
+            );
+        }
         stat(
             &format!("server_{i}:last_rejoin"),
             &h.last_rejoin().as_str(),
