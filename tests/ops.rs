@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -70,7 +70,12 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
     let mut c = proxy.client();
     c.send(b"set k 0 0 2\r\nhi\r\n");
     // Wait until the slow server holds the request, then stop the proxy.
-    thread::sleep(Duration::from_millis(100));
+    assert!(
+        wait_for(Duration::from_secs(30), || (slow.received() > 0)
+            .then_some(()))
+        .is_some(),
+        "the request never reached the slow server"
+    );
     let pid = proxy.pid();
     let killer = thread::spawn(move || {
         nix::sys::signal::kill(
@@ -174,10 +179,9 @@ fn sighup_reloads_servers_and_keeps_healthy_connections() {
         nix::sys::signal::Signal::SIGHUP,
     )
     .expect("SIGHUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !proxy.stderr().contains("reload failed") && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(30), || {
+        proxy.stderr().contains("reload failed").then_some(())
+    });
     assert!(
         proxy.stderr().contains("reload failed"),
         "{}",
