@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::metrics::EjectReason;
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
-use crate::protocol::{compose, Expect};
+use crate::protocol::{compose, Expect, Status};
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{DrainStep, Health, Observed, Probe, Rejoin, Role, ServerId};
@@ -109,7 +109,7 @@ fn rejoin(
     };
     let done = match health.begin_rejoin(Instant::now(), probe) {
         Rejoin::Flush => {
-            if roundtrip(&mut s, b"flush_all\r\n", b"OK\r\n")
+            if roundtrip(&mut s, b"flush_all\r\n", Status::Ok)
                 && health.probe_succeeded(Instant::now())
             {
                 tracing::warn!(server = %name, path = "flush", keys = "all", "server rejoined");
@@ -214,29 +214,14 @@ fn probe_server(addr: SocketAddr, settings: &Settings) -> Option<TcpStream> {
     s.set_read_timeout(limit).ok()?;
     s.set_write_timeout(limit).ok()?;
     let _ = s.set_nodelay(true);
-    roundtrip(&mut s, b"version\r\n", b"VERSION ").then_some(s)
+    roundtrip(&mut s, b"version\r\n", Status::Version).then_some(s)
 }
 
-/// Send `req` and read one line; true when it starts with `want`.
-fn roundtrip(s: &mut TcpStream, req: &[u8], want: &[u8]) -> bool {
-    if s.write_all(req).is_err() {
-        return false;
-    }
-    let mut line = Vec::with_capacity(64);
-    let mut byte = [0u8; 256];
-    // Bounded: a reply line longer than 4 KiB is not a probe answer.
-    while line.len() < 4096 {
-        match s.read(&mut byte) {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => {
-                line.extend_from_slice(&byte[..n]);
-                if line.ends_with(b"\r\n") {
-                    return line.starts_with(want);
-                }
-            }
-        }
-    }
-    false
+/// Send `req` and read its one-line reply; true when it is `want`.
+fn roundtrip(s: &mut TcpStream, req: &'static [u8], want: Status) -> bool {
+    let mut buf = BytesMut::with_capacity(256);
+    let parts = [Bytes::from_static(req), Bytes::new()];
+    exchange(s, &mut buf, &parts, Expect::Line, &mut Vec::new()).is_ok_and(|r| r.status == want)
 }
 
 /// The machines' view from the control plane: health now, wall clock now.
