@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -430,29 +430,6 @@ fn bad_frames_answer_or_close_and_spare_other_clients() {
 // ---------------------------------------------------------------------------
 // Real binary clients
 // ---------------------------------------------------------------------------
-
-fn tool(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{name} not found: apt-get install -y libmemcached-tools");
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.stdin(Stdio::null()).output().expect("run client tool");
-    assert!(
-        out.status.success(),
-        "{:?} {:?} failed: {}\n{}",
-        cmd.get_program(),
-        cmd.get_args().collect::<Vec<_>>(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// libmemcached's binary conformance checks (memccapable -b) all pass
 /// through memring in front of the seed cluster.

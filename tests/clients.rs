@@ -4,32 +4,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use common::*;
-
-fn tool(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{name} not found: apt-get install -y libmemcached-tools");
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.stdin(Stdio::null()).output().expect("run client tool");
-    assert!(
-        out.status.success(),
-        "{:?} failed: {}\n{}",
-        cmd.get_program(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// The seed's cluster: 3 primaries, 2 backups, magent's flags as written.
 fn seed_cluster() -> (Vec<Memcached>, Memring) {

@@ -14,7 +14,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -584,16 +583,6 @@ fn key_listings_cover_every_server() {
         got_unique.dedup();
         assert_eq!(got_unique, want, "{addr}: {}", show(&out));
     }
-}
-
-fn tool(name: &str) -> String {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{name} not found: apt-get install -y libmemcached-tools");
 }
 
 /// Bug 5 and 9: libmemcached's memcping, memcstat and memcdump through memring.

@@ -1561,3 +1561,32 @@ pub fn item_of(c: &mut Client, key: &str) -> Option<(u32, Vec<u8>)> {
         (f, d)
     })
 }
+
+// ---------------------------------------------------------------------------
+// Client tools (libmemcached-tools)
+// ---------------------------------------------------------------------------
+
+/// The path of a libmemcached client tool, or a panic that says how to install it.
+pub fn tool(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{name} not found: apt-get install -y libmemcached-tools");
+}
+
+/// Run a client tool without input; panics with its output unless it succeeds.
+pub fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.stdin(Stdio::null()).output().expect("run client tool");
+    assert!(
+        out.status.success(),
+        "{:?} {:?} failed: {}\n{}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
