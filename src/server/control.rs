@@ -22,7 +22,6 @@ use std::collections::{HashMap, VecDeque};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metrics::EjectReason;
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, Expect, Status};
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
@@ -303,17 +302,7 @@ impl Blocking<'_> {
                     } => sends.push_back((call, server, parts, expect)),
                     Effect::Count(c, n) => stats.add(c, n),
                     Effect::MissedWrite { server, seen, key } => {
-                        if let Some(s) = self.topo.servers.get(server.index()) {
-                            let v = s.health.record_missed_write(
-                                Instant::now(),
-                                &self.topo.settings.policy,
-                                seen,
-                                &key,
-                            );
-                            if v == crate::upstream::Verdict::Ejected {
-                                s.metrics.ejected(EjectReason::MissedWrite);
-                            }
-                        }
+                        self.topo.missed_write(server, seen, &key, Instant::now());
                     }
                     Effect::Answer(_)
                     | Effect::Failover { .. }

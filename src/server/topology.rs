@@ -146,6 +146,28 @@ impl Topology {
         (p, b)
     }
 
+    /// A write was acknowledged without `server` (as the request saw it,
+    /// `seen`): it logs `key` for the server's rejoin and is ejected if it
+    /// was up (see [`Health::record_missed_write`]).
+    pub fn missed_write(
+        &self,
+        server: ServerId,
+        seen: crate::upstream::Observed,
+        key: &[u8],
+        now: Instant,
+    ) {
+        let Some(s) = self.servers.get(server.index()) else {
+            return;
+        };
+        let verdict = s
+            .health
+            .record_missed_write(now, &self.settings.policy, seen, key);
+        if verdict == crate::upstream::Verdict::Ejected {
+            s.metrics.ejected(crate::metrics::EjectReason::MissedWrite);
+            tracing::warn!(server = %s.name, "server missed a write: ejected until its missed keys are deleted");
+        }
+    }
+
     /// Health of a server.
     pub fn health(&self, id: ServerId) -> &Health {
         &self.servers[id.index()].health

@@ -38,11 +38,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use slab::Slab;
 
-use crate::metrics::{CoreMetrics, EjectReason};
+use crate::metrics::CoreMetrics;
 use crate::protocol::Expect;
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, Reply, View};
 use crate::stats::{CoreStats, Counter};
-use crate::upstream::{Observed, Role, ServerId, Verdict};
+use crate::upstream::{Observed, Role, ServerId};
 
 use self::client::Client;
 use self::upstream::{UpConn, Zombie};
@@ -445,7 +445,7 @@ impl State {
                 } => self.send_call(d, cx, r, call, server, parts, expect),
                 Effect::Answer(a) => self.answer(d, cx, r, a),
                 Effect::MissedWrite { server, seen, key } => {
-                    missed_write(cx, server, seen, &key);
+                    cx.topo.missed_write(server, seen, &key, cx.now);
                 }
                 Effect::Count(c, n) => cx.stats().add(c, n),
                 Effect::Failover { failed } => {
@@ -643,20 +643,6 @@ impl State {
         while let Some(idx) = self.dirty_clients.pop() {
             self.flush_client(d, cx, idx);
         }
-    }
-}
-
-/// A write was acknowledged without `server`: it may now hold a stale value
-/// for `key`, which goes into its missed-key log (only while it is failing:
-/// the log's mutex is never taken in normal operation).
-fn missed_write(cx: &Ctx, server: ServerId, seen: Observed, key: &Bytes) {
-    let Some(s) = cx.topo.servers.get(server.index()) else {
-        return;
-    };
-    let policy = &cx.topo.settings.policy;
-    if s.health.record_missed_write(cx.now, policy, seen, key) == Verdict::Ejected {
-        s.metrics.ejected(EjectReason::MissedWrite);
-        tracing::warn!(server = %s.name, "server missed a write: ejected until its missed keys are deleted");
     }
 }
 
