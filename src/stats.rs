@@ -65,6 +65,7 @@ counters! {
     Repairs => "proxy_repairs",
     ReplicationErrors => "proxy_replication_errors",
     ResyncCopies => "proxy_resync_copies",
+    SectionWaits => "proxy_section_waits",
 }
 
 const N: usize = Counter::ALL.len();

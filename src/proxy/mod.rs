@@ -16,6 +16,7 @@
 //! | add, replace, cas | primary; on STORED the same item is `set` on the backup |
 //! | append, prepend, incr, decr, `ma`, other `ms`/`md` | primary; on success the item is read back (`mg v f t`) and `set` on the backup |
 //! | `ms` in add, replace, append, prepend or cas mode | as its classic verb (see [`meta_set_as_classic`]), the item read back |
+//! | every primary-first write above | runs inside its key's exclusive section ([`machine::Effect::Exclusive`]), so the backup gets the copies of one key's writes in the order the primary applied them |
 //! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
 pub mod binary;

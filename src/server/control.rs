@@ -290,6 +290,7 @@ impl Blocking<'_> {
     fn run(&mut self, m: &mut Machine, mut fx: Vec<Effect>, stats: &CoreStats) {
         let view = ControlView(self.topo);
         let mut sends: VecDeque<(CallId, ServerId, [Bytes; 2], Expect)> = VecDeque::new();
+        let mut granted: Vec<CallId> = Vec::new();
         // Bounded: a copy machine makes a handful of calls.
         for _ in 0..64 {
             for e in fx.drain(..) {
@@ -304,11 +305,17 @@ impl Blocking<'_> {
                     Effect::MissedWrite { server, seen, key } => {
                         self.topo.missed_write(server, seen, &key, Instant::now());
                     }
+                    // One call at a time here: a section is free at once.
+                    Effect::Exclusive { call, .. } => granted.push(call),
                     Effect::Answer(_)
                     | Effect::Failover { .. }
                     | Effect::Spawn(_)
                     | Effect::ReadThrough(_) => {}
                 }
+            }
+            if let Some(call) = granted.pop() {
+                m.on_outcome(call, Ok(Reply::grant()), &view, &mut fx);
+                continue;
             }
             let Some((call, server, parts, expect)) = sends.pop_front() else {
                 return;

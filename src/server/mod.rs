@@ -12,6 +12,7 @@
 mod control;
 mod driver;
 mod engine;
+mod exclusive;
 pub mod logfile;
 mod observe;
 mod topology;
@@ -31,6 +32,7 @@ use crate::metrics::CoreMetrics;
 use crate::stats::CoreStats;
 
 use self::driver::{Driver, EpollDriver, UringDriver};
+use self::exclusive::Sections;
 use self::topology::{Shared, Topology};
 
 /// Why memring could not start or keep running.
@@ -260,6 +262,7 @@ fn serve_on(
         stopping: AtomicBool::new(false),
         backend,
         tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
+        sections: Sections::default(),
         cfg,
     });
     tracing::info!(backend, threads, "starting");

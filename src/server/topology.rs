@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 
+use super::exclusive::Sections;
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::route::{Member, Ring};
@@ -205,6 +206,8 @@ pub(crate) struct Shared {
     pub backend: &'static str,
     /// The TCP address bound (for `stats settings`; port 0 resolved).
     pub tcp_addr: Option<SocketAddr>,
+    /// Per-key sections of the writes whose copy depends on the primary.
+    pub sections: Sections,
 }
 
 impl Shared {

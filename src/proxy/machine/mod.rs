@@ -101,6 +101,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The outcome that grants an [`Effect::Exclusive`]: no bytes.
+    pub fn grant() -> Reply {
+        Reply {
+            frame: Bytes::new(),
+            status: Status::Ok,
+            line: 0..0,
+            data: 0..0,
+        }
+    }
+
     /// Frame the reply at the front of `buf` (shaped by `expect`, values up
     /// to `max_value`) and split it off: `Ok(None)` while it is incomplete.
     pub fn frame(
@@ -381,6 +391,17 @@ pub enum Effect {
     /// A primary missed and its backup was asked: how that ended (for
     /// `memring_read_through_total`).
     ReadThrough(crate::metrics::ReadThrough),
+    /// Enter `key`'s exclusive section: the outcome of `call` (always `Ok`,
+    /// with an empty reply) comes once no other request on any core is inside
+    /// it, and the section is held until this machine is done. A machine asks
+    /// for at most one section, before its first upstream call, so waits
+    /// never form a cycle.
+    Exclusive {
+        /// Names the wait in the outcome.
+        call: CallId,
+        /// The key whose section is asked for.
+        key: Bytes,
+    },
     /// Start a detached machine (the background repair after a read-through
     /// hit); it has no client. It has not started yet: the engine gives it a
     /// slot, then calls [`Machine::begin`] on it, and the effects that call
@@ -433,10 +454,16 @@ impl Cx<'_> {
         self.view.observe(s).is_up()
     }
 
-    /// Send a request; the outcome comes back under the returned id.
-    fn send(&mut self, server: ServerId, parts: [Bytes; 2], expect: Expect) -> CallId {
+    /// A fresh call id (never with the [`LOOSE`] bit).
+    fn next_id(&mut self) -> CallId {
         let call = *self.next_call & !LOOSE;
         *self.next_call = call.wrapping_add(1) & !LOOSE;
+        call
+    }
+
+    /// Send a request; the outcome comes back under the returned id.
+    fn send(&mut self, server: ServerId, parts: [Bytes; 2], expect: Expect) -> CallId {
+        let call = self.next_id();
         self.fx.push(Effect::Send {
             call,
             server,
@@ -450,6 +477,14 @@ impl Cx<'_> {
     /// call fails at once, as [`CallError::Closed`]).
     fn send_up(&mut self, server: ServerId, parts: [Bytes; 2], expect: Expect) -> Option<CallId> {
         self.is_up(server).then(|| self.send(server, parts, expect))
+    }
+
+    /// Ask for `key`'s exclusive section ([`Effect::Exclusive`]); the grant
+    /// comes back as the outcome of the returned id.
+    fn exclusive(&mut self, key: Bytes) -> CallId {
+        let call = self.next_id();
+        self.fx.push(Effect::Exclusive { call, key });
+        call
     }
 
     /// Send a request whose reply nobody uses; the machine still waits for it.

@@ -115,6 +115,8 @@ struct Sent {
     server: ServerId,
     bytes: Vec<u8>,
     expect: Expect,
+    /// A wait for an exclusive section, not a request.
+    section: bool,
 }
 
 fn text(b: &[u8]) -> String {
@@ -135,6 +137,8 @@ struct Run<'w> {
     read_through: Vec<ReadThrough>,
     /// Every request sent, in order: (server, bytes).
     history: Vec<(ServerId, String)>,
+    /// Keys whose exclusive section was asked for, in order.
+    sections: Vec<String>,
 }
 
 impl<'w> Run<'w> {
@@ -166,6 +170,7 @@ impl<'w> Run<'w> {
             spawned: Vec::new(),
             read_through: Vec::new(),
             history: Vec::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -189,6 +194,7 @@ impl<'w> Run<'w> {
                         server,
                         bytes,
                         expect,
+                        section: false,
                     });
                 }
                 Effect::Answer(a) => self.answers.push(a),
@@ -200,6 +206,11 @@ impl<'w> Run<'w> {
                 }
                 Effect::Spawn(m) => self.spawned.push(*m),
                 Effect::ReadThrough(t) => self.read_through.push(t),
+                // Nobody else holds the section here: granted at once.
+                Effect::Exclusive { call, key } => {
+                    self.sections.push(text(&key));
+                    self.feed(call, Ok(Reply::grant()));
+                }
             }
         }
     }
@@ -1119,6 +1130,59 @@ fn incr_copies_the_counter_and_counts_a_hit() {
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("8\r\n"));
     assert_eq!(r.counts(), [("incr_hits", 1)]);
+}
+
+#[test]
+fn writes_that_copy_from_the_primary_run_inside_the_keys_section() {
+    let w = World::new();
+    for text in [
+        "incr a 5\r\n",
+        "decr a 5\r\n",
+        "append a 0 0 1\r\ny\r\n",
+        "add a 0 0 1\r\ny\r\n",
+        "cas a 0 0 1 7\r\ny\r\n",
+        "ms a 1 MA\r\ny\r\n",
+        "ma a\r\n",
+    ] {
+        let r = Run::start(&w, text, &[RA]);
+        assert_eq!(r.sections, ["a"], "{text:?}");
+        assert_eq!(r.pending().len(), 1, "{text:?}: the primary, once granted");
+    }
+    for text in [SET, "delete a\r\n", "touch a 5\r\n", "ms a 1\r\ny\r\n"] {
+        let r = Run::start(&w, text, &[RA]);
+        assert!(r.sections.is_empty(), "{text:?} is mirrored: no section");
+    }
+    // Without a backup in service there is nothing to keep in order.
+    let w = World::down(&[B2]);
+    let r = Run::start(&w, "incr a 5\r\n", &[RA]);
+    assert!(r.sections.is_empty());
+}
+
+#[test]
+fn nothing_goes_upstream_before_the_section_is_granted() {
+    let w = World::new();
+    let mut fx = Vec::new();
+    let mut m = Machine::start(req("incr a 5\r\n"), &[RA], &ALL, &w, &mut fx);
+    let [Effect::Exclusive { call, key }] = fx.as_slice() else {
+        panic!("only the section is asked for: {fx:?}");
+    };
+    assert_eq!(key.as_ref(), b"a");
+    let call = *call;
+    fx.clear();
+    // The primary went out while the write waited: the backup decides.
+    let policy = HealthPolicy::default();
+    for _ in 0..policy.failure_limit {
+        w.health[0].record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
+    }
+    m.on_outcome(call, Ok(Reply::grant()), &w, &mut fx);
+    let sends: Vec<(ServerId, Vec<u8>)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { server, parts, .. } => Some((*server, parts[0].to_vec())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, [(B2, b"incr a 5\r\n".to_vec())]);
 }
 
 #[test]

@@ -66,6 +66,10 @@ enum Stage {
         rp: Slot,
         rb: Slot,
     },
+    /// Primary-then-copy: waiting for the key's exclusive section, so that
+    /// the backup gets the copies of this key's writes in the order the
+    /// primary applied them (see `server::exclusive`).
+    Exclusive(CallId),
     /// Primary-then-copy: the primary first.
     Primary(CallId),
     /// The primary failed: the backup decides.
@@ -169,8 +173,8 @@ impl Write {
                         };
                     }
                     WriteRule::PrimaryThenCopy => {
-                        let call = cx.send(rep.primary, w.parts.clone(), expect);
-                        w.stage = Stage::Primary(call);
+                        let call = cx.exclusive(w.req.key_bytes());
+                        w.stage = Stage::Exclusive(call);
                     }
                 }
             }
@@ -230,6 +234,14 @@ impl Write {
                     }
                 }
             }
+            Stage::Exclusive(c) if c == call => {
+                // The wait may have outlasted the primary.
+                let expect = self.req.r.verb.expect();
+                match cx.send_up(p, self.parts.clone(), expect) {
+                    Some(call) => self.stage = Stage::Primary(call),
+                    None => self.primary_failed(cx),
+                }
+            }
             Stage::Primary(c) if c == call => match r {
                 Ok(rp) => {
                     let flags = self.req.meta_flags();
@@ -239,14 +251,7 @@ impl Write {
                         self.converge(rp, cx);
                     }
                 }
-                Err(_) => {
-                    let b = self.backup();
-                    let expect = self.req.r.verb.expect();
-                    match cx.send_up(b, self.parts.clone(), expect) {
-                        Some(call) => self.stage = Stage::Failover(call),
-                        None => self.fail(CallError::Closed, cx),
-                    }
-                }
+                Err(_) => self.primary_failed(cx),
             },
             Stage::Failover(c) if c == call => match r {
                 // The primary may or may not have applied it: the backup decides.
@@ -316,6 +321,17 @@ impl Write {
                 Err(_) => self.delete_backup(rp, cx),
             },
             other => self.stage = other,
+        }
+    }
+
+    /// The primary of a primary-then-copy write failed (or went out while
+    /// the write waited for its section): the backup decides.
+    fn primary_failed(&mut self, cx: &mut Cx<'_>) {
+        let b = self.backup();
+        let expect = self.req.r.verb.expect();
+        match cx.send_up(b, self.parts.clone(), expect) {
+            Some(call) => self.stage = Stage::Failover(call),
+            None => self.fail(CallError::Closed, cx),
         }
     }
 

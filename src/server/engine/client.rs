@@ -69,6 +69,9 @@ pub(super) struct Client {
     /// sequence number): nothing after it may start before it ends, or its
     /// second step could be overtaken.
     barrier: Option<u64>,
+    /// A write of this client waits for a key section another request
+    /// holds: nothing after it may start before it does.
+    pub(super) section_wait: bool,
     /// The answer to a too-large request, queued once its data is swallowed
     /// (memcached answers a length it cannot swallow, never).
     held: Option<(Answer, Option<Stamp>)>,
@@ -133,6 +136,7 @@ impl Client {
             long_get: None,
             binary: None,
             barrier: None,
+            section_wait: false,
             held: None,
             slots: VecDeque::new(),
             first_seq: 0,
@@ -456,7 +460,11 @@ impl State {
                 self.push_ready(idx, a, stamp);
                 continue;
             }
-            if cl.rbuf.is_empty() || !cl.can_start(cx.client_budget) || cl.barrier.is_some() {
+            if cl.rbuf.is_empty()
+                || !cl.can_start(cx.client_budget)
+                || cl.barrier.is_some()
+                || cl.section_wait
+            {
                 return;
             }
             if *cl

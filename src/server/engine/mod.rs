@@ -48,11 +48,16 @@ use self::client::Client;
 use self::upstream::{UpConn, Zombie};
 
 use super::driver::{Completion, Driver, DriverConfig};
+use super::exclusive::Held;
 use super::topology::{Shared, Topology};
 
 /// Longest wait of a turn with nothing due: reloads and shutdown are noticed
 /// within this.
 const IDLE_TICK: Duration = Duration::from_millis(50);
+
+/// Longest wait of a turn while a request waits for a key section held on
+/// another core (held for a round trip or two to the servers).
+const PARK_POLL: Duration = Duration::from_micros(100);
 
 /// Submission entries per ring.
 const RING_ENTRIES: u32 = 1024;
@@ -129,6 +134,9 @@ struct ReqSlot {
     outstanding: u32,
     /// A binary client's request: how its answer becomes binary.
     binary: Option<crate::proxy::binary::Plan>,
+    /// The key section the machine queued for (held once granted, released
+    /// when the slot is freed).
+    section: Option<Held>,
 }
 
 /// Read-only context of a turn: configuration, the topology snapshot and
@@ -205,6 +213,9 @@ pub(super) struct State {
     by_name: HashMap<(String, Role), Vec<usize>>,
     /// Upstream outcomes not yet handed to their machines.
     outcomes: VecDeque<(usize, CallId, Result<Reply, CallError>)>,
+    /// Requests waiting for a key section another request holds: (slot,
+    /// call, ticket). Polled each turn and whenever this core leaves one.
+    parked: Vec<(usize, CallId, Held)>,
     /// Connections with output or state to act on at the end of the turn.
     dirty_clients: Vec<usize>,
     dirty_ups: Vec<usize>,
@@ -275,6 +286,7 @@ pub(super) fn run_core<D: Driver>(
         pools: Vec::new(),
         by_name: HashMap::new(),
         outcomes: VecDeque::with_capacity(256),
+        parked: Vec::new(),
         dirty_clients: Vec::with_capacity(64),
         dirty_ups: Vec::with_capacity(16),
         fx: Vec::with_capacity(16),
@@ -397,15 +409,69 @@ impl State {
         }
     }
 
-    /// Free a request whose machine ended and has no call outstanding.
+    /// Free a request whose machine ended and has no call outstanding, and
+    /// leave its key section.
     fn maybe_free(&mut self, cx: &Ctx, r: usize) {
         let done = self
             .reqs
             .get(r)
             .is_some_and(|s| s.outstanding == 0 && s.machine.is_done());
         if done {
-            self.reqs.remove(r);
+            let slot = self.reqs.remove(r);
             cx.stats().active_requests.fetch_sub(1, Ordering::Relaxed);
+            if let Some(held) = slot.section {
+                // Granted: a waiting request holds an outstanding call.
+                cx.shared.sections.release(held);
+                self.poll_parked(cx);
+            }
+        }
+    }
+
+    /// Queue request `r` for `key`'s section: true when it is free (the
+    /// caller grants `call` at once); otherwise the request is parked, and
+    /// its client starts nothing more until the grant, so that its later
+    /// requests cannot overtake the write.
+    fn enter_section(&mut self, cx: &Ctx, r: usize, call: CallId, key: &[u8]) -> bool {
+        let Some(slot) = self.reqs.get_mut(r) else {
+            return false;
+        };
+        let held = *slot
+            .section
+            .get_or_insert_with(|| cx.shared.sections.take(key));
+        if cx.shared.sections.granted(held) {
+            return true;
+        }
+        slot.outstanding += 1;
+        let client = slot.client;
+        self.parked.push((r, call, held));
+        cx.stats().incr(Counter::SectionWaits);
+        if let Some(cref) = client {
+            if let Some(c) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+                c.section_wait = true;
+            }
+        }
+        false
+    }
+
+    /// Grant the parked requests whose turn has come, and let their clients
+    /// go on.
+    fn poll_parked(&mut self, cx: &Ctx) {
+        let mut i = 0;
+        while i < self.parked.len() {
+            let (r, call, held) = self.parked[i];
+            if !cx.shared.sections.granted(held) {
+                i += 1;
+                continue;
+            }
+            self.parked.swap_remove(i);
+            self.outcomes.push_back((r, call, Ok(Reply::grant())));
+            let client = self.reqs.get(r).and_then(|s| s.client);
+            if let Some(cref) = client {
+                if let Some(c) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+                    c.section_wait = false;
+                    client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
+                }
+            }
         }
     }
 
@@ -426,6 +492,7 @@ impl State {
             generation: cx.topo.generation,
             outstanding: 0,
             binary,
+            section: None,
         });
         cx.stats().active_requests.fetch_add(1, Ordering::Relaxed);
         self.apply(d, cx, r, fx);
@@ -435,28 +502,47 @@ impl State {
     /// Carry out a machine's effects.
     fn apply<D: Driver>(&mut self, d: &mut D, cx: &Ctx, r: usize, fx: &mut Vec<Effect>) {
         let mut spawned: Vec<Box<Machine>> = Vec::new();
-        for e in fx.drain(..) {
-            match e {
-                Effect::Send {
-                    call,
-                    server,
-                    parts,
-                    expect,
-                } => self.send_call(d, cx, r, call, server, parts, expect),
-                Effect::Answer(a) => self.answer(d, cx, r, a),
-                Effect::MissedWrite { server, seen, key } => {
-                    cx.topo.missed_write(server, seen, &key, cx.now);
-                }
-                Effect::Count(c, n) => cx.stats().add(c, n),
-                Effect::Failover { failed } => {
-                    cx.stats().incr(Counter::Failovers);
-                    if let Some(s) = cx.topo.servers.get(failed.index()) {
-                        s.health.failovers.fetch_add(1, Ordering::Relaxed);
+        let mut granted = None;
+        loop {
+            for e in fx.drain(..) {
+                match e {
+                    Effect::Send {
+                        call,
+                        server,
+                        parts,
+                        expect,
+                    } => self.send_call(d, cx, r, call, server, parts, expect),
+                    Effect::Answer(a) => self.answer(d, cx, r, a),
+                    Effect::MissedWrite { server, seen, key } => {
+                        cx.topo.missed_write(server, seen, &key, cx.now);
+                    }
+                    Effect::Count(c, n) => cx.stats().add(c, n),
+                    Effect::Failover { failed } => {
+                        cx.stats().incr(Counter::Failovers);
+                        if let Some(s) = cx.topo.servers.get(failed.index()) {
+                            s.health.failovers.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Effect::Spawn(m) => spawned.push(m),
+                    Effect::ReadThrough(t) => cx.metrics().read_through(t),
+                    Effect::Exclusive { call, key } => {
+                        if self.enter_section(cx, r, call, &key) {
+                            granted = Some(call);
+                        }
                     }
                 }
-                Effect::Spawn(m) => spawned.push(m),
-                Effect::ReadThrough(t) => cx.metrics().read_through(t),
             }
+            // A free section is entered at once, so the write's first upstream
+            // call keeps its place among its client's pipelined requests.
+            let Some(call) = granted.take() else { break };
+            let Some(slot) = self.reqs.get_mut(r) else {
+                break;
+            };
+            let view = HealthView {
+                topo: &cx.topo,
+                now_unix: cx.now_unix,
+            };
+            slot.machine.on_outcome(call, Ok(Reply::grant()), &view, fx);
         }
         for m in spawned {
             let mut sub = Vec::new();
@@ -632,6 +718,11 @@ impl State {
             }
         }
         self.up_ids = ids;
+        if !self.parked.is_empty() {
+            // Another core holds a section a request here waits for.
+            self.poll_parked(cx);
+            next = next.min(cx.now + PARK_POLL);
+        }
         next.saturating_duration_since(cx.now)
     }
 

@@ -120,6 +120,17 @@ impl Tracked {
                         server,
                         bytes: [parts[0].as_ref(), parts[1].as_ref()].concat(),
                         expect,
+                        section: false,
+                    });
+                }
+                Effect::Exclusive { call, .. } => {
+                    prop_assert!(!self.pending.iter().any(|s| s.call == call));
+                    self.pending.push(Sent {
+                        call,
+                        server: ServerId(0),
+                        bytes: Vec::new(),
+                        expect: Expect::Line,
+                        section: true,
                     });
                 }
                 Effect::Answer(_) => self.answers += 1,
@@ -219,6 +230,8 @@ proptest! {
             let replies = canned(sent.expect);
             let o = usize::from(outcome) % (replies.len() + ERRORS.len());
             let r = match replies.get(o) {
+                // A section is only ever granted, whenever its turn comes.
+                _ if sent.section => Ok(Reply::grant()),
                 Some(text) => Ok(reply(sent.expect, text.as_bytes())),
                 None => Err(ERRORS[o - replies.len()]),
             };
