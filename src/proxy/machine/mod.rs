@@ -225,12 +225,16 @@ pub enum Keys {
 }
 
 impl Keys {
-    /// Take the parser's key list, leaving it reusable when it held one key.
+    /// Take the parser's key list, leaving it empty with its capacity (a
+    /// multi-key list is copied into one allocation of its exact size, so
+    /// the parser's list does not grow again from nothing every request).
     pub fn take(parsed: &mut Vec<Range<usize>>) -> Keys {
         if parsed.len() <= 1 {
             Keys::One(parsed.pop())
         } else {
-            Keys::Many(std::mem::take(parsed))
+            let keys = Keys::Many(parsed.as_slice().to_vec());
+            parsed.clear();
+            keys
         }
     }
 

@@ -28,7 +28,11 @@ fn is_touch(verb: Verb) -> bool {
 
 /// gat/gats touch the item: the backups' copies get the same new exptime.
 /// Loose calls: nobody uses their replies.
-fn touch_backups(req: &ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) {
+fn touch_backups(
+    req: &ClientRequest,
+    replicas: impl IntoIterator<Item = Replicas>,
+    cx: &mut Cx<'_>,
+) {
     if !is_touch(req.r.verb) {
         return;
     }
@@ -176,7 +180,7 @@ impl GetOne {
                 } else {
                     Counter::GetHits
                 });
-                touch_backups(&self.req, std::slice::from_ref(&self.rep), cx);
+                touch_backups(&self.req, [self.rep], cx);
                 cx.answer(Answer::One(r.frame));
             }
             Ok(r) => {
@@ -261,24 +265,34 @@ impl GetOne {
     }
 }
 
-/// A multi-key retrieval, split by server and merged back in key order.
+/// A multi-key retrieval: split per server, sent in parallel, merged back
+/// in the client's key order.
 #[derive(Debug)]
 pub(super) struct GetMany {
     req: ClientRequest,
-    replicas: Vec<Replicas>,
-    /// Where each key is asked first: its primary, or its backup when the primary is out.
-    target: Vec<Option<ServerId>>,
-    /// Each key's backup in service, when it was asked on its primary.
-    backup_of: Vec<Option<ServerId>>,
-    /// VALUE blocks found, by key index.
-    found: Vec<Option<Bytes>>,
-    /// Read-through hits: VALUE line and data block, by key index.
-    through: Vec<Option<[Bytes; 2]>>,
+    /// Per key, in request order (one allocation for all of them).
+    keys: Vec<KeyState>,
     /// Servers that failed in the first round.
     failed: Vec<ServerId>,
     /// Calls in flight: id, server (fetch rounds) or key index (read-through).
     calls: Vec<(CallId, u32)>,
     stage: ManyStage,
+}
+
+/// One key of a multi-key retrieval.
+#[derive(Debug)]
+struct KeyState {
+    rep: Replicas,
+    /// Where the key is asked first: its primary, or its backup when the primary is out.
+    target: Option<ServerId>,
+    /// The key's backup in service, when it was asked on its primary.
+    backup_of: Option<ServerId>,
+    /// Where it is asked in the retry round (its first server failed).
+    retry: Option<ServerId>,
+    /// Its VALUE block, once found.
+    found: Option<Bytes>,
+    /// A read-through hit: VALUE line and data block.
+    through: Option<[Bytes; 2]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,36 +314,34 @@ impl GetMany {
             cx.answer(one(compose::NO_SERVER));
             return Kind::Done;
         }
-        let replicas = replicas[..n].to_vec();
-        let mut target = Vec::with_capacity(n);
-        let mut backup_of = Vec::with_capacity(n);
-        for rep in &replicas {
+        let mut keys = Vec::with_capacity(n);
+        for &rep in &replicas[..n] {
             let b = rep.backup.filter(|b| cx.is_up(*b));
-            if cx.is_up(rep.primary) {
-                target.push(Some(rep.primary));
-                backup_of.push(b);
+            let (target, backup_of) = if cx.is_up(rep.primary) {
+                (Some(rep.primary), b)
             } else {
                 if b.is_some() {
                     cx.failover(rep.primary);
                 }
-                target.push(b);
-                backup_of.push(None);
-            }
+                (b, None)
+            };
+            keys.push(KeyState {
+                rep,
+                target,
+                backup_of,
+                retry: None,
+                found: None,
+                through: None,
+            });
         }
         let mut m = Box::new(GetMany {
             req,
-            replicas,
-            target,
-            backup_of,
-            found: vec![None; n],
-            through: Vec::new(),
+            keys,
             failed: Vec::new(),
             calls: Vec::new(),
             stage: ManyStage::First,
         });
-        let target = std::mem::take(&mut m.target);
-        m.fetch(&target, cx);
-        m.target = target;
+        m.fetch(|k| k.target, cx);
         m.advance(cx);
         if m.is_done() {
             return Kind::Done;
@@ -337,16 +349,18 @@ impl GetMany {
         Kind::GetMany(m)
     }
 
-    /// Ask every server in `target` for its keys at once.
-    fn fetch(&mut self, target: &[Option<ServerId>], cx: &mut Cx<'_>) {
-        let mut servers: Vec<ServerId> = Vec::new();
-        for t in target.iter().flatten() {
-            if !servers.contains(t) {
-                servers.push(*t);
+    /// Ask every server that `asked` names for its keys at once, in the
+    /// order the servers first appear among the keys.
+    fn fetch(&mut self, asked: fn(&KeyState) -> Option<ServerId>, cx: &mut Cx<'_>) {
+        let whole = self.keys.iter().all(|k| asked(k).is_some())
+            && self.keys.windows(2).all(|w| asked(&w[0]) == asked(&w[1]));
+        for i in 0..self.keys.len() {
+            let Some(s) = asked(&self.keys[i]) else {
+                continue;
+            };
+            if self.keys[..i].iter().any(|k| asked(k) == Some(s)) {
+                continue;
             }
-        }
-        let whole = servers.len() == 1 && target.iter().all(|t| t.is_some());
-        for s in servers {
             let line = if whole {
                 self.req.bytes.clone()
             } else {
@@ -355,9 +369,9 @@ impl GetMany {
                     .req
                     .keys()
                     .iter()
-                    .zip(target)
-                    .filter(|(_, t)| **t == Some(s))
-                    .map(|(k, _)| self.req.bytes.get(k.clone()).unwrap_or_default());
+                    .zip(&self.keys)
+                    .filter(|(_, k)| asked(k) == Some(s))
+                    .map(|(r, _)| self.req.bytes.get(r.clone()).unwrap_or_default());
                 compose::compose_retrieval(&mut line, self.req.r.verb, self.req.r.exptime, keys);
                 line.freeze()
             };
@@ -375,13 +389,16 @@ impl GetMany {
     }
 
     /// Take one server's reply to its part: its VALUE blocks for the keys
-    /// that were asked there (`target` of this round).
+    /// that were asked there in this round.
     fn part_done(&mut self, s: ServerId, r: Result<Reply, CallError>) {
         let frame = match r {
             Ok(r) if !r.status.is_error() => r.frame,
             _ => return self.part_failed(s),
         };
-        let mut items = Vec::new();
+        let first = self.stage == ManyStage::First;
+        let asked = |k: &KeyState| if first { k.target } else { k.retry };
+        let n = self.keys.iter().filter(|k| asked(k) == Some(s)).count();
+        let mut items = Vec::with_capacity(n);
         if !matches!(
             frame_response(Expect::Values, &frame, usize::MAX, &mut items),
             Ok(Framed::Complete { .. })
@@ -393,25 +410,10 @@ impl GetMany {
             items,
             cursor: 0,
         };
-        for (i, k) in self.req.keys().iter().enumerate() {
-            let asked = match self.stage {
-                ManyStage::First => self.target[i],
-                _ => self.retry_target(i),
-            };
-            if asked == Some(s) && self.found[i].is_none() {
-                self.found[i] = part.take(self.req.bytes.get(k.clone()).unwrap_or_default());
+        for (k, r) in self.keys.iter_mut().zip(self.req.keys()) {
+            if asked(k) == Some(s) && k.found.is_none() {
+                k.found = part.take(self.req.bytes.get(r.clone()).unwrap_or_default());
             }
-        }
-    }
-
-    /// Where key `i` is asked in the second round: its backup, when the
-    /// server it was asked on first failed.
-    fn retry_target(&self, i: usize) -> Option<ServerId> {
-        let t = self.target[i]?;
-        if self.failed.contains(&t) {
-            self.backup_of[i]
-        } else {
-            None
         }
     }
 
@@ -430,14 +432,15 @@ impl GetMany {
             ManyStage::ReadThrough => {
                 let i = what as usize;
                 let key = self.req.retrieval_key(i);
-                let (p, b) = (self.target[i], self.backup_of[i]);
-                if let (Some(p), Some(b)) = (p, b) {
-                    let hit = read_through_hit(&self.req, key, p, b, r, cx);
-                    if hit.is_some() {
-                        cx.count(Counter::ReadThroughHits);
-                    }
-                    if let Some(slot) = self.through.get_mut(i) {
-                        *slot = hit;
+                if let Some(k) = self.keys.get(i) {
+                    if let (Some(p), Some(b)) = (k.target, k.backup_of) {
+                        let hit = read_through_hit(&self.req, key, p, b, r, cx);
+                        if hit.is_some() {
+                            cx.count(Counter::ReadThroughHits);
+                        }
+                        if let Some(k) = self.keys.get_mut(i) {
+                            k.through = hit;
+                        }
                     }
                 }
             }
@@ -452,34 +455,32 @@ impl GetMany {
             match self.stage {
                 ManyStage::First => {
                     self.stage = ManyStage::Retry;
-                    let n = self.found.len();
-                    let mut retry = vec![None; n];
+                    if self.failed.is_empty() {
+                        continue;
+                    }
                     let mut any = false;
-                    for (i, slot) in retry.iter_mut().enumerate() {
-                        if let (Some(t), Some(b)) = (self.target[i], self.retry_target(i)) {
-                            *slot = Some(b);
+                    for k in &mut self.keys {
+                        // A key whose first server failed goes to its backup.
+                        let t = k.target.filter(|t| self.failed.contains(t));
+                        if let (Some(t), Some(b)) = (t, k.backup_of) {
+                            k.retry = Some(b);
                             any = true;
                             cx.failover(t);
                         }
                     }
                     if any {
-                        self.fetch(&retry, cx);
+                        self.fetch(|k| k.retry, cx);
                     }
                 }
                 ManyStage::Retry => {
                     self.stage = ManyStage::ReadThrough;
-                    for i in 0..self.found.len() {
-                        if self.found[i].is_some() {
-                            continue;
-                        }
-                        let (Some(p), Some(b)) = (self.target[i], self.backup_of[i]) else {
+                    for i in 0..self.keys.len() {
+                        let k = &self.keys[i];
+                        let (Some(p), Some(b)) = (k.target, k.backup_of) else {
                             continue;
                         };
-                        if self.failed.contains(&p) {
+                        if k.found.is_some() || self.failed.contains(&p) {
                             continue;
-                        }
-                        if self.through.is_empty() {
-                            self.through = vec![None; self.found.len()];
                         }
                         let key = self.req.retrieval_key(i);
                         if let Some(call) = send_read_through(&self.req, &key, b, cx) {
@@ -497,21 +498,21 @@ impl GetMany {
     }
 
     fn finish(&mut self, cx: &mut Cx<'_>) {
-        let n = self.found.len();
+        let n = self.keys.len();
         let mut out = Vec::with_capacity(n + 1);
         let mut hits = 0u64;
-        for (i, f) in self.found.iter_mut().enumerate() {
-            if let Some(block) = f.take() {
+        for k in &mut self.keys {
+            if let Some(block) = k.found.take() {
                 out.push(block);
                 hits += 1;
-            } else if let Some(pair) = self.through.get_mut(i).and_then(Option::take) {
+            } else if let Some(pair) = k.through.take() {
                 out.extend(pair);
                 hits += 1;
             }
         }
         cx.count_n(Counter::GetHits, hits);
         cx.count_n(Counter::GetMisses, n as u64 - hits);
-        touch_backups(&self.req, &self.replicas, cx);
+        touch_backups(&self.req, self.keys.iter().map(|k| k.rep), cx);
         out.push(Bytes::from_static(compose::END));
         cx.answer(Answer::Many(out));
     }
