@@ -4,7 +4,7 @@
 //! Startup: choose the driver (io_uring, or epoll when io_uring is refused),
 //! resolve the servers, bind one SO_REUSEPORT listener per core, detach
 //! (unless `-D`), write the pid file, drop privileges, then start one event
-//! loop thread per core ([`engine`]) and the control plane ([`control`]:
+//! loop thread per core (`engine`) and the control plane (`control`:
 //! probes and resync). The main thread keeps only signals: SIGHUP reloads
 //! the config file, SIGTERM/SIGINT stop accepting, let in-flight requests
 //! finish (bounded by `--shutdown-timeout`) and exit 0.
