@@ -14,7 +14,9 @@
 //!   Down --(probe due; the prober claims it)--> Probing
 //!   Probing --(version answered; log overflowed or a flush_all missed)--> Flushing --(flush_all OK)--> Up
 //!   Probing --(version answered; log holds keys or nothing)--> Draining --(log empty, grace over)--> Up
-//!   Probing / Flushing / Draining --(probe, flush or delete failed)--> Down (jittered backoff)
+//!   Probing / Flushing / Draining --(probe, flush or delete failed)--> Down (jittered backoff;
+//!                                    an ejection for that reason if the episode began as Suspect)
+//!   Draining --(log overflowed)--> Down, or Suspect (to be flushed at once) if it began as Suspect
 //! ```
 //! Every write acknowledged to a client without a server (it was out, or
 //! failed while its replica succeeded) logs the key in the server's
