@@ -9,11 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, IoBackend};
-use crate::metrics::{
-    Command, EjectReason, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind,
-};
+use crate::metrics::{Command, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind};
 use crate::route::Distribution;
-use crate::upstream::{Health, Role};
+use crate::upstream::{Counters, Ejection, Health, Role};
 
 macro_rules! counters {
     ($($name:ident => $wire:literal,)*) => {
@@ -216,16 +214,14 @@ pub fn render(
         stat(&format!("server_{i}:role"), &v.role.as_str());
         stat(&format!("server_{i}:state"), &h.state().as_str());
         stat(&format!("server_{i}:dirty"), &u8::from(h.is_dirty()));
-        for (name, counter) in [
-            ("failures", &h.failures),
-            ("failovers", &h.failovers),
-            ("ejections", &h.ejections),
-            ("flushes", &h.flushes),
+        let c = h.counters();
+        for (name, v) in [
+            ("failures", c.failures),
+            ("failovers", c.failovers),
+            ("ejections", c.ejections),
+            ("flushes", c.flushes),
         ] {
-            stat(
-                &format!("server_{i}:{name}"),
-                &counter.load(Ordering::Relaxed),
-            );
+            stat(&format!("server_{i}:{name}"), &v);
         }
         let (logged_now, overflowed) = h.missed_keys();
         stat(&format!("server_{i}:missed_keys"), &logged_now);
@@ -233,15 +229,12 @@ pub fn render(
             &format!("server_{i}:missed_keys_overflowed"),
             &u8::from(overflowed),
         );
-        for (name, counter) in [
-            ("keys_logged", &h.keys_logged),
-            ("drains", &h.drains),
-            ("drained_keys", &h.drained_keys),
+        for (name, v) in [
+            ("keys_logged", c.keys_logged),
+            ("drains", c.drains),
+            ("drained_keys", c.drained_keys),
         ] {
-            stat(
-                &format!("server_{i}:{name}"),
-                &counter.load(Ordering::Relaxed),
-            );
+            stat(&format!("server_{i}:{name}"), &v);
         }
         stat(
             &format!("server_{i}:last_rejoin"),
@@ -250,6 +243,11 @@ pub fn render(
         stat(
             &format!("server_{i}:last_ejection"),
             &h.last_ejection().as_str(),
+        );
+        reasons(&c, &mut |name, v| stat(&format!("server_{i}:{name}"), &v));
+        stat(
+            &format!("server_{i}:last_suspect"),
+            &h.last_suspicion().as_str(),
         );
         stat(
             &format!("server_{i}:since_state_change"),
@@ -405,13 +403,10 @@ pub fn render_proxy(
             &format!("server_{i}:failovers"),
             &h.failovers.load(Ordering::Relaxed),
         );
-        stat(&format!("server_{i}:flushes"), &m.flushes);
-        for r in EjectReason::ALL {
-            stat(
-                &format!("server_{i}:ejections_{}", r.label()),
-                &m.ejections[*r as usize],
-            );
-        }
+        stat(&format!("server_{i}:flushes"), &m.health.flushes);
+        reasons(&m.health, &mut |name, v| {
+            stat(&format!("server_{i}:{name}"), &v)
+        });
         for k in UpstreamErrorKind::ALL {
             stat(
                 &format!("server_{i}:errors_{}", k.label()),
@@ -431,6 +426,25 @@ pub fn render_proxy(
     }
     s.push_str("END\r\n");
     s
+}
+
+/// A server's ejections and suspicions by reason (`ejections_timeout`,
+/// `suspects`, `suspects_missed_write`, `suspects_cleared`, ...).
+fn reasons(c: &Counters, out: &mut dyn FnMut(&str, u64)) {
+    for r in Ejection::EJECTIONS {
+        out(
+            &format!("ejections_{}", r.as_str()),
+            c.ejected_for[r as usize],
+        );
+    }
+    out("suspects", c.suspects);
+    for r in Ejection::SUSPICIONS {
+        out(
+            &format!("suspects_{}", r.as_str()),
+            c.suspected_for[r as usize],
+        );
+    }
+    out("suspects_cleared", c.suspects_cleared);
 }
 
 fn secs(d: Duration) -> String {
@@ -471,7 +485,37 @@ mod tests {
         assert!(out.contains("STAT server_0:role backup\r\n"));
         assert!(out.contains("STAT server_0:state up\r\n"));
         assert!(out.contains("STAT server_0:since_state_change 5.000\r\n"));
+        for want in [
+            "STAT server_0:ejections_connect 0\r\n",
+            "STAT server_0:ejections_drain_failed 0\r\n",
+            "STAT server_0:suspects 0\r\n",
+            "STAT server_0:suspects_timeout 0\r\n",
+            "STAT server_0:suspects_missed_write 0\r\n",
+            "STAT server_0:suspects_cleared 0\r\n",
+            "STAT server_0:last_suspect none\r\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in {out}");
+        }
         assert!(out.ends_with("END\r\n"));
+        // A stuck server: suspect, then ejected by its failed probe.
+        let policy = crate::upstream::HealthPolicy::default();
+        for _ in 0..policy.failure_limit {
+            h.record_failure(t0, &policy, Ejection::Timeout);
+        }
+        let probe = h.try_claim_probe(t0).expect("a suspect is probed at once");
+        h.probe_failed(t0, &policy, probe, Ejection::Timeout, 0.5);
+        let out = render(&cores, &servers, &p, t0);
+        for want in [
+            "STAT server_0:state down\r\n",
+            "STAT server_0:ejections 1\r\n",
+            "STAT server_0:ejections_timeout 1\r\n",
+            "STAT server_0:last_ejection timeout\r\n",
+            "STAT server_0:suspects 1\r\n",
+            "STAT server_0:suspects_timeout 1\r\n",
+            "STAT server_0:last_suspect timeout\r\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in {out}");
+        }
         cores[0].reset();
         assert_eq!(cores[0].get(Counter::CmdGet), 0);
     }
@@ -487,9 +531,12 @@ mod tests {
         }
         let sm = ServerMetrics::new(1);
         sm.upstream_error(0, UpstreamErrorKind::Timeout);
-        sm.ejected(EjectReason::Failures);
         let t0 = Instant::now();
         let h = Health::new(t0);
+        let policy = crate::upstream::HealthPolicy::default();
+        for _ in 0..policy.failure_limit {
+            h.record_failure(t0, &policy, Ejection::Connect);
+        }
         let views = [ServerView {
             name: "127.0.0.1:1",
             role: Role::Primary,
@@ -499,7 +546,7 @@ mod tests {
             name: "127.0.0.1:1",
             role: Role::Primary,
             state: h.state(),
-            flushes: 0,
+            health: h.counters(),
             metrics: &sm,
         }];
         let snap = Snapshot::take(&m, &inputs, ProcessCounters::default(), "epoll", true);
@@ -507,9 +554,11 @@ mod tests {
         for want in [
             "STAT proxy_failovers 1\r\n",
             "STAT proxy_latency_recorded 1\r\n",
-            "STAT server_0:state up\r\n",
+            "STAT server_0:state down\r\n",
             "STAT server_0:errors_timeout 1\r\n",
-            "STAT server_0:ejections_failures 1\r\n",
+            "STAT server_0:ejections_connect 1\r\n",
+            "STAT server_0:ejections_timeout 0\r\n",
+            "STAT server_0:suspects 0\r\n",
             "STAT server_0:latency_count 0\r\n",
             "STAT latency_get_count 100\r\n",
             "STAT latency_get_mean_us 15.0\r\n",

@@ -193,6 +193,27 @@ fn slow_shim_forwards_exact_bytes_after_its_delay() {
 }
 
 #[test]
+fn slow_shim_holds_only_the_next_chunk() {
+    let mc = Memcached::start();
+    let slow = FaultServer::slow(mc.addr(), Duration::ZERO);
+    let mut c = Client::tcp(slow.addr());
+    let hold = Duration::from_millis(150);
+    slow.hold_next(hold);
+    assert!(!slow.hold_taken());
+    let t0 = Instant::now();
+    assert_bytes(&c.request(b"version\r\n")[..8], b"VERSION ", "held");
+    // Guaranteed by construction: the shim sleeps before it forwards.
+    assert!(t0.elapsed() >= hold);
+    assert!(slow.hold_taken());
+    // The next one passes at the shim's delay (none), and the hold is gone.
+    assert_bytes(
+        &c.request(&set_cmd("k", b"v")),
+        b"STORED\r\n",
+        "after the hold",
+    );
+}
+
+#[test]
 fn pipeline_of_2000_gets_in_one_write() {
     let mc = Memcached::start();
     let mut c = mc.client();

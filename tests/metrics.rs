@@ -212,6 +212,31 @@ fn metrics_endpoint_serves_get_metrics_only_and_survives_garbage() {
             "memring_server_up{{server=\"{}\",role=\"primary\"}} 1\n",
             mc.server_arg()
         ),
+        &format!(
+            "memring_server_state{{server=\"{}\",state=\"suspect\"}} 0\n",
+            mc.server_arg()
+        ),
+        &format!(
+            "memring_ejections_total{{server=\"{}\",reason=\"timeout\"}} 0\n",
+            mc.server_arg()
+        ),
+        &format!(
+            "memring_suspects_total{{server=\"{}\",reason=\"missed_write\"}} 0\n",
+            mc.server_arg()
+        ),
+        &format!(
+            "memring_suspects_cleared_total{{server=\"{}\"}} 0\n",
+            mc.server_arg()
+        ),
+        &format!(
+            "memring_keys_logged_total{{server=\"{}\"}} 0\n",
+            mc.server_arg()
+        ),
+        &format!("memring_drains_total{{server=\"{}\"}} 0\n", mc.server_arg()),
+        &format!(
+            "memring_drained_keys_total{{server=\"{}\"}} 0\n",
+            mc.server_arg()
+        ),
         "memring_client_connections 1\n",
         "# EOF\n",
     ] {

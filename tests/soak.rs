@@ -13,8 +13,8 @@
 //!   older value: stale; a value never written: phantom) is a violation.
 //! - A read misses when W is a delete (or E holds one). Otherwise a miss is
 //!   allowed only if *both* copies may be gone: a copy on server R may be
-//!   gone if R was out during W (a flap of R, or an ejection of R seen in
-//!   `stats`, overlaps W), or R was wiped between W and the read (killed and
+//!   gone if R was out during W (a flap of R, or an ejection or suspicion
+//!   of R seen in `stats`, overlaps W), or R was wiped between W and the read (killed and
 //!   restarted empty, or flushed or drained by memring on rejoin, as counted
 //!   by its `server_<i>:flushes` and `:drains`: a drain deletes the keys the
 //!   server missed and may delete one written again while it drained). Flaps never overlap (the next starts only when
@@ -260,6 +260,7 @@ struct Poll {
     sent: Instant,
     done: Instant,
     ejections: Vec<u64>,
+    suspects: Vec<u64>,
     flushes: Vec<u64>,
     drains: Vec<u64>,
 }
@@ -282,6 +283,7 @@ fn poll(c: &mut Client, servers: &[Memcached]) -> (Poll, Vec<(String, String)>) 
         sent,
         done,
         ejections: field("ejections"),
+        suspects: field("suspects"),
         flushes: field("flushes"),
         drains: field("drains"),
     };
@@ -513,7 +515,10 @@ fn flapping_servers_never_serve_stale_values() {
             if now.flushes[s] > prev.flushes[s] || now.drains[s] > prev.drains[s] {
                 wiped.add(s, prev.sent, now.done);
             }
-            if now.ejections[s] > prev.ejections[s] && Some(s) != flapped {
+            // A suspect server is out like an ejected one until it rejoins.
+            let taken_out =
+                now.ejections[s] > prev.ejections[s] || now.suspects[s] > prev.suspects[s];
+            if taken_out && Some(s) != flapped {
                 out.add(s, prev.sent, now.done);
                 spurious += 1;
             }
@@ -604,7 +609,7 @@ fn flapping_servers_never_serve_stale_values() {
     );
     println!(
         "  flaps: {} ({kills} kill -9 + restart, {} SIGSTOP/SIGCONT), slowest back-to-all-up {slowest_rejoin:?}; \
-         ejections not caused by a flap: {spurious}",
+         ejections or suspicions not caused by a flap: {spurious}",
         flaps.len(),
         flaps.len() - kills
     );
@@ -621,9 +626,12 @@ fn flapping_servers_never_serve_stale_values() {
     for (i, s) in servers.iter().enumerate() {
         let role = if i < PRIMARIES { "primary" } else { "backup" };
         println!(
-            "  server {i} {role} {}: ejections {}, flushes {}, drains {}, drained keys {}, failovers {}",
+            "  server {i} {role} {}: ejections {} (last {}), suspects {} (cleared {}), flushes {}, drains {}, drained keys {}, failovers {}",
             s.server_arg(),
             server_stat(&final_stats, s, role, "ejections"),
+            server_stat(&final_stats, s, role, "last_ejection"),
+            server_stat(&final_stats, s, role, "suspects"),
+            server_stat(&final_stats, s, role, "suspects_cleared"),
             server_stat(&final_stats, s, role, "flushes"),
             server_stat(&final_stats, s, role, "drains"),
             server_stat(&final_stats, s, role, "drained_keys"),

@@ -123,7 +123,7 @@ pub(super) struct Cli {
     #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_CLIENT_BUFFER, value_parser = value::size, help_heading = MEMRING)]
     pub client_buffer: usize,
 
-    /// Consecutive failures before a server is marked down
+    /// Consecutive failures before a server is taken out (suspect if the last was a timeout)
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_FAILURE_LIMIT, value_parser = value::failure_limit, help_heading = MEMRING)]
     pub failure_limit: u32,
 

@@ -129,7 +129,9 @@ pub struct Config {
     /// `--client-buffer`: unsent reply bytes (answered plus expected) past which a
     /// client is not read until it catches up. Default 4 MiB.
     pub client_buffer: usize,
-    /// `--failure-limit`: consecutive failures before a server is marked down. Default 2.
+    /// `--failure-limit`: consecutive failures before a server is taken out
+    /// (ejected, or suspect and probed at once when the last was a stuck
+    /// connection). Default 2.
     pub failure_limit: u32,
     /// `--retry-interval`: base of the probe backoff for a down server. Default 500ms.
     pub retry_interval: Duration,

@@ -15,7 +15,10 @@
 //! memring_server_up{server,role}                 gauge 1 serving, 0 out
 //! memring_server_state{server,state}             gauge 1 for the current state
 //! memring_failovers_total  memring_read_through_total{result}
-//! memring_ejections_total{server,reason}  memring_flushes_total{server}
+//! memring_ejections_total{server,reason}         counter (connect timeout closed protocol drain_failed)
+//! memring_suspects_total{server,reason}          counter (timeout missed_write)
+//! memring_suspects_cleared_total{server}  memring_flushes_total{server}
+//! memring_keys_logged_total{server}  memring_drains_total{server}  memring_drained_keys_total{server}
 //! memring_resync_copies_total  memring_repairs_total
 //! memring_client_connections  memring_client_connections_rejected_total
 //! memring_client_read_bytes_total  memring_client_written_bytes_total
@@ -27,10 +30,8 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{
-    Command, EjectReason, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind, BUCKETS_NS,
-};
-use crate::upstream::State;
+use super::{Command, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind, BUCKETS_NS};
+use crate::upstream::{Counters, Ejection, State};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -49,6 +50,18 @@ pub fn render(snap: Snapshot) -> String {
 
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
+
+/// A per-server counter family with a `reason` label: name, help, the
+/// reasons shown, and where the counts are.
+type ByReason = (
+    &'static str,
+    &'static str,
+    &'static [Ejection],
+    fn(&Counters) -> &[u64; Ejection::COUNT],
+);
+
+/// A per-server counter family: name, help, and the count.
+type PerServer = (&'static str, &'static str, fn(&Counters) -> u64);
 
 type Labels<'a> = [(&'static str, &'a str)];
 
@@ -184,7 +197,7 @@ impl Collector for SnapshotCollector {
         family(
             &mut enc,
             "memring_server_up",
-            "1 while the server takes traffic, 0 while it is ejected or probed",
+            "1 while the server takes traffic, 0 while it is suspect, ejected, probed or draining",
             None,
             MetricType::Gauge,
             |m| {
@@ -203,7 +216,7 @@ impl Collector for SnapshotCollector {
             MetricType::Gauge,
             |m| {
                 for srv in &s.servers {
-                    for st in [State::Up, State::Down, State::Probing] {
+                    for st in State::ALL {
                         let v = i64::from(srv.state == st);
                         gauge(m, &[("server", &srv.name), ("state", st.as_str())], v)?;
                     }
@@ -211,38 +224,73 @@ impl Collector for SnapshotCollector {
                 Ok(())
             },
         )?;
-        family(
-            &mut enc,
-            "memring_ejections",
-            "Times a server was taken out of service, by reason",
-            None,
-            MetricType::Counter,
-            |m| {
+        let by_reason: [ByReason; 2] = [
+            (
+                "memring_ejections",
+                "Times a server was taken out of service, by the failure that did it \
+                 (refused, reset or garbled connections directly; a stuck connection \
+                 or a missed write only once a probe failed too)",
+                &Ejection::EJECTIONS,
+                |c| &c.ejected_for,
+            ),
+            (
+                "memring_suspects",
+                "Times a server turned suspect (stopped serving until a probe answered), \
+                 by reason",
+                &Ejection::SUSPICIONS,
+                |c| &c.suspected_for,
+            ),
+        ];
+        for (name, help, reasons, of) in by_reason {
+            family(&mut enc, name, help, None, MetricType::Counter, |m| {
                 for srv in &s.servers {
-                    for r in EjectReason::ALL {
+                    for r in reasons {
                         counter(
                             m,
-                            &[("server", &srv.name), ("reason", r.label())],
-                            srv.ejections[*r as usize],
+                            &[("server", &srv.name), ("reason", r.as_str())],
+                            of(&srv.health)[*r as usize],
                         )?;
                     }
                 }
                 Ok(())
-            },
-        )?;
-        family(
-            &mut enc,
-            "memring_flushes",
-            "Times a server was flushed before rejoining (it had missed writes)",
-            None,
-            MetricType::Counter,
-            |m| {
+            })?;
+        }
+        let per_server: [PerServer; 5] = [
+            (
+                "memring_suspects_cleared",
+                "Suspicions that ended with the server back in service, without an ejection",
+                |c| c.suspects_cleared,
+            ),
+            (
+                "memring_flushes",
+                "Times a server was flushed before rejoining (its missed-key log overflowed \
+                 or it missed a flush_all)",
+                |c| c.flushes,
+            ),
+            (
+                "memring_keys_logged",
+                "Keys put in a server's missed-key log (writes acknowledged without it)",
+                |c| c.keys_logged,
+            ),
+            (
+                "memring_drains",
+                "Rejoins that deleted a server's missed keys instead of flushing it",
+                |c| c.drains,
+            ),
+            (
+                "memring_drained_keys",
+                "Keys deleted on servers by rejoin drains",
+                |c| c.drained_keys,
+            ),
+        ];
+        for (name, help, of) in per_server {
+            family(&mut enc, name, help, None, MetricType::Counter, |m| {
                 for srv in &s.servers {
-                    counter(m, &[("server", &srv.name)], srv.flushes)?;
+                    counter(m, &[("server", &srv.name)], of(&srv.health))?;
                 }
                 Ok(())
-            },
-        )?;
+            })?;
+        }
         family(
             &mut enc,
             "memring_read_through",
@@ -318,6 +366,7 @@ mod tests {
         CoreMetrics, ProcessCounters, ServerInput, ServerMetrics, Snapshot, UpstreamErrorKind,
     };
     use super::*;
+    use crate::upstream::Counters;
     use crate::upstream::Role;
 
     fn sample() -> Snapshot {
@@ -330,12 +379,24 @@ mod tests {
         let m = ServerMetrics::new(1);
         m.record_upstream(0, Duration::from_micros(25));
         m.upstream_error(0, UpstreamErrorKind::Connect);
-        m.ejected(EjectReason::Failures);
+        let mut health = Counters {
+            flushes: 2,
+            ejections: 1,
+            suspects: 3,
+            suspects_cleared: 2,
+            keys_logged: 40,
+            drains: 2,
+            drained_keys: 38,
+            ..Counters::default()
+        };
+        health.ejected_for[Ejection::Timeout as usize] = 1;
+        health.suspected_for[Ejection::Timeout as usize] = 2;
+        health.suspected_for[Ejection::MissedWrite as usize] = 1;
         let servers = [ServerInput {
             name: "127.0.0.1:11211",
             role: Role::Primary,
             state: State::Down,
-            flushes: 2,
+            health,
             metrics: &m,
         }];
         let process = ProcessCounters {
@@ -369,8 +430,18 @@ mod tests {
             "memring_server_up{server=\"127.0.0.1:11211\",role=\"primary\"} 0\n",
             "memring_server_state{server=\"127.0.0.1:11211\",state=\"down\"} 1\n",
             "memring_server_state{server=\"127.0.0.1:11211\",state=\"up\"} 0\n",
-            "memring_ejections_total{server=\"127.0.0.1:11211\",reason=\"failures\"} 1\n",
+            "memring_server_state{server=\"127.0.0.1:11211\",state=\"suspect\"} 0\n",
+            "memring_server_state{server=\"127.0.0.1:11211\",state=\"draining\"} 0\n",
+            "memring_ejections_total{server=\"127.0.0.1:11211\",reason=\"timeout\"} 1\n",
+            "memring_ejections_total{server=\"127.0.0.1:11211\",reason=\"connect\"} 0\n",
+            "memring_ejections_total{server=\"127.0.0.1:11211\",reason=\"drain_failed\"} 0\n",
+            "memring_suspects_total{server=\"127.0.0.1:11211\",reason=\"timeout\"} 2\n",
+            "memring_suspects_total{server=\"127.0.0.1:11211\",reason=\"missed_write\"} 1\n",
+            "memring_suspects_cleared_total{server=\"127.0.0.1:11211\"} 2\n",
             "memring_flushes_total{server=\"127.0.0.1:11211\"} 2\n",
+            "memring_keys_logged_total{server=\"127.0.0.1:11211\"} 40\n",
+            "memring_drains_total{server=\"127.0.0.1:11211\"} 2\n",
+            "memring_drained_keys_total{server=\"127.0.0.1:11211\"} 38\n",
             "memring_read_through_total{result=\"miss\"} 1\n",
             "memring_failovers_total 5\n",
             "memring_client_connections 4\n",

@@ -11,8 +11,10 @@
 //!   latency per command, read-through results).
 //! - [`ServerMetrics`]: one per server, kept across reloads by name like its
 //!   health; it holds one [`UpstreamBlock`] per core (upstream call latency,
-//!   upstream errors by kind), again written only by that core, plus process-wide
-//!   ejection counters (rare events, one relaxed `fetch_add` each).
+//!   upstream errors by kind), again written only by that core. Its health
+//!   counters (ejections and suspicions by reason, missed keys, drains,
+//!   flushes) live in its [`crate::upstream::Health`] and are copied at
+//!   scrape time.
 //!
 //! A single-writer cell is bumped with a relaxed load and store rather than a
 //! locked read-modify-write: the owning core is the only writer, so nothing is
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::protocol::Verb;
-use crate::upstream::{Role, State};
+use crate::upstream::{Counters, Role, State};
 
 /// Upper bounds of the latency buckets in nanoseconds: 1, 2, 3, 5, 7 per
 /// decade from 10 µs to 10 s (a `+Inf` bucket follows). Fine enough that the
@@ -177,14 +179,6 @@ labelled! {
 }
 
 labelled! {
-    /// The `reason` label of `memring_ejections_total`.
-    EjectReason {
-        Failures => "failures",
-        MissedWrite => "missed_write",
-    }
-}
-
-labelled! {
     /// The `result` label of `memring_read_through_total`: a primary missed
     /// and its backup was asked.
     ReadThrough {
@@ -325,7 +319,6 @@ pub struct UpstreamBlock {
 #[derive(Debug)]
 pub struct ServerMetrics {
     per_core: Vec<UpstreamBlock>,
-    ejections: [AtomicU64; EjectReason::COUNT],
 }
 
 impl ServerMetrics {
@@ -335,7 +328,6 @@ impl ServerMetrics {
             per_core: (0..cores.max(1))
                 .map(|_| UpstreamBlock::default())
                 .collect(),
-            ejections: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -353,11 +345,6 @@ impl ServerMetrics {
         if let Some(b) = self.per_core.get(core) {
             bump(&b.errors[kind as usize], 1);
         }
-    }
-
-    /// The server was taken out of service (any thread).
-    pub fn ejected(&self, reason: EjectReason) {
-        self.ejections[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Merge the per-core blocks.
@@ -383,8 +370,8 @@ pub struct ServerInput<'a> {
     pub role: Role,
     /// Health state now.
     pub state: State,
-    /// Times flushed on rejoin.
-    pub flushes: u64,
+    /// Its health counters now.
+    pub health: Counters,
     /// Its metrics.
     pub metrics: &'a ServerMetrics,
 }
@@ -417,10 +404,8 @@ pub struct ServerSnapshot {
     pub role: Role,
     /// Health state.
     pub state: State,
-    /// Times flushed on rejoin.
-    pub flushes: u64,
-    /// Ejections by [`EjectReason`].
-    pub ejections: [u64; EjectReason::COUNT],
+    /// Health counters (ejections and suspicions by reason, drains...).
+    pub health: Counters,
     /// Upstream call latency.
     pub upstream: HistogramSnapshot,
     /// Upstream errors by [`UpstreamErrorKind`].
@@ -473,10 +458,7 @@ impl Snapshot {
                     name: s.name.to_string(),
                     role: s.role,
                     state: s.state,
-                    flushes: s.flushes,
-                    ejections: std::array::from_fn(|i| {
-                        s.metrics.ejections[i].load(Ordering::Relaxed)
-                    }),
+                    health: s.health,
                     upstream,
                     errors,
                 }
@@ -573,12 +555,16 @@ mod tests {
         m.record_upstream(1, Duration::from_micros(30));
         m.record_upstream(7, Duration::from_micros(30)); // no such core: ignored
         m.upstream_error(1, UpstreamErrorKind::Timeout);
-        m.ejected(EjectReason::MissedWrite);
+        let health = Counters {
+            flushes: 3,
+            ejections: 1,
+            ..Counters::default()
+        };
         let servers = [ServerInput {
             name: "127.0.0.1:1",
             role: Role::Primary,
             state: State::Down,
-            flushes: 3,
+            health,
             metrics: &m,
         }];
         let s = Snapshot::take(&cores, &servers, ProcessCounters::default(), "epoll", true);
@@ -589,7 +575,7 @@ mod tests {
         let srv = &s.servers[0];
         assert_eq!(srv.upstream.count(), 2);
         assert_eq!(srv.errors, [0, 1, 0, 0]);
-        assert_eq!(srv.ejections, [0, 1]);
+        assert_eq!(srv.health, health);
         assert_eq!(srv.state, State::Down);
     }
 

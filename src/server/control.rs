@@ -1,16 +1,20 @@
-//! The control plane of the engine: probes of ejected servers, on their own
-//! thread with blocking sockets, never on a core.
+//! The control plane of the engine: probes of suspect and ejected servers,
+//! on their own thread with blocking sockets, never on a core.
 //!
-//! Every 50 ms (jittered) the prober looks for ejected servers whose probe
-//! is due and claims them; each claimed probe runs on a short-lived thread
+//! Every 50 ms (jittered), or at once when a core rings the topology's
+//! [`super::topology::ProbeBell`] (a server turned suspect), the prober looks
+//! for suspect servers and ejected servers whose probe is due, and claims
+//! them; each claimed probe runs on a short-lived thread
 //! (`version`, then the rejoin the server's health picks: pipelined
 //! `delete`s of the keys it missed while the server already takes writes,
 //! or `flush_all` when its missed-key log overflowed) and reports back to
 //! the server's shared health. One log line per rejoin names the path and
-//! the keys touched. With `--resync`, a server
-//! that rejoined then gets the keys it owns copied back from the servers of
-//! the other role, on the same thread, by the same pure copy machine a
-//! read-through repair uses, driven over blocking sockets.
+//! the keys touched. A suspect server that fails its probe is ejected, for
+//! the probe's reason; one that answers rejoins with no ejection counted.
+//! With `--resync`, a server that rejoined then gets the keys it owns copied
+//! back from the servers of the other role, on the same thread, by the same
+//! pure copy machine a read-through repair uses, driven over blocking
+//! sockets.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,9 +30,9 @@ use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, Expect, Status};
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
 use crate::stats::{CoreStats, Counter};
-use crate::upstream::{DrainStep, Health, Observed, Probe, Rejoin, Role, ServerId};
+use crate::upstream::{DrainStep, Ejection, Health, Observed, Probe, Rejoin, Role, ServerId};
 
-use super::topology::{Settings, Shared, Topology};
+use super::topology::{failure_reason, Settings, Shared, Topology};
 
 /// Start the prober thread.
 pub(super) fn spawn_prober(shared: Arc<Shared>) -> std::io::Result<()> {
@@ -47,8 +51,10 @@ fn prober(shared: &Arc<Shared>) {
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
     let tick = Duration::from_millis(50);
+    shared.current().bell.answer_here();
     while !shared.stopping.load(Ordering::Relaxed) {
-        std::thread::sleep(tick.mul_f64(0.5 + jitter()));
+        // Woken early by the bell when a server turns suspect.
+        std::thread::park_timeout(tick.mul_f64(0.5 + jitter()));
         let topo = shared.current();
         let now = Instant::now();
         for s in &topo.servers {
@@ -76,7 +82,7 @@ fn prober(shared: &Arc<Shared>) {
             if let Err(e) = spawned {
                 tracing::warn!(error = %e, "cannot start a probe thread");
                 s.health
-                    .probe_failed(Instant::now(), &topo.settings.policy, probe, j);
+                    .probe_not_run(Instant::now(), &topo.settings.policy, probe, j);
             }
         }
     }
@@ -102,23 +108,31 @@ fn rejoin(
     jitter: f64,
 ) -> bool {
     let policy = &settings.policy;
-    let Some(mut s) = probe_server(addr, settings) else {
-        health.probe_failed(Instant::now(), policy, probe, jitter);
-        return false;
-    };
-    let done = match health.begin_rejoin(Instant::now(), probe) {
-        Rejoin::Flush => {
-            if roundtrip(&mut s, b"flush_all\r\n", Status::Ok)
-                && health.probe_succeeded(Instant::now())
-            {
-                tracing::warn!(server = %name, path = "flush", keys = "all", "server rejoined");
-                true
-            } else {
-                health.probe_failed(Instant::now(), policy, probe, jitter);
-                false
-            }
+    let failed = |why: Ejection| {
+        if probe.of_suspect() {
+            tracing::warn!(server = %name, reason = why.as_str(), "suspect server failed its probe: ejected");
         }
-        Rejoin::Drain => drain(health, &mut s, name, settings, jitter),
+        health.probe_failed(Instant::now(), policy, probe, why, jitter);
+        false
+    };
+    let mut s = match probe_server(addr, settings) {
+        Ok(s) => s,
+        Err(why) => return failed(why),
+    };
+    let suspect = probe.of_suspect();
+    let done = match health.begin_rejoin(Instant::now(), probe) {
+        Rejoin::Flush => match roundtrip(&mut s, b"flush_all\r\n", Status::Ok) {
+            Ok(()) => {
+                // Always true: only this probe's holder leaves Flushing.
+                let back = health.probe_succeeded(Instant::now(), probe);
+                if back {
+                    tracing::warn!(server = %name, path = "flush", keys = "all", suspect, "server rejoined");
+                }
+                back
+            }
+            Err(why) => failed(why),
+        },
+        Rejoin::Drain => drain(health, &mut s, name, settings, probe, jitter),
     };
     let _ = s.shutdown(std::net::Shutdown::Both);
     done
@@ -126,8 +140,16 @@ fn rejoin(
 
 /// Delete the server's missed keys over `s` until its health puts it back
 /// in service; writes already reach it meanwhile.
-fn drain(health: &Health, s: &mut TcpStream, name: &str, settings: &Settings, jitter: f64) -> bool {
+fn drain(
+    health: &Health,
+    s: &mut TcpStream,
+    name: &str,
+    settings: &Settings,
+    probe: Probe,
+    jitter: f64,
+) -> bool {
     let policy = &settings.policy;
+    let suspect = probe.of_suspect();
     // A server that missed writes stays draining until the writes decided
     // while it was out have all been answered: a request timeout (a little
     // more for the cores' turn). One that missed nothing (no replica
@@ -137,22 +159,22 @@ fn drain(health: &Health, s: &mut TcpStream, name: &str, settings: &Settings, ji
     let mut deleted = 0u64;
     let mut buf = Vec::with_capacity(16 * 1024);
     for _ in 0..DRAIN_STEPS {
-        match health.drain_step(Instant::now(), policy, grace, DRAIN_BATCH, deleted) {
+        match health.drain_step(Instant::now(), policy, probe, grace, DRAIN_BATCH, deleted) {
             DrainStep::Delete(keys) => {
                 grace = settings.request_timeout + Duration::from_millis(100);
                 if delete_all(s, &keys, &mut buf) {
                     health.drained(keys.len() as u64);
                     deleted += keys.len() as u64;
                 } else {
-                    tracing::warn!(server = %name, deleted, "drain failed; retrying later");
-                    health.drain_failed(Instant::now(), policy, keys, jitter);
+                    tracing::warn!(server = %name, deleted, suspect, "drain failed; retrying later");
+                    health.drain_failed(Instant::now(), policy, probe, keys, jitter);
                     return false;
                 }
             }
             DrainStep::Wait => std::thread::sleep(DRAIN_WAIT),
             DrainStep::Rejoined => {
                 let path = if deleted > 0 { "drain" } else { "clean" };
-                tracing::warn!(server = %name, path, keys = deleted, "server rejoined");
+                tracing::warn!(server = %name, path, keys = deleted, suspect, "server rejoined");
                 return true;
             }
             DrainStep::Aborted => {
@@ -162,7 +184,7 @@ fn drain(health: &Health, s: &mut TcpStream, name: &str, settings: &Settings, ji
         }
     }
     tracing::warn!(server = %name, deleted, "drain did not finish; retrying later");
-    health.drain_failed(Instant::now(), policy, Vec::new(), jitter);
+    health.drain_failed(Instant::now(), policy, probe, Vec::new(), jitter);
     false
 }
 
@@ -206,21 +228,29 @@ fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool 
     true
 }
 
-/// Connect and ask `version`: the connection, when the server answered.
-fn probe_server(addr: SocketAddr, settings: &Settings) -> Option<TcpStream> {
-    let mut s = TcpStream::connect_timeout(&addr, settings.connect_timeout).ok()?;
+/// Connect and ask `version`: the connection when the server answered
+/// within the request timeout, or why not.
+fn probe_server(addr: SocketAddr, settings: &Settings) -> Result<TcpStream, Ejection> {
+    let mut s = TcpStream::connect_timeout(&addr, settings.connect_timeout)
+        .map_err(|_| Ejection::Connect)?;
     let limit = Some(settings.request_timeout.max(Duration::from_millis(100)));
-    s.set_read_timeout(limit).ok()?;
-    s.set_write_timeout(limit).ok()?;
+    s.set_read_timeout(limit).map_err(|_| Ejection::Connect)?;
+    s.set_write_timeout(limit).map_err(|_| Ejection::Connect)?;
     let _ = s.set_nodelay(true);
-    roundtrip(&mut s, b"version\r\n", Status::Version).then_some(s)
+    roundtrip(&mut s, b"version\r\n", Status::Version)?;
+    Ok(s)
 }
 
-/// Send `req` and read its one-line reply; true when it is `want`.
-fn roundtrip(s: &mut TcpStream, req: &'static [u8], want: Status) -> bool {
+/// Send `req` and read its one-line reply: Ok when it is `want`, otherwise
+/// why not (a reply other than `want` counts as garbled).
+fn roundtrip(s: &mut TcpStream, req: &'static [u8], want: Status) -> Result<(), Ejection> {
     let mut buf = BytesMut::with_capacity(256);
     let parts = [Bytes::from_static(req), Bytes::new()];
-    exchange(s, &mut buf, &parts, Expect::Line, &mut Vec::new()).is_ok_and(|r| r.status == want)
+    match exchange(s, &mut buf, &parts, Expect::Line, &mut Vec::new()) {
+        Ok(r) if r.status == want => Ok(()),
+        Ok(_) => Err(Ejection::Protocol),
+        Err(e) => Err(failure_reason(e)),
+    }
 }
 
 /// The machines' view from the control plane: health now, wall clock now.

@@ -46,7 +46,7 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
             name: &s.name,
             role: s.role,
             state: s.health.state(),
-            flushes: s.health.flushes.load(Ordering::Relaxed),
+            health: s.health.counters(),
             metrics: &s.metrics,
         })
         .collect();

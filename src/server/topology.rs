@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
@@ -16,9 +16,10 @@ use bytes::{Buf, Bytes};
 use super::exclusive::Sections;
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, ServerMetrics};
+use crate::proxy::machine::CallError;
 use crate::route::{Member, Ring};
 use crate::stats::CoreStats;
-use crate::upstream::{Health, HealthPolicy, Role, ServerId};
+use crate::upstream::{Ejection, Health, HealthPolicy, Role, ServerId, Verdict};
 
 /// Most iovecs one `writev` may carry (Linux IOV_MAX).
 pub(crate) const IOV_MAX: usize = 1024;
@@ -70,6 +71,37 @@ pub(crate) struct Topology {
     pub settings: Settings,
     /// The configuration this was built from (for `stats settings`).
     pub config: Arc<Config>,
+    /// Wakes the prober; kept across reloads like the servers' health.
+    pub bell: Arc<ProbeBell>,
+}
+
+/// Wakes the prober thread when a server turns suspect, so that its probe
+/// starts at once instead of at the prober's next tick.
+#[derive(Debug, Default)]
+pub(crate) struct ProbeBell(OnceLock<std::thread::Thread>);
+
+impl ProbeBell {
+    /// The calling thread is the prober (once; later calls are ignored).
+    pub fn answer_here(&self) {
+        let _ = self.0.set(std::thread::current());
+    }
+
+    /// Wake the prober if it sleeps (or make its next sleep return at once).
+    pub fn ring(&self) {
+        if let Some(t) = self.0.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// The health reason of a failed upstream call.
+pub(crate) fn failure_reason(e: CallError) -> Ejection {
+    match e {
+        CallError::Connect => Ejection::Connect,
+        CallError::Timeout => Ejection::Timeout,
+        CallError::Closed => Ejection::Closed,
+        CallError::Protocol => Ejection::Protocol,
+    }
 }
 
 impl Topology {
@@ -134,6 +166,7 @@ impl Topology {
                 resync: cfg.resync,
             },
             config: Arc::new(cfg.clone()),
+            bell: previous.map_or_else(Arc::default, |p| p.bell.clone()),
         })
     }
 
@@ -148,8 +181,9 @@ impl Topology {
     }
 
     /// A write was acknowledged without `server` (as the request saw it,
-    /// `seen`): it logs `key` for the server's rejoin and is ejected if it
-    /// was up (see [`Health::record_missed_write`]).
+    /// `seen`): it logs `key` for the server's rejoin, and a server that was
+    /// up turns suspect and is probed at once (see
+    /// [`Health::record_missed_write`]).
     pub fn missed_write(
         &self,
         server: ServerId,
@@ -163,9 +197,9 @@ impl Topology {
         let verdict = s
             .health
             .record_missed_write(now, &self.settings.policy, seen, key);
-        if verdict == crate::upstream::Verdict::Ejected {
-            s.metrics.ejected(crate::metrics::EjectReason::MissedWrite);
-            tracing::warn!(server = %s.name, "server missed a write: ejected until its missed keys are deleted");
+        if verdict == Verdict::Suspected {
+            tracing::warn!(server = %s.name, "server missed a write: suspect, out of service until its missed keys are deleted");
+            self.bell.ring();
         }
     }
 

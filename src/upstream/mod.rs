@@ -8,11 +8,15 @@
 //!
 //! # States
 //! ```text
-//!   Up --(failure_limit consecutive failures, or one missed write)--> Down
-//!   Down --(probe due; one core claims it)--> Probing
+//!   Up --(failure_limit consecutive failures, the last refused, reset or garbled)--> Down (ejection)
+//!   Up --(failure_limit consecutive failures, the last a stuck connection; or one missed write)--> Suspect
+//!   Suspect --(claimed by the prober at once)--> Probing
+//!   Down --(probe due; the prober claims it)--> Probing
 //!   Probing --(version answered; log overflowed or a flush_all missed)--> Flushing --(flush_all OK)--> Up
 //!   Probing --(version answered; log holds keys or nothing)--> Draining --(log empty, grace over)--> Up
-//!   Probing / Flushing / Draining --(probe, flush or delete failed)--> Down (jittered backoff)
+//!   Probing / Flushing / Draining --(probe, flush or delete failed)--> Down (jittered backoff;
+//!                                    an ejection for that reason if the episode began as Suspect)
+//!   Draining --(log overflowed)--> Down, or Suspect (to be flushed at once) if it began as Suspect
 //! ```
 //! Every write acknowledged to a client without a server (it was out, or
 //! failed while its replica succeeded) logs the key in the server's
@@ -20,8 +24,23 @@
 //! A rejoin deletes them (`Draining`: the server takes absolute writes but
 //! serves no reads) and goes up only when the log is empty, under the log's
 //! lock, so a key logged before that moment is always deleted first. A
-//! missed write that reaches a server already up ejects it again. Only an
-//! overflowed log (or a missed `flush_all`) costs the whole cache.
+//! missed write that reaches a server already up makes it suspect again.
+//! Only an overflowed log (or a missed `flush_all`) costs the whole cache.
+//!
+//! # Suspect: slow is not dead
+//! A stuck connection (no reply bytes for the request timeout) or a missed
+//! write says something is wrong with a server, not that it is dead. Such a
+//! server turns *suspect*: to the data plane exactly like `Down` (no reads,
+//! no writes: every write acknowledged without it is logged, as while it is
+//! out), but the prober claims it at once instead of after a backoff, and
+//! the episode counts as an ejection only if that probe (or the rejoin
+//! after it) fails, with the probe's reason. A probe that is answered takes
+//! it through the ordinary rejoin (drain, or flush), so it serves reads again
+//! only with an empty log, and `suspects_cleared` counts it. Refused or
+//! reset connections and garbled replies are real failures and still eject
+//! directly. Whether an episode began as a suspicion travels in the
+//! [`Probe`] token: only its holder moves a server out of `Probing`,
+//! `Flushing` or `Draining`.
 
 pub mod missed;
 
@@ -66,6 +85,9 @@ impl Role {
 pub enum State {
     /// Serving reads and writes.
     Up,
+    /// A connection was stuck or a write was missed: gets no traffic, and is
+    /// probed at once (an answer brings it back without an ejection).
+    Suspect,
     /// Ejected: gets no traffic until a probe succeeds.
     Down,
     /// A probe (or its flush) is running.
@@ -75,10 +97,20 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in `stats` and metrics order.
+    pub const ALL: [State; 5] = [
+        State::Up,
+        State::Suspect,
+        State::Down,
+        State::Probing,
+        State::Draining,
+    ];
+
     /// As shown by `stats`.
     pub fn as_str(self) -> &'static str {
         match self {
             State::Up => "up",
+            State::Suspect => "suspect",
             State::Down => "down",
             State::Probing => "probing",
             State::Draining => "draining",
@@ -93,8 +125,9 @@ const DOWN: u8 = 1;
 const PROBING_FLUSH: u8 = 2;
 const PROBING: u8 = 3;
 const DRAINING: u8 = 4;
+const SUSPECT: u8 = 5;
 
-/// Why a server was last ejected (as shown by `stats`).
+/// Why a server was ejected or turned suspect (as shown by `stats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Ejection {
@@ -108,13 +141,29 @@ pub enum Ejection {
     Closed = 3,
     /// The server sent bytes that are not a reply.
     Protocol = 4,
-    /// A write was acknowledged without it.
+    /// A write was acknowledged without it (a reason for suspicion only).
     MissedWrite = 5,
     /// Deleting its missed keys on rejoin failed.
     DrainFailed = 6,
 }
 
 impl Ejection {
+    /// How many values there are (counters indexed by `as usize`).
+    pub const COUNT: usize = 7;
+
+    /// The reasons a server is ejected for: the failures that take it out
+    /// directly, and those a failed probe of a suspect server reports.
+    pub const EJECTIONS: [Ejection; 5] = [
+        Ejection::Connect,
+        Ejection::Timeout,
+        Ejection::Closed,
+        Ejection::Protocol,
+        Ejection::DrainFailed,
+    ];
+
+    /// The reasons a server turns suspect.
+    pub const SUSPICIONS: [Ejection; 2] = [Ejection::Timeout, Ejection::MissedWrite];
+
     /// As shown by `stats`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -225,7 +274,8 @@ impl Observed {
     }
 
     /// True when the server took absolute writes (`set`, `delete`, `touch`):
-    /// in service, or draining its missed keys.
+    /// in service, or draining its missed keys. A suspect server takes none:
+    /// it may be stuck, and a write acknowledged without it is logged.
     pub fn takes_writes(self) -> bool {
         self.raw == UP || self.raw == DRAINING
     }
@@ -243,6 +293,7 @@ pub struct Health {
     next_probe_ms: AtomicU64,
     changed_ms: AtomicU64,
     last_ejection: AtomicU8,
+    last_suspicion: AtomicU8,
     last_rejoin: AtomicU8,
     missed: Mutex<MissedLog>,
     /// Requests that failed (error, timeout, connection loss).
@@ -253,12 +304,47 @@ pub struct Health {
     pub flushes: AtomicU64,
     /// Times this server was ejected.
     pub ejections: AtomicU64,
+    /// Ejections by reason, indexed by [`Ejection`].
+    pub ejected_for: [AtomicU64; Ejection::COUNT],
+    /// Times this server turned suspect.
+    pub suspects: AtomicU64,
+    /// Suspicions by reason, indexed by [`Ejection`].
+    pub suspected_for: [AtomicU64; Ejection::COUNT],
+    /// Suspicions that ended with the server back up, without an ejection.
+    pub suspects_cleared: AtomicU64,
     /// Keys put in the missed-key log.
     pub keys_logged: AtomicU64,
     /// Rejoins that deleted missed keys instead of flushing.
     pub drains: AtomicU64,
     /// Keys deleted by drains.
     pub drained_keys: AtomicU64,
+}
+
+/// A copy of a server's counters, for `stats` and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Requests that failed.
+    pub failures: u64,
+    /// Requests answered by the other replica.
+    pub failovers: u64,
+    /// Flushes on rejoin.
+    pub flushes: u64,
+    /// Ejections.
+    pub ejections: u64,
+    /// Ejections by reason, indexed by [`Ejection`].
+    pub ejected_for: [u64; Ejection::COUNT],
+    /// Suspicions.
+    pub suspects: u64,
+    /// Suspicions by reason, indexed by [`Ejection`].
+    pub suspected_for: [u64; Ejection::COUNT],
+    /// Suspicions that ended back up without an ejection.
+    pub suspects_cleared: u64,
+    /// Keys put in the missed-key log.
+    pub keys_logged: u64,
+    /// Rejoins that deleted missed keys.
+    pub drains: u64,
+    /// Keys deleted by drains.
+    pub drained_keys: u64,
 }
 
 /// What the caller must do after reporting a failure.
@@ -268,11 +354,24 @@ pub enum Verdict {
     Stays,
     /// This report ejected the server.
     Ejected,
+    /// This report made the server suspect: wake the prober.
+    Suspected,
 }
 
-/// A claimed probe (Down -> Probing); only its holder may move the server on.
+/// A claimed probe (Suspect or Down -> Probing); only its holder may move
+/// the server on. It remembers whether the episode began as a suspicion, so
+/// that its end is counted as an ejection or as a cleared suspicion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Probe(());
+pub struct Probe {
+    suspect: bool,
+}
+
+impl Probe {
+    /// True when the probed server was suspect rather than ejected.
+    pub fn of_suspect(self) -> bool {
+        self.suspect
+    }
+}
 
 /// How a server that answered its probe comes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,12 +410,17 @@ impl Health {
             next_probe_ms: AtomicU64::new(0),
             changed_ms: AtomicU64::new(0),
             last_ejection: AtomicU8::new(Ejection::None as u8),
+            last_suspicion: AtomicU8::new(Ejection::None as u8),
             last_rejoin: AtomicU8::new(RejoinPath::None as u8),
             missed: Mutex::new(MissedLog::default()),
             failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            ejected_for: std::array::from_fn(|_| AtomicU64::new(0)),
+            suspects: AtomicU64::new(0),
+            suspected_for: std::array::from_fn(|_| AtomicU64::new(0)),
+            suspects_cleared: AtomicU64::new(0),
             keys_logged: AtomicU64::new(0),
             drains: AtomicU64::new(0),
             drained_keys: AtomicU64::new(0),
@@ -345,6 +449,7 @@ impl Health {
     pub fn state(&self) -> State {
         match self.state.load(Ordering::Acquire) {
             UP => State::Up,
+            SUSPECT => State::Suspect,
             DOWN => State::Down,
             DRAINING => State::Draining,
             _ => State::Probing,
@@ -372,6 +477,29 @@ impl Health {
         Ejection::from_raw(self.last_ejection.load(Ordering::Relaxed))
     }
 
+    /// Why the server last turned suspect.
+    pub fn last_suspicion(&self) -> Ejection {
+        Ejection::from_raw(self.last_suspicion.load(Ordering::Relaxed))
+    }
+
+    /// A copy of the counters.
+    pub fn counters(&self) -> Counters {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Counters {
+            failures: get(&self.failures),
+            failovers: get(&self.failovers),
+            flushes: get(&self.flushes),
+            ejections: get(&self.ejections),
+            ejected_for: std::array::from_fn(|i| get(&self.ejected_for[i])),
+            suspects: get(&self.suspects),
+            suspected_for: std::array::from_fn(|i| get(&self.suspected_for[i])),
+            suspects_cleared: get(&self.suspects_cleared),
+            keys_logged: get(&self.keys_logged),
+            drains: get(&self.drains),
+            drained_keys: get(&self.drained_keys),
+        }
+    }
+
     /// How the server last rejoined.
     pub fn last_rejoin(&self) -> RejoinPath {
         RejoinPath::from_raw(self.last_rejoin.load(Ordering::Relaxed))
@@ -392,15 +520,20 @@ impl Health {
         }
     }
 
-    /// A request failed (`why`). The server is ejected after `failure_limit`
-    /// consecutive failures; see [`Health::record_missed_write`] for writes.
+    /// A request failed (`why`). After `failure_limit` consecutive failures
+    /// a server that is up turns suspect when the last one was a stuck
+    /// connection (slow is not dead: a probe decides), and is ejected when it
+    /// was refused, reset or garbled. See [`Health::record_missed_write`]
+    /// for writes.
     pub fn record_failure(&self, now: Instant, policy: &HealthPolicy, why: Ejection) -> Verdict {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= policy.failure_limit.max(1) {
-            self.eject_from(UP, now, policy, why)
-        } else {
+        if n < policy.failure_limit.max(1) {
             Verdict::Stays
+        } else if why == Ejection::Timeout {
+            self.suspect(now, why)
+        } else {
+            self.eject(now, policy, why)
         }
     }
 
@@ -408,8 +541,9 @@ impl Health {
     /// without this server (it was out, or failed while its replica
     /// succeeded); `seen` is what the request observed when it decided.
     /// Unless a flush started since, the key is logged, and a server that is
-    /// up is ejected at once (it may now serve a stale value); a server on
-    /// its way back deletes the key before it serves again.
+    /// up turns suspect at once (it may now serve a stale value, so it stops
+    /// serving until a rejoin has deleted the key); a server on its way back
+    /// deletes the key before it serves again.
     pub fn record_missed_write(
         &self,
         now: Instant,
@@ -425,42 +559,65 @@ impl Health {
         if log.add(key, policy.missed_keys_limit) {
             self.keys_logged.fetch_add(1, Ordering::Relaxed);
         }
-        self.eject_from(UP, now, policy, Ejection::MissedWrite)
+        self.suspect(now, Ejection::MissedWrite)
     }
 
-    fn eject_from(&self, from: u8, now: Instant, policy: &HealthPolicy, why: Ejection) -> Verdict {
+    /// Up -> Suspect; the prober claims it at once.
+    fn suspect(&self, now: Instant, why: Ejection) -> Verdict {
         if self
             .state
-            .compare_exchange(from, DOWN, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(UP, SUSPECT, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Verdict::Stays;
+        }
+        self.changed_ms.store(self.ms(now), Ordering::Relaxed);
+        self.last_suspicion.store(why as u8, Ordering::Relaxed);
+        self.suspects.fetch_add(1, Ordering::Relaxed);
+        self.suspected_for[why as usize].fetch_add(1, Ordering::Relaxed);
+        Verdict::Suspected
+    }
+
+    /// Up -> Down, first probe after the retry interval.
+    fn eject(&self, now: Instant, policy: &HealthPolicy, why: Ejection) -> Verdict {
+        if self
+            .state
+            .compare_exchange(UP, DOWN, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return Verdict::Stays;
         }
         let at = self.ms(now);
         self.changed_ms.store(at, Ordering::Relaxed);
-        self.last_ejection.store(why as u8, Ordering::Relaxed);
-        if from == UP {
-            self.ejections.fetch_add(1, Ordering::Relaxed);
-            self.probe_failures.store(0, Ordering::Relaxed);
-            self.next_probe_ms.store(
-                at + policy.retry_interval.as_millis() as u64,
-                Ordering::Relaxed,
-            );
-        }
+        self.count_ejection(why);
+        self.probe_failures.store(0, Ordering::Relaxed);
+        self.next_probe_ms.store(
+            at + policy.retry_interval.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         Verdict::Ejected
     }
 
-    /// If a probe is due, claim it (Down -> Probing); only one core wins.
+    fn count_ejection(&self, why: Ejection) {
+        self.last_ejection.store(why as u8, Ordering::Relaxed);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.ejected_for[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// If a probe is due, claim it (Suspect or Down -> Probing); only one
+    /// thread wins. A suspect server is due at once.
     pub fn try_claim_probe(&self, now: Instant) -> Option<Probe> {
-        if self.state.load(Ordering::Acquire) != DOWN
-            || self.ms(now) < self.next_probe_ms.load(Ordering::Relaxed)
-        {
-            return None;
-        }
+        let from = match self.state.load(Ordering::Acquire) {
+            SUSPECT => SUSPECT,
+            DOWN if self.ms(now) >= self.next_probe_ms.load(Ordering::Relaxed) => DOWN,
+            _ => return None,
+        };
         self.state
-            .compare_exchange(DOWN, PROBING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from, PROBING, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        Some(Probe(()))
+        Some(Probe {
+            suspect: from == SUSPECT,
+        })
     }
 
     /// The server answered its probe: decide how it comes back. A flush
@@ -481,7 +638,7 @@ impl Health {
     }
 
     /// The flush succeeded: back in service.
-    pub fn probe_succeeded(&self, now: Instant) -> bool {
+    pub fn probe_succeeded(&self, now: Instant, probe: Probe) -> bool {
         if self
             .state
             .compare_exchange(PROBING_FLUSH, UP, Ordering::AcqRel, Ordering::Acquire)
@@ -492,14 +649,17 @@ impl Health {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.last_rejoin
             .store(RejoinPath::Flush as u8, Ordering::Relaxed);
-        self.back_up(now);
+        self.back_up(now, probe);
         true
     }
 
-    fn back_up(&self, now: Instant) {
+    fn back_up(&self, now: Instant, probe: Probe) {
         self.consecutive.store(0, Ordering::Relaxed);
         self.probe_failures.store(0, Ordering::Relaxed);
         self.changed_ms.store(self.ms(now), Ordering::Relaxed);
+        if probe.suspect {
+            self.suspects_cleared.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The next step of a drain: up to `max` keys to delete, or, once the
@@ -511,6 +671,7 @@ impl Health {
         &self,
         now: Instant,
         policy: &HealthPolicy,
+        probe: Probe,
         grace: Duration,
         max: usize,
         deleted_so_far: u64,
@@ -522,15 +683,17 @@ impl Health {
         match log.take(max.max(1)) {
             Pending::Keys(keys) => DrainStep::Delete(keys),
             Pending::Flush => {
-                // Overflowed mid-drain: stop taking writes, flush later.
+                // Overflowed mid-drain: stop taking writes, flush later (a
+                // suspect server at once: nothing says it failed).
                 log.overflow();
-                self.state.store(DOWN, Ordering::Release);
                 let at = self.ms(now);
                 self.changed_ms.store(at, Ordering::Relaxed);
                 self.next_probe_ms.store(
                     at + policy.retry_interval.as_millis() as u64,
                     Ordering::Relaxed,
                 );
+                let to = if probe.suspect { SUSPECT } else { DOWN };
+                self.state.store(to, Ordering::Release);
                 DrainStep::Aborted
             }
             Pending::Nothing if self.since_change(now) < grace => DrainStep::Wait,
@@ -543,7 +706,7 @@ impl Health {
                     RejoinPath::Clean
                 };
                 self.last_rejoin.store(path as u8, Ordering::Relaxed);
-                self.back_up(now);
+                self.back_up(now, probe);
                 DrainStep::Rejoined
             }
         }
@@ -555,33 +718,59 @@ impl Health {
     }
 
     /// Deleting `undone` failed: they go back to the log and the server
-    /// goes down until a later probe.
+    /// goes down until a later probe (an ejection, if it was suspect).
     pub fn drain_failed(
         &self,
         now: Instant,
         policy: &HealthPolicy,
+        probe: Probe,
         undone: Vec<Box<[u8]>>,
         jitter: f64,
     ) {
         let mut log = self.log();
         log.restore(undone, policy.missed_keys_limit);
         if self.state.load(Ordering::Acquire) == DRAINING {
-            self.last_ejection
-                .store(Ejection::DrainFailed as u8, Ordering::Relaxed);
+            if probe.suspect {
+                self.count_ejection(Ejection::DrainFailed);
+            } else {
+                self.last_ejection
+                    .store(Ejection::DrainFailed as u8, Ordering::Relaxed);
+            }
             self.down_after_failed_probe(now, policy, jitter);
         }
     }
 
-    /// The probe or its flush failed: back to Down, next probe after an
-    /// exponential backoff with `jitter` in [0, 1) spreading the cores' and
-    /// servers' probes.
-    pub fn probe_failed(&self, now: Instant, policy: &HealthPolicy, _probe: Probe, jitter: f64) {
+    /// The probe or its flush failed (`why`): back to Down, next probe after
+    /// an exponential backoff with `jitter` in [0, 1) spreading the cores'
+    /// and servers' probes. A suspect server is ejected now, for `why`.
+    pub fn probe_failed(
+        &self,
+        now: Instant,
+        policy: &HealthPolicy,
+        probe: Probe,
+        why: Ejection,
+        jitter: f64,
+    ) {
         let mut log = self.log();
         if self.state.load(Ordering::Acquire) == PROBING_FLUSH {
             // The flush may not have run: the server may still be stale.
             log.overflow();
         }
+        if probe.suspect {
+            self.count_ejection(why);
+        }
         self.down_after_failed_probe(now, policy, jitter);
+    }
+
+    /// The probe could not even start (no thread for it): a suspect server
+    /// stays suspect and is claimed again, a down one backs off. Nothing is
+    /// counted: the server was not asked anything.
+    pub fn probe_not_run(&self, now: Instant, policy: &HealthPolicy, probe: Probe, jitter: f64) {
+        if probe.suspect {
+            self.state.store(SUSPECT, Ordering::Release);
+        } else {
+            self.down_after_failed_probe(now, policy, jitter);
+        }
     }
 
     fn down_after_failed_probe(&self, now: Instant, policy: &HealthPolicy, jitter: f64) {
@@ -619,10 +808,10 @@ mod tests {
     const GRACE: Duration = Duration::from_millis(50);
 
     /// Drain to the end, returning the keys deleted.
-    fn drain(h: &Health, mut now: Instant) -> Vec<Box<[u8]>> {
+    fn drain(h: &Health, probe: Probe, mut now: Instant) -> Vec<Box<[u8]>> {
         let mut all = Vec::new();
         for _ in 0..100 {
-            match h.drain_step(now, &policy(), GRACE, 2, all.len() as u64) {
+            match h.drain_step(now, &policy(), probe, GRACE, 2, all.len() as u64) {
                 DrainStep::Delete(k) => {
                     h.drained(k.len() as u64);
                     all.extend(k);
@@ -635,8 +824,20 @@ mod tests {
         panic!("drain did not end");
     }
 
+    /// Eject `h` for refused connections (a real failure: Down, not suspect).
+    fn refused(h: &Health, now: Instant) {
+        for _ in 0..policy().failure_limit {
+            h.record_failure(now, &policy(), Ejection::Connect);
+        }
+        assert_eq!(h.state(), State::Down);
+    }
+
+    fn n(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+
     #[test]
-    fn read_failures_eject_after_the_limit_and_success_resets() {
+    fn refused_connections_eject_after_the_limit_and_success_resets() {
         let t0 = Instant::now();
         let h = Health::new(t0);
         let p = policy();
@@ -650,45 +851,185 @@ mod tests {
         assert_eq!(h.state(), State::Down);
         assert_eq!(h.last_ejection(), Ejection::Connect);
         assert!(!h.is_dirty(), "read failures do not make a server stale");
-        assert_eq!(h.failures.load(Ordering::Relaxed), 3);
+        assert_eq!(n(&h.failures), 3);
+        assert_eq!(n(&h.ejections), 1);
+        assert_eq!(n(&h.ejected_for[Ejection::Connect as usize]), 1);
+        assert_eq!(n(&h.suspects), 0);
+        // Closed and garbled connections eject directly too.
+        for why in [Ejection::Closed, Ejection::Protocol] {
+            let h = Health::new(t0);
+            h.record_failure(t0, &p, why);
+            assert_eq!(h.record_failure(t0, &p, why), Verdict::Ejected);
+            assert_eq!(h.last_ejection(), why);
+        }
     }
 
     #[test]
-    fn a_missed_write_ejects_at_once_and_logs_the_key() {
+    fn stuck_connections_make_a_server_suspect_not_down() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        let p = policy();
+        assert_eq!(h.record_failure(t0, &p, Ejection::Timeout), Verdict::Stays);
+        assert_eq!(
+            h.record_failure(t0, &p, Ejection::Timeout),
+            Verdict::Suspected
+        );
+        assert_eq!(h.state(), State::Suspect);
+        let seen = h.observe();
+        assert!(!seen.is_up(), "a suspect serves no reads");
+        assert!(!seen.takes_writes(), "nor writes: they are logged instead");
+        assert_eq!(h.last_suspicion(), Ejection::Timeout);
+        assert_eq!(h.last_ejection(), Ejection::None);
+        assert_eq!(n(&h.ejections), 0);
+        assert_eq!(n(&h.suspects), 1);
+        assert_eq!(n(&h.suspected_for[Ejection::Timeout as usize]), 1);
+        // More failures while suspect change nothing: the probe decides.
+        assert_eq!(h.record_failure(t0, &p, Ejection::Connect), Verdict::Stays);
+        assert_eq!(h.record_failure(t0, &p, Ejection::Timeout), Verdict::Stays);
+        assert_eq!(h.state(), State::Suspect);
+        assert_eq!((n(&h.suspects), n(&h.ejections)), (1, 0));
+    }
+
+    #[test]
+    fn a_suspect_is_probed_at_once_and_an_answer_clears_it_without_an_ejection() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        // No retry interval to wait.
+        let probe = h.try_claim_probe(t0).expect("a suspect is due at once");
+        assert!(probe.of_suspect());
+        assert_eq!(h.try_claim_probe(t0), None, "one prober only");
+        assert_eq!(h.state(), State::Probing);
+        assert_eq!(h.begin_rejoin(t0, probe), Rejoin::Drain);
+        assert_eq!(
+            h.drain_step(t0, &policy(), probe, Duration::ZERO, 10, 0),
+            DrainStep::Rejoined,
+            "nothing missed: back at once"
+        );
+        assert!(h.is_up());
+        assert_eq!(h.last_rejoin(), RejoinPath::Clean);
+        assert_eq!(n(&h.suspects_cleared), 1);
+        assert_eq!(n(&h.ejections), 0);
+        assert_eq!(h.last_ejection(), Ejection::None);
+        // The streak is over: one more stuck connection is not enough.
+        assert_eq!(
+            h.record_failure(t0, &policy(), Ejection::Timeout),
+            Verdict::Stays
+        );
+    }
+
+    #[test]
+    fn a_suspect_that_fails_its_probe_is_ejected_for_the_probes_reason() {
+        let t0 = Instant::now();
+        let p = policy();
+        for why in [Ejection::Timeout, Ejection::Connect, Ejection::Closed] {
+            let h = Health::new(t0);
+            h.record_failure(t0, &p, Ejection::Timeout);
+            h.record_failure(t0, &p, Ejection::Timeout);
+            let probe = h.try_claim_probe(t0).expect("due");
+            h.probe_failed(t0, &p, probe, why, 0.5);
+            assert_eq!(h.state(), State::Down);
+            assert_eq!(n(&h.ejections), 1, "{why:?}");
+            assert_eq!(n(&h.ejected_for[why as usize]), 1, "{why:?}");
+            assert_eq!(h.last_ejection(), why);
+            assert_eq!(n(&h.suspects_cleared), 0);
+            // Now an ordinary ejected server: backoff, and its later probes
+            // count nothing more.
+            assert_eq!(h.try_claim_probe(t0 + Duration::from_millis(99)), None);
+            let t1 = t0 + Duration::from_millis(100);
+            let probe = h.try_claim_probe(t1).expect("due after the backoff");
+            assert!(!probe.of_suspect());
+            h.probe_failed(t1, &p, probe, Ejection::Timeout, 0.5);
+            assert_eq!(n(&h.ejections), 1);
+            let t2 = t1 + Duration::from_secs(1);
+            let probe = h.try_claim_probe(t2).expect("due");
+            assert_eq!(h.begin_rejoin(t2, probe), Rejoin::Drain);
+            drain(&h, probe, t2);
+            assert!(h.is_up());
+            assert_eq!((n(&h.ejections), n(&h.suspects_cleared)), (1, 0));
+        }
+    }
+
+    #[test]
+    fn a_missed_write_makes_an_up_server_suspect_and_logs_the_key() {
         let t0 = Instant::now();
         let h = Health::new(t0);
         let seen = h.observe();
         assert_eq!(
             h.record_missed_write(t0, &policy(), seen, b"k"),
-            Verdict::Ejected
+            Verdict::Suspected
         );
-        assert_eq!(h.state(), State::Down);
+        assert_eq!(h.state(), State::Suspect);
         assert!(h.is_dirty());
-        assert_eq!(h.last_ejection(), Ejection::MissedWrite);
+        assert_eq!(h.last_suspicion(), Ejection::MissedWrite);
         assert_eq!(
             h.record_missed_write(t0, &policy(), seen, b"k"),
             Verdict::Stays
         );
-        assert_eq!(h.ejections.load(Ordering::Relaxed), 1);
-        assert_eq!(h.keys_logged.load(Ordering::Relaxed), 1, "deduplicated");
+        assert_eq!(n(&h.ejections), 0);
+        assert_eq!(n(&h.suspected_for[Ejection::MissedWrite as usize]), 1);
+        assert_eq!(n(&h.keys_logged), 1, "deduplicated");
         assert_eq!(h.missed_keys(), (1, false));
+    }
+
+    #[test]
+    fn a_suspect_drains_its_missed_keys_before_it_serves_again() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_missed_write(t0, &policy(), h.observe(), b"a");
+        // A write decided while it is suspect does not reach it: logged.
+        let seen_while_suspect = h.observe();
+        assert!(!seen_while_suspect.takes_writes());
+        h.record_missed_write(t0, &policy(), seen_while_suspect, b"b");
+        let probe = h.try_claim_probe(t0).expect("due at once");
+        assert_eq!(h.begin_rejoin(t0, probe), Rejoin::Drain);
+        let DrainStep::Delete(mut keys) = h.drain_step(t0, &policy(), probe, GRACE, 10, 0) else {
+            panic!("keys expected")
+        };
+        h.drained(keys.len() as u64);
+        keys.sort();
+        assert_eq!(keys, vec![b"a"[..].into(), b"b"[..].into()]);
+        assert!(!h.observe().is_up(), "no read before the grace is over");
+        // Acknowledged during the drain, decided while suspect: deleted too.
+        h.record_missed_write(t0, &policy(), seen_while_suspect, b"c");
+        let rest = drain(&h, probe, t0);
+        assert_eq!(rest, vec![b"c"[..].into()]);
+        assert!(h.is_up());
+        assert_eq!(h.last_rejoin(), RejoinPath::Drain);
+        assert_eq!(n(&h.drains), 1);
+        assert_eq!(n(&h.suspects_cleared), 1);
+        assert_eq!(n(&h.ejections), 0);
+        // Decided while suspect, acknowledged after the rejoin: the key was
+        // not drained, so the server stops serving again at once.
+        assert_eq!(
+            h.record_missed_write(t0, &policy(), seen_while_suspect, b"late"),
+            Verdict::Suspected
+        );
+        assert!(!h.observe().is_up());
+        assert_eq!(n(&h.suspects), 2);
     }
 
     #[test]
     fn a_rejoin_deletes_exactly_the_logged_keys_then_waits_out_the_grace() {
         let t0 = Instant::now();
         let h = Health::new(t0);
+        refused(&h, t0);
         for k in [&b"a"[..], b"b", b"c"] {
-            h.record_missed_write(t0, &policy(), h.observe(), k);
+            assert_eq!(
+                h.record_missed_write(t0, &policy(), h.observe(), k),
+                Verdict::Stays
+            );
         }
         assert_eq!(h.try_claim_probe(t0 + Duration::from_millis(99)), None);
         let t1 = t0 + Duration::from_millis(100);
         let probe = h.try_claim_probe(t1).expect("due");
+        assert!(!probe.of_suspect());
         assert_eq!(h.try_claim_probe(t1), None, "one prober only");
         assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Drain);
         assert_eq!(h.state(), State::Draining);
         assert!(h.observe().takes_writes() && !h.observe().is_up());
-        let mut keys = drain(&h, t1);
+        let mut keys = drain(&h, probe, t1);
         keys.sort();
         assert_eq!(
             keys,
@@ -696,9 +1037,10 @@ mod tests {
         );
         assert_eq!(h.state(), State::Up);
         assert_eq!(h.last_rejoin(), RejoinPath::Drain);
-        assert_eq!(h.drains.load(Ordering::Relaxed), 1);
-        assert_eq!(h.drained_keys.load(Ordering::Relaxed), 3);
-        assert_eq!(h.flushes.load(Ordering::Relaxed), 0);
+        assert_eq!(n(&h.drains), 1);
+        assert_eq!(n(&h.drained_keys), 3);
+        assert_eq!(n(&h.flushes), 0);
+        assert_eq!(n(&h.suspects_cleared), 0, "it was ejected, not suspect");
         assert!(!h.is_dirty());
     }
 
@@ -706,30 +1048,30 @@ mod tests {
     fn the_drain_does_not_end_before_the_grace() {
         let t0 = Instant::now();
         let h = Health::new(t0);
-        h.record_failure(t0, &policy(), Ejection::Timeout);
-        h.record_failure(t0, &policy(), Ejection::Timeout);
+        refused(&h, t0);
         let t1 = t0 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t1).expect("due");
         assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Drain);
-        let step = |t| h.drain_step(t, &policy(), GRACE, 10, 0);
+        let step = |t| h.drain_step(t, &policy(), probe, GRACE, 10, 0);
         assert_eq!(step(t1), DrainStep::Wait);
         assert_eq!(step(t1 + Duration::from_millis(49)), DrainStep::Wait);
         assert_eq!(step(t1 + GRACE), DrainStep::Rejoined);
         assert_eq!(h.last_rejoin(), RejoinPath::Clean);
-        assert_eq!(h.drains.load(Ordering::Relaxed), 0);
+        assert_eq!(n(&h.drains), 0);
     }
 
     #[test]
     fn a_write_missed_during_the_drain_extends_it() {
         let t0 = Instant::now();
         let h = Health::new(t0);
+        refused(&h, t0);
         h.record_missed_write(t0, &policy(), h.observe(), b"a");
         let seen_while_down = h.observe();
         let t1 = t0 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t1).expect("due");
         assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Drain);
         let seen_while_draining = h.observe();
-        let DrainStep::Delete(first) = h.drain_step(t1, &policy(), GRACE, 10, 0) else {
+        let DrainStep::Delete(first) = h.drain_step(t1, &policy(), probe, GRACE, 10, 0) else {
             panic!("keys expected")
         };
         assert_eq!(first, vec![b"a"[..].into()]);
@@ -738,31 +1080,33 @@ mod tests {
             assert_eq!(
                 h.record_missed_write(t1, &policy(), seen, k),
                 Verdict::Stays,
-                "no ejection while draining"
+                "no suspicion while draining"
             );
         }
-        let mut rest = drain(&h, t1);
+        let mut rest = drain(&h, probe, t1);
         rest.sort();
         assert_eq!(rest, vec![b"b"[..].into(), b"c"[..].into()]);
         assert_eq!(h.state(), State::Up);
     }
 
     #[test]
-    fn a_write_missed_after_the_rejoin_ejects_again() {
+    fn a_write_missed_after_the_rejoin_takes_the_server_out_again() {
         let t0 = Instant::now();
         let h = Health::new(t0);
+        refused(&h, t0);
         h.record_missed_write(t0, &policy(), h.observe(), b"a");
         let seen_while_down = h.observe();
         let t1 = t0 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t1).expect("due");
         h.begin_rejoin(t1, probe);
-        drain(&h, t1);
+        drain(&h, probe, t1);
         assert!(h.is_up());
         assert_eq!(
             h.record_missed_write(t1, &policy(), seen_while_down, b"late"),
-            Verdict::Ejected,
+            Verdict::Suspected,
             "the late key was not drained: the server must not serve it"
         );
+        assert!(!h.observe().is_up());
         assert_eq!(h.missed_keys(), (1, false));
     }
 
@@ -777,18 +1121,19 @@ mod tests {
         h.record_missed_write(t0, &tiny, h.observe(), b"k1");
         h.record_missed_write(t0, &tiny, h.observe(), b"k2");
         assert_eq!(h.missed_keys(), (0, true));
-        let seen_while_down = h.observe();
+        let seen_while_suspect = h.observe();
         let t1 = t0 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t1).expect("due");
         assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
         assert_eq!(h.state(), State::Probing);
         let seen_while_flushing = h.observe();
         assert!(!seen_while_flushing.takes_writes());
-        assert!(h.probe_succeeded(t1));
+        assert!(h.probe_succeeded(t1, probe));
         assert_eq!(h.last_rejoin(), RejoinPath::Flush);
-        assert_eq!(h.flushes.load(Ordering::Relaxed), 1);
+        assert_eq!(n(&h.flushes), 1);
+        assert_eq!((n(&h.suspects_cleared), n(&h.ejections)), (1, 0));
         // Both writes were decided before the flush but acknowledged after it.
-        for seen in [seen_while_down, seen_while_flushing] {
+        for seen in [seen_while_suspect, seen_while_flushing] {
             assert_eq!(
                 h.record_missed_write(t1, &tiny, seen, b"k3"),
                 Verdict::Stays
@@ -803,9 +1148,8 @@ mod tests {
         let t0 = Instant::now();
         let h = Health::new(t0);
         h.record_missed_write(t0, &policy(), h.observe(), b"");
-        let t1 = t0 + Duration::from_secs(1);
-        let probe = h.try_claim_probe(t1).expect("due");
-        assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
+        let probe = h.try_claim_probe(t0).expect("due");
+        assert_eq!(h.begin_rejoin(t0, probe), Rejoin::Flush);
     }
 
     #[test]
@@ -813,19 +1157,39 @@ mod tests {
         let t0 = Instant::now();
         let h = Health::new(t0);
         let t1 = t0 + Duration::from_secs(1);
-        h.record_failure(t0, &policy(), Ejection::Timeout);
-        h.record_failure(t0, &policy(), Ejection::Timeout);
+        refused(&h, t0);
         let probe = h.try_claim_probe(t1).expect("due");
         h.begin_rejoin(t1, probe);
         h.record_missed_write(t1, &policy(), h.observe(), b"");
         assert_eq!(
-            h.drain_step(t1, &policy(), GRACE, 10, 0),
+            h.drain_step(t1, &policy(), probe, GRACE, 10, 0),
             DrainStep::Aborted
         );
         assert_eq!(h.state(), State::Down);
+        assert_eq!(h.try_claim_probe(t1), None, "after the retry interval");
         let t2 = t1 + Duration::from_secs(1);
         let probe = h.try_claim_probe(t2).expect("due");
         assert_eq!(h.begin_rejoin(t2, probe), Rejoin::Flush);
+    }
+
+    #[test]
+    fn overflow_during_a_suspects_drain_flushes_it_at_once_without_an_ejection() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_missed_write(t0, &policy(), h.observe(), b"a");
+        let probe = h.try_claim_probe(t0).expect("due");
+        h.begin_rejoin(t0, probe);
+        h.record_missed_write(t0, &policy(), h.observe(), b"");
+        assert_eq!(
+            h.drain_step(t0, &policy(), probe, GRACE, 10, 0),
+            DrainStep::Aborted
+        );
+        assert_eq!(h.state(), State::Suspect);
+        let probe = h.try_claim_probe(t0).expect("due at once");
+        assert!(probe.of_suspect());
+        assert_eq!(h.begin_rejoin(t0, probe), Rejoin::Flush);
+        assert!(h.probe_succeeded(t0, probe));
+        assert_eq!((n(&h.ejections), n(&h.suspects_cleared)), (0, 1));
     }
 
     #[test]
@@ -836,15 +1200,24 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         let probe = h.try_claim_probe(t1).expect("due");
         h.begin_rejoin(t1, probe);
-        let DrainStep::Delete(keys) = h.drain_step(t1, &policy(), GRACE, 10, 0) else {
+        let DrainStep::Delete(keys) = h.drain_step(t1, &policy(), probe, GRACE, 10, 0) else {
             panic!("keys expected")
         };
-        h.drain_failed(t1, &policy(), keys, 0.5);
+        h.drain_failed(t1, &policy(), probe, keys, 0.5);
         assert_eq!(h.state(), State::Down);
         assert_eq!(h.last_ejection(), Ejection::DrainFailed);
+        assert_eq!(n(&h.ejected_for[Ejection::DrainFailed as usize]), 1);
+        assert_eq!(n(&h.ejections), 1, "a suspect whose drain fails is ejected");
         assert_eq!(h.missed_keys(), (1, false));
         assert_eq!(h.try_claim_probe(t1 + Duration::from_millis(99)), None);
-        assert!(h.try_claim_probe(t1 + Duration::from_millis(100)).is_some());
+        let t2 = t1 + Duration::from_millis(100);
+        let probe = h.try_claim_probe(t2).expect("due");
+        h.begin_rejoin(t2, probe);
+        let DrainStep::Delete(keys) = h.drain_step(t2, &policy(), probe, GRACE, 10, 0) else {
+            panic!("keys expected")
+        };
+        h.drain_failed(t2, &policy(), probe, keys, 0.5);
+        assert_eq!(n(&h.ejections), 1, "already out: not counted again");
     }
 
     #[test]
@@ -855,15 +1228,46 @@ mod tests {
         let t1 = t0 + Duration::from_millis(100);
         let probe = h.try_claim_probe(t1).expect("due");
         assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
-        h.probe_failed(t1, &policy(), probe, 0.5);
+        h.probe_failed(t1, &policy(), probe, Ejection::Timeout, 0.5);
         assert_eq!(h.state(), State::Down);
         assert!(h.is_dirty());
+        assert_eq!(n(&h.ejected_for[Ejection::Timeout as usize]), 1);
         // attempt 0 at jitter 0.5 -> exactly the retry interval
         assert_eq!(h.try_claim_probe(t1 + Duration::from_millis(99)), None);
         let probe = h
             .try_claim_probe(t1 + Duration::from_millis(100))
             .expect("due");
         assert_eq!(h.begin_rejoin(t1, probe), Rejoin::Flush);
+    }
+
+    #[test]
+    fn a_probe_that_never_ran_leaves_a_suspect_suspect() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        let probe = h.try_claim_probe(t0).expect("due");
+        h.probe_not_run(t0, &policy(), probe, 0.5);
+        assert_eq!(h.state(), State::Suspect);
+        assert_eq!(n(&h.ejections), 0);
+        assert!(h.try_claim_probe(t0).is_some());
+    }
+
+    #[test]
+    fn counters_copy_every_field() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.record_missed_write(t0, &policy(), h.observe(), b"a");
+        let probe = h.try_claim_probe(t0).expect("due");
+        h.probe_failed(t0, &policy(), probe, Ejection::Connect, 0.5);
+        h.failovers.fetch_add(3, Ordering::Relaxed);
+        let c = h.counters();
+        assert_eq!(c.failovers, 3);
+        assert_eq!(c.keys_logged, 1);
+        assert_eq!((c.suspects, c.suspects_cleared, c.ejections), (1, 0, 1));
+        assert_eq!(c.suspected_for[Ejection::MissedWrite as usize], 1);
+        assert_eq!(c.ejected_for[Ejection::Connect as usize], 1);
+        assert_eq!(c.ejected_for.iter().sum::<u64>(), c.ejections);
     }
 
     #[test]

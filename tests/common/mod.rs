@@ -1187,6 +1187,7 @@ pub struct FaultServer {
     accepted: Arc<AtomicUsize>,
     received: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    hold_next_ms: Arc<AtomicU64>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -1223,6 +1224,7 @@ impl FaultServer {
             threads: Arc::default(),
             received: Arc::default(),
             delay_ms: Arc::new(AtomicU64::new(delay.as_millis() as u64)),
+            hold_next_ms: Arc::default(),
         };
         let mut server = FaultServer {
             addr,
@@ -1232,6 +1234,7 @@ impl FaultServer {
             accepted: accepted.clone(),
             received: ctx.received.clone(),
             delay_ms: ctx.delay_ms.clone(),
+            hold_next_ms: ctx.hold_next_ms.clone(),
             acceptor: None,
         };
         let acceptor = thread::spawn(move || {
@@ -1273,6 +1276,19 @@ impl FaultServer {
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
+
+    /// Hold the next chunk of upstream answers a slow shim forwards (on
+    /// whichever connection it comes first) for `d` instead of the delay;
+    /// the chunks after it pass as before.
+    pub fn hold_next(&self, d: Duration) {
+        self.hold_next_ms
+            .store(d.as_millis().max(1) as u64, Ordering::SeqCst);
+    }
+
+    /// True once the chunk armed by `hold_next` has been taken.
+    pub fn hold_taken(&self) -> bool {
+        self.hold_next_ms.load(Ordering::SeqCst) == 0
+    }
 }
 
 impl Drop for FaultServer {
@@ -1298,6 +1314,7 @@ struct ConnCtx {
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     received: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
+    hold_next_ms: Arc<AtomicU64>,
 }
 
 impl ConnCtx {
@@ -1363,15 +1380,21 @@ impl ConnCtx {
                     }
                     let _ = u_wr.shutdown(Shutdown::Write);
                 });
-                let delay = self.delay_ms.clone();
+                let (delay, hold) = (self.delay_ms.clone(), self.hold_next_ms.clone());
                 self.spawn(move || {
                     let mut buf = [0u8; 64 << 10];
                     while let Ok(n) = u_rd.read(&mut buf) {
                         if n == 0 || stop.load(Ordering::SeqCst) {
                             break;
                         }
+                        let held = hold.swap(0, Ordering::SeqCst);
+                        let ms = if held > 0 {
+                            held
+                        } else {
+                            delay.load(Ordering::SeqCst)
+                        };
                         // The injected fault, not synchronisation.
-                        thread::sleep(Duration::from_millis(delay.load(Ordering::SeqCst)));
+                        thread::sleep(Duration::from_millis(ms));
                         if c_wr.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -1472,7 +1495,12 @@ pub fn proxy_stats(c: &mut Client) -> Vec<(String, String)> {
 /// The index `i` of the `server_<i>:...` stats lines of `server` in `role`
 /// (`primary` or `backup`).
 pub fn server_index(stats: &[(String, String)], server: &Memcached, role: &str) -> usize {
-    let addr = server.server_arg();
+    server_index_at(stats, &server.server_arg(), role)
+}
+
+/// The index `i` of the `server_<i>:...` stats lines of the server
+/// configured as `addr` (`host:port`) in `role`.
+pub fn server_index_at(stats: &[(String, String)], addr: &str, role: &str) -> usize {
     let n: usize = stat(stats, "proxy_servers").parse().expect("proxy_servers");
     (0..n)
         .find(|i| {
@@ -1480,6 +1508,13 @@ pub fn server_index(stats: &[(String, String)], server: &Memcached, role: &str) 
                 && stat(stats, &format!("server_{i}:role")) == role
         })
         .unwrap_or_else(|| panic!("no {role} {addr} in stats {stats:?}"))
+}
+
+/// `server_<i>:<field>` of the server configured as `addr` (`host:port`)
+/// in `role`.
+pub fn server_stat_at(stats: &[(String, String)], addr: &str, role: &str, field: &str) -> String {
+    let i = server_index_at(stats, addr, role);
+    stat(stats, &format!("server_{i}:{field}"))
 }
 
 /// `server_<i>:<field>` of `server` in `role`.

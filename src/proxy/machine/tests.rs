@@ -1702,3 +1702,36 @@ fn a_missed_base64_key_is_logged_as_a_flush() {
         "the server holds the decoded key: only a flush is sure to cover it"
     );
 }
+
+/// A world where `s` is suspect after a stuck connection.
+fn suspect(s: ServerId) -> World {
+    let w = World::new();
+    let h = &w.health[s.index()];
+    let policy = HealthPolicy::default();
+    for _ in 0..policy.failure_limit {
+        h.record_failure(Instant::now(), &policy, crate::upstream::Ejection::Timeout);
+    }
+    assert_eq!(h.state(), crate::upstream::State::Suspect);
+    w
+}
+
+#[test]
+fn a_suspect_server_gets_no_reads_and_no_writes_and_its_missed_writes_are_logged() {
+    let w = suspect(P0);
+    let r = Run::start(&w, "get a\r\n", &[RA]);
+    r.expect_pending(&[(B2, "get a\r\n")]);
+
+    // Absolute writes too: it may be stuck, and the key is logged instead.
+    for (cmd, answer) in [
+        ("set a 0 0 1\r\nv\r\n", "STORED\r\n"),
+        ("delete a\r\n", "DELETED\r\n"),
+        ("incr a 1\r\n", "2\r\n"),
+    ] {
+        let mut r = Run::start(&w, cmd, &[RA]);
+        r.expect_pending(&[(B2, cmd)]);
+        r.reply(B2, cmd, answer);
+        r.assert_done();
+        assert_eq!(r.answer().as_deref(), Some(answer));
+        assert_eq!(r.missed(), [(P0, "a")], "{cmd:?}");
+    }
+}

@@ -4,7 +4,8 @@
 //! Calls queued during a turn leave in one send at its end. A connection
 //! that fails (closed, unparseable reply, or stuck: no reply bytes for the
 //! request timeout while a request waits) is one failure for the server's
-//! health. Its head request fails; reads behind it are sent again once on a
+//! health (a stuck one makes it suspect rather than down: the prober,
+//! woken at once, decides). Its head request fails; reads behind it are sent again once on a
 //! fresh connection; other written requests fail, since they may have run.
 //! Calls still waiting for a connection move to the new one. Operations the
 //! kernel still holds on the old socket keep its buffers alive in a
@@ -17,15 +18,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::metrics::{EjectReason, UpstreamErrorKind};
+use crate::metrics::UpstreamErrorKind;
 use crate::protocol::{reply_size_hint, Expect};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
-use crate::upstream::{backoff, Ejection, HealthPolicy, ServerId, Verdict};
+use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::driver::{Completion, Driver};
-use crate::server::topology::{advance, fill_iov};
+use crate::server::topology::{advance, failure_reason, fill_iov};
 
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;
@@ -427,16 +428,17 @@ impl State {
         let server = cx.topo.servers.get(u.server.index());
         let policy = cx.topo.settings.policy;
         if let Some(s) = server {
-            let reason = match why {
-                CallError::Connect => Ejection::Connect,
-                CallError::Timeout => Ejection::Timeout,
-                CallError::Closed => Ejection::Closed,
-                CallError::Protocol => Ejection::Protocol,
-            };
             s.metrics.upstream_error(cx.id, error_kind(why));
-            if s.health.record_failure(cx.now, &policy, reason) == Verdict::Ejected {
-                s.metrics.ejected(EjectReason::Failures);
-                tracing::warn!(server = %s.name, ?why, "server ejected after failures");
+            let reason = failure_reason(why);
+            match s.health.record_failure(cx.now, &policy, reason) {
+                Verdict::Ejected => {
+                    tracing::warn!(server = %s.name, reason = reason.as_str(), "server ejected after failures");
+                }
+                Verdict::Suspected => {
+                    tracing::warn!(server = %s.name, reason = reason.as_str(), "server suspect: out of service until a probe answers");
+                    cx.topo.bell.ring();
+                }
+                Verdict::Stays => {}
             }
         }
         let up = server.is_some_and(|s| s.health.is_up());
