@@ -19,7 +19,7 @@
 //! memring_suspects_total{server,reason}          counter (timeout missed_write)
 //! memring_suspects_cleared_total{server}  memring_flushes_total{server}
 //! memring_keys_logged_total{server}  memring_drains_total{server}  memring_drained_keys_total{server}
-//! memring_resync_copies_total  memring_repairs_total
+//! memring_resync_copies_total  memring_repairs_total  memring_section_waits_total
 //! memring_client_connections  memring_client_connections_rejected_total
 //! memring_client_read_bytes_total  memring_client_written_bytes_total
 //! memring_info{version,io_backend}               gauge 1
@@ -304,7 +304,7 @@ impl Collector for SnapshotCollector {
                 Ok(())
             },
         )?;
-        let plain: [(&str, &str, MetricType, u64); 7] = [
+        let plain: [(&str, &str, MetricType, u64); 8] = [
             (
                 "memring_failovers",
                 "Requests answered by the other replica because one failed or was out",
@@ -322,6 +322,12 @@ impl Collector for SnapshotCollector {
                 "Items put back on a primary from its backup",
                 MetricType::Counter,
                 p.repairs,
+            ),
+            (
+                "memring_section_waits",
+                "Primary-first writes (incr, append, add, cas...) that waited for their key's exclusive section",
+                MetricType::Counter,
+                p.section_waits,
             ),
             (
                 "memring_client_connections",
@@ -407,6 +413,7 @@ mod tests {
             failovers: 5,
             resync_copies: 0,
             repairs: 0,
+            section_waits: 0,
         };
         Snapshot::take(&cores, &servers, process, "io_uring", true)
     }

@@ -393,6 +393,8 @@ pub struct ProcessCounters {
     pub resync_copies: u64,
     /// Items a read-through or write put back on a primary.
     pub repairs: u64,
+    /// Primary-first writes that waited for their key's exclusive section.
+    pub section_waits: u64,
 }
 
 /// One server, merged.

@@ -38,6 +38,7 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
         failovers: sum(Counter::Failovers),
         resync_copies: sum(Counter::ResyncCopies),
         repairs: sum(Counter::Repairs),
+        section_waits: sum(Counter::SectionWaits),
     };
     let servers: Vec<ServerInput<'_>> = topo
         .servers
