@@ -240,6 +240,15 @@ fn freeze_under_load(
     })
 }
 
+/// Nothing stale on `primary` itself, and through the proxy every key reads
+/// its last acknowledged value (the backup holds every key: no miss).
+fn assert_every_key_current(c: &mut Client, primary: &Memcached, want: &[Vec<u8>], when: &str) {
+    assert_no_stale_on(primary, want);
+    let (misses, stale) = read_all(c, want, when);
+    assert!(stale.is_empty(), "stale reads {when}: {stale:?}");
+    assert_eq!(misses, 0, "{when}: the backup holds every key");
+}
+
 fn assert_clean_load(seen: &[Seen]) {
     let errors: Vec<&String> = seen.iter().flat_map(|s| &s.errors).collect();
     let stale: Vec<&String> = seen.iter().flat_map(|s| &s.stale).collect();
@@ -554,11 +563,12 @@ fn a_short_freeze_is_a_suspicion_not_an_ejection() {
     assert_clean_load(&seen);
     assert_eq!(r("ejections"), 0, "a short freeze ejected: {stats:?}");
     assert!(r("suspects") >= 1, "{stats:?}");
-    let want = expected(N, &seen);
-    assert_no_stale_on(&prim[0], &want);
-    let (misses, stale) = read_all(&mut c, &want, "after the short freeze");
-    assert!(stale.is_empty(), "stale reads: {stale:?}");
-    assert_eq!(misses, 0, "the backup holds every key");
+    assert_every_key_current(
+        &mut c,
+        &prim[0],
+        &expected(N, &seen),
+        "after the short freeze",
+    );
 }
 
 /// A freeze that outlasts the probe: the stuck primary turns suspect, its
@@ -600,11 +610,12 @@ fn a_long_freeze_is_ejected_for_timeout_once_its_probe_fails() {
     assert!(r("ejections_timeout") >= 1, "{stats:?}");
     assert_eq!(r("ejections"), r("ejections_timeout"), "{stats:?}");
     assert!(r("suspects") >= 1, "it was suspect before its probe failed");
-    let want = expected(N, &seen);
-    assert_no_stale_on(&prim[0], &want);
-    let (misses, stale) = read_all(&mut c, &want, "after the long freeze");
-    assert!(stale.is_empty(), "stale reads: {stale:?}");
-    assert_eq!(misses, 0, "the backup holds every key");
+    assert_every_key_current(
+        &mut c,
+        &prim[0],
+        &expected(N, &seen),
+        "after the long freeze",
+    );
 }
 
 /// Refused connections are a real failure: the primary is ejected for
