@@ -266,10 +266,26 @@ impl Shared {
 /// Point `iov` at the first IOV_MAX buffers of `out`, for one vectored send.
 pub(crate) fn fill_iov(iov: &mut Vec<libc::iovec>, out: &VecDeque<Bytes>) {
     iov.clear();
-    iov.extend(out.iter().take(IOV_MAX).map(|b| libc::iovec {
-        iov_base: b.as_ptr() as *mut libc::c_void,
-        iov_len: b.len(),
-    }));
+    for b in out {
+        if b.is_empty() {
+            continue;
+        }
+        // Buffers that follow each other in memory (pipelined requests cut
+        // from one read, replies framed from one receive) become one iovec.
+        if let Some(last) = iov.last_mut() {
+            if (last.iov_base as usize).wrapping_add(last.iov_len) == b.as_ptr() as usize {
+                last.iov_len += b.len();
+                continue;
+            }
+        }
+        if iov.len() == IOV_MAX {
+            break;
+        }
+        iov.push(libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        });
+    }
 }
 
 /// Drop `n` written bytes from the front of a queue of buffers.
@@ -291,6 +307,41 @@ pub(crate) fn advance(q: &mut VecDeque<Bytes>, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iovecs_merge_adjacent_buffers_and_stop_at_iov_max() {
+        let read = Bytes::from_static(b"get a\r\nget b\r\n");
+        let other = Bytes::from(b"get c\r\n".to_vec());
+        let out: VecDeque<Bytes> = [
+            read.slice(..7),
+            Bytes::new(),
+            read.slice(7..),
+            other.clone(),
+        ]
+        .into_iter()
+        .collect();
+        let mut iov = Vec::new();
+        fill_iov(&mut iov, &out);
+        let got: Vec<(usize, usize)> = iov
+            .iter()
+            .map(|v| (v.iov_base as usize, v.iov_len))
+            .collect();
+        assert_eq!(
+            got,
+            [(read.as_ptr() as usize, 14), (other.as_ptr() as usize, 7)],
+            "one request line after another in one read is one iovec"
+        );
+        // Separate buffers: at most IOV_MAX iovecs; the rest waits.
+        let many: VecDeque<Bytes> = (0..IOV_MAX + 5)
+            .map(|i| Bytes::from(vec![i as u8; 3]))
+            .collect();
+        fill_iov(&mut iov, &many);
+        assert_eq!(iov.len(), IOV_MAX);
+        assert!(iov
+            .iter()
+            .zip(&many)
+            .all(|(v, b)| std::ptr::eq(v.iov_base as *const u8, b.as_ptr())));
+    }
 
     #[test]
     fn advance_resumes_partial_writes_exactly() {

@@ -47,9 +47,16 @@ struct Op {
 /// What an operation is, with the memory the kernel reads until it ends.
 enum Kind {
     Accept,
-    Recv { fd: RawFd },
-    Send { msg: Box<libc::msghdr> },
-    Connect { _addr: Box<SockAddr> },
+    Recv {
+        fd: RawFd,
+    },
+    /// A vectored send's header (none for a one-buffer send).
+    Send {
+        msg: Option<Box<libc::msghdr>>,
+    },
+    Connect {
+        _addr: Box<SockAddr>,
+    },
 }
 
 /// Adds one set of setup flags to a builder.
@@ -234,7 +241,7 @@ impl UringDriver {
             Kind::Send { .. } | Kind::Connect { .. } => more = false,
         }
         if !more {
-            if let Kind::Send { msg } = self.ops.remove(key).kind {
+            if let Kind::Send { msg: Some(msg) } = self.ops.remove(key).kind {
                 self.spare_msgs.push(msg);
             }
         }
@@ -386,6 +393,19 @@ impl Driver for UringDriver {
     }
 
     unsafe fn send(&mut self, token: u64, fd: RawFd, iov: *const libc::iovec, iovcnt: usize) {
+        // SAFETY: the caller passes `iovcnt` valid iovecs at `iov`.
+        let one = (iovcnt == 1).then(|| unsafe { *iov });
+        if let Some(one) = one.filter(|v| u32::try_from(v.iov_len).is_ok()) {
+            // One buffer: a plain send, without a message header to import;
+            // the caller keeps its memory valid until the completion.
+            let ud = self.start(token, Kind::Send { msg: None });
+            let sqe = opcode::Send::new(Fd(fd), one.iov_base as *const u8, one.iov_len as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud);
+            self.push(sqe);
+            return;
+        }
         let mut msg = match self.spare_msgs.pop() {
             Some(m) => m,
             // SAFETY: msghdr is plain old data; all zeroes is an empty header.
@@ -394,7 +414,7 @@ impl Driver for UringDriver {
         msg.msg_iov = iov as *mut libc::iovec;
         msg.msg_iovlen = iovcnt as _;
         let hdr: *const libc::msghdr = &*msg;
-        let ud = self.start(token, Kind::Send { msg });
+        let ud = self.start(token, Kind::Send { msg: Some(msg) });
         let sqe = opcode::SendMsg::new(Fd(fd), hdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
