@@ -120,6 +120,14 @@ fn vanished_clients_leave_the_backup_in_step() {
         names.push(format!("ctr{k}"));
         names.push(format!("log{k}"));
     }
+    // A sample of the added keys too: a client held back behind a write
+    // that waits for its key's section may have its last adds started
+    // after every counter already agrees.
+    for i in (0..200).step_by(37) {
+        for k in 0..keys {
+            names.push(format!("new{i}_{k}"));
+        }
+    }
     let mut last = String::new();
     let agreed = wait_for(Duration::from_secs(60), || {
         for n in &names {
@@ -155,16 +163,6 @@ fn vanished_clients_leave_the_backup_in_step() {
         200 * keys
     );
     assert!(applied > 0, "no request ran at all");
-    for i in (0..200).step_by(37) {
-        for k in 0..keys {
-            let cmd = format!("get new{i}_{k}\r\n");
-            assert_bytes(
-                &bc.request(cmd.as_bytes()),
-                &pc.request(cmd.as_bytes()),
-                "added keys on both replicas",
-            );
-        }
-    }
 }
 
 /// Clients on several cores pipeline `incr` and `get` of one shared counter:
