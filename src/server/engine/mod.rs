@@ -13,6 +13,16 @@
 //! turn queued), handle them, deliver the upstream outcomes to their
 //! machines, check deadlines, then queue one send per connection that has
 //! output (everything the turn produced for it, at most IOV_MAX buffers).
+//! Before that last step, a turn that has requests for the servers takes a
+//! second, non-blocking look for completions that arrived while it ran, so
+//! that the requests they bring leave in the same upstream sends. That costs
+//! one non-blocking `io_uring_enter` (or `epoll_wait`) per such turn and cut
+//! the upstream sends per request by 15-25 % in the load benchmark (a:
+//! 0.418 -> 0.354 TCP segments per request, b: 0.086 -> 0.063, c: 0.689 ->
+//! 0.545), and with them memring's CPU per request (a: 0.66 -> 0.61x
+//! nutcracker, b: 0.74 -> 0.69x, c: 0.83 -> 0.80x, same runs). Nutcracker
+//! gets the same effect by writing to a server one event-loop pass after it
+//! read the requests.
 //!
 //! Timeouts measure lack of progress: an upstream connection is stuck when
 //! the oldest request written on it has seen no reply bytes for the request
@@ -334,6 +344,17 @@ pub(super) fn run_core<D: Driver>(
         st.deliver(&mut d, &cx);
         timeout = st.tick(&mut d, &mut cx);
         st.deliver(&mut d, &cx);
+        if !st.dirty_ups.is_empty() {
+            // A second look before the upstream sends leave: what arrived
+            // while this turn ran joins them (see the module's header).
+            cqes.clear();
+            if d.wait(Some(Duration::ZERO), &mut cqes).is_ok() {
+                for c in &cqes {
+                    st.complete(&mut d, &cx, *c);
+                }
+                st.deliver(&mut d, &cx);
+            }
+        }
         st.flush(&mut d, &cx);
     }
 }
