@@ -436,6 +436,22 @@ fn reasons(s: &[(String, String)], addr: &str, role: &str) -> String {
 }
 
 /// `-s <primary> -b <backup>` with the scenario's timeouts and `extra`.
+/// One primary and its backup behind memring with `timeout`, `n` keys
+/// preloaded: the primary (as a one-server cluster), the backup, the
+/// primary's `-s` argument, the proxy and a client of it.
+fn preloaded_pair(
+    n: usize,
+    timeout: Duration,
+) -> (Vec<Memcached>, Memcached, String, Memring, Client) {
+    let prim = Memcached::cluster(1, "1m");
+    let back = Memcached::start();
+    let p = prim[0].server_arg();
+    let proxy = pair(&p, &back, timeout, &[]);
+    let mut c = proxy.client();
+    preload(&mut c, n);
+    (prim, back, p, proxy, c)
+}
+
 fn pair(primary: &str, backup: &Memcached, timeout: Duration, extra: &[&str]) -> Memring {
     let timeout = format!("{}ms", timeout.as_millis());
     let mut args: Vec<String> = ["-D", "--bind", "127.0.0.1:0", "-s", primary, "-b"]
@@ -536,14 +552,9 @@ fn a_reply_held_past_the_timeout_makes_the_primary_suspect_not_ejected() {
 #[test]
 fn a_short_freeze_is_a_suspicion_not_an_ejection() {
     const N: usize = 2_000;
-    let prim = Memcached::cluster(1, "1m");
-    let back = Memcached::start();
-    let p = prim[0].server_arg();
     // The probe waits one request timeout for `version`: ample time to
     // thaw the primary once it is seen out.
-    let proxy = pair(&p, &back, REQUEST_TIMEOUT, &[]);
-    let mut c = proxy.client();
-    preload(&mut c, N);
+    let (prim, _back, p, proxy, mut c) = preloaded_pair(N, REQUEST_TIMEOUT);
 
     let (seen, stats) = under_load(&proxy, N, |c| {
         prim[0].stop();
@@ -577,13 +588,7 @@ fn a_short_freeze_is_a_suspicion_not_an_ejection() {
 #[test]
 fn a_long_freeze_is_ejected_for_timeout_once_its_probe_fails() {
     const N: usize = 2_000;
-    let timeout = Duration::from_millis(300);
-    let prim = Memcached::cluster(1, "1m");
-    let back = Memcached::start();
-    let p = prim[0].server_arg();
-    let proxy = pair(&p, &back, timeout, &[]);
-    let mut c = proxy.client();
-    preload(&mut c, N);
+    let (prim, _back, p, proxy, mut c) = preloaded_pair(N, Duration::from_millis(300));
 
     let (seen, stats) = under_load(&proxy, N, |c| {
         prim[0].stop();
