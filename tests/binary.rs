@@ -9,47 +9,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use common::*;
-use memring::protocol::binary::{compose_request, Opcode, HEADER_LEN};
-
-/// The seed's cluster: 3 primaries, 2 backups, magent's flags.
-fn seed_cluster() -> (Vec<Memcached>, Memring) {
-    let servers = Memcached::cluster(5, "1m");
-    let port = free_port();
-    let mut args: Vec<String> = ["-uroot", "-n", "51200", "-l", "127.0.0.1", "-p"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push(port.to_string());
-    for (i, s) in servers.iter().enumerate() {
-        args.push(if i < 3 { "-s" } else { "-b" }.to_string());
-        args.push(s.server_arg());
-    }
-    args.push("-D".into());
-    let proxy = Memring::start(&args);
-    (servers, proxy)
-}
-
-/// One request frame.
-fn frame(op: Opcode, opaque: u32, cas: u64, extras: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = BytesMut::new();
-    compose_request(&mut out, op, opaque, cas, extras, key, value);
-    out.to_vec()
-}
-
-fn set_extras(flags: u32, exptime: u32) -> Vec<u8> {
-    [flags.to_be_bytes(), exptime.to_be_bytes()].concat()
-}
-
-fn incr_extras(delta: u64, initial: u64, exptime: u32) -> Vec<u8> {
-    [
-        &delta.to_be_bytes()[..],
-        &initial.to_be_bytes(),
-        &exptime.to_be_bytes(),
-    ]
-    .concat()
-}
+use memring::protocol::binary::{
+    arithmetic_extras as incr_extras, request_frame as frame, storage_extras as set_extras, Opcode,
+    HEADER_LEN,
+};
 
 /// Read one response frame, whole.
 fn read_frame(c: &mut Client) -> Vec<u8> {
@@ -121,7 +85,7 @@ type Op<'a> = (Opcode, u64, Vec<u8>, &'a [u8], &'a [u8]);
 /// pipelined before a write of the same key may see it (read-through from the
 /// backup happens after the primary's miss).
 fn parity_script() -> Vec<Vec<Vec<u8>>> {
-    let se = set_extras(0xdead_beef, 0);
+    let se = set_extras(0xdead_beef, 0).to_vec();
     let big = vec![b'x'; 2 * 1024 * 1024];
     let ops: Vec<Op> = vec![
         (Opcode::Get, 0, vec![], b"a", b""),
@@ -129,8 +93,8 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::GetQ, 0, vec![], b"a", b""),
         (Opcode::GetKQ, 0, vec![], b"a", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
-        (Opcode::Set, 0, se.clone(), b"a", b"alpha"),
-        (Opcode::SetQ, 0, set_extras(7, 0), b"b", b"beta"),
+        (Opcode::Set, 0, se.to_vec(), b"a", b"alpha"),
+        (Opcode::SetQ, 0, set_extras(7, 0).to_vec(), b"b", b"beta"),
         (Opcode::Get, 0, vec![], b"a", b""),
         (Opcode::GetK, 0, vec![], b"b", b""),
         (Opcode::GetKQ, 0, vec![], b"a", b""),
@@ -138,12 +102,12 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::GetQ, 0, vec![], b"b", b""),
         (Opcode::GetK, 0, vec![], b"nokey2", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
-        (Opcode::Add, 0, se.clone(), b"a", b"x"),
-        (Opcode::AddQ, 0, se.clone(), b"c", b"gamma"),
-        (Opcode::AddQ, 0, se.clone(), b"c", b"again"),
-        (Opcode::Replace, 0, se.clone(), b"nokey", b"x"),
-        (Opcode::ReplaceQ, 0, se.clone(), b"nokey", b"x"),
-        (Opcode::Replace, 0, se.clone(), b"a", b"alpha2"),
+        (Opcode::Add, 0, se.to_vec(), b"a", b"x"),
+        (Opcode::AddQ, 0, se.to_vec(), b"c", b"gamma"),
+        (Opcode::AddQ, 0, se.to_vec(), b"c", b"again"),
+        (Opcode::Replace, 0, se.to_vec(), b"nokey", b"x"),
+        (Opcode::ReplaceQ, 0, se.to_vec(), b"nokey", b"x"),
+        (Opcode::Replace, 0, se.to_vec(), b"a", b"alpha2"),
         (Opcode::Append, 0, vec![], b"a", b"!"),
         (Opcode::Prepend, 0, vec![], b"a", b"<"),
         (Opcode::AppendQ, 0, vec![], b"a", b"?"),
@@ -151,8 +115,8 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::PrependQ, 0, vec![], b"nokey", b"!"),
         (Opcode::Get, 0, vec![], b"a", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
-        (Opcode::Set, 1, se.clone(), b"a", b"wrong cas"),
-        (Opcode::Set, 5, se.clone(), b"nokey", b"cas on a miss"),
+        (Opcode::Set, 1, se.to_vec(), b"a", b"wrong cas"),
+        (Opcode::Set, 5, se.to_vec(), b"nokey", b"cas on a miss"),
         (Opcode::Delete, 0, vec![], b"nokey", b""),
         (Opcode::DeleteQ, 0, vec![], b"c", b""),
         (Opcode::Get, 0, vec![], b"c", b""),
@@ -160,23 +124,65 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (
             Opcode::Increment,
             0,
-            incr_extras(1, 0, 0xffff_ffff),
+            incr_extras(1, 0, 0xffff_ffff).to_vec(),
             b"n",
             b"",
         ),
-        (Opcode::Increment, 0, incr_extras(1, 10, 0), b"n", b""),
-        (Opcode::Increment, 0, incr_extras(5, 10, 0), b"n", b""),
-        (Opcode::Decrement, 0, incr_extras(5, 0, 0), b"n", b""),
+        (
+            Opcode::Increment,
+            0,
+            incr_extras(1, 10, 0).to_vec(),
+            b"n",
+            b"",
+        ),
+        (
+            Opcode::Increment,
+            0,
+            incr_extras(5, 10, 0).to_vec(),
+            b"n",
+            b"",
+        ),
+        (
+            Opcode::Decrement,
+            0,
+            incr_extras(5, 0, 0).to_vec(),
+            b"n",
+            b"",
+        ),
         // (Below zero clamps to 0; memcached pads the shrunk value with
         // spaces only when no other reference holds the item, so the
         // bytes of a later get depend on timing: kept out of this script.)
-        (Opcode::IncrementQ, 0, incr_extras(1, 0, 0), b"n", b""),
-        (Opcode::DecrementQ, 0, incr_extras(1, 7, 0), b"m", b""),
+        (
+            Opcode::IncrementQ,
+            0,
+            incr_extras(1, 0, 0).to_vec(),
+            b"n",
+            b"",
+        ),
+        (
+            Opcode::DecrementQ,
+            0,
+            incr_extras(1, 7, 0).to_vec(),
+            b"m",
+            b"",
+        ),
         (Opcode::Get, 0, vec![], b"n", b""),
         (Opcode::Get, 0, vec![], b"m", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
-        (Opcode::Increment, 0, incr_extras(u64::MAX, 0, 0), b"n", b""),
-        (Opcode::Increment, 0, incr_extras(1, 0, 0), b"a", b""),
+        (
+            Opcode::Increment,
+            0,
+            incr_extras(u64::MAX, 0, 0).to_vec(),
+            b"n",
+            b"",
+        ),
+        (
+            Opcode::Increment,
+            0,
+            incr_extras(1, 0, 0).to_vec(),
+            b"a",
+            b"",
+        ),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::Touch, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
         (
@@ -214,18 +220,18 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         ),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::SaslListMechs, 0, vec![], b"", b""),
-        (Opcode::Set, 0, se.clone(), b"big", b"small"),
+        (Opcode::Set, 0, se.to_vec(), b"big", b"small"),
         (Opcode::NoOp, 0, vec![], b"", b""),
         // Too large: refused, and the old value is gone (memcached unlinks it).
-        (Opcode::Set, 0, se.clone(), b"big", &big),
-        (Opcode::SetQ, 0, se.clone(), b"big", &big),
+        (Opcode::Set, 0, se.to_vec(), b"big", &big),
+        (Opcode::SetQ, 0, se.to_vec(), b"big", &big),
         (Opcode::Get, 0, vec![], b"big", b""),
         (Opcode::Stat, 0, vec![], b"nosuchgroup", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::Flush, 0, vec![], b"", b""),
         (Opcode::Get, 0, vec![], b"a", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
-        (Opcode::Set, 0, se.clone(), b"a", b"after flush"),
+        (Opcode::Set, 0, se.to_vec(), b"a", b"after flush"),
         (Opcode::FlushQ, 0, vec![], b"", b""),
         (Opcode::GetK, 0, vec![], b"a", b""),
     ];
@@ -251,7 +257,7 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
 #[test]
 fn responses_match_memcached_byte_for_byte() {
     let direct = Memcached::start();
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let script = parity_script();
     let (mut d, mut p) = (direct.client(), proxy.client());
     let want: Vec<Vec<u8>> = script.iter().flat_map(|g| exchange(&mut d, g)).collect();
@@ -276,7 +282,7 @@ fn responses_match_memcached_byte_for_byte() {
 
 #[test]
 fn version_verbosity_stats_quit() {
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let mut c = proxy.client();
     let r = exchange(
         &mut c,
@@ -327,7 +333,7 @@ fn version_verbosity_stats_quit() {
 /// GetKQ ... NoOp over keys on every server comes back in request order.
 #[test]
 fn quiet_pipeline_is_split_per_server_and_merged_in_order() {
-    let (servers, proxy) = seed_cluster();
+    let (servers, proxy) = magent_seed_cluster();
     let mut c = proxy.client();
     let keys: Vec<String> = (0..300).map(|i| format!("bk:{i}")).collect();
     let sets: Vec<Vec<u8>> = keys
@@ -374,7 +380,7 @@ fn quiet_pipeline_is_split_per_server_and_merged_in_order() {
 /// Bad frames get memcached's answer or a close, and never disturb another client.
 #[test]
 fn bad_frames_answer_or_close_and_spare_other_clients() {
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let mut other = proxy.client();
     let r = exchange(
         &mut other,
@@ -435,7 +441,7 @@ fn bad_frames_answer_or_close_and_spare_other_clients() {
 /// through memring in front of the seed cluster.
 #[test]
 fn memccapable_binary_conformance_passes() {
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let out = run(Command::new(tool("memccapable")).args([
         "-h",
         "127.0.0.1",
@@ -453,7 +459,7 @@ fn memccapable_binary_conformance_passes() {
 
 #[test]
 fn libmemcached_tools_round_trip_with_binary() {
-    let (servers, proxy) = seed_cluster();
+    let (servers, proxy) = magent_seed_cluster();
     let dir = TempDir::new("memccp-bin");
     let file = dir.path().join("bin-payload");
     let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -500,7 +506,7 @@ fn libmemcached_tools_round_trip_with_binary() {
 /// every get a hit.
 #[test]
 fn memcslap_binary_load_has_no_failures() {
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let target = format!("--servers=127.0.0.1:{}", proxy.addr().port());
     for test in ["set", "get", "mget"] {
         let out = run(Command::new(tool("memcslap")).args([
@@ -592,7 +598,7 @@ fn system_python() -> &'static str {
 #[test]
 fn pylibmc_binary_speaks_every_verb() {
     let direct = Memcached::start();
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let probe = Command::new(system_python())
         .args(["-c", "import pylibmc"])
         .output()
@@ -614,7 +620,7 @@ fn pylibmc_binary_speaks_every_verb() {
 /// appends included.
 #[test]
 fn failover_serves_binary_written_keys_to_binary_and_text_clients() {
-    let (mut servers, proxy) = seed_cluster();
+    let (mut servers, proxy) = magent_seed_cluster();
     let mut c = proxy.client();
     let keys: Vec<String> = (0..200).map(|i| format!("fo:{i}")).collect();
     let mut writes: Vec<Vec<u8>> = keys
@@ -703,7 +709,7 @@ fn failover_serves_binary_written_keys_to_binary_and_text_clients() {
 /// item, exactly as their text forms do, instead of on the gap.
 #[test]
 fn binary_writes_recover_items_the_primary_lost() {
-    let (servers, proxy) = seed_cluster();
+    let (servers, proxy) = magent_seed_cluster();
     let mut c = proxy.client();
     let keys: Vec<String> = ["add", "rep", "app", "pre", "cnt"]
         .iter()

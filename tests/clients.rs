@@ -8,28 +8,9 @@ use std::process::Command;
 
 use common::*;
 
-/// The seed's cluster: 3 primaries, 2 backups, magent's flags as written.
-fn seed_cluster() -> (Vec<Memcached>, Memring) {
-    let servers = Memcached::cluster(5, "1m");
-    let port = free_port();
-    let mut args: Vec<String> = ["-uroot", "-n", "51200", "-l", "127.0.0.1", "-p"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push(port.to_string());
-    for (i, s) in servers.iter().enumerate() {
-        args.push(if i < 3 { "-s" } else { "-b" }.to_string());
-        args.push(s.server_arg());
-    }
-    args.push("-D".into());
-    let proxy = Memring::start(&args);
-    assert_eq!(proxy.addr().port(), port);
-    (servers, proxy)
-}
-
 #[test]
 fn memccapable_ascii_conformance_passes() {
-    let (_servers, proxy) = seed_cluster();
+    let (_servers, proxy) = magent_seed_cluster();
     let out = run(Command::new(tool("memccapable")).args([
         "-h",
         "127.0.0.1",
@@ -45,7 +26,7 @@ fn memccapable_ascii_conformance_passes() {
 
 #[test]
 fn memccp_and_memccat_round_trip_a_file() {
-    let (servers, proxy) = seed_cluster();
+    let (servers, proxy) = magent_seed_cluster();
     let dir = TempDir::new("memccp");
     let file = dir.path().join("payload.bin");
     let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -112,8 +93,8 @@ print("pymemcache ok")
 "#;
 
 #[test]
-fn pymemcache_speaks_to_the_seed_cluster() {
-    let (_servers, proxy) = seed_cluster();
+fn pymemcache_speaks_to_the_magent_seed_cluster() {
+    let (_servers, proxy) = magent_seed_cluster();
     let probe = Command::new("python3")
         .args(["-c", "import pymemcache"])
         .output()

@@ -569,6 +569,38 @@ pub fn compose_request(
     );
 }
 
+/// One request frame as its own buffer (clients and tests).
+pub fn request_frame(
+    opcode: Opcode,
+    opaque: u32,
+    cas: u64,
+    extras: &[u8],
+    key: &[u8],
+    value: &[u8],
+) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    compose_request(&mut out, opcode, opaque, cas, extras, key, value);
+    out.to_vec()
+}
+
+/// The extras of a set, add or replace request: flags, exptime.
+pub fn storage_extras(flags: u32, exptime: u32) -> [u8; 8] {
+    let mut e = [0u8; 8];
+    e[..4].copy_from_slice(&flags.to_be_bytes());
+    e[4..].copy_from_slice(&exptime.to_be_bytes());
+    e
+}
+
+/// The extras of an increment or decrement request: delta, initial value,
+/// exptime.
+pub fn arithmetic_extras(delta: u64, initial: u64, exptime: u32) -> [u8; 20] {
+    let mut e = [0u8; 20];
+    e[..8].copy_from_slice(&delta.to_be_bytes());
+    e[8..16].copy_from_slice(&initial.to_be_bytes());
+    e[16..].copy_from_slice(&exptime.to_be_bytes());
+    e
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,24 +608,8 @@ mod tests {
 
     const MAX_ITEM: usize = 1024;
 
-    fn req(
-        opcode: Opcode,
-        opaque: u32,
-        cas: u64,
-        extras: &[u8],
-        key: &[u8],
-        value: &[u8],
-    ) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        compose_request(&mut out, opcode, opaque, cas, extras, key, value);
-        out.to_vec()
-    }
-
-    fn set_extras(flags: u32, exptime: u32) -> Vec<u8> {
-        let mut e = flags.to_be_bytes().to_vec();
-        e.extend_from_slice(&exptime.to_be_bytes());
-        e
-    }
+    use super::request_frame as req;
+    use super::storage_extras as set_extras;
 
     /// The exact bytes of a get request, as memcached's protocol_binary.h lays them out.
     #[test]

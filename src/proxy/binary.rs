@@ -774,29 +774,12 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::binary::compose_request;
+    use crate::protocol::binary::{
+        arithmetic_extras as incr_extras, request_frame as req, storage_extras as set_extras,
+    };
     use proptest::prelude::*;
 
     const MAX_ITEM: usize = 1024;
-
-    fn req(op: Opcode, opaque: u32, cas: u64, extras: &[u8], key: &[u8], value: &[u8]) -> Vec<u8> {
-        let mut out = BytesMut::new();
-        compose_request(&mut out, op, opaque, cas, extras, key, value);
-        out.to_vec()
-    }
-
-    fn set_extras(flags: u32, exptime: u32) -> Vec<u8> {
-        [flags.to_be_bytes(), exptime.to_be_bytes()].concat()
-    }
-
-    fn incr_extras(delta: u64, initial: u64, exptime: u32) -> Vec<u8> {
-        [
-            &delta.to_be_bytes()[..],
-            &initial.to_be_bytes(),
-            &exptime.to_be_bytes(),
-        ]
-        .concat()
-    }
 
     fn forward(wire: &[u8]) -> (usize, Bytes, Plan) {
         match next_step(wire, MAX_ITEM) {

@@ -1472,6 +1472,27 @@ pub const FAST_FAILOVER: [&str; 6] = [
     "100ms",
 ];
 
+/// The seed's deployment with magent's command line as written: 3
+/// primaries, 2 backups, `-uroot -n 51200 -l 127.0.0.1 -p <port> -s ... -b
+/// ... -D`.
+pub fn magent_seed_cluster() -> (Vec<Memcached>, Memring) {
+    let servers = Memcached::cluster(5, "1m");
+    let port = free_port();
+    let mut args: Vec<String> = ["-uroot", "-n", "51200", "-l", "127.0.0.1", "-p"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(port.to_string());
+    for (i, s) in servers.iter().enumerate() {
+        args.push(if i < 3 { "-s" } else { "-b" }.to_string());
+        args.push(s.server_arg());
+    }
+    args.push("-D".into());
+    let proxy = Memring::start(&args);
+    assert_eq!(proxy.addr().port(), port, "-p is honoured");
+    (servers, proxy)
+}
+
 /// `memring -D --bind 127.0.0.1:0 -s <each primary> -b <each backup> <extra>`.
 pub fn start_with_backups(
     primaries: &[&Memcached],
