@@ -354,11 +354,22 @@ impl GetMany {
     fn fetch(&mut self, asked: fn(&KeyState) -> Option<ServerId>, cx: &mut Cx<'_>) {
         let whole = self.keys.iter().all(|k| asked(k).is_some())
             && self.keys.windows(2).all(|w| asked(&w[0]) == asked(&w[1]));
+        // Servers already asked: a bit per server id below 128 (no
+        // allocation, linear in the keys); larger fleets look back.
+        let mut seen: u128 = 0;
         for i in 0..self.keys.len() {
             let Some(s) = asked(&self.keys[i]) else {
                 continue;
             };
-            if self.keys[..i].iter().any(|k| asked(k) == Some(s)) {
+            let first = match 1u128.checked_shl(s.0) {
+                Some(bit) => {
+                    let new = seen & bit == 0;
+                    seen |= bit;
+                    new
+                }
+                None => !self.keys[..i].iter().any(|k| asked(k) == Some(s)),
+            };
+            if !first {
                 continue;
             }
             let line = if whole {
