@@ -20,7 +20,8 @@
 //! the upstream sends per request by 15-25 % in the load benchmark (a:
 //! 0.418 -> 0.354 TCP segments per request, b: 0.086 -> 0.063, c: 0.689 ->
 //! 0.545), and with them memring's CPU per request (a: 0.66 -> 0.61x
-//! nutcracker, b: 0.74 -> 0.69x, c: 0.83 -> 0.80x, same runs). Nutcracker
+//! nutcracker, b: 0.74 -> 0.69x, c: 0.83 -> 0.80x, same runs; the A/B
+//! command is in docs/benchmarks.md, 2026-11-30 21:05 UTC). Nutcracker
 //! gets the same effect by writing to a server one event-loop pass after it
 //! read the requests.
 //!
