@@ -17,6 +17,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::route::modula::magent_hash;
+
 /// Slots in the table (a power of two): 16 Ki slots x 8 bytes.
 const SLOTS: usize = 1 << 14;
 
@@ -48,15 +50,10 @@ impl Default for Sections {
     }
 }
 
-/// FNV-1a over the key: cheap, and spreads memcached keys well enough for a
-/// table whose collisions only cost a wait.
+/// The key's slot, by magent's key hash (cheap, and spread well enough for a
+/// table whose collisions only cost a wait).
 fn slot_of(key: &[u8]) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    ((h ^ (h >> 32)) as usize & (SLOTS - 1)) as u32
+    (magent_hash(key) as usize & (SLOTS - 1)) as u32
 }
 
 impl Sections {
