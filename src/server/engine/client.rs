@@ -635,7 +635,7 @@ impl State {
         let mut keys = std::mem::take(&mut self.keys);
         let parsed = parse_request(&request, cx.max_item, &mut keys);
         self.keys = keys;
-        if let Some(cl) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+        if let Some(cl) = self.live_client(cref) {
             if let Parsed::Complete(r) = &parsed {
                 cl.label(cref.seq, Command::of(r.verb));
             }
@@ -727,7 +727,7 @@ impl State {
         };
         match plan.translate(&parts) {
             Translated::Reply(b) => {
-                if let Some(cl) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+                if let Some(cl) = self.live_client(cref) {
                     if cl.barrier == Some(cref.seq) {
                         cl.barrier = None;
                         mark(&mut self.clients, &mut self.dirty_clients, cref.idx);

@@ -468,7 +468,7 @@ impl State {
         self.parked.push((r, call, held));
         cx.stats().incr(Counter::SectionWaits);
         if let Some(cref) = client {
-            if let Some(c) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+            if let Some(c) = self.live_client(cref) {
                 c.section_wait = true;
             }
         }
@@ -489,7 +489,7 @@ impl State {
             self.outcomes.push_back((r, call, Ok(Reply::grant())));
             let client = self.reqs.get(r).and_then(|s| s.client);
             if let Some(cref) = client {
-                if let Some(c) = self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen) {
+                if let Some(c) = self.live_client(cref) {
                     c.section_wait = false;
                     client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
                 }
@@ -644,14 +644,17 @@ impl State {
         }
     }
 
+    /// The client `cref` names, if that connection is still there (not a
+    /// later one in the same slot).
+    fn live_client(&mut self, cref: ClientRef) -> Option<&mut Client> {
+        self.clients.get_mut(cref.idx).filter(|c| c.gen == cref.gen)
+    }
+
     /// Put an answer in its client's slot (if the client is still there).
     fn deliver_answer(&mut self, cref: ClientRef, a: Answer) {
-        let Some(c) = self.clients.get_mut(cref.idx) else {
+        let Some(c) = self.live_client(cref) else {
             return;
         };
-        if c.gen != cref.gen {
-            return;
-        }
         let a = if cref.strip_end { a.without_end() } else { a };
         if c.fill(cref.seq, a) {
             client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
