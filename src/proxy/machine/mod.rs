@@ -669,7 +669,8 @@ impl Machine {
     }
 
     /// `stats <group>` or an administration line under `plan` (not
-    /// [`AdminPlan::Local`](crate::proxy::AdminPlan::Local) or [`AdminPlan::Answer`](crate::proxy::AdminPlan::Answer), which the engine
+    /// [`AdminPlan::Local`](crate::proxy::AdminPlan::Local) or
+    /// [`AdminPlan::Answer`](crate::proxy::AdminPlan::Answer), which the engine
     /// answers itself): sent to every server of `servers` in service, the
     /// replies merged.
     pub fn admin(
