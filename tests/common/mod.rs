@@ -1472,6 +1472,26 @@ pub const FAST_FAILOVER: [&str; 6] = [
     "100ms",
 ];
 
+/// libmemcached's `memccapable` conformance run against `port` (`-a` text,
+/// `-b` binary), 5 s per check; its report, once it said every check passed.
+pub fn memccapable(port: u16, protocol: &str) -> String {
+    let out = run(std::process::Command::new(tool("memccapable")).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        protocol,
+        "-t",
+        "5",
+    ]));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("All tests passed"),
+        "memccapable {protocol}:\n{text}"
+    );
+    text
+}
+
 /// The seed's deployment with magent's command line as written: 3
 /// primaries, 2 backups, `-uroot -n 51200 -l 127.0.0.1 -p <port> -s ... -b
 /// ... -D`.
