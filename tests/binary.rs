@@ -78,6 +78,16 @@ fn masked(f: &[u8]) -> Vec<u8> {
 /// One scripted request: opcode, CAS, extras, key, value.
 type Op<'a> = (Opcode, u64, Vec<u8>, &'a [u8], &'a [u8]);
 
+/// Extras of a storage request, owned for a script row.
+fn storage(flags: u32, exptime: u32) -> Vec<u8> {
+    set_extras(flags, exptime).to_vec()
+}
+
+/// Extras of an incr/decr request, owned for a script row.
+fn incr(delta: u64, initial: u64, exptime: u32) -> Vec<u8> {
+    incr_extras(delta, initial, exptime).to_vec()
+}
+
 /// A script that exercises every opcode memcached 1.6 serves, with hits,
 /// misses, quiet forms and errors. Opaques are the frame's index. NoOps
 /// split it into groups, each sent as one pipeline once the previous one is
@@ -85,7 +95,7 @@ type Op<'a> = (Opcode, u64, Vec<u8>, &'a [u8], &'a [u8]);
 /// pipelined before a write of the same key may see it (read-through from the
 /// backup happens after the primary's miss).
 fn parity_script() -> Vec<Vec<Vec<u8>>> {
-    let se = set_extras(0xdead_beef, 0).to_vec();
+    let se = storage(0xdead_beef, 0);
     let big = vec![b'x'; 2 * 1024 * 1024];
     let ops: Vec<Op> = vec![
         (Opcode::Get, 0, vec![], b"a", b""),
@@ -94,7 +104,7 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::GetKQ, 0, vec![], b"a", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::Set, 0, se.to_vec(), b"a", b"alpha"),
-        (Opcode::SetQ, 0, set_extras(7, 0).to_vec(), b"b", b"beta"),
+        (Opcode::SetQ, 0, storage(7, 0), b"b", b"beta"),
         (Opcode::Get, 0, vec![], b"a", b""),
         (Opcode::GetK, 0, vec![], b"b", b""),
         (Opcode::GetKQ, 0, vec![], b"a", b""),
@@ -121,68 +131,20 @@ fn parity_script() -> Vec<Vec<Vec<u8>>> {
         (Opcode::DeleteQ, 0, vec![], b"c", b""),
         (Opcode::Get, 0, vec![], b"c", b""),
         (Opcode::Delete, 3, vec![], b"b", b""),
-        (
-            Opcode::Increment,
-            0,
-            incr_extras(1, 0, 0xffff_ffff).to_vec(),
-            b"n",
-            b"",
-        ),
-        (
-            Opcode::Increment,
-            0,
-            incr_extras(1, 10, 0).to_vec(),
-            b"n",
-            b"",
-        ),
-        (
-            Opcode::Increment,
-            0,
-            incr_extras(5, 10, 0).to_vec(),
-            b"n",
-            b"",
-        ),
-        (
-            Opcode::Decrement,
-            0,
-            incr_extras(5, 0, 0).to_vec(),
-            b"n",
-            b"",
-        ),
+        (Opcode::Increment, 0, incr(1, 0, 0xffff_ffff), b"n", b""),
+        (Opcode::Increment, 0, incr(1, 10, 0), b"n", b""),
+        (Opcode::Increment, 0, incr(5, 10, 0), b"n", b""),
+        (Opcode::Decrement, 0, incr(5, 0, 0), b"n", b""),
         // (Below zero clamps to 0; memcached pads the shrunk value with
         // spaces only when no other reference holds the item, so the
         // bytes of a later get depend on timing: kept out of this script.)
-        (
-            Opcode::IncrementQ,
-            0,
-            incr_extras(1, 0, 0).to_vec(),
-            b"n",
-            b"",
-        ),
-        (
-            Opcode::DecrementQ,
-            0,
-            incr_extras(1, 7, 0).to_vec(),
-            b"m",
-            b"",
-        ),
+        (Opcode::IncrementQ, 0, incr(1, 0, 0), b"n", b""),
+        (Opcode::DecrementQ, 0, incr(1, 7, 0), b"m", b""),
         (Opcode::Get, 0, vec![], b"n", b""),
         (Opcode::Get, 0, vec![], b"m", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
-        (
-            Opcode::Increment,
-            0,
-            incr_extras(u64::MAX, 0, 0).to_vec(),
-            b"n",
-            b"",
-        ),
-        (
-            Opcode::Increment,
-            0,
-            incr_extras(1, 0, 0).to_vec(),
-            b"a",
-            b"",
-        ),
+        (Opcode::Increment, 0, incr(u64::MAX, 0, 0), b"n", b""),
+        (Opcode::Increment, 0, incr(1, 0, 0), b"a", b""),
         (Opcode::NoOp, 0, vec![], b"", b""),
         (Opcode::Touch, 0, 100u32.to_be_bytes().to_vec(), b"a", b""),
         (
