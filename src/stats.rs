@@ -233,6 +233,7 @@ pub fn render(
             ("keys_logged", c.keys_logged),
             ("drains", c.drains),
             ("drained_keys", c.drained_keys),
+            ("aborts", c.aborts),
         ] {
             stat(&format!("server_{i}:{name}"), &v);
         }

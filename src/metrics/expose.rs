@@ -19,6 +19,7 @@
 //! memring_suspects_total{server,reason}          counter (timeout missed_write)
 //! memring_suspects_cleared_total{server}  memring_flushes_total{server}
 //! memring_keys_logged_total{server}  memring_drains_total{server}  memring_drained_keys_total{server}
+//! memring_upstream_aborts_total{server}
 //! memring_resync_copies_total  memring_repairs_total  memring_section_waits_total
 //! memring_client_connections  memring_client_connections_rejected_total
 //! memring_client_read_bytes_total  memring_client_written_bytes_total
@@ -255,7 +256,7 @@ impl Collector for SnapshotCollector {
                 Ok(())
             })?;
         }
-        let per_server: [PerServer; 5] = [
+        let per_server: [PerServer; 6] = [
             (
                 "memring_suspects_cleared",
                 "Suspicions that ended with the server back in service, without an ejection",
@@ -281,6 +282,12 @@ impl Collector for SnapshotCollector {
                 "memring_drained_keys",
                 "Keys deleted on servers by rejoin drains",
                 |c| c.drained_keys,
+            ),
+            (
+                "memring_upstream_aborts",
+                "Upstream connections given up with requests unanswered: reset, never \
+                 closed gracefully, so the kernel drops those requests",
+                |c| c.aborts,
             ),
         ];
         for (name, help, of) in per_server {

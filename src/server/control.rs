@@ -231,13 +231,23 @@ fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool 
 /// Connect and ask `version`: the connection when the server answered
 /// within the request timeout, or why not.
 fn probe_server(addr: SocketAddr, settings: &Settings) -> Result<TcpStream, Ejection> {
-    let mut s = TcpStream::connect_timeout(&addr, settings.connect_timeout)
-        .map_err(|_| Ejection::Connect)?;
-    let limit = Some(settings.request_timeout.max(Duration::from_millis(100)));
-    s.set_read_timeout(limit).map_err(|_| Ejection::Connect)?;
-    s.set_write_timeout(limit).map_err(|_| Ejection::Connect)?;
-    let _ = s.set_nodelay(true);
+    let mut s = open(addr, settings).map_err(|_| Ejection::Connect)?;
     roundtrip(&mut s, b"version\r\n", Status::Version)?;
+    Ok(s)
+}
+
+/// A control-plane connection for requests that change data (drains,
+/// resync copies): reads and writes time out after the request timeout,
+/// and its close resets it (`SO_LINGER {1, 0}`), so that requests still
+/// unanswered when it is given up are dropped by the kernel, never
+/// retransmitted to a server that is back in service.
+fn open(addr: SocketAddr, settings: &Settings) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, settings.connect_timeout)?;
+    let limit = Some(settings.request_timeout.max(Duration::from_millis(100)));
+    s.set_read_timeout(limit)?;
+    s.set_write_timeout(limit)?;
+    let _ = s.set_nodelay(true);
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
     Ok(s)
 }
 
@@ -300,12 +310,7 @@ impl Blocking<'_> {
         let (s, buf) = match self.conns.entry(server) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let s = TcpStream::connect_timeout(&info.addr, settings.connect_timeout)
-                    .map_err(|_| CallError::Connect)?;
-                let t = Some(settings.request_timeout.max(Duration::from_millis(100)));
-                s.set_read_timeout(t).map_err(|_| CallError::Connect)?;
-                s.set_write_timeout(t).map_err(|_| CallError::Connect)?;
-                let _ = s.set_nodelay(true);
+                let s = open(info.addr, settings).map_err(|_| CallError::Connect)?;
                 v.insert((s, BytesMut::with_capacity(16 * 1024)))
             }
         };

@@ -296,6 +296,11 @@ pub struct Health {
     last_suspicion: AtomicU8,
     last_rejoin: AtomicU8,
     missed: Mutex<MissedLog>,
+    /// Connections given up with requests unanswered whose sockets are not
+    /// closed yet (see [`Health::fence`]).
+    fenced: AtomicU32,
+    /// Connections given up with requests unanswered (reset, not closed).
+    pub aborts: AtomicU64,
     /// Requests that failed (error, timeout, connection loss).
     pub failures: AtomicU64,
     /// Requests answered by the other replica because this one failed or was down.
@@ -345,6 +350,8 @@ pub struct Counters {
     pub drains: u64,
     /// Keys deleted by drains.
     pub drained_keys: u64,
+    /// Connections given up with requests unanswered, reset instead of closed.
+    pub aborts: u64,
 }
 
 /// What the caller must do after reporting a failure.
@@ -413,6 +420,8 @@ impl Health {
             last_suspicion: AtomicU8::new(Ejection::None as u8),
             last_rejoin: AtomicU8::new(RejoinPath::None as u8),
             missed: Mutex::new(MissedLog::default()),
+            fenced: AtomicU32::new(0),
+            aborts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -497,6 +506,7 @@ impl Health {
             keys_logged: get(&self.keys_logged),
             drains: get(&self.drains),
             drained_keys: get(&self.drained_keys),
+            aborts: get(&self.aborts),
         }
     }
 
@@ -604,9 +614,29 @@ impl Health {
         self.ejected_for[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection to this server was given up with requests unanswered
+    /// and is being reset: until [`Health::unfence`] says its socket is
+    /// closed, no probe starts, so the server cannot return to service
+    /// while that socket might still deliver the requests.
+    pub fn fence(&self) {
+        self.fenced.fetch_add(1, Ordering::AcqRel);
+        self.aborts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A fenced socket is closed (its reset sent, its send queue dropped).
+    pub fn unfence(&self) {
+        let _ = self
+            .fenced
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
     /// If a probe is due, claim it (Suspect or Down -> Probing); only one
-    /// thread wins. A suspect server is due at once.
+    /// thread wins. A suspect server is due at once. None while a fenced
+    /// socket is still open.
     pub fn try_claim_probe(&self, now: Instant) -> Option<Probe> {
+        if self.fenced.load(Ordering::Acquire) > 0 {
+            return None;
+        }
         let from = match self.state.load(Ordering::Acquire) {
             SUSPECT => SUSPECT,
             DOWN if self.ms(now) >= self.next_probe_ms.load(Ordering::Relaxed) => DOWN,
@@ -917,6 +947,32 @@ mod tests {
             h.record_failure(t0, &policy(), Ejection::Timeout),
             Verdict::Stays
         );
+    }
+
+    #[test]
+    fn no_probe_starts_while_a_reset_socket_is_still_open() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        h.fence();
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        h.record_failure(t0, &policy(), Ejection::Timeout);
+        assert_eq!(h.state(), State::Suspect);
+        assert_eq!(
+            h.try_claim_probe(t0),
+            None,
+            "fenced: its writes may still arrive"
+        );
+        h.fence();
+        h.unfence();
+        assert_eq!(h.try_claim_probe(t0), None, "one of two sockets still open");
+        h.unfence();
+        assert!(
+            h.try_claim_probe(t0).is_some(),
+            "both closed: probe at once"
+        );
+        h.unfence();
+        assert_eq!(h.fenced.load(Ordering::Relaxed), 0, "never below zero");
+        assert_eq!(n(&h.aborts), 2);
     }
 
     #[test]
@@ -1261,8 +1317,10 @@ mod tests {
         let probe = h.try_claim_probe(t0).expect("due");
         h.probe_failed(t0, &policy(), probe, Ejection::Connect, 0.5);
         h.failovers.fetch_add(3, Ordering::Relaxed);
+        h.fence();
         let c = h.counters();
         assert_eq!(c.failovers, 3);
+        assert_eq!(c.aborts, 1);
         assert_eq!(c.keys_logged, 1);
         assert_eq!((c.suspects, c.suspects_cleared, c.ejections), (1, 0, 1));
         assert_eq!(c.suspected_for[Ejection::MissedWrite as usize], 1);

@@ -7,8 +7,6 @@
 //! the kernel-facing memory of operations in flight (message headers, socket
 //! addresses). Imports nothing from the engine above it.
 
-// The per-core engine does not use the driver yet: this goes when it does.
-
 mod epoll;
 mod uring;
 
@@ -17,8 +15,6 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-// Unused until the engine picks a backend: goes with the allow above.
-#[allow(unused_imports)]
 pub(crate) use self::epoll::EpollDriver;
 pub(crate) use self::uring::UringDriver;
 
@@ -110,6 +106,17 @@ pub(crate) trait Driver: Sized {
     /// Forget `fd` and close it; only when no operation on it is in flight.
     fn close(&mut self, fd: RawFd);
 
+    /// Like [`Driver::shutdown`], for a connection given up with requests
+    /// unanswered: `SO_LINGER {1, 0}` first, so that its `close` sends RST
+    /// and the kernel drops whatever it still holds to send. A graceful
+    /// close would keep retransmitting those requests for seconds, and one
+    /// that reaches a server after it is back in service applies an old
+    /// write last.
+    fn abort(&mut self, fd: RawFd) {
+        set_linger_zero(fd);
+        self.shutdown(fd);
+    }
+
     /// Submit everything queued since the last call, wait until at least one
     /// completion is ready or `timeout` passed (`None`: no limit;
     /// `Some(ZERO)`: don't block) and append the ready completions to `out`.
@@ -128,6 +135,26 @@ pub(crate) fn uring_available() -> io::Result<()> {
         buffer_size: 64,
     };
     UringDriver::new(&cfg).map(drop)
+}
+
+/// `SO_LINGER {1, 0}` on `fd`: its close resets the connection instead of
+/// sending what is queued. An error (not a socket, already closed) leaves
+/// nothing to undo.
+pub(crate) fn set_linger_zero(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<linger>()` bytes from a live local.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 /// The positive errno of an `io::Error` (EIO when it carries none).

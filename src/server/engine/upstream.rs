@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,10 +23,10 @@ use crate::metrics::UpstreamErrorKind;
 use crate::protocol::{reply_size_hint, Expect};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
-use crate::upstream::{backoff, HealthPolicy, ServerId, Verdict};
+use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
-use crate::server::driver::{Completion, Driver};
+use crate::server::driver::{set_linger_zero, Completion, Driver};
 use crate::server::topology::{advance, failure_reason, fill_iov};
 
 /// Grow the read buffer by at least this much.
@@ -93,6 +94,9 @@ pub(super) struct Zombie {
     recv: bool,
     send: bool,
     connect: bool,
+    /// The server's health, fenced until this socket is closed (it was
+    /// given up with requests unanswered).
+    fence: Option<Arc<Health>>,
     /// Memory an in-flight send still points into.
     _out: VecDeque<Bytes>,
     _iov: Vec<libc::iovec>,
@@ -129,13 +133,37 @@ impl UpConn {
     /// Let go of the socket: closed at once when the kernel holds nothing of
     /// it, otherwise shut down and handed back as a [`Zombie`] that keeps
     /// what in-flight operations point into until they complete.
-    fn bury<D: Driver>(&mut self, d: &mut D, idx: usize) -> Option<Zombie> {
+    ///
+    /// A socket that carried requests still unanswered is reset, not
+    /// closed gracefully (see [`Driver::abort`]), and `health` stays fenced
+    /// until it is closed: the server is not probed back into service while
+    /// those requests could still reach it.
+    fn bury<D: Driver>(
+        &mut self,
+        d: &mut D,
+        idx: usize,
+        health: Option<&Arc<Health>>,
+    ) -> Option<Zombie> {
         let fd = self.fd.take()?;
+        let unanswered = !self.written.is_empty() || !self.out.is_empty();
         if !(self.recv_armed || self.send_inflight || self.connecting) {
+            if unanswered {
+                set_linger_zero(fd);
+                if let Some(h) = health {
+                    h.fence();
+                    h.unfence();
+                }
+            }
             d.close(fd);
             return None;
         }
-        d.shutdown(fd);
+        let fence = if unanswered {
+            d.abort(fd);
+            health.inspect(|h| h.fence()).cloned()
+        } else {
+            d.shutdown(fd);
+            None
+        };
         Some(Zombie {
             idx,
             gen: self.gen,
@@ -143,6 +171,7 @@ impl UpConn {
             recv: self.recv_armed,
             send: self.send_inflight,
             connect: self.connecting,
+            fence,
             _out: std::mem::take(&mut self.out),
             _iov: std::mem::take(&mut self.iov),
         })
@@ -405,6 +434,9 @@ impl State {
         if !z.recv && !z.send && !z.connect {
             let z = self.zombies.swap_remove(pos);
             d.close(z.fd);
+            if let Some(h) = z.fence {
+                h.unfence();
+            }
         }
         true
     }
@@ -416,7 +448,8 @@ impl State {
         let Some(u) = self.ups.get_mut(ci) else {
             return;
         };
-        if let Some(z) = u.bury(d, ci) {
+        let server = cx.topo.servers.get(u.server.index());
+        if let Some(z) = u.bury(d, ci, server.map(|s| &s.health)) {
             self.zombies.push(z);
         }
         u.gen = gen;
@@ -425,7 +458,6 @@ impl State {
         u.connecting = false;
         u.out.clear();
         u.rbuf.clear();
-        let server = cx.topo.servers.get(u.server.index());
         let policy = cx.topo.settings.policy;
         if let Some(s) = server {
             s.metrics.upstream_error(cx.id, error_kind(why));
@@ -562,15 +594,15 @@ impl State {
         let Some(u) = self.ups.get_mut(ci) else {
             return;
         };
+        let server = cx.topo.servers.get(u.server.index());
+        if let Some(z) = u.bury(d, ci, server.map(|s| &s.health)) {
+            self.zombies.push(z);
+        }
         for call in u.written.drain(..).chain(u.pending.drain(..)) {
             self.outcomes
                 .push_back((call.req, call.call, Err(CallError::Closed)));
         }
-        if let Some(z) = u.bury(d, ci) {
-            self.zombies.push(z);
-        }
         self.ups.remove(ci);
-        let _ = cx;
     }
 }
 
