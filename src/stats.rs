@@ -58,6 +58,7 @@ counters! {
     ClientErrors => "proxy_client_errors",
     ServerErrors => "proxy_server_errors",
     BackendTimeouts => "proxy_backend_timeouts",
+    BackendDesyncs => "proxy_backend_desyncs",
     Failovers => "proxy_failovers",
     ReadThroughHits => "proxy_read_through_hits",
     Repairs => "proxy_repairs",

@@ -159,3 +159,127 @@ fn a_write_abandoned_in_a_partition_never_lands_after_the_rejoin() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The value `key` holds in the extra-reply tests.
+fn value_of(key: &str) -> Vec<u8> {
+    format!("value-of-{key}").into_bytes()
+}
+
+/// Replies a server could send one too many of: another key's value (text
+/// and meta, the meta one with an opaque no request carries), a miss, and
+/// status lines.
+fn extra_replies() -> Vec<Vec<u8>> {
+    let other = value_of("key1");
+    let mut text = format!("VALUE key1 0 {}\r\n", other.len()).into_bytes();
+    text.extend_from_slice(&other);
+    text.extend_from_slice(b"\r\nEND\r\n");
+    let mut meta = format!("VA {} O4000000000\r\n", other.len()).into_bytes();
+    meta.extend_from_slice(&other);
+    meta.extend_from_slice(b"\r\n");
+    vec![
+        text,
+        meta,
+        b"END\r\n".to_vec(),
+        b"EN\r\n".to_vec(),
+        b"STORED\r\n".to_vec(),
+        b"HD O4000000001\r\n".to_vec(),
+    ]
+}
+
+/// Issue 21, item 2: a server in front of which a shim sends one reply too
+/// many now and then. Every answer a client gets is its own key's value, a
+/// miss or an error line, never another key's value; the proxy counts the
+/// connections it found out of step.
+fn extra_replies_never_serve_another_keys_value(with_backup: bool) {
+    let server = Memcached::start();
+    let shim = FaultServer::slow(server.addr(), Duration::ZERO);
+    let backup = with_backup.then(Memcached::start);
+    let mut args: Vec<String> = ["-D", "--bind", "127.0.0.1:0", "-s"]
+        .map(String::from)
+        .to_vec();
+    args.push(shim.server_arg());
+    if let Some(b) = &backup {
+        args.push("-b".into());
+        args.push(b.server_arg());
+    }
+    args.extend(FAST_FAILOVER.map(String::from));
+    let proxy = Memring::start(&args);
+    let mut c = proxy.client();
+    let keys: Vec<String> = (0..20).map(|i| format!("key{i}")).collect();
+    for k in &keys {
+        let want = b"STORED\r\n";
+        let ok = wait_for(Duration::from_secs(30), || {
+            (c.request(&set_cmd(k, &value_of(k))) == want).then_some(())
+        });
+        assert!(ok.is_some(), "set {k} through the shim");
+    }
+    let extras = extra_replies();
+    let (mut wrong, mut injected) = (Vec::new(), 0);
+    for round in 0..120 {
+        if round % 4 == 0 {
+            shim.inject_next(&extras[(round / 4) % extras.len()]);
+            injected += 1;
+        }
+        let k = &keys[(round * 7 + 3) % keys.len()];
+        let want = value_of(k);
+        let reply = c.request(format!("get {k}\r\n").as_bytes());
+        match parse_values(&reply) {
+            Ok(v) => {
+                if let Some((got_key, _, data)) = v.first() {
+                    if got_key != k || data != &want || v.len() > 1 {
+                        wrong.push(format!("get {k}: {}", show(&reply)));
+                    }
+                }
+            }
+            Err(_) => assert!(
+                reply.starts_with(b"SERVER_ERROR"),
+                "get {k}: {}",
+                show(&reply)
+            ),
+        }
+        let k = &keys[(round * 11 + 5) % keys.len()];
+        let want = value_of(k);
+        let reply = c.request(format!("mg {k} v\r\n").as_bytes());
+        let mut good = format!("VA {}\r\n", want.len()).into_bytes();
+        good.extend_from_slice(&want);
+        good.extend_from_slice(b"\r\n");
+        if reply.starts_with(b"VA") && reply != good {
+            wrong.push(format!("mg {k} v: {}", show(&reply)));
+        }
+        assert!(
+            reply.starts_with(b"VA") || reply == b"EN\r\n" || reply.starts_with(b"SERVER_ERROR"),
+            "mg {k} v: {}",
+            show(&reply)
+        );
+        let reply = c.request(&set_cmd(k, &want));
+        assert!(
+            reply == b"STORED\r\n" || reply.starts_with(b"SERVER_ERROR"),
+            "set {k}: {}",
+            show(&reply)
+        );
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} answers carried another key's value: {wrong:?}",
+        wrong.len()
+    );
+    let stats = proxy_stats(&mut c);
+    let desyncs = stat_u64(&stats, "proxy_backend_desyncs");
+    assert!(
+        desyncs >= 1,
+        "{injected} extra replies and no connection found out of step: {stats:?}"
+    );
+    eprintln!(
+        "extra replies: {injected} injected, {desyncs} connections out of step, 0 wrong values"
+    );
+}
+
+#[test]
+fn extra_replies_never_serve_another_keys_value_without_a_backup() {
+    extra_replies_never_serve_another_keys_value(false);
+}
+
+#[test]
+fn extra_replies_never_serve_another_keys_value_with_a_backup() {
+    extra_replies_never_serve_another_keys_value(true);
+}

@@ -11,6 +11,7 @@
 
 pub mod binary;
 pub mod compose;
+pub mod matching;
 pub mod metadump;
 pub mod request;
 pub mod response;

@@ -1188,6 +1188,7 @@ pub struct FaultServer {
     received: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     hold_next_ms: Arc<AtomicU64>,
+    inject: Arc<Mutex<Option<Vec<u8>>>>,
     acceptor: Option<JoinHandle<()>>,
 }
 
@@ -1225,6 +1226,7 @@ impl FaultServer {
             received: Arc::default(),
             delay_ms: Arc::new(AtomicU64::new(delay.as_millis() as u64)),
             hold_next_ms: Arc::default(),
+            inject: Arc::default(),
         };
         let mut server = FaultServer {
             addr,
@@ -1235,6 +1237,7 @@ impl FaultServer {
             received: ctx.received.clone(),
             delay_ms: ctx.delay_ms.clone(),
             hold_next_ms: ctx.hold_next_ms.clone(),
+            inject: ctx.inject.clone(),
             acceptor: None,
         };
         let acceptor = thread::spawn(move || {
@@ -1285,6 +1288,18 @@ impl FaultServer {
             .store(d.as_millis().max(1) as u64, Ordering::SeqCst);
     }
 
+    /// A slow shim sends `reply` before the next chunk of upstream answers it
+    /// forwards (on whichever connection it comes first): one reply too
+    /// many, as a buggy server or a middlebox would send.
+    pub fn inject_next(&self, reply: &[u8]) {
+        *self.inject.lock().unwrap() = Some(reply.to_vec());
+    }
+
+    /// True once the reply armed by `inject_next` has been sent.
+    pub fn injected(&self) -> bool {
+        self.inject.lock().unwrap().is_none()
+    }
+
     /// True once the chunk armed by `hold_next` has been taken.
     pub fn hold_taken(&self) -> bool {
         self.hold_next_ms.load(Ordering::SeqCst) == 0
@@ -1315,6 +1330,7 @@ struct ConnCtx {
     received: Arc<AtomicUsize>,
     delay_ms: Arc<AtomicU64>,
     hold_next_ms: Arc<AtomicU64>,
+    inject: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl ConnCtx {
@@ -1381,6 +1397,7 @@ impl ConnCtx {
                     let _ = u_wr.shutdown(Shutdown::Write);
                 });
                 let (delay, hold) = (self.delay_ms.clone(), self.hold_next_ms.clone());
+                let inject = self.inject.clone();
                 self.spawn(move || {
                     let mut buf = [0u8; 64 << 10];
                     while let Ok(n) = u_rd.read(&mut buf) {
@@ -1395,6 +1412,10 @@ impl ConnCtx {
                         };
                         // The injected fault, not synchronisation.
                         thread::sleep(Duration::from_millis(ms));
+                        let extra = inject.lock().unwrap().take();
+                        if extra.is_some_and(|e| c_wr.write_all(&e).is_err()) {
+                            break;
+                        }
                         if c_wr.write_all(&buf[..n]).is_err() {
                             break;
                         }

@@ -614,6 +614,7 @@ impl State {
             expect,
             parts,
             retried: false,
+            tag: None,
             written_at: cx.now,
         };
         self.queue_call(d, cx, ci, call);

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::metrics::UpstreamErrorKind;
-use crate::protocol::{reply_size_hint, Expect};
+use crate::protocol::matching::{self, TagCheck};
+use crate::protocol::{reply_size_hint, Expect, MAX_LINE_LEN};
 use crate::proxy::machine::{CallError, CallId, Reply};
 use crate::stats::Counter;
 use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
@@ -40,9 +41,13 @@ pub(super) struct Call {
     pub req: usize,
     pub call: CallId,
     pub expect: Expect,
-    /// Kept only for reads, which may be sent again after a failure.
+    /// Kept only for reads, which may be sent again after a failure and
+    /// whose replies are checked against the keys they asked for.
     pub parts: [Bytes; 2],
     pub retried: bool,
+    /// The opaque memring added to this meta request, which its reply must
+    /// echo (see [`crate::protocol::matching`]).
+    pub tag: Option<u32>,
     /// The turn that wrote it on its connection (upstream latency runs from
     /// there to the turn that framed its reply).
     pub written_at: Instant,
@@ -78,6 +83,13 @@ pub(super) struct UpConn {
     out: VecDeque<Bytes>,
     iov: Vec<libc::iovec>,
     rbuf: BytesMut,
+    /// The head's reply already had its opaque checked and taken out.
+    head_checked: bool,
+    /// The opaque for the next tagged meta request.
+    next_tag: u32,
+    /// Where the ` O<n>` tokens of this connection's requests are written
+    /// (split off in turn: one allocation per few hundred requests).
+    tags: BytesMut,
     /// Last time the head of `written` made progress (written, or reply bytes).
     progress_at: Instant,
     send_inflight: bool,
@@ -117,6 +129,9 @@ impl UpConn {
             out: VecDeque::with_capacity(64),
             iov: Vec::with_capacity(64),
             rbuf: BytesMut::new(),
+            head_checked: false,
+            next_tag: 0,
+            tags: BytesMut::new(),
             progress_at: Instant::now(),
             send_inflight: false,
             recv_armed: false,
@@ -183,16 +198,32 @@ impl UpConn {
             self.progress_at = now;
         }
         call.written_at = now;
-        if call.retryable() {
+        call.tag = None;
+        if call.expect == Expect::Values {
             for p in &call.parts {
                 if !p.is_empty() {
                     self.out.push_back(p.clone());
                 }
             }
         } else {
-            for p in &mut call.parts {
+            let [mut line, data] = std::mem::take(&mut call.parts);
+            if let Some(at) = (call.expect == Expect::Meta)
+                .then(|| matching::meta_tag_point(&line))
+                .flatten()
+            {
+                let tag = self.next_tag;
+                self.next_tag = tag.wrapping_add(1);
+                if self.tags.capacity() < 16 {
+                    self.tags = BytesMut::with_capacity(4096);
+                }
+                matching::compose_meta_tag(&mut self.tags, tag);
+                self.out.push_back(line.split_to(at));
+                self.out.push_back(self.tags.split().freeze());
+                call.tag = Some(tag);
+            }
+            for p in [line, data] {
                 if !p.is_empty() {
-                    self.out.push_back(std::mem::take(p));
+                    self.out.push_back(p);
                 }
             }
         }
@@ -331,8 +362,32 @@ impl State {
             .then(|| cx.topo.servers.get(u.server.index()))
             .flatten();
         while let Some(head) = u.written.front() {
+            if let (Some(tag), false) = (head.tag, u.head_checked) {
+                match matching::check_meta_tag(&u.rbuf, tag, MAX_LINE_LEN) {
+                    TagCheck::Incomplete if u.rbuf.len() < MAX_LINE_LEN => break,
+                    TagCheck::Echoed(r) => matching::strip_token(&mut u.rbuf, r),
+                    TagCheck::ErrorLine => {}
+                    TagCheck::Incomplete | TagCheck::Mismatch => {
+                        self.out_of_step(d, cx, ci, "a meta reply without its request's opaque");
+                        return;
+                    }
+                }
+                u.head_checked = true;
+            }
             match Reply::frame(head.expect, &mut u.rbuf, max_value, &mut self.items) {
                 Ok(Some(reply)) => {
+                    if head.expect == Expect::Values
+                        && !matching::values_match(&head.parts[0], &reply.frame, &self.items)
+                    {
+                        self.out_of_step(
+                            d,
+                            cx,
+                            ci,
+                            "a value for a key its request did not ask for",
+                        );
+                        return;
+                    }
+                    u.head_checked = false;
                     if let Some(call) = u.written.pop_front() {
                         answered = true;
                         if let Some(s) = timed {
@@ -363,8 +418,7 @@ impl State {
             }
         }
         if u.written.is_empty() && !u.rbuf.is_empty() {
-            tracing::warn!(server = %u.name, "unsolicited bytes from server, closing connection");
-            self.fail_up(d, cx, ci, CallError::Protocol);
+            self.out_of_step(d, cx, ci, "bytes no request asked for");
             return;
         }
         if answered {
@@ -373,6 +427,18 @@ impl State {
             }
         }
         mark(self, ci);
+    }
+
+    /// Connection `ci` is out of step with its requests (`what` it sent):
+    /// any later reply could be matched to the wrong request, so it fails
+    /// as a garbled one does (its reads go again on a fresh connection, the
+    /// server is charged a `protocol` failure) and is counted.
+    fn out_of_step<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, what: &str) {
+        if let Some(u) = self.ups.get(ci) {
+            tracing::warn!(server = %u.name, reply = what, "upstream connection out of step with its requests, closing it");
+        }
+        cx.stats().incr(Counter::BackendDesyncs);
+        self.fail_up(d, cx, ci, CallError::Protocol);
     }
 
     /// A send to a server finished.
@@ -458,6 +524,7 @@ impl State {
         u.connecting = false;
         u.out.clear();
         u.rbuf.clear();
+        u.head_checked = false;
         let policy = cx.topo.settings.policy;
         if let Some(s) = server {
             s.metrics.upstream_error(cx.id, error_kind(why));
