@@ -148,6 +148,13 @@ fn sighup_reloads_servers_and_keeps_healthy_connections() {
     })
     .expect("config_generation 1 after SIGHUP");
     assert_eq!(stat(&reloaded, "proxy_servers"), "2");
+    // A server that a reload adds is flushed before it serves (it may be
+    // one that left and came back with old values): wait for that.
+    let up = wait_for(Duration::from_secs(10), || {
+        let s = proxy_stats(&mut c);
+        (server_stat(&s, &b, "primary", "state") == "up").then_some(())
+    });
+    assert!(up.is_some(), "the added server came up: {}", proxy.stderr());
 
     // Keys now spread over both servers; each lands where the ring says.
     let mut on_b = 0;

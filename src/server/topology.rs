@@ -120,9 +120,18 @@ impl Topology {
                 let addr = resolve(&s.host, s.port).map_err(|e| format!("server {name}: {e}"))?;
                 let known = previous
                     .and_then(|p| p.servers.iter().find(|o| o.name == name && o.role == role));
-                let health = known
-                    .map(|o| o.health.clone())
-                    .unwrap_or_else(|| Arc::new(Health::new(base)));
+                // A server the previous topology did not have (by name and
+                // role) and that a reload brings in is flushed before it
+                // serves: it may be one that left and came back holding values
+                // from before it left, and nothing recorded what it missed.
+                let health = match (known, previous) {
+                    (Some(o), _) => o.health.clone(),
+                    (None, Some(_)) => {
+                        tracing::info!(server = %name, role = role.as_str(), "server added by reload: out of service until it is flushed");
+                        Arc::new(Health::added_by_reload(base))
+                    }
+                    (None, None) => Arc::new(Health::new(base)),
+                };
                 let metrics = known
                     .map(|o| o.metrics.clone())
                     .unwrap_or_else(|| Arc::new(ServerMetrics::new(cfg.threads.max(1))));

@@ -436,6 +436,17 @@ impl Health {
         }
     }
 
+    /// A server a reload added (or added back): out of service until a
+    /// probe has flushed it. Nothing recorded the writes it missed while it
+    /// was not in the topology, and it may still hold values from before it
+    /// left; an empty server loses nothing to the flush.
+    pub fn added_by_reload(base: Instant) -> Health {
+        let h = Health::new(base);
+        h.log().overflow();
+        h.state.store(DOWN, Ordering::Release);
+        h
+    }
+
     fn ms(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.base).as_millis() as u64
     }
@@ -947,6 +958,19 @@ mod tests {
             h.record_failure(t0, &policy(), Ejection::Timeout),
             Verdict::Stays
         );
+    }
+
+    #[test]
+    fn a_server_added_by_reload_is_flushed_before_it_serves() {
+        let t0 = Instant::now();
+        let h = Health::added_by_reload(t0);
+        assert_eq!(h.state(), State::Down);
+        assert!(!h.observe().is_up() && !h.observe().takes_writes());
+        let probe = h.try_claim_probe(t0).expect("due at once");
+        assert_eq!(h.begin_rejoin(t0, probe), Rejoin::Flush);
+        assert!(h.probe_succeeded(t0, probe));
+        assert!(h.is_up());
+        assert_eq!(n(&h.ejections), 0, "not an ejection");
     }
 
     #[test]
