@@ -419,3 +419,76 @@ fn a_server_removed_by_reload_and_added_back_never_serves_its_old_values() {
     );
     eprintln!("swap-back: {served} reads served over 4 swaps, 0 stale");
 }
+
+/// Issue 21, item 4: under an open-file limit far below `-n` (256 against
+/// the default 4096), memring lowers its client limit to what fits beside
+/// its upstream connections and says so; every client past it is refused
+/// with memcached's `ERROR Too many open connections` at once (none waits
+/// unseen in the accept backlog), and a server restarted meanwhile is
+/// reached again.
+#[test]
+fn past_the_open_file_limit_clients_are_refused_and_servers_stay_reachable() {
+    raise_nofile(4096);
+    let mut server = Memcached::start();
+    let mut args = proxy_args(&[&server]);
+    args.extend(["--threads", "2"].map(String::from));
+    args.extend(FAST_FAILOVER.map(String::from));
+    let proxy = Memring::start_limited(&args, 256);
+    assert!(
+        proxy
+            .stderr()
+            .contains("the open-file limit cannot cover -n"),
+        "one warning at start: {}",
+        proxy.stderr()
+    );
+    let mut admin = proxy.client();
+    let allowed = stat_u64(&proxy_stats(&mut admin), "max_connections");
+    assert!((16..256).contains(&allowed), "max_connections {allowed}");
+
+    let mut clients = Vec::new();
+    for i in 0..1000 {
+        let mut c = Client::try_tcp(proxy.addr()).unwrap_or_else(|e| panic!("connect {i}: {e}"));
+        c.set_read_timeout(Duration::from_secs(20));
+        c.send(b"version\r\n");
+        clients.push(c);
+    }
+    let (mut served, mut refused, mut hung) = (Vec::new(), 0, 0);
+    for (i, mut c) in clients.into_iter().enumerate() {
+        match c.try_read_line() {
+            Ok(l) if l.starts_with(b"VERSION ") => served.push(c),
+            Ok(l) if l == b"ERROR Too many open connections\r\n" => {
+                refused += 1;
+                c.expect_eof();
+            }
+            Ok(l) => panic!("client {i}: {}", show(&l)),
+            Err(e) => {
+                hung += 1;
+                panic!("client {i} got no answer ({e}): {hung} hung, {refused} refused");
+            }
+        }
+    }
+    assert!(
+        // The admin client holds one slot.
+        !served.is_empty() && (served.len() as u64) < allowed,
+        "{} served, max_connections {allowed}",
+        served.len()
+    );
+    assert!(refused >= 1000 - allowed as usize, "{refused} refused");
+
+    // Every client slot still held: the server restarts, and memring
+    // reaches it again through the descriptors kept for upstreams.
+    server.restart();
+    let c = &mut served[0];
+    let back = wait_for(Duration::from_secs(30), || {
+        (c.request(&set_cmd("after-restart", b"v")) == b"STORED\r\n").then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "the restarted server was not reached: {}",
+        proxy.stderr()
+    );
+    eprintln!(
+        "open-file limit 256: max_connections {allowed}, {} served, {refused} refused, 0 hung",
+        served.len()
+    );
+}

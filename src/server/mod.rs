@@ -13,6 +13,7 @@ mod control;
 mod driver;
 mod engine;
 mod exclusive;
+mod limits;
 pub mod logfile;
 mod observe;
 mod topology;
@@ -129,10 +130,14 @@ struct Listeners {
 }
 
 /// `--check`: everything `run` would refuse before listening, without
-/// binding: the servers resolve, the user and group exist, the unix socket's
-/// directory exists and the log file opens.
+/// binding: the servers resolve, the open-file limit leaves room for
+/// clients, the user and group exist, the unix socket's directory exists
+/// and the log file opens.
 pub fn check(cfg: &Config) -> Result<(), RunError> {
     Topology::build(cfg, None, Instant::now()).map_err(RunError::Resolve)?;
+    // Warns when the open-file limit would lower -n (this process's own
+    // limit is raised, which ends with it).
+    limits::fit_open_files(&mut cfg.clone()).map_err(RunError::Setup)?;
     resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
     if let Some(path) = &cfg.unix_socket {
         let dir = match path.parent() {
@@ -190,8 +195,9 @@ fn port_is_free(addr: SocketAddr) -> Result<(), RunError> {
     }
 }
 
-fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(), RunError> {
+fn start_cores(mut cfg: Config, backend: &'static str, core: CoreMain) -> Result<(), RunError> {
     let started = Instant::now();
+    limits::fit_open_files(&mut cfg).map_err(RunError::Setup)?;
     let topo = Topology::build(&cfg, None, started).map_err(RunError::Resolve)?;
     let threads = cfg.threads.max(1);
     // Before anything is bound or announced: a bad -u/-g fails here.

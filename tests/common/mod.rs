@@ -441,6 +441,19 @@ impl Memring {
 
     /// Like `start`, but hands back the failure (with the captured stderr).
     pub fn try_start<S: AsRef<str>>(args: &[S]) -> Result<Memring, String> {
+        Memring::try_start_limited(args, None)
+    }
+
+    /// Like `start`, with the open-file limit (soft and hard) set to `nofile`.
+    pub fn start_limited<S: AsRef<str>>(args: &[S], nofile: u64) -> Memring {
+        Memring::try_start_limited(args, Some(nofile)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `try_start`, with the open-file limit set to `nofile` when given.
+    pub fn try_start_limited<S: AsRef<str>>(
+        args: &[S],
+        nofile: Option<u64>,
+    ) -> Result<Memring, String> {
         let dir = TempDir::new("memring");
         let stderr_path = dir.path().join("stderr");
         let stderr = File::create(&stderr_path).map_err(|e| format!("stderr file: {e}"))?;
@@ -451,14 +464,24 @@ impl Memring {
                 argv.push(b);
             }
         }
-        let mut child = Command::new(memring_path())
-            .args(&argv)
+        let mut cmd = Command::new(memring_path());
+        cmd.args(&argv)
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .map_err(|e| format!("spawn memring: {e}"))?;
+            .stderr(Stdio::from(stderr));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("spawn memring: {e}"))?;
 
         // A thread owns stdout: it forwards lines until EOF, so the pipe never
         // fills after `ready` and EOF tells us the process went away.

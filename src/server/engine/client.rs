@@ -315,8 +315,17 @@ impl State {
             .load(std::sync::atomic::Ordering::Relaxed);
         if c.res < 0 {
             if !stopping && !c.more {
-                // EMFILE and friends: try again shortly instead of spinning.
-                tracing::warn!(error = %std::io::Error::from_raw_os_error(-c.res), "accept failed");
+                // EMFILE and friends: try again shortly instead of spinning,
+                // and say so at most once a second. (The open-file limit is
+                // fitted to -n at start, so this means something else holds
+                // descriptors.)
+                let quiet = self
+                    .accept_warned
+                    .is_some_and(|at| cx.now < at + std::time::Duration::from_secs(1));
+                if !quiet {
+                    self.accept_warned = Some(cx.now);
+                    tracing::warn!(error = %std::io::Error::from_raw_os_error(-c.res), "accept failed");
+                }
                 self.listen_retry = Some(cx.now + std::time::Duration::from_millis(20));
             }
             return;

@@ -243,6 +243,8 @@ pub(super) struct State {
     /// Listeners: fd and whether their accept is armed.
     listeners: Vec<(RawFd, bool)>,
     listen_retry: Option<Instant>,
+    /// When a failed accept was last logged (at most one line a second).
+    accept_warned: Option<Instant>,
     /// Scratch list of upstream connection slots for the per-turn deadline check.
     up_ids: Vec<usize>,
     /// Answers made off the core come back here (checked once per turn).
@@ -310,6 +312,7 @@ pub(super) fn run_core<D: Driver>(
         up_gen: 0,
         listeners: Vec::new(),
         listen_retry: None,
+        accept_warned: None,
         up_ids: Vec::with_capacity(16),
         control_tx,
         control_rx,
