@@ -65,6 +65,7 @@ counters! {
     ReplicationErrors => "proxy_replication_errors",
     ResyncCopies => "proxy_resync_copies",
     SectionWaits => "proxy_section_waits",
+    InputMemoryRefusals => "proxy_input_memory_refusals",
 }
 
 const N: usize = Counter::ALL.len();

@@ -492,3 +492,102 @@ fn past_the_open_file_limit_clients_are_refused_and_servers_stay_reachable() {
         served.len()
     );
 }
+
+/// Resident memory of process `pid` in bytes (VmRSS).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+/// Issue 21, item 4: clients that each hold an almost complete 1 MB `set`
+/// cannot pin more than `--max-input-memory`: past it the largest partial
+/// requests are refused with memcached's out-of-memory answer and closed,
+/// and a client with small requests is served throughout.
+#[test]
+fn held_partial_requests_stay_within_the_input_budget() {
+    const BUDGET: u64 = 16 << 20;
+    const CLIENTS: usize = 60;
+    const HELD: usize = 900_000;
+    let server = Memcached::start();
+    let mut args = proxy_args(&[&server]);
+    args.extend(["--max-input-memory", "16m", "--threads", "2"].map(String::from));
+    let proxy = Memring::start(&args);
+    let mut small = proxy.client();
+    assert_bytes(
+        &small.request(&set_cmd("small", b"v")),
+        b"STORED\r\n",
+        "set small",
+    );
+    let before = rss_bytes(proxy.pid());
+
+    let chunk = vec![b'x'; HELD];
+    let mut holders = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = proxy.client();
+        c.set_read_timeout(Duration::from_secs(20));
+        let mut req = format!("set big{i} 0 0 1000000\r\n").into_bytes();
+        req.extend_from_slice(&chunk);
+        // A refused client may be closed while this is still being sent.
+        let _ = c.try_send(&req);
+        holders.push(c);
+        assert_bytes(
+            &small.request(b"get small\r\n"),
+            &value_reply("small", 0, b"v"),
+            "get small",
+        );
+    }
+    // Every holder's bytes have arrived once the proxy has read them all
+    // or refused the rest: wait for the refusals to add up.
+    let want_refused = (CLIENTS as u64 * HELD as u64 - BUDGET) / HELD as u64;
+    let refused = wait_for(Duration::from_secs(30), || {
+        let n = stat_u64(&proxy_stats(&mut small), "proxy_input_memory_refusals");
+        (n >= want_refused).then_some(n)
+    })
+    .unwrap_or_else(|| panic!("fewer than {want_refused} refusals: {}", proxy.stderr()));
+    let grown = rss_bytes(proxy.pid()).saturating_sub(before);
+    assert!(
+        grown <= BUDGET * 2 + (16 << 20),
+        "memring grew by {grown} bytes holding partial requests (budget {BUDGET})"
+    );
+    let mut answered = 0;
+    for (i, c) in holders.iter_mut().enumerate() {
+        c.set_read_timeout(Duration::from_millis(200));
+        match c.try_read_line() {
+            Ok(l) => {
+                assert_bytes(
+                    &l,
+                    b"SERVER_ERROR out of memory storing object\r\n",
+                    &format!("holder {i}"),
+                );
+                c.set_read_timeout(Duration::from_secs(20));
+                c.expect_eof();
+                answered += 1;
+            }
+            // Still held, within the budget: no answer yet.
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "holder {i}: {e}"
+            ),
+        }
+    }
+    assert_eq!(
+        answered as u64, refused,
+        "every refused holder was told why"
+    );
+    assert_bytes(
+        &small.request(b"get small\r\n"),
+        &value_reply("small", 0, b"v"),
+        "get small after",
+    );
+    eprintln!(
+        "held partial requests: {CLIENTS} x {HELD} B offered, budget {BUDGET}, {refused} refused, rss +{grown} B"
+    );
+}

@@ -123,6 +123,10 @@ pub(super) struct Cli {
     #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_CLIENT_BUFFER, value_parser = value::size, help_heading = MEMRING)]
     pub client_buffer: usize,
 
+    /// Unparsed client input all clients together may hold; past it the largest partial requests are refused
+    #[arg(long, value_name = "SIZE", default_value = super::DEFAULT_MAX_INPUT_MEMORY, value_parser = value::size, help_heading = MEMRING)]
+    pub max_input_memory: usize,
+
     /// Consecutive failures before a server is taken out (suspect if the last was a timeout)
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_FAILURE_LIMIT, value_parser = value::failure_limit, help_heading = MEMRING)]
     pub failure_limit: u32,
@@ -221,6 +225,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         request_timeout: pick("request_timeout").map(|_| cli.request_timeout),
         max_item_size: pick("max_item_size").map(|_| cli.max_item_size),
         client_buffer: pick("client_buffer").map(|_| cli.client_buffer),
+        max_input_memory: pick("max_input_memory").map(|_| cli.max_input_memory),
         failure_limit: pick("failure_limit").map(|_| cli.failure_limit),
         retry_interval: pick("retry_interval").map(|_| cli.retry_interval),
         io_backend: pick("io_backend").map(|_| cli.io_backend),

@@ -41,6 +41,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: &str = "1s";
 pub const DEFAULT_MAX_ITEM_SIZE: &str = "1m";
 /// Default `--client-buffer`: unsent reply bytes a client may have before it is not read.
 pub const DEFAULT_CLIENT_BUFFER: &str = "4m";
+/// Default `--max-input-memory`: unparsed client input, all clients together.
+pub const DEFAULT_MAX_INPUT_MEMORY: &str = "256m";
 /// `--failure-limit` default.
 pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
 /// `--retry-interval` default.
@@ -129,6 +131,10 @@ pub struct Config {
     /// `--client-buffer`: unsent reply bytes (answered plus expected) past which a
     /// client is not read until it catches up. Default 4 MiB.
     pub client_buffer: usize,
+    /// `--max-input-memory`: unparsed client input (partial requests) that
+    /// all clients together may hold; past it the largest partial requests
+    /// are refused. Default 256 MiB.
+    pub max_input_memory: usize,
     /// `--failure-limit`: consecutive failures before a server is taken out
     /// (ejected, or suspect and probed at once when the last was a stuck
     /// connection). Default 2.
@@ -302,6 +308,12 @@ impl Config {
             MIN_ITEM_SIZE,
             MAX_ITEM_SIZE,
         )?;
+        range(
+            "--max-input-memory",
+            self.max_input_memory,
+            1 << 20,
+            usize::MAX,
+        )?;
         if self.upstream_conns > self.max_server_conns {
             return err(format!(
                 "--upstream-conns {} is more than -i/--max-server-conns {}",
@@ -364,6 +376,7 @@ struct Layer {
     request_timeout: Option<Duration>,
     max_item_size: Option<usize>,
     client_buffer: Option<usize>,
+    max_input_memory: Option<usize>,
     failure_limit: Option<u32>,
     retry_interval: Option<Duration>,
     io_backend: Option<IoBackend>,
@@ -402,6 +415,7 @@ impl Layer {
             request_timeout,
             max_item_size,
             client_buffer,
+            max_input_memory,
             failure_limit,
             retry_interval,
             io_backend,
@@ -446,6 +460,9 @@ impl Layer {
             client_buffer: self
                 .client_buffer
                 .unwrap_or_else(|| value::size(DEFAULT_CLIENT_BUFFER).unwrap_or(4 << 20)),
+            max_input_memory: self
+                .max_input_memory
+                .unwrap_or_else(|| value::size(DEFAULT_MAX_INPUT_MEMORY).unwrap_or(256 << 20)),
             failure_limit: self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT),
             retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
             io_backend: self.io_backend.unwrap_or_default(),
@@ -525,6 +542,7 @@ pub const RELOAD_KEEPS: &[&str] = &[
     "upstream_conns",
     "max_item_size",
     "client_buffer",
+    "max_input_memory",
 ];
 
 /// SIGHUP: re-read the config file at `path`, re-apply `base`'s command line
@@ -579,6 +597,7 @@ pub fn reload_with_report(
         upstream_conns,
         max_item_size,
         client_buffer,
+        max_input_memory,
         metrics_listen
     );
     new.validate()?;

@@ -269,6 +269,7 @@ fn serve_on(
         backend,
         tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         sections: Sections::default(),
+        input_bytes: Default::default(),
         cfg,
     });
     tracing::info!(backend, threads, "starting");

@@ -251,6 +251,9 @@ pub(crate) struct Shared {
     pub tcp_addr: Option<SocketAddr>,
     /// Per-key sections of the writes whose copy depends on the primary.
     pub sections: Sections,
+    /// Unparsed client input buffered on every core (partial requests),
+    /// held under `cfg.max_input_memory`.
+    pub input_bytes: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {

@@ -40,6 +40,14 @@ const READ_STEP: usize = 4 * 1024;
 /// An empty read buffer larger than this is released.
 const IDLE_KEEP: usize = 64 * 1024;
 
+/// Past `--max-input-memory`, only partial requests at least this large are
+/// refused: a client with a few bytes of a command line buffered is never
+/// the one that holds the memory.
+const SHED_FLOOR: usize = 64 * 1024;
+
+/// memcached's answer to a store it has no memory for.
+const OUT_OF_MEMORY: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
+
 /// A reply slot in the client's order, with its latency stamp (None when
 /// not timing, or for answers that are not a request's, like a close).
 enum Slot {
@@ -60,6 +68,8 @@ pub(super) struct Client {
     fd: i32,
     pub(super) gen: u32,
     rbuf: BytesMut,
+    /// The part of the process-wide input gauge that is `rbuf`'s.
+    charged: usize,
     /// Data bytes still to drop after a refused storage command.
     swallow: usize,
     /// Decided by the connection's first byte (0x80: the binary protocol),
@@ -132,6 +142,7 @@ impl Client {
             fd,
             gen,
             rbuf: BytesMut::new(),
+            charged: 0,
             swallow: 0,
             long_get: None,
             binary: None,
@@ -155,6 +166,23 @@ impl Client {
             dead: false,
             dirty: false,
         }
+    }
+
+    /// Bring the process-wide input gauge in line with what `rbuf` holds
+    /// now; returns the gauge's new value.
+    fn charge_input(&mut self, cx: &Ctx) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.rbuf.len();
+        let gauge = &cx.shared.input_bytes;
+        let total = if now >= self.charged {
+            gauge.fetch_add(now - self.charged, Relaxed) + (now - self.charged)
+        } else {
+            gauge
+                .fetch_sub(self.charged - now, Relaxed)
+                .saturating_sub(self.charged - now)
+        };
+        self.charged = now;
+        total
     }
 
     /// True when the client may start another request: its unsent answers
@@ -393,6 +421,12 @@ impl State {
         };
         let keep = !cl.dead && !cl.read_done;
         super::take_received(d, &c, &mut cl.rbuf, READ_STEP, keep);
+        if cl.charge_input(cx) > cx.shared.cfg.max_input_memory {
+            self.shed_input(cx);
+        }
+        let Some(cl) = self.clients.get_mut(idx) else {
+            return;
+        };
         if keep && c.buf.is_some() && c.res > 0 {
             cl.last_read = (cx.now, c.res as usize);
             cl.sync_arrival();
@@ -753,6 +787,58 @@ impl State {
         }
     }
 
+    /// Client input is over `--max-input-memory`: refuse this core's largest
+    /// partial requests (of [`SHED_FLOOR`] bytes or more) until it is under
+    /// again or none is left here. Each gets memcached's out-of-memory
+    /// answer (a binary client: a plain close) after what it was already
+    /// answered, and its connection is closed; the rest of its input is
+    /// not read.
+    fn shed_input(&mut self, cx: &Ctx) {
+        let budget = cx.shared.cfg.max_input_memory;
+        let mut refused = 0usize;
+        // Bounded by this core's clients: each pass refuses one.
+        for _ in 0..self.clients.len() {
+            let total = cx
+                .shared
+                .input_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if total <= budget {
+                break;
+            }
+            let Some(idx) = self
+                .clients
+                .iter()
+                .filter(|(_, c)| !c.dead && !c.read_done && c.rbuf.len() >= SHED_FLOOR)
+                .max_by_key(|(_, c)| c.rbuf.len())
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            let Some(cl) = self.clients.get_mut(idx) else {
+                break;
+            };
+            cl.rbuf = BytesMut::new();
+            cl.swallow = 0;
+            cl.long_get = None;
+            cl.read_done = true;
+            cl.charge_input(cx);
+            let binary = cl.binary == Some(true);
+            cx.stats().incr(Counter::InputMemoryRefusals);
+            refused += 1;
+            if !binary {
+                self.push_ready(idx, one(OUT_OF_MEMORY), None);
+            }
+            self.push_ready(idx, Answer::Close, None);
+        }
+        if refused > 0 {
+            tracing::warn!(
+                refused,
+                max_input_memory = budget,
+                "client input over --max-input-memory: the largest partial requests were refused"
+            );
+        }
+    }
+
     /// Queue an answer the client gets in order, without a machine.
     fn push_ready(&mut self, idx: usize, a: Answer, stamp: Option<Stamp>) {
         if let Some(cl) = self.clients.get_mut(idx) {
@@ -853,12 +939,15 @@ impl State {
                 return;
             }
             d.close(cl.fd);
+            cl.rbuf = BytesMut::new();
+            cl.charge_input(cx);
             self.clients.remove(idx);
             cx.stats()
                 .curr_connections
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
+        cl.charge_input(cx);
         if cl.rbuf.is_empty() && cl.rbuf.capacity() > IDLE_KEEP {
             // A large request passed: give its buffer back rather than keep
             // it for an idle connection.
