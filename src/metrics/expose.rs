@@ -21,6 +21,7 @@
 //! memring_keys_logged_total{server}  memring_drains_total{server}  memring_drained_keys_total{server}
 //! memring_upstream_aborts_total{server}
 //! memring_resync_copies_total  memring_repairs_total  memring_section_waits_total
+//! memring_upstream_desyncs_total  memring_input_memory_refusals_total  memring_client_input_bytes
 //! memring_client_connections  memring_client_connections_rejected_total
 //! memring_client_read_bytes_total  memring_client_written_bytes_total
 //! memring_info{version,io_backend}               gauge 1
@@ -311,7 +312,7 @@ impl Collector for SnapshotCollector {
                 Ok(())
             },
         )?;
-        let plain: [(&str, &str, MetricType, u64); 8] = [
+        let plain: [(&str, &str, MetricType, u64); 11] = [
             (
                 "memring_failovers",
                 "Requests answered by the other replica because one failed or was out",
@@ -335,6 +336,25 @@ impl Collector for SnapshotCollector {
                 "Primary-first writes (incr, append, add, cas...) that waited for their key's exclusive section",
                 MetricType::Counter,
                 p.section_waits,
+            ),
+            (
+                "memring_upstream_desyncs",
+                "Upstream connections found out of step with their requests (a value for a key \
+                 not asked for, a meta reply without its opaque, bytes no request asked for)",
+                MetricType::Counter,
+                p.backend_desyncs,
+            ),
+            (
+                "memring_input_memory_refusals",
+                "Partial client requests refused because buffered input passed --max-input-memory",
+                MetricType::Counter,
+                p.input_memory_refusals,
+            ),
+            (
+                "memring_client_input_bytes",
+                "Unparsed client input buffered now (partial requests), all cores",
+                MetricType::Gauge,
+                p.input_bytes,
             ),
             (
                 "memring_client_connections",
@@ -421,6 +441,9 @@ mod tests {
             resync_copies: 0,
             repairs: 0,
             section_waits: 0,
+            backend_desyncs: 0,
+            input_memory_refusals: 0,
+            input_bytes: 0,
         };
         Snapshot::take(&cores, &servers, process, "io_uring", true)
     }

@@ -395,6 +395,12 @@ pub struct ProcessCounters {
     pub repairs: u64,
     /// Primary-first writes that waited for their key's exclusive section.
     pub section_waits: u64,
+    /// Upstream connections found out of step with their requests.
+    pub backend_desyncs: u64,
+    /// Partial requests refused past `--max-input-memory`.
+    pub input_memory_refusals: u64,
+    /// Unparsed client input buffered now, all cores.
+    pub input_bytes: u64,
 }
 
 /// One server, merged.

@@ -39,6 +39,9 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
         resync_copies: sum(Counter::ResyncCopies),
         repairs: sum(Counter::Repairs),
         section_waits: sum(Counter::SectionWaits),
+        backend_desyncs: sum(Counter::BackendDesyncs),
+        input_memory_refusals: sum(Counter::InputMemoryRefusals),
+        input_bytes: shared.input_bytes.load(Ordering::Relaxed) as u64,
     };
     let servers: Vec<ServerInput<'_>> = topo
         .servers
