@@ -39,7 +39,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    init_logging(cfg.verbose);
+    init_logging(cfg.verbose, cfg.log_level.as_deref());
     match memring::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -53,16 +53,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Structured lines on stderr, or appended to `--log-file`; `-v` info, `-vv`
-/// debug, `-vvv` trace; RUST_LOG overrides.
-fn init_logging(verbose: u8) {
-    let level = match verbose {
+/// Structured lines on stderr, or appended to `--log-file`: `--log-level`,
+/// or by `-v` info, `-vv` debug, `-vvv` trace, warn without either; the
+/// lifecycle lines (started, reloaded, stopping) are shown from info at
+/// every level but error. `RUST_LOG` overrides all of it.
+fn init_logging(verbose: u8, log_level: Option<&str>) {
+    let level = log_level.unwrap_or(match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
+    });
+    let directives = if level == "error" {
+        level.to_string()
+    } else {
+        format!("{level},{}=info", memring::server::LIFECYCLE)
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| memring::server::logfile::Writer)

@@ -454,9 +454,9 @@ fn log_file_is_reopened_on_sighup() {
         &mc.server_arg(),
     ]);
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
-    assert!(read(&log).contains("starting"), "{}", read(&log));
+    assert!(read(&log).contains("memring started"), "{}", read(&log));
     assert!(
-        !proxy.stderr().contains("starting"),
+        !proxy.stderr().contains("memring started"),
         "logs went to stderr too"
     );
     std::fs::rename(&log, &rotated).expect("rotate");

@@ -163,6 +163,10 @@ pub(super) struct Cli {
     #[arg(long, help_heading = MEMRING)]
     pub latency_stats: bool,
 
+    /// Log level (error, warn, info, debug, trace); unlike -v it keeps a daemon detached
+    #[arg(long, value_name = "LEVEL", value_parser = value::log_level, help_heading = MEMRING)]
+    pub log_level: Option<String>,
+
     /// Validate the configuration and exit
     #[arg(long, help_heading = MEMRING)]
     pub check: bool,
@@ -236,6 +240,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         missed_keys_limit: pick("missed_keys_limit").map(|_| cli.missed_keys_limit),
         metrics_listen: cli.metrics_listen.clone(),
         latency_stats: cli.latency_stats.then_some(true),
+        log_level: cli.log_level.clone(),
     };
     Ok(Parsed {
         layer,

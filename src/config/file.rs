@@ -42,6 +42,7 @@ struct FileConfig {
     missed_keys_limit: Option<String>,
     metrics_listen: Option<String>,
     latency_stats: Option<bool>,
+    log_level: Option<String>,
 }
 
 /// Read and validate `path`.
@@ -159,5 +160,6 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         missed_keys_limit: text!(missed_keys_limit, value::missed_keys_limit),
         metrics_listen: text!(metrics_listen, value::bind),
         latency_stats: f.latency_stats,
+        log_level: text!(log_level, value::log_level),
     })
 }

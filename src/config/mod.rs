@@ -164,6 +164,9 @@ pub struct Config {
     /// `--latency-stats`: record latency histograms for `stats proxy` even
     /// without `--metrics-listen` (which implies it). Default off.
     pub latency_stats: bool,
+    /// `--log-level`: overrides the level `-v` picks, without `-v`'s
+    /// foreground (`RUST_LOG` overrides both).
+    pub log_level: Option<String>,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -387,6 +390,7 @@ struct Layer {
     missed_keys_limit: Option<usize>,
     metrics_listen: Option<String>,
     latency_stats: Option<bool>,
+    log_level: Option<String>,
 }
 
 impl Layer {
@@ -425,7 +429,8 @@ impl Layer {
             resync,
             missed_keys_limit,
             metrics_listen,
-            latency_stats
+            latency_stats,
+            log_level
         )
     }
 
@@ -477,6 +482,7 @@ impl Layer {
             }),
             metrics_listen: self.metrics_listen,
             latency_stats: self.latency_stats.unwrap_or(false),
+            log_level: self.log_level,
             argv: Vec::new(),
         }
     }
@@ -543,7 +549,65 @@ pub const RELOAD_KEEPS: &[&str] = &[
     "max_item_size",
     "client_buffer",
     "max_input_memory",
+    "log_level",
 ];
+
+/// What a reload from `old` to `new` changes, for the reload's log line:
+/// servers added (`+`) and removed (`-`) by role, then each changed
+/// setting as `name old -> new`.
+pub fn reload_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (role, was, now) in [
+        ("server", &old.servers, &new.servers),
+        ("backup", &old.backups, &new.backups),
+    ] {
+        let names = |l: &[ServerAddr]| l.iter().map(ServerAddr::name).collect::<Vec<_>>();
+        let (was, now) = (names(was), names(now));
+        out.extend(
+            now.iter()
+                .filter(|n| !was.contains(n))
+                .map(|n| format!("+{role} {n}")),
+        );
+        out.extend(
+            was.iter()
+                .filter(|n| !now.contains(n))
+                .map(|n| format!("-{role} {n}")),
+        );
+    }
+    for (o, n) in old.servers.iter().chain(&old.backups).flat_map(|o| {
+        new.servers
+            .iter()
+            .chain(&new.backups)
+            .filter(move |n| n.name() == o.name() && n.weight != o.weight)
+            .map(move |n| (o, n))
+    }) {
+        out.push(format!(
+            "weight of {} {} -> {}",
+            o.name(),
+            o.weight,
+            n.weight
+        ));
+    }
+    macro_rules! each {
+        ($($f:ident),*) => {$(
+            if old.$f != new.$f {
+                out.push(format!("{} {:?} -> {:?}", stringify!($f), old.$f, new.$f));
+            }
+        )*};
+    }
+    each!(
+        distribution,
+        connect_timeout,
+        request_timeout,
+        failure_limit,
+        retry_interval,
+        missed_keys_limit,
+        shutdown_timeout,
+        resync,
+        latency_stats
+    );
+    out
+}
 
 /// SIGHUP: re-read the config file at `path`, re-apply `base`'s command line
 /// over it (flags still win), keep [`RELOAD_KEEPS`] from `base`, validate.
@@ -598,7 +662,8 @@ pub fn reload_with_report(
         max_item_size,
         client_buffer,
         max_input_memory,
-        metrics_listen
+        metrics_listen,
+        log_level
     );
     new.validate()?;
     Ok((new, ignored))

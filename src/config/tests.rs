@@ -811,7 +811,7 @@ fn base_with_servers() -> Config {
 fn reload_keeps_list_is_complete() {
     // RELOAD_KEEPS names exactly the fields reload_with_report keeps.
     let f = TempFile::new(
-        "servers = [\"127.0.0.1:1\"]\nport = 1\nlisten = \"::1\"\nbind = \"127.0.0.1:0\"\nunix_socket = \"/x\"\nthreads = 3\nio_backend = \"epoll\"\nuser = \"u\"\ngroup = \"g\"\nforeground = true\nverbose = 2\npid_file = \"/p\"\nlog_file = \"/l\"\nmax_conns = 5\nmax_server_conns = 5\nupstream_conns = 5\nmax_item_size = \"2m\"\nclient_buffer = \"8m\"\nmax_input_memory = \"512m\"\n",
+        "servers = [\"127.0.0.1:1\"]\nport = 1\nlisten = \"::1\"\nbind = \"127.0.0.1:0\"\nunix_socket = \"/x\"\nthreads = 3\nio_backend = \"epoll\"\nuser = \"u\"\ngroup = \"g\"\nforeground = true\nverbose = 2\npid_file = \"/p\"\nlog_file = \"/l\"\nmax_conns = 5\nmax_server_conns = 5\nupstream_conns = 5\nmax_item_size = \"2m\"\nclient_buffer = \"8m\"\nmax_input_memory = \"512m\"\nlog_level = \"debug\"\n",
     );
     let (_, mut ignored) = reload_with_report(&f.0, &base_with_servers()).unwrap();
     let mut keeps = RELOAD_KEEPS.to_vec();
@@ -1021,4 +1021,30 @@ fn metrics_listen_and_latency_stats() {
     assert!(c.latency_stats);
     let e = file::parse("metrics_listen = \"nope\"\n", Path::new("m.toml")).unwrap_err();
     assert!(e.msg.contains("metrics_listen"), "{}", e.msg);
+}
+
+#[test]
+fn reload_changes_name_servers_weights_and_settings() {
+    let old = Config {
+        servers: vec![sa("a", 1, 1), sa("b", 1, 1)],
+        backups: vec![sa("c", 1, 1)],
+        ..Config::default()
+    };
+    let new = Config {
+        servers: vec![sa("a", 1, 2), sa("d", 1, 1)],
+        backups: vec![],
+        request_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    assert_eq!(
+        reload_changes(&old, &new),
+        vec![
+            "+server d:1".to_string(),
+            "-server b:1".to_string(),
+            "-backup c:1".to_string(),
+            "weight of a:1 1 -> 2".to_string(),
+            "request_timeout 1s -> 300ms".to_string(),
+        ]
+    );
+    assert!(reload_changes(&old, &old).is_empty());
 }

@@ -319,6 +319,17 @@ pub(crate) fn distribution(s: &str) -> Result<Distribution, String> {
     }
 }
 
+/// `--log-level`: one of tracing's levels.
+pub(crate) fn log_level(s: &str) -> Result<String, String> {
+    let l = s.trim().to_ascii_lowercase();
+    match l.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" => Ok(l),
+        _ => Err(format!(
+            "invalid log level {s:?}: expected error, warn, info, debug or trace"
+        )),
+    }
+}
+
 /// `auto`, `uring` (or `io_uring`) or `epoll`.
 pub(crate) fn io_backend(s: &str) -> Result<IoBackend, String> {
     match s.trim().to_ascii_lowercase().as_str() {

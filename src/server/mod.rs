@@ -59,7 +59,7 @@ pub enum RunError {
 impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RunError::IoUringRefused(e) => write!(f, "{}", io_uring_refused_message(e)),
+            RunError::IoUringRefused(e) => write!(f, "{}", io_uring_refused_message(e, false)),
             RunError::Resolve(m) => write!(f, "cannot resolve {m}"),
             RunError::Bind { what, source } => write!(f, "cannot listen on {what}: {source}"),
             RunError::Setup(m) => f.write_str(m),
@@ -70,14 +70,21 @@ impl fmt::Display for RunError {
 
 impl std::error::Error for RunError {}
 
-/// The operator-facing explanation of an io_uring refusal.
-pub fn io_uring_refused_message(e: &std::io::Error) -> String {
+/// The operator-facing explanation of an io_uring refusal: why, how to
+/// allow it, and what memring does about it (`falling_back`: uses epoll;
+/// otherwise refuses, with how to choose epoll).
+pub fn io_uring_refused_message(e: &std::io::Error, falling_back: bool) -> String {
+    let then = if falling_back {
+        "Falling back to epoll."
+    } else {
+        "Or run with --io-backend epoll (or auto) to use epoll instead."
+    };
     format!(
         "io_uring is not available: io_uring_setup failed ({e}). Containers: Docker >= 25 and \
          containerd >= 2.0 block io_uring in their default seccomp profile; run with \
          `--security-opt seccomp=docker/seccomp-io_uring.json` (Kubernetes: \
          seccompProfile type Localhost). Hosts: check the sysctl kernel.io_uring_disabled \
-         (0 allows it). Or run with --io-backend epoll (or auto) to use epoll instead."
+         (0 allows it). {then}"
     )
 }
 
@@ -92,7 +99,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
         IoBackend::Auto => match driver::uring_available() {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!("{}; falling back to epoll", io_uring_refused_message(&e));
+                tracing::warn!("{}", io_uring_refused_message(&e, true));
                 false
             }
         },
@@ -131,8 +138,8 @@ struct Listeners {
 
 /// `--check`: everything `run` would refuse before listening, without
 /// binding: the servers resolve, the open-file limit leaves room for
-/// clients, the user and group exist, the unix socket's directory exists
-/// and the log file opens.
+/// clients, the user and group exist, the unix socket's and the pid file's
+/// directories exist, the log file opens and the ports are free.
 pub fn check(cfg: &Config) -> Result<(), RunError> {
     Topology::build(cfg, None, Instant::now()).map_err(RunError::Resolve)?;
     // Warns when the open-file limit would lower -n (this process's own
@@ -159,8 +166,28 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
             .open(p)
             .map_err(|e| RunError::Setup(format!("cannot open log file {}: {e}", p.display())))?;
     }
-    // The port is not checked: `--check` usually runs beside the instance
-    // it is about to replace, which holds the port.
+    if let Some(p) = &cfg.pid_file {
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(RunError::Setup(format!(
+                "cannot write pid file {}: directory {} does not exist",
+                p.display(),
+                dir.display()
+            )));
+        }
+    }
+    // A port in use fails a start, so it fails the check too (run it with
+    // the instance it replaces stopped, or reload that one with SIGHUP,
+    // which checks the file and logs what it refuses).
+    if let Some(addr) = cfg.tcp_addr() {
+        port_is_free(addr)?;
+    }
+    if let Some(addr) = cfg.metrics_addr() {
+        port_is_free(addr)?;
+    }
     Ok(())
 }
 
@@ -238,20 +265,182 @@ fn serve_on(
         })?),
         None => None,
     };
-    for line in &listeners.announce {
-        println!("listening on {line}");
-    }
+    let mut announce: Vec<String> = listeners
+        .announce
+        .iter()
+        .map(|l| format!("listening on {l}"))
+        .collect();
     if let Some(Ok(addr)) = metrics.as_ref().map(TcpListener::local_addr) {
-        println!("metrics on http://{addr}/metrics");
+        announce.push(format!("metrics on http://{addr}/metrics"));
     }
-    let _ = std::io::stdout().flush();
-    if !cfg.foreground {
-        // Before any thread exists: fork keeps only the calling thread.
-        nix::unistd::daemon(true, false)
-            .map_err(|e| RunError::Setup(format!("cannot detach: {e}")))?;
-    }
+    // Daemon mode: the parent stays until the daemon reports; only this
+    // process (the daemon) returns.
+    let report = if cfg.foreground {
+        None
+    } else {
+        Some(detach(&announce)?)
+    };
+    let fds = listeners.fds.clone();
     let pid_file = cfg.pid_file.as_ref().map(|p| absolute(p));
-    if let Some(p) = &pid_file {
+    let up = start_serving(
+        cfg,
+        topo,
+        threads,
+        listeners,
+        identity,
+        started,
+        (backend, core),
+        metrics,
+        pid_file.as_deref(),
+    );
+    let shared = match up {
+        Ok(shared) => shared,
+        Err(e) => {
+            if let Some(r) = report {
+                r.fail(&e.to_string());
+            }
+            if let Some(p) = &pid_file {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
+    // Every fallible step is behind us: only now is anything announced.
+    match report {
+        Some(r) => r.ready(),
+        None => {
+            for line in &announce {
+                println!("{line}");
+            }
+            println!("ready");
+            let _ = std::io::stdout().flush();
+        }
+    }
+    tracing::info!(
+        target: LIFECYCLE,
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        backend,
+        threads,
+        listening = %announce.iter().map(|l| l.trim_start_matches("listening on ")).collect::<Vec<_>>().join(", "),
+        "memring started"
+    );
+    signal_loop(&shared, &fds, pid_file.as_deref());
+    Ok(())
+}
+
+/// The tracing target of lifecycle lines (start, reload, stop), logged at
+/// info and shown at the default level.
+pub const LIFECYCLE: &str = "memring::lifecycle";
+
+/// The daemon's end of the pipe its parent waits on.
+struct Report(std::fs::File);
+
+impl Report {
+    /// Everything is up: the parent announces the listeners and exits 0.
+    fn ready(mut self) {
+        let _ = self.0.write_all(b"ready\n");
+    }
+
+    /// Starting failed: the parent prints `why` on stderr and exits 1.
+    fn fail(mut self, why: &str) {
+        let _ = self.0.write_all(format!("error {why}\n").as_bytes());
+    }
+}
+
+/// How long the parent of a daemon waits for it to report.
+const DAEMON_REPORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Detach like magent (`daemon(3)` with the working directory kept): fork;
+/// the parent waits for the child's report on a pipe, prints `announce`
+/// and exits 0 once it is ready, or prints its error and exits 1; the child
+/// starts a new session, points stdio at /dev/null and carries on. Called
+/// before any thread exists: fork keeps only the calling thread.
+fn detach(announce: &[String]) -> Result<Report, RunError> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let setup =
+        |what: &str, e: &dyn fmt::Display| RunError::Setup(format!("cannot detach: {what}: {e}"));
+    let (rd, wr) = nix::unistd::pipe().map_err(|e| setup("pipe", &e))?;
+    let _ = std::io::stdout().flush();
+    // SAFETY: no other thread exists yet (see above), so the child may run
+    // arbitrary code after fork.
+    match unsafe { nix::unistd::fork() }.map_err(|e| setup("fork", &e))? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(wr);
+            let code = wait_for_report(std::fs::File::from(rd), announce);
+            std::process::exit(code);
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(rd);
+            nix::unistd::setsid().map_err(|e| setup("setsid", &e))?;
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|e| setup("/dev/null", &e))?;
+            for fd in 0..3 {
+                nix::unistd::dup2(null.as_raw_fd(), fd).map_err(|e| setup("dup2", &e))?;
+            }
+            // SAFETY: `wr` is this process's own pipe end, moved in here.
+            Ok(Report(unsafe {
+                std::fs::File::from_raw_fd(wr.into_raw_fd())
+            }))
+        }
+    }
+}
+
+/// The parent's side of [`detach`]: the exit code to leave with.
+fn wait_for_report(mut pipe: std::fs::File, announce: &[String]) -> i32 {
+    use std::io::Read;
+    let mut msg = String::new();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = pipe.read_to_string(&mut msg);
+        let _ = tx.send(msg);
+    });
+    match rx.recv_timeout(DAEMON_REPORT_TIMEOUT) {
+        Ok(m) if m.starts_with("ready") => {
+            for line in announce {
+                println!("{line}");
+            }
+            let _ = std::io::stdout().flush();
+            0
+        }
+        Ok(m) => {
+            let why = m.strip_prefix("error ").unwrap_or(&m).trim_end();
+            if why.is_empty() {
+                eprintln!("memring: the daemon exited before it was ready");
+            } else {
+                eprintln!("memring: {why}");
+            }
+            1
+        }
+        Err(_) => {
+            eprintln!(
+                "memring: the daemon did not report ready within {}s",
+                DAEMON_REPORT_TIMEOUT.as_secs()
+            );
+            1
+        }
+    }
+}
+
+/// Everything after detaching that can fail, in order: the pid file,
+/// privileges, the event loops, the control plane and the metrics
+/// endpoint. Announces nothing.
+#[allow(clippy::too_many_arguments)]
+fn start_serving(
+    cfg: Config,
+    topo: Topology,
+    threads: usize,
+    listeners: Listeners,
+    identity: Identity,
+    started: Instant,
+    (backend, core): (&'static str, CoreMain),
+    metrics: Option<TcpListener>,
+    pid_file: Option<&Path>,
+) -> Result<Arc<Shared>, RunError> {
+    if let Some(p) = pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| RunError::Setup(format!("cannot write pid file {}: {e}", p.display())))?;
     }
@@ -272,7 +461,6 @@ fn serve_on(
         input_bytes: Default::default(),
         cfg,
     });
-    tracing::info!(backend, threads, "starting");
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, std::io::Error>>();
     let mut tcp = listeners.tcp.into_iter();
@@ -307,10 +495,7 @@ fn serve_on(
     if let Some(l) = metrics {
         observe::spawn(l, shared.clone()).map_err(RunError::Runtime)?;
     }
-    println!("ready");
-    let _ = std::io::stdout().flush();
-    signal_loop(&shared, &listeners.fds, pid_file.as_deref());
-    Ok(())
+    Ok(shared)
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -531,23 +716,36 @@ fn reload(shared: &Arc<Shared>) {
         tracing::warn!("SIGHUP ignored: no --config file to reload");
         return;
     };
-    let cfg = match crate::config::reload(&path, &shared.cfg) {
+    let (cfg, kept) = match crate::config::reload_with_report(&path, &shared.cfg) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "reload failed; keeping the running configuration");
             return;
         }
     };
+    for setting in kept {
+        tracing::warn!(
+            file = %path.display(),
+            setting,
+            "{setting} changed in the file but needs a restart: the running value is kept"
+        );
+    }
     let current = shared.current();
     match Topology::build(&cfg, Some(&current), shared.started) {
         Ok(t) => {
+            let changes = crate::config::reload_changes(&current.config, &cfg);
             tracing::info!(
+                target: LIFECYCLE,
+                file = %path.display(),
                 generation = t.generation,
                 servers = t.servers.len(),
+                changed = %if changes.is_empty() { "nothing".to_string() } else { changes.join(", ") },
                 "configuration reloaded"
             );
             shared.swap_topology(t);
         }
-        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "reload failed; keeping the running configuration")
+        }
     }
 }
