@@ -20,6 +20,7 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 # verify on the unit where systemd is installed, else checks its content).
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v adduser >/dev/null 2>&1 || need+=(adduser)
+command -v readelf >/dev/null 2>&1 || need+=(binutils)
 # tests/consistency.rs cuts a server off with nft rules on loopback (root).
 [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || need+=(nftables)
 if [ ${#need[@]} -gt 0 ]; then

@@ -111,12 +111,45 @@ fn dpkg_installs_a_working_memring_with_its_unit_config_and_user() {
         "./usr/bin/memring",
         "./lib/systemd/system/memring.service",
         "./etc/memring/memring.toml",
+        "./usr/share/man/man1/memring.1",
+        "./usr/share/bash-completion/completions/memring",
+        "./usr/share/zsh/vendor-completions/_memring",
+        "./usr/share/fish/vendor_completions.d/memring.fish",
+        "./usr/share/doc/memring/copyright",
+        "./usr/share/doc/memring/README.md",
     ] {
         assert!(
             contents.contains(path),
             "{path} not in the package:\n{contents}"
         );
     }
+    // Every file the shipped README links is shipped beside it.
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    for link in readme
+        .split("](")
+        .skip(1)
+        .filter_map(|r| r.split(')').next())
+    {
+        if link.starts_with('#') || link.contains("://") {
+            continue;
+        }
+        let shipped = format!("./usr/share/doc/memring/{link}");
+        assert!(
+            contents.contains(&shipped),
+            "the README links {link}, which the package does not ship:\n{contents}"
+        );
+    }
+    let control = run_ok(
+        Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(&deb)
+            .arg("Maintainer"),
+    );
+    assert!(
+        control.contains('<') && control.contains('@') && control.trim_end().ends_with('>'),
+        "Maintainer with an address: {control}"
+    );
     let conffiles = run_ok(
         Command::new("dpkg-deb")
             .arg("--info")
@@ -132,6 +165,34 @@ fn dpkg_installs_a_working_memring_with_its_unit_config_and_user() {
     dpkg(&["-i", deb.to_str().expect("utf-8 path")]);
     let status = run_ok(Command::new("dpkg").args(["-s", "memring"]));
     assert!(status.contains("Status: install ok installed"), "{status}");
+
+    // Stripped: no symbol table, and a size far from the 18 MB of an
+    // unstripped build.
+    let sections = run_ok(Command::new("readelf").args(["-S", "-W", "/usr/bin/memring"]));
+    assert!(
+        !sections.contains(".symtab"),
+        "/usr/bin/memring is not stripped"
+    );
+    let size = std::fs::metadata("/usr/bin/memring")
+        .expect("installed")
+        .len();
+    assert!(size < 12 << 20, "/usr/bin/memring is {size} bytes");
+    let copyright = std::fs::read_to_string("/usr/share/doc/memring/copyright").expect("copyright");
+    assert!(copyright.contains("MIT License"), "{copyright}");
+    // From the package itself: images often exclude /usr/share/man from
+    // what dpkg installs.
+    let tree = dir.path().join("tree");
+    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree));
+    let man_dir = tree.join("usr/share/man/man1");
+    let man = if man_dir.join("memring.1").exists() {
+        std::fs::read_to_string(man_dir.join("memring.1")).expect("man page")
+    } else {
+        run_ok(Command::new("zcat").arg(man_dir.join("memring.1.gz")))
+    };
+    assert!(
+        man.contains(".TH memring 1") && man.contains("\\-\\-server"),
+        "{man}"
+    );
 
     let version = run_ok(Command::new("/usr/bin/memring").arg("--version"));
     assert_eq!(

@@ -180,6 +180,12 @@ pub(super) struct Cli {
     pub version: Option<bool>,
 }
 
+/// The clap command, for the man page and shell completions
+/// (`tests/generated.rs` writes them from it).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Adapt an `OsStr` parser (paths need not be UTF-8) to clap.
 fn value_os<T, F>(f: F) -> impl TypedValueParser<Value = T>
 where

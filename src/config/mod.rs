@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::route::Distribution;
 
 mod cli;
+pub use cli::command;
 mod file;
 mod value;
 
