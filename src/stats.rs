@@ -175,6 +175,8 @@ pub struct ProcessView {
     pub backend: &'static str,
     /// Configuration generation (bumped by each reload).
     pub config_generation: u64,
+    /// CPU time in user and in system mode so far (`getrusage`).
+    pub rusage: (Duration, Duration),
 }
 
 /// Render the `stats` reply: `STAT <name> <value>\r\n` lines, then `END\r\n`.
@@ -194,6 +196,10 @@ pub fn render(
     stat("time", &p.now_unix);
     stat("version", &concat!("memring-", env!("CARGO_PKG_VERSION")));
     stat("pointer_size", &(usize::BITS));
+    // As memcached writes them: seconds.microseconds.
+    let cpu = |d: Duration| format!("{}.{:06}", d.as_secs(), d.subsec_micros());
+    stat("rusage_user", &cpu(p.rusage.0));
+    stat("rusage_system", &cpu(p.rusage.1));
     stat("threads", &p.threads);
     stat("io_backend", &p.backend);
     stat("config_generation", &p.config_generation);
@@ -302,7 +308,9 @@ pub fn render_settings(cfg: &Config, p: &ProcessView, tcp: Option<SocketAddr>) -
     stat("verbosity", &cfg.verbose);
     stat("num_threads", &p.threads);
     stat("item_size_max", &cfg.max_item_size);
-    stat("binding_protocol", &"ascii");
+    // memcached's word for serving text and binary clients on one port,
+    // each connection by its first byte (its default, -B auto).
+    stat("binding_protocol", &"auto-negotiate");
     stat("servers", &list(&cfg.servers));
     stat("backups", &list(&cfg.backups));
     stat(
@@ -359,15 +367,22 @@ pub fn render_proxy(
     let mut stat = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(s, "STAT {name} {value}\r\n");
     };
+    // Read-throughs by result come from the metrics (`hits` is the same
+    // count as the counter of that name, so it is written once).
     for &c in Counter::ALL {
-        if c.wire_name().starts_with("proxy_") {
+        if c.wire_name().starts_with("proxy_") && c != Counter::ReadThroughHits {
             let v: u64 = cores.iter().map(|core| core.get(c)).sum();
             stat(c.wire_name(), &v);
         }
     }
     for r in ReadThrough::ALL {
+        let plural = match r {
+            ReadThrough::Hit => "hits",
+            ReadThrough::Miss => "misses",
+            ReadThrough::Error => "errors",
+        };
         stat(
-            &format!("proxy_read_through_{}", r.label()),
+            &format!("proxy_read_through_{plural}"),
             &snap.read_through[*r as usize],
         );
     }
@@ -479,6 +494,7 @@ mod tests {
             max_connections: 4096,
             backend: "io_uring",
             config_generation: 0,
+            rusage: (Duration::from_micros(1_500_001), Duration::from_micros(20)),
         };
         let out = render(&cores, &servers, &p, t0 + Duration::from_secs(5));
         assert!(out.starts_with("STAT pid 7\r\nSTAT uptime 5\r\n"));
@@ -489,6 +505,8 @@ mod tests {
         assert!(out.contains("STAT server_0:state up\r\n"));
         assert!(out.contains("STAT server_0:since_state_change 5.000\r\n"));
         for want in [
+            "STAT rusage_user 1.500001\r\n",
+            "STAT rusage_system 0.000020\r\n",
             "STAT server_0:ejections_connect 0\r\n",
             "STAT server_0:ejections_drain_failed 0\r\n",
             "STAT server_0:suspects 0\r\n",
@@ -600,6 +618,7 @@ mod tests {
             max_connections: 4096,
             backend: "epoll",
             config_generation: 4,
+            rusage: (Duration::from_micros(1_500_001), Duration::from_micros(20)),
         };
         let out = render_settings(&cfg, &p, "127.0.0.1:4242".parse().ok());
         for want in [
@@ -608,6 +627,7 @@ mod tests {
             "STAT inter 127.0.0.1\r\n",
             "STAT num_threads 2\r\n",
             "STAT item_size_max 1048576\r\n",
+            "STAT binding_protocol auto-negotiate\r\n",
             "STAT servers 10.0.0.1:11211,[::1]:11212:3\r\n",
             "STAT backups NULL\r\n",
             "STAT request_timeout 1.000\r\n",

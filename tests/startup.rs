@@ -188,6 +188,10 @@ fn check_covers_the_pid_files_directory_and_ports_in_use() {
             "does not exist",
         ),
         (&["-l", "127.0.0.1", "-p", &port], "already in use"),
+        (
+            &["--bind", "127.0.0.1:0", "-s", "localhost:1"],
+            "are one server",
+        ),
     ];
     for (args, why) in cases {
         let mut argv: Vec<String> = ["--check", "-s", "127.0.0.1:1"].map(String::from).to_vec();
@@ -249,4 +253,32 @@ fn a_daemon_reports_ready_before_its_parent_exits_and_logs_its_start() {
     assert_eq!(c.request(&set_cmd("d", b"1")), b"STORED\r\n".to_vec());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("memring started"), "log: {text}");
+}
+
+/// `-a` sets the unix socket's permission bits, as memcached's `-a` does.
+#[test]
+fn unix_mask_sets_the_sockets_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let mc = Memcached::start();
+    let dir = TempDir::new("unix-mask");
+    let sock = dir.path().join("m.sock");
+    let proxy = Memring::start(&[
+        "-D",
+        "-p",
+        "0",
+        "-f",
+        sock.to_str().expect("utf8"),
+        "-a",
+        "660",
+        "-s",
+        &mc.server_arg(),
+    ]);
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "mode {mode:o}");
+    let mut c = proxy.unix_client();
+    assert_eq!(c.request(&set_cmd("u", b"1")), b"STORED\r\n".to_vec());
 }

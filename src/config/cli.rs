@@ -75,6 +75,10 @@ pub(super) struct Cli {
     #[arg(short = 'f', long, value_name = "PATH", value_parser = value_os(value::unix_path), help_heading = MAGENT)]
     pub unix_socket: Option<PathBuf>,
 
+    /// Permission bits of the unix socket, in octal [default: as the umask leaves them]
+    #[arg(short = 'a', long, value_name = "MASK", value_parser = value::unix_mask, help_heading = MEMRING)]
+    pub unix_mask: Option<u32>,
+
     /// User to run as (name or uid)
     #[arg(short = 'u', long, value_name = "USER", value_parser = value::account, help_heading = MAGENT)]
     pub user: Option<String>,
@@ -226,6 +230,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         max_server_conns: pick("max_server_conns").map(|_| cli.max_server_conns),
         upstream_conns: pick("upstream_conns").map(|_| cli.upstream_conns),
         unix_socket: cli.unix_socket.clone(),
+        unix_mask: cli.unix_mask,
         user: cli.user.clone(),
         group: cli.group.clone(),
         foreground: cli.foreground.then_some(true),

@@ -113,6 +113,9 @@ pub struct Config {
     pub upstream_conns: usize,
     /// `-f`: unix socket path.
     pub unix_socket: Option<PathBuf>,
+    /// `-a`/`--unix-mask`: the unix socket's permission bits (None: as the
+    /// umask leaves them).
+    pub unix_mask: Option<u32>,
     /// `-u`: user to run as.
     pub user: Option<String>,
     /// `-g`: group to run as.
@@ -255,10 +258,26 @@ impl Config {
                 }
                 let id = value::server_identity(s);
                 if let Some((_, first)) = seen.iter().find(|(k, _)| *k == id) {
+                    let role = |f: &str| {
+                        if f == "-s" {
+                            "a server (-s, servers =)"
+                        } else {
+                            "a backup (-b, backups =)"
+                        }
+                    };
                     return err(if *first == flag {
-                        format!("duplicate server {} given twice with {flag}", s.name())
+                        format!(
+                            "duplicate server {}: given twice as {}",
+                            s.name(),
+                            role(flag)
+                        )
                     } else {
-                        format!("server {} is given both as -s and as -b", s.name())
+                        format!(
+                            "server {} is given both as {} and as {}",
+                            s.name(),
+                            role(first),
+                            role(flag)
+                        )
                     });
                 }
                 seen.push((id, flag));
@@ -371,6 +390,7 @@ struct Layer {
     max_server_conns: Option<usize>,
     upstream_conns: Option<usize>,
     unix_socket: Option<PathBuf>,
+    unix_mask: Option<u32>,
     user: Option<String>,
     group: Option<String>,
     foreground: Option<bool>,
@@ -411,6 +431,7 @@ impl Layer {
             max_server_conns,
             upstream_conns,
             unix_socket,
+            unix_mask,
             user,
             group,
             foreground,
@@ -452,6 +473,7 @@ impl Layer {
             max_server_conns: self.max_server_conns.unwrap_or(DEFAULT_MAX_SERVER_CONNS),
             upstream_conns: self.upstream_conns.unwrap_or(DEFAULT_UPSTREAM_CONNS),
             unix_socket: self.unix_socket,
+            unix_mask: self.unix_mask,
             user: self.user,
             group: self.group,
             // magent: -v also keeps it in the foreground (its logs go to stderr).
@@ -536,6 +558,7 @@ pub const RELOAD_KEEPS: &[&str] = &[
     "listen",
     "bind",
     "unix_socket",
+    "unix_mask",
     "threads",
     "io_backend",
     "user",
@@ -649,6 +672,7 @@ pub fn reload_with_report(
         listen,
         bind,
         unix_socket,
+        unix_mask,
         threads,
         io_backend,
         user,

@@ -459,6 +459,19 @@ fn parse_server_forms() {
 fn durations_and_sizes() {
     let d = |s: &str| value::duration(s);
     assert_eq!(d("250ms"), Ok(Duration::from_millis(250)));
+    // Every unit's long form, with or without a space, as "1 sec" is.
+    for (text, want) in [
+        ("1 sec", Duration::from_secs(1)),
+        ("1sec", Duration::from_secs(1)),
+        ("1 msec", Duration::from_millis(1)),
+        ("2msecs", Duration::from_millis(2)),
+        ("3 usec", Duration::from_micros(3)),
+        ("4 nsec", Duration::from_nanos(4)),
+        ("1 min", Duration::from_secs(60)),
+        ("1 hour", Duration::from_secs(3600)),
+    ] {
+        assert_eq!(d(text), Ok(want), "{text}");
+    }
     assert_eq!(d("1s"), Ok(Duration::from_secs(1)));
     assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
     assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
@@ -811,7 +824,7 @@ fn base_with_servers() -> Config {
 fn reload_keeps_list_is_complete() {
     // RELOAD_KEEPS names exactly the fields reload_with_report keeps.
     let f = TempFile::new(
-        "servers = [\"127.0.0.1:1\"]\nport = 1\nlisten = \"::1\"\nbind = \"127.0.0.1:0\"\nunix_socket = \"/x\"\nthreads = 3\nio_backend = \"epoll\"\nuser = \"u\"\ngroup = \"g\"\nforeground = true\nverbose = 2\npid_file = \"/p\"\nlog_file = \"/l\"\nmax_conns = 5\nmax_server_conns = 5\nupstream_conns = 5\nmax_item_size = \"2m\"\nclient_buffer = \"8m\"\nmax_input_memory = \"512m\"\nlog_level = \"debug\"\n",
+        "servers = [\"127.0.0.1:1\"]\nport = 1\nlisten = \"::1\"\nbind = \"127.0.0.1:0\"\nunix_socket = \"/x\"\nthreads = 3\nio_backend = \"epoll\"\nuser = \"u\"\ngroup = \"g\"\nforeground = true\nverbose = 2\npid_file = \"/p\"\nlog_file = \"/l\"\nmax_conns = 5\nmax_server_conns = 5\nupstream_conns = 5\nmax_item_size = \"2m\"\nclient_buffer = \"8m\"\nmax_input_memory = \"512m\"\nlog_level = \"debug\"\nunix_mask = \"660\"\n",
     );
     let (_, mut ignored) = reload_with_report(&f.0, &base_with_servers()).unwrap();
     let mut keeps = RELOAD_KEEPS.to_vec();

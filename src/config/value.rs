@@ -150,9 +150,10 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
         return Err(HINT.into());
     }
     let scale: u128 = match unit.trim() {
-        "ns" => 1,
-        "us" | "µs" => 1_000,
-        "ms" => 1_000_000,
+        // Long forms as humantime and systemd write them, each unit alike.
+        "ns" | "nsec" | "nsecs" => 1,
+        "us" | "µs" | "usec" | "usecs" => 1_000,
+        "ms" | "msec" | "msecs" => 1_000_000,
         "s" | "sec" | "secs" => 1_000_000_000,
         "m" | "min" | "mins" => 60_000_000_000,
         "h" | "hour" | "hours" => 3_600_000_000_000,
@@ -316,6 +317,19 @@ pub(crate) fn distribution(s: &str) -> Result<Distribution, String> {
         "ketama" => Ok(Distribution::Ketama),
         "modula" => Ok(Distribution::Modula),
         _ => Err("expected 'ketama' or 'modula'".into()),
+    }
+}
+
+/// `-a`/`--unix-mask`: permission bits of the unix socket, in octal as
+/// memcached's `-a` takes them (`700`, `0660`).
+pub(crate) fn unix_mask(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => Ok(m),
+        _ => Err(format!(
+            "invalid mask {s:?}: expected octal permission bits such as 700 or 0660"
+        )),
     }
 }
 

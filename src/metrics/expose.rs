@@ -166,7 +166,8 @@ impl Collector for SnapshotCollector {
             family(
                 &mut enc,
                 "memring_upstream_request_duration",
-                "Upstream call latency per server, from queueing the request to its reply",
+                "Upstream call latency per server, from the turn that wrote the request on the \
+                 server's connection to the turn that framed its reply",
                 Some(&seconds),
                 MetricType::Histogram,
                 |m| {

@@ -41,7 +41,7 @@ use self::topology::{Shared, Topology};
 pub enum RunError {
     /// io_uring was refused and `--io-backend uring` forbids the fallback.
     IoUringRefused(std::io::Error),
-    /// A server name did not resolve.
+    /// A server name did not resolve, or two names are one server.
     Resolve(String),
     /// A listener could not be bound.
     Bind {
@@ -60,7 +60,7 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::IoUringRefused(e) => write!(f, "{}", io_uring_refused_message(e, false)),
-            RunError::Resolve(m) => write!(f, "cannot resolve {m}"),
+            RunError::Resolve(m) => f.write_str(m),
             RunError::Bind { what, source } => write!(f, "cannot listen on {what}: {source}"),
             RunError::Setup(m) => f.write_str(m),
             RunError::Runtime(e) => write!(f, "cannot start a runtime thread: {e}"),
@@ -549,6 +549,15 @@ fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
             what: what.clone(),
             source,
         })?;
+        if let Some(mask) = cfg.unix_mask {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mask)).map_err(
+                |source| RunError::Bind {
+                    what: format!("{what} (mode {mask:o})"),
+                    source,
+                },
+            )?;
+        }
         l.fds.push(u.as_raw_fd());
         for _ in 1..threads {
             let d = u.try_clone().map_err(|source| RunError::Bind {

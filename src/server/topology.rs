@@ -117,7 +117,14 @@ impl Topology {
         for (role, list) in lists {
             for s in list.iter() {
                 let name = s.name();
-                let addr = resolve(&s.host, s.port).map_err(|e| format!("server {name}: {e}"))?;
+                let addr = resolve(&s.host, s.port)
+                    .map_err(|e| format!("cannot resolve server {name}: {e}"))?;
+                if let Some(twin) = servers.iter().find(|o: &&ServerInfo| o.addr == addr) {
+                    return Err(format!(
+                        "servers {} and {name} are one server: both resolve to {addr}",
+                        twin.name
+                    ));
+                }
                 let known = previous
                     .and_then(|p| p.servers.iter().find(|o| o.name == name && o.role == role));
                 // A server the previous topology did not have (by name and

@@ -43,6 +43,7 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         max_connections: shared.cfg.max_conns,
         backend: shared.backend,
         config_generation: topo.generation,
+        rusage: rusage(),
     };
     let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
     let text = match (words.next(), words.next(), words.next()) {
@@ -59,4 +60,15 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         _ => return Answer::One(Bytes::from_static(compose::ERROR)),
     };
     Answer::One(Bytes::from(text))
+}
+
+/// This process's CPU time in user and system mode (zero if getrusage fails).
+fn rusage() -> (std::time::Duration, std::time::Duration) {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Default::default(), |u| {
+        let d = |t: nix::sys::time::TimeVal| {
+            std::time::Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+        };
+        (d(u.user_time()), d(u.system_time()))
+    })
 }
