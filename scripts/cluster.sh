@@ -4,7 +4,9 @@
 # 127.0.0.1:12000, with magent's own command line. Installs memcached (Debian)
 # and builds memring if they are missing. Ctrl-C stops everything it started.
 #
-#   scripts/cluster.sh            # then: printf 'set a 0 0 1\r\nx\r\nget a\r\n' | nc -q1 127.0.0.1 12000
+#   scripts/cluster.sh            # then, in another terminal:
+#                                 #   memcping --servers=127.0.0.1:12000 && echo up
+#                                 #   memccp --servers=127.0.0.1:12000 /etc/hostname && memccat --servers=127.0.0.1:12000 hostname
 #   PORT=12001 scripts/cluster.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
