@@ -379,9 +379,10 @@ fn bad_frames_answer_or_close_and_spare_other_clients() {
     let f = read_frame(&mut c);
     assert_eq!(status(&f), 0x81);
     c.expect_eof();
-    // A key the text protocol cannot carry: "Invalid arguments", connection kept.
+    // A key of any bytes too long to travel base64: "Invalid arguments",
+    // connection kept.
     let mut c = proxy.client();
-    let r = exchange(&mut c, &[frame(Opcode::Get, 5, 0, b"", b"a b", b"")]);
+    let r = exchange(&mut c, &[frame(Opcode::Get, 5, 0, b"", &[b' '; 187], b"")]);
     assert_eq!(status(&r[0]), 0x04);
     // A frame cut in the middle waits; the rest completes it.
     let whole = frame(Opcode::Get, 6, 0, b"", b"o", b"");
@@ -735,4 +736,106 @@ fn binary_writes_recover_items_the_primary_lost() {
             "{k}"
         );
     }
+}
+
+const PYLIBMC_ANY_BYTES: &str = r#"
+import sys
+import pylibmc
+c = pylibmc.Client(["127.0.0.1:%s" % sys.argv[1]], binary=True)
+keys = [b"\x00\x01", "a key with a replacement character \ufffd and spaces".encode(), b"tab\there", b"nl\r\n"]
+for i, k in enumerate(keys):
+    assert c.set(k, "value-%d" % i), k
+    assert c.get(k) == "value-%d" % i, (k, c.get(k))
+assert c.get_multi(keys) == {k: "value-%d" % i for i, k in enumerate(keys)}
+assert c.add(keys[0], "x") is False
+assert c.append(keys[1], "+") is True
+assert c.get(keys[1]) == "value-1+"
+c.set(keys[2], 10)
+assert c.incr(keys[2], 5) == 15
+assert c.delete(keys[3]) is True
+assert c.get(keys[3]) is None
+print("any bytes ok")
+"#;
+
+/// The value memcached holds under the decoded `key`, asked with a meta
+/// base64 key; None on a miss.
+fn meta_b64_get(c: &mut Client, key: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+    let reply = c.request(format!("mg {b64} b v\r\n").as_bytes());
+    if reply == b"EN\r\n" {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let (line, rest) = text
+        .split_once("\r\n")
+        .unwrap_or_else(|| panic!("mg reply {text:?}"));
+    assert!(line.starts_with("VA "), "mg reply {text:?}");
+    Some(rest.trim_end_matches("\r\n").as_bytes().to_vec())
+}
+
+/// Keys of any bytes from a binary client (pylibmc's own test keys among
+/// them): stored through memring in the 3+2 deployment, readable back,
+/// held by exactly one primary and one backup (asked directly with meta
+/// base64 keys), placed by their bytes, so a meta client with `b` reads
+/// them through memring too, and a text key written as base64 lands where
+/// its text form is read.
+#[test]
+fn binary_keys_of_any_bytes_reach_one_primary_and_its_backup() {
+    let (servers, proxy) = magent_seed_cluster();
+    let out = run(Command::new(system_python()).args([
+        "-c",
+        PYLIBMC_ANY_BYTES,
+        &proxy.addr().port().to_string(),
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "any bytes ok\n");
+    let expected: [(&[u8], Option<&[u8]>); 4] = [
+        (b"\x00\x01", Some(b"value-0")),
+        (
+            "a key with a replacement character \u{fffd} and spaces".as_bytes(),
+            Some(b"value-1+"),
+        ),
+        (b"tab\there", Some(b"15")),
+        (b"nl\r\n", None),
+    ];
+    let mut through = proxy.client();
+    for (key, want) in expected {
+        let holders: Vec<usize> = servers
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| meta_b64_get(&mut s.client(), key).is_some())
+            .map(|(i, _)| i)
+            .collect();
+        let Some(want) = want else {
+            assert!(holders.is_empty(), "{key:?} deleted, still on {holders:?}");
+            continue;
+        };
+        assert_eq!(holders.len(), 2, "{key:?} on servers {holders:?}");
+        assert!(
+            holders[0] < 3 && holders[1] >= 3,
+            "{key:?}: one primary, one backup: {holders:?}"
+        );
+        for &i in &holders {
+            assert_eq!(
+                meta_b64_get(&mut servers[i].client(), key).as_deref(),
+                Some(want),
+                "{key:?} on server {i}"
+            );
+        }
+        assert_eq!(
+            meta_b64_get(&mut through, key).as_deref(),
+            Some(want),
+            "{key:?} via memring"
+        );
+    }
+    // Placed by the decoded bytes: `ms <base64 of plain> b` and `get plain`
+    // meet on one server.
+    assert_eq!(
+        through.request(b"ms cGxhaW4tYjY0 2 b\r\nhi\r\n"),
+        b"HD\r\n".to_vec()
+    );
+    assert_eq!(
+        through.request(b"get plain-b64\r\n"),
+        b"VALUE plain-b64 0 2\r\nhi\r\nEND\r\n".to_vec()
+    );
 }

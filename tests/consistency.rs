@@ -618,9 +618,13 @@ fn held_partial_requests_stay_within_the_input_budget() {
             ),
         }
     }
-    assert_eq!(
-        answered as u64, refused,
-        "every refused holder was told why"
+    // Holders still sending when the refusals were counted may be refused
+    // while they are read: what they were told is bounded by the counts
+    // before and after.
+    let after = stat_u64(&proxy_stats(&mut small), "proxy_input_memory_refusals");
+    assert!(
+        (want_refused..=after).contains(&(answered as u64)),
+        "{answered} holders were told why; {refused} then {after} refused, {want_refused} at least"
     );
     assert_bytes(
         &small.request(b"get small\r\n"),

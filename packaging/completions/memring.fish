@@ -6,6 +6,7 @@ complete -c memring -l missed-keys-limit -d 'Bytes of missed keys logged per ser
 complete -c memring -s n -l max-conns -d 'Max client connections' -r
 complete -c memring -s i -l max-server-conns -d 'Max keep-alive connections per memcached server' -r
 complete -c memring -s f -l unix-socket -d 'Unix socket path to listen on [default: off]' -r -F
+complete -c memring -s a -l unix-mask -d 'Permission bits of the unix socket, in octal [default: as the umask leaves them]' -r
 complete -c memring -s u -l user -d 'User to run as (name or uid)' -r
 complete -c memring -s g -l group -d 'Group to run as (name or gid)' -r
 complete -c memring -l bind -d 'Listen on ADDR:PORT instead of -l/-p; port 0 picks a free port, IPv6 as [::1]:0' -r

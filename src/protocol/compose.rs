@@ -124,6 +124,28 @@ pub fn compose_storage_line(
     out.extend_from_slice(b"\r\n");
 }
 
+/// The meta store of a base64 key (meta `b` flag), which a text storage
+/// line cannot name: `ms <key> <bytes> b F<flags> T<exptime> M<S|E>\r\n`
+/// (`add`: mode `E`, otherwise `S`).
+pub fn compose_meta_store_b64(
+    out: &mut BytesMut,
+    key: &[u8],
+    flags: u32,
+    exptime: i64,
+    bytes: usize,
+    add: bool,
+) {
+    out.extend_from_slice(b"ms ");
+    out.extend_from_slice(key);
+    out.put_u8(b' ');
+    put_u64(out, bytes as u64);
+    out.extend_from_slice(b" b F");
+    put_u64(out, u64::from(flags));
+    out.extend_from_slice(b" T");
+    put_i64(out, exptime);
+    out.extend_from_slice(if add { b" ME\r\n" } else { b" MS\r\n" });
+}
+
 /// A whole storage command, line and data block (used by the load generator and tests).
 #[allow(clippy::too_many_arguments)]
 pub fn compose_storage(

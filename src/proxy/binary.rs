@@ -41,9 +41,19 @@
 //! success, errors are always answered. Replies leave in request order, so a
 //! NoOp (or any loud command) after quiet ones comes after all their answers.
 //!
+//! # Keys of any bytes
+//! A key with bytes <= 0x20 or 0x7f cannot travel in a text command line.
+//! Gets, stores, deletes and arithmetic send it base64-encoded in meta
+//! commands with the `b` flag (`mg`, `ms`, `md`, `ma`), which memcached
+//! stores under the decoded key, and the engine places it by those decoded
+//! bytes: the same server whichever protocol wrote it, and meta clients with
+//! `b` read it back.
+//!
 //! # Deviations from memcached 1.6
-//! - Keys with bytes <= 0x20 or 0x7f cannot travel in the text protocol:
-//!   answered "Invalid arguments" (memcached stores them).
+//! - A key of any bytes longer than 186 bytes (its base64 form would pass
+//!   memcached's 250-byte key limit), and such a key in GAT or Touch (no
+//!   meta form also touches the backups), is answered "Invalid arguments"
+//!   (memcached stores them).
 //! - Verbosity, which memcached 1.6 answers "Unknown command", is served.
 //! - When no server can serve a request: status 0x84 (internal error) with
 //!   the proxy's message as the body.
@@ -110,6 +120,8 @@ struct GetSlot {
 enum Kind {
     /// Gets and GATs: one slot per key, in order.
     Get(Vec<GetSlot>),
+    /// A get of a key the text protocol cannot carry, as `mg <base64> b v f c`.
+    MetaGet(GetSlot),
     /// Touch: flags and CAS, no value.
     Touch,
     /// ms: Set, Add, Replace, Append, Prepend.
@@ -156,6 +168,28 @@ fn key_ok(key: &[u8]) -> bool {
     !key.is_empty()
         && key.len() <= crate::protocol::MAX_KEY_LEN
         && key.iter().all(|&b| b > b' ' && b != 0x7f)
+}
+
+/// Longest key of any bytes that travels as a meta base64 key: its base64
+/// form must fit memcached's 250-byte key token (186 bytes -> 248).
+const MAX_BASE64_KEY: usize = 186;
+
+/// Whether `key` (not text-safe) can travel base64-encoded with the meta
+/// `b` flag, as memcached's binary protocol would store it.
+fn base64_ok(key: &[u8]) -> bool {
+    !key.is_empty() && key.len() <= MAX_BASE64_KEY
+}
+
+/// The key as it goes in a command line: itself when text-safe, else its
+/// base64 form (the command then carries the `b` flag).
+fn wire_key(key: &[u8]) -> (std::borrow::Cow<'_, [u8]>, bool) {
+    if key_ok(key) {
+        (std::borrow::Cow::Borrowed(key), false)
+    } else {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        (std::borrow::Cow::Owned(text.into_bytes()), true)
+    }
 }
 
 fn answer(consumed: usize, reply: BytesMut) -> Step {
@@ -238,7 +272,22 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
     );
     // A stat group may have arguments (`detail on`), but no line breaks.
     let stat_ok = key.iter().all(|&b| b >= b' ' && b != 0x7f);
-    if (needs_key && !key_ok(key)) || (op == Opcode::Stat && !stat_ok) {
+    // Keys of any bytes travel base64 in meta commands; the touches
+    // (GAT, Touch) have no meta form that also touches the backups.
+    let meta_carries = matches!(
+        op.loud(),
+        Opcode::Get
+            | Opcode::GetK
+            | Opcode::Set
+            | Opcode::Add
+            | Opcode::Replace
+            | Opcode::Append
+            | Opcode::Prepend
+            | Opcode::Delete
+            | Opcode::Increment
+            | Opcode::Decrement
+    ) && base64_ok(key);
+    if (needs_key && !key_ok(key) && !meta_carries) || (op == Opcode::Stat && !stat_ok) {
         let status = if op == Opcode::Stat {
             bin::Status::KeyNotFound
         } else {
@@ -309,10 +358,14 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             };
         }
         Opcode::Set | Opcode::Add | Opcode::Replace | Opcode::Append | Opcode::Prepend => {
+            let (wkey, b64) = wire_key(key);
             req.extend_from_slice(b"ms ");
-            req.extend_from_slice(key);
+            req.extend_from_slice(&wkey);
             req.put_u8(b' ');
             put_u64(&mut req, value.len() as u64);
+            if b64 {
+                req.extend_from_slice(b" b");
+            }
             req.extend_from_slice(b" c");
             if matches!(op.loud(), Opcode::Set | Opcode::Add | Opcode::Replace) {
                 req.extend_from_slice(b" F");
@@ -337,25 +390,36 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             Kind::Store
         }
         Opcode::Delete => {
-            if h.cas != 0 {
+            let (wkey, b64) = wire_key(key);
+            let meta = h.cas != 0 || b64;
+            if meta {
                 req.extend_from_slice(b"md ");
-                req.extend_from_slice(key);
-                req.extend_from_slice(b" C");
-                put_u64(&mut req, h.cas);
+                req.extend_from_slice(&wkey);
+                if b64 {
+                    req.extend_from_slice(b" b");
+                }
+                if h.cas != 0 {
+                    req.extend_from_slice(b" C");
+                    put_u64(&mut req, h.cas);
+                }
             } else {
                 req.extend_from_slice(b"delete ");
                 req.extend_from_slice(key);
             }
             req.extend_from_slice(b"\r\n");
-            Kind::Delete { meta: h.cas != 0 }
+            Kind::Delete { meta }
         }
         Opcode::Increment | Opcode::Decrement => {
             let delta = be64(extras, 0);
             let initial = be64(extras, 8);
             let exp = be32(extras, 16);
+            let (wkey, b64) = wire_key(key);
             let ma = |out: &mut BytesMut, create: bool| {
                 out.extend_from_slice(b"ma ");
-                out.extend_from_slice(key);
+                out.extend_from_slice(&wkey);
+                if b64 {
+                    out.extend_from_slice(b" b");
+                }
                 out.extend_from_slice(b" D");
                 put_u64(out, delta);
                 out.extend_from_slice(b" v c");
@@ -440,7 +504,7 @@ fn too_large_set(buf: &[u8], opcode: u8, opaque: u32, skip: usize) -> Step {
     };
     let consumed = skip.min(buf.len());
     let swallow = skip - consumed;
-    let Some(op) = Opcode::from_u8(opcode).filter(|_| key_ok(key)) else {
+    let Some(op) = Opcode::from_u8(opcode).filter(|_| key_ok(key) || base64_ok(key)) else {
         return Step::Answer {
             consumed,
             swallow,
@@ -449,9 +513,16 @@ fn too_large_set(buf: &[u8], opcode: u8, opaque: u32, skip: usize) -> Step {
         };
     };
     let mut req = BytesMut::with_capacity(key.len() + 10);
-    req.extend_from_slice(b"delete ");
-    req.extend_from_slice(key);
-    req.extend_from_slice(b"\r\n");
+    let (wkey, b64) = wire_key(key);
+    if b64 {
+        req.extend_from_slice(b"md ");
+        req.extend_from_slice(&wkey);
+        req.extend_from_slice(b" b\r\n");
+    } else {
+        req.extend_from_slice(b"delete ");
+        req.extend_from_slice(key);
+        req.extend_from_slice(b"\r\n");
+    }
     Step::Forward {
         consumed,
         swallow,
@@ -464,10 +535,41 @@ fn too_large_set(buf: &[u8], opcode: u8, opaque: u32, skip: usize) -> Step {
     }
 }
 
+/// A get of a key the text protocol cannot carry: `mg <base64> b v f c`,
+/// alone (its reply has no key to match a run's replies by).
+fn meta_get(opcode: Opcode, opaque: u32, key: &[u8], consumed: usize) -> Step {
+    let (wkey, _) = wire_key(key);
+    let mut req = BytesMut::with_capacity(wkey.len() + 16);
+    req.extend_from_slice(b"mg ");
+    req.extend_from_slice(&wkey);
+    req.extend_from_slice(b" b v f c\r\n");
+    Step::Forward {
+        consumed,
+        swallow: 0,
+        request: req.freeze(),
+        plan: Plan {
+            opcode,
+            opaque,
+            kind: Kind::MetaGet(GetSlot {
+                opcode,
+                opaque,
+                key: Bytes::copy_from_slice(key),
+            }),
+        },
+    }
+}
+
 /// A run of Get/GetK/GetQ/GetKQ frames at the front of `buf` (the first is
 /// one), as one `gets` line. The run stops at the first other frame, an
-/// incomplete one, or a key the text protocol cannot carry.
+/// incomplete one, or a key the text protocol cannot carry (a first frame
+/// with such a key is sent alone as a meta get).
 fn get_run(buf: &[u8], max_item_size: usize) -> Step {
+    if let bin::Parsed::Complete(f) = bin::parse_request(buf, max_item_size) {
+        let key = buf.get(f.key.clone()).unwrap_or_default();
+        if !key_ok(key) {
+            return meta_get(f.opcode, f.header.opaque, key, f.consumed);
+        }
+    }
     let mut line = BytesMut::with_capacity(64);
     line.extend_from_slice(b"gets");
     let mut slots: Vec<(Opcode, u32, Range<usize>)> = Vec::new();
@@ -590,10 +692,18 @@ impl Plan {
         let op = opcode as u8;
         let expect = match kind {
             Kind::Get(_) | Kind::Touch => Expect::Values,
+            Kind::MetaGet(_) => Expect::Meta,
             Kind::Store | Kind::Arith { .. } | Kind::Delete { meta: true } => Expect::Meta,
             Kind::Stat => Expect::Stats,
-            Kind::Delete { meta: false } | Kind::Ok | Kind::Version | Kind::TooLarge => {
-                Expect::Line
+            Kind::Delete { meta: false } | Kind::Ok | Kind::Version => Expect::Line,
+            // `delete`, or `md ... b` for a key of any bytes: its outcome
+            // does not matter, the set failed.
+            Kind::TooLarge => {
+                if text.starts_with(b"HD") || text.starts_with(b"NF") {
+                    Expect::Meta
+                } else {
+                    Expect::Line
+                }
             }
         };
         let mut items = Vec::new();
@@ -670,6 +780,35 @@ impl Plan {
                     }
                 }
             }
+            Kind::MetaGet(s) => match status {
+                Status::MetaValue => {
+                    let key: &[u8] = if s.opcode.returns_key() { &s.key } else { b"" };
+                    let flags = meta_number(line, b'f').unwrap_or(0) as u32;
+                    compose_response(
+                        &mut out,
+                        op,
+                        bin::Status::Success,
+                        opaque,
+                        meta_number(line, b'c').unwrap_or(0),
+                        &flags.to_be_bytes(),
+                        key,
+                        text.get(data).unwrap_or_default(),
+                    );
+                }
+                Status::MetaEn if quiet => {}
+                Status::MetaEn if s.opcode.returns_key() => compose_response(
+                    &mut out,
+                    op,
+                    bin::Status::KeyNotFound,
+                    opaque,
+                    0,
+                    b"",
+                    &s.key,
+                    b"",
+                ),
+                Status::MetaEn => fail(&mut out, bin::Status::KeyNotFound),
+                _ => fail(&mut out, bin::Status::InternalError),
+            },
             Kind::Touch => match items.first() {
                 Some(it) => compose_response(
                     &mut out,
@@ -852,6 +991,38 @@ mod tests {
             ),
             (req(Opcode::Delete, 1, 0, b"", b"k", b""), b"delete k\r\n"),
             (req(Opcode::DeleteQ, 1, 8, b"", b"k", b""), b"md k C8\r\n"),
+            // Keys of any bytes: base64 in meta commands with `b`.
+            (
+                req(Opcode::Get, 1, 0, b"", b"a b", b""),
+                b"mg YSBi b v f c\r\n",
+            ),
+            (
+                req(Opcode::GetKQ, 1, 0, b"", b"\x00\x01", b""),
+                b"mg AAE= b v f c\r\n",
+            ),
+            (
+                req(Opcode::Set, 1, 0, &set_extras(7, 60), b"a b", b"val"),
+                b"ms YSBi 3 b c F7 T60 MS\r\nval\r\n",
+            ),
+            (
+                req(Opcode::Delete, 1, 0, b"", b"a b", b""),
+                b"md YSBi b\r\n",
+            ),
+            (
+                req(Opcode::DeleteQ, 1, 8, b"", b"a b", b""),
+                b"md YSBi b C8\r\n",
+            ),
+            (
+                req(
+                    Opcode::Increment,
+                    1,
+                    0,
+                    &incr_extras(2, 0, NO_CREATE),
+                    b"a b",
+                    b"",
+                ),
+                b"ma YSBi b D2 v c\r\n",
+            ),
             (
                 req(
                     Opcode::Increment,
@@ -955,6 +1126,47 @@ mod tests {
                 req(Opcode::Set, 7, 0, &se, b"k", b"v"),
                 b"HD c42\r\n",
                 response(Opcode::Set, bin::Status::Success, 7, 42, b"", b"", b""),
+            ),
+            // A key of any bytes, read with `mg <base64> b v f c`.
+            (
+                req(Opcode::GetK, 7, 0, b"", b"a b", b""),
+                b"VA 2 f5 c9\r\nhi\r\n",
+                response(
+                    Opcode::GetK,
+                    bin::Status::Success,
+                    7,
+                    9,
+                    &5u32.to_be_bytes(),
+                    b"a b",
+                    b"hi",
+                ),
+            ),
+            (
+                req(Opcode::Get, 7, 0, b"", b"a b", b""),
+                b"EN\r\n",
+                response(
+                    Opcode::Get,
+                    bin::Status::KeyNotFound,
+                    7,
+                    0,
+                    b"",
+                    b"",
+                    b"Not found",
+                ),
+            ),
+            (req(Opcode::GetQ, 7, 0, b"", b"a b", b""), b"EN\r\n", vec![]),
+            (
+                req(Opcode::GetKQ, 7, 0, b"", b"a\x00", b""),
+                b"VA 1 f0 c3\r\nx\r\n",
+                response(
+                    Opcode::GetKQ,
+                    bin::Status::Success,
+                    7,
+                    3,
+                    &[0; 4],
+                    b"a\x00",
+                    b"x",
+                ),
             ),
             (
                 req(Opcode::SetQ, 7, 0, &se, b"k", b"v"),
@@ -1269,7 +1481,31 @@ mod tests {
             answer(&req(Opcode::QuitQ, 3, 0, b"", b"", b"")),
             (24, 0, vec![], true)
         );
-        let spaced = req(Opcode::Get, 3, 0, b"", b"a b", b"");
+        // A key of any bytes travels base64 up to 186 bytes; past that,
+        // and in a GAT, it is refused.
+        for (op, key, extras) in [
+            (Opcode::Get, vec![b' '; 187], &b""[..]),
+            (Opcode::Gat, b"a b".to_vec(), &[0u8, 0, 0, 9][..]),
+        ] {
+            let r = req(op, 3, 0, extras, &key, b"");
+            let a = answer(&r);
+            assert_eq!(a.1, 0);
+            assert_eq!(
+                a.2,
+                response(
+                    op,
+                    bin::Status::InvalidArguments,
+                    3,
+                    0,
+                    b"",
+                    b"",
+                    b"Invalid arguments"
+                ),
+                "{op:?} with a {}-byte key",
+                key.len()
+            );
+        }
+        let spaced = req(Opcode::Get, 3, 0, b"", &[b' '; 187], b"");
         assert_eq!(
             answer(&spaced),
             (

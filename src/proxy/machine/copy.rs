@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{delete_parts, stored, CallError, CallId, Cx, Reply};
-use crate::protocol::compose::{self, compose_storage_line};
+use crate::protocol::compose;
 use crate::protocol::{Expect, Status, Verb};
 use crate::proxy;
 use crate::upstream::ServerId;
@@ -54,19 +54,28 @@ impl MetaItem {
     /// `set`/`add` line and data that store this item under `key`, with its
     /// remaining TTL as an exptime (absolute past 30 days, from `now_unix`).
     pub fn store_parts(&self, verb: Verb, key: &[u8], now_unix: i64) -> [Bytes; 2] {
-        let mut line = BytesMut::with_capacity(key.len() + 48);
+        self.store_parts_for(verb, key, false, now_unix).0
+    }
+
+    /// [`MetaItem::store_parts`] for a key that may be base64 (a meta store
+    /// with `b` then), with the reply shape of the store.
+    pub fn store_parts_for(
+        &self,
+        verb: Verb,
+        key: &[u8],
+        base64: bool,
+        now_unix: i64,
+    ) -> ([Bytes; 2], Expect) {
         let exptime = proxy::ttl_to_exptime(self.ttl, now_unix);
-        compose_storage_line(
-            &mut line,
+        super::store_parts_for(
             verb,
             key,
+            base64,
             self.flags,
             exptime,
             self.data_len,
-            None,
-            false,
-        );
-        [line.freeze(), self.block.clone()]
+            self.block.clone(),
+        )
     }
 }
 

@@ -258,6 +258,15 @@ impl ClientRequest {
         self.bytes.get(self.r.key.clone()).unwrap_or_default()
     }
 
+    /// Whether the key is base64 (a meta request with the `b` flag):
+    /// memcached stores it decoded, and only meta commands with `b` name it.
+    pub fn key_is_base64(&self) -> bool {
+        matches!(
+            self.r.verb,
+            Verb::MetaGet | Verb::MetaSet | Verb::MetaDelete | Verb::MetaArithmetic
+        ) && compose::meta_flag(self.meta_flags(), b'b').is_some()
+    }
+
     /// The key of a single-key command, sharing the request's buffer.
     pub fn key_bytes(&self) -> Bytes {
         slice(&self.bytes, self.r.key.clone())
@@ -542,9 +551,57 @@ fn server_error(e: CallError) -> Answer {
 
 /// A `delete <key>` for the backup (or a copy's target).
 fn delete_parts(key: &[u8]) -> [Bytes; 2] {
+    delete_parts_for(key, false).0
+}
+
+/// How a machine names a request's key in the commands it composes: as the
+/// client wrote it, or, for a meta request with the `b` flag, in base64,
+/// which only meta commands with `b` take (memcached stores the decoded
+/// key). Returns the parts and the reply shape for each command.
+fn delete_parts_for(key: &[u8], base64: bool) -> ([Bytes; 2], Expect) {
     let mut line = BytesMut::with_capacity(key.len() + 16);
-    compose::compose_key_command(&mut line, b"delete", key, None);
+    if base64 {
+        line.extend_from_slice(b"md ");
+        line.extend_from_slice(key);
+        line.extend_from_slice(b" b\r\n");
+        ([line.freeze(), Bytes::new()], Expect::Meta)
+    } else {
+        compose::compose_key_command(&mut line, b"delete", key, None);
+        ([line.freeze(), Bytes::new()], Expect::Line)
+    }
+}
+
+/// The read-back of `key` (`mg <key> v f t`, with `b` for a base64 key).
+fn readback_parts(key: &[u8], base64: bool) -> [Bytes; 2] {
+    let mut line = BytesMut::with_capacity(key.len() + 16);
+    if base64 {
+        compose::compose_meta_get(&mut line, key, b"b v f t");
+    } else {
+        compose::compose_readback(&mut line, key);
+    }
     [line.freeze(), Bytes::new()]
+}
+
+/// A `set` (or `add`) of `key` with `block` (the data and its `\r\n`): a
+/// text storage line, or for a base64 key the same store in meta.
+#[allow(clippy::too_many_arguments)]
+fn store_parts_for(
+    verb: Verb,
+    key: &[u8],
+    base64: bool,
+    flags: u32,
+    exptime: i64,
+    len: usize,
+    block: Bytes,
+) -> ([Bytes; 2], Expect) {
+    let mut line = BytesMut::with_capacity(key.len() + 48);
+    if base64 {
+        compose::compose_meta_store_b64(&mut line, key, flags, exptime, len, verb == Verb::Add);
+        ([line.freeze(), block], Expect::Meta)
+    } else {
+        compose::compose_storage_line(&mut line, verb, key, flags, exptime, len, None, false);
+        ([line.freeze(), block], Expect::Line)
+    }
 }
 
 /// Whether a delete outcome leaves the server without the key.
@@ -552,18 +609,18 @@ fn deleted(r: &Result<Reply, CallError>) -> bool {
     matches!(
         r,
         Ok(Reply {
-            status: Status::Deleted | Status::NotFound,
+            status: Status::Deleted | Status::NotFound | Status::MetaHd | Status::MetaNf,
             ..
         })
     )
 }
 
-/// Whether a store outcome is `STORED`.
+/// Whether a store outcome is `STORED` (`HD` for a meta store).
 fn stored(r: &Result<Reply, CallError>) -> bool {
     matches!(
         r,
         Ok(Reply {
-            status: Status::Stored,
+            status: Status::Stored | Status::MetaHd,
             ..
         })
     )

@@ -1735,3 +1735,39 @@ fn a_suspect_server_gets_no_reads_and_no_writes_and_its_missed_writes_are_logged
         assert_eq!(r.missed(), [(P0, "a")], "{cmd:?}");
     }
 }
+
+/// A meta write of a base64 key (`b`): every command composed for it names
+/// the key in base64 with `b` (a text command, or a meta one without `b`,
+/// would name another key).
+#[test]
+fn a_base64_keys_copies_recovery_and_deletes_carry_the_b_flag() {
+    let w = World::new();
+    let mut r = Run::start(&w, "ma YSBi b D5 v\r\n", &[RA]);
+    r.reply(P0, "ma YSBi b D5 v\r\n", "VA 1\r\n8\r\n");
+    r.reply(P0, "mg YSBi b v f t\r\n", "VA 1 f0 t-1\r\n8\r\n");
+    r.reply(B2, "ms YSBi 1 b F0 T0 MS\r\n8\r\n", "HD\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VA 1\r\n8\r\n"));
+    assert!(r.missed.is_empty(), "the backup's copy counts as stored");
+
+    let mut r = Run::start(&w, "ma YSBi b D5\r\n", &[RA]);
+    r.reply(P0, "ma YSBi b D5\r\n", "NF\r\n");
+    r.reply(B2, "mg YSBi b v f t\r\n", "VA 1 f0 t-1\r\n3\r\n");
+    r.reply(P0, "ms YSBi 1 b F0 T0 ME\r\n3\r\n", "HD\r\n");
+    r.reply(P0, "ma YSBi b D5\r\n", "HD\r\n");
+    r.reply(P0, "mg YSBi b v f t\r\n", "VA 1 f0 t-1\r\n8\r\n");
+    r.reply(B2, "ms YSBi 1 b F0 T0 MS\r\n8\r\n", "HD\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("HD\r\n"));
+
+    let mut r = Run::start(&w, "ma YSBi b D1\r\n", &[RA]);
+    r.reply(P0, "ma YSBi b D1\r\n", "NF\r\n");
+    r.reply(B2, "mg YSBi b v f t\r\n", "EN\r\n");
+    r.reply(B2, "md YSBi b\r\n", "NF\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("NF\r\n"));
+    assert!(
+        r.missed.is_empty(),
+        "NF on the backup: it lacks the key too"
+    );
+}

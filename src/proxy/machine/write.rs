@@ -5,13 +5,13 @@
 //! been marked as having missed the write), so an acknowledged write is on
 //! both replicas or recorded as missing from one.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::{
-    delete_parts, deleted, one, server_error, stored, CallError, CallId, ClientRequest, Cx, Kind,
-    MetaItem, Replicas, Reply,
+    delete_parts_for, deleted, one, readback_parts, server_error, store_parts_for, stored,
+    CallError, CallId, ClientRequest, Cx, Kind, MetaItem, Replicas, Reply,
 };
-use crate::protocol::compose::{self, compose_storage_line};
+use crate::protocol::compose;
 use crate::protocol::{Expect, Status, Verb};
 use crate::proxy::{self, Replicate, WriteRule};
 use crate::stats::Counter;
@@ -277,8 +277,13 @@ impl Write {
                     } else {
                         Verb::Add
                     };
-                let store = item.store_parts(store_verb, self.req.key(), cx.view.now_unix());
-                match cx.send_up(p, store, Expect::Line) {
+                let (store, expect) = item.store_parts_for(
+                    store_verb,
+                    self.req.key(),
+                    self.req.key_is_base64(),
+                    cx.view.now_unix(),
+                );
+                match cx.send_up(p, store, expect) {
                     Some(call) => self.stage = Stage::RecoverStore { call, rp },
                     None => self.converge(rp, cx),
                 }
@@ -309,8 +314,13 @@ impl Write {
             Stage::CopyRead { call: c, rp } if c == call => match r {
                 Ok(r) => match MetaItem::parse(&r) {
                     Some(item) => {
-                        let parts = item.store_parts(Verb::Set, self.req.key(), cx.view.now_unix());
-                        match cx.send_up(self.backup(), parts, Expect::Line) {
+                        let (parts, expect) = item.store_parts_for(
+                            Verb::Set,
+                            self.req.key(),
+                            self.req.key_is_base64(),
+                            cx.view.now_unix(),
+                        );
+                        match cx.send_up(self.backup(), parts, expect) {
                             Some(call) => self.stage = Stage::CopyStore { call, rp },
                             None => self.converged(false, rp, cx),
                         }
@@ -396,9 +406,8 @@ impl Write {
     /// the value an `add` just stored wrongly) and run the command again, so
     /// incr, append, replace, cas and add act on the real item.
     fn recover(&mut self, rp: Reply, cx: &mut Cx<'_>) {
-        let mut line = BytesMut::with_capacity(self.req.key().len() + 16);
-        compose::compose_readback(&mut line, self.req.key());
-        match cx.send_up(self.backup(), [line.freeze(), Bytes::new()], Expect::Meta) {
+        let parts = readback_parts(self.req.key(), self.req.key_is_base64());
+        match cx.send_up(self.backup(), parts, Expect::Meta) {
             Some(call) => self.stage = Stage::RecoverRead { call, rp },
             None => self.converge(rp, cx),
         }
@@ -411,29 +420,24 @@ impl Write {
         match proxy::after_primary_for(self.req.r.verb, self.req.meta_flags(), rp.status) {
             Replicate::Nothing => self.converged(true, rp, cx),
             Replicate::SetRequestItem => {
-                let key = self.req.key();
-                let mut line = BytesMut::with_capacity(key.len() + 48);
-                compose_storage_line(
-                    &mut line,
+                let (parts, expect) = store_parts_for(
                     Verb::Set,
-                    key,
+                    self.req.key(),
+                    self.req.key_is_base64(),
                     self.req.r.flags,
                     self.req.r.exptime,
                     self.req.r.data.len(),
-                    None,
-                    false,
+                    self.req.data_block(),
                 );
-                let parts = [line.freeze(), self.req.data_block()];
-                match cx.send_up(b, parts, Expect::Line) {
+                match cx.send_up(b, parts, expect) {
                     Some(call) => self.stage = Stage::SetItem { call, rp },
                     None => self.converged(false, rp, cx),
                 }
             }
             Replicate::CopyItem => {
-                let mut line = BytesMut::with_capacity(self.req.key().len() + 16);
-                compose::compose_readback(&mut line, self.req.key());
+                let parts = readback_parts(self.req.key(), self.req.key_is_base64());
                 let p = self.rep.primary;
-                match cx.send_up(p, [line.freeze(), Bytes::new()], Expect::Meta) {
+                match cx.send_up(p, parts, Expect::Meta) {
                     Some(call) => self.stage = Stage::CopyRead { call, rp },
                     None => self.delete_backup(rp, cx),
                 }
@@ -443,7 +447,8 @@ impl Write {
     }
 
     fn delete_backup(&mut self, rp: Reply, cx: &mut Cx<'_>) {
-        match cx.send_up(self.backup(), delete_parts(self.req.key()), Expect::Line) {
+        let (parts, expect) = delete_parts_for(self.req.key(), self.req.key_is_base64());
+        match cx.send_up(self.backup(), parts, expect) {
             Some(call) => self.stage = Stage::DeleteBackup { call, rp },
             None => self.converged(false, rp, cx),
         }

@@ -740,6 +740,13 @@ impl State {
         }
         if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
             let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
+            // A base64 key (meta `b`) is stored decoded: place it by those
+            // bytes, where a text command naming the same key lands.
+            let mut raw = [0u8; crate::protocol::MAX_KEY_LEN];
+            let key = match req.key_is_base64() {
+                true => crate::protocol::decode_base64_key(key, &mut raw).unwrap_or(key),
+                false => key,
+            };
             self.replicas.push(replicas(&cx.topo, key));
         }
         Machine::start(req, &self.replicas, &self.servers, &view, fx)
