@@ -336,11 +336,7 @@ fn reload_to(
         list.join(", ")
     );
     std::fs::write(file, text).expect("write config");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    proxy.sighup();
     let want = generation.to_string();
     let done = wait_for(Duration::from_secs(30), || {
         let s = proxy_stats(c);

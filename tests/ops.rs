@@ -137,11 +137,7 @@ fn sighup_reloads_servers_and_keeps_healthy_connections() {
         ),
     )
     .expect("rewrite config");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    proxy.sighup();
     let reloaded = wait_for(Duration::from_secs(10), || {
         let s = parse_stats(&c.request(b"stats\r\n"));
         (stat(&s, "config_generation") == "1").then_some(s)
@@ -181,11 +177,7 @@ fn sighup_reloads_servers_and_keeps_healthy_connections() {
 
     // A broken file keeps the running configuration.
     std::fs::write(&file, "servers = [\"nonsense\"]\n").expect("write bad config");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    proxy.sighup();
     wait_for(Duration::from_secs(30), || {
         proxy.stderr().contains("reload failed").then_some(())
     });
@@ -261,8 +253,11 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
     drop(guard);
 }
 
+/// `-p 0 -f PATH`: only the unix socket, with the permission bits `-a`
+/// gives (memcached's `-a`).
 #[test]
 fn port_zero_disables_tcp_and_the_unix_socket_serves() {
+    use std::os::unix::fs::PermissionsExt;
     let mc = Memcached::start();
     let dir = TempDir::new("unix-only");
     let sock = dir.path().join("m.sock");
@@ -272,10 +267,18 @@ fn port_zero_disables_tcp_and_the_unix_socket_serves() {
         "0",
         "-f",
         sock.to_str().expect("utf8"),
+        "-a",
+        "660",
         "-s",
         &mc.server_arg(),
     ]);
     assert!(proxy.tcp.is_none(), "{:?}", proxy.listen_lines);
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "mode {mode:o}");
     let mut c = proxy.unix_client();
     assert_eq!(c.request(&set_cmd("u", b"x")), b"STORED\r\n".to_vec());
     assert_eq!(c.request(b"get u\r\n"), value_reply("u", 0, b"x"));
@@ -460,11 +463,7 @@ fn log_file_is_reopened_on_sighup() {
         "logs went to stderr too"
     );
     std::fs::rename(&log, &rotated).expect("rotate");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )
-    .expect("SIGHUP");
+    proxy.sighup();
     let reopened = wait_for(Duration::from_secs(20), || {
         read(&log).contains("log file reopened").then_some(())
     });
@@ -493,4 +492,63 @@ fn unix_socket_file_is_removed_on_exit() {
     let st = proxy.terminate();
     assert!(st.success(), "{st:?}");
     assert!(!sock.exists(), "{} left behind", sock.display());
+}
+
+/// A reload tells the operator what happened at the default log level: one
+/// line with the generation and what changed, and a warning for each
+/// setting the file changed that needs a restart.
+#[test]
+fn a_reload_logs_what_changed_and_what_needs_a_restart() {
+    let a = Memcached::start();
+    let b = Memcached::start();
+    let dir = TempDir::new("reload-log");
+    let file = dir.path().join("memring.toml");
+    let log = dir.path().join("memring.log");
+    std::fs::write(
+        &file,
+        format!("servers = [\"{}\"]\nthreads = 1\n", a.server_arg()),
+    )
+    .expect("write config");
+    let proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "--log-file",
+        log.to_str().expect("utf8"),
+        "--config",
+        file.to_str().expect("utf8"),
+    ]);
+    std::fs::write(
+        &file,
+        format!(
+            "servers = [\"{}\", \"{}\"]\nthreads = 2\nrequest_timeout = \"300ms\"\n",
+            a.server_arg(),
+            b.server_arg()
+        ),
+    )
+    .expect("rewrite config");
+    proxy.sighup();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = wait_for(Duration::from_secs(20), || {
+        read().contains("configuration reloaded").then_some(())
+    });
+    assert!(logged.is_some(), "no reload line: {}", read());
+    let text = read();
+    let line = text
+        .lines()
+        .find(|l| l.contains("configuration reloaded"))
+        .expect("reload line");
+    for want in [
+        "generation=1",
+        &format!("+server {}", b.server_arg()),
+        "request_timeout 1s -> 300ms",
+    ] {
+        assert!(line.contains(want), "{want:?} not in {line}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.contains("WARN")
+                && l.contains("threads changed in the file but needs a restart")),
+        "{text}"
+    );
 }

@@ -254,31 +254,3 @@ fn a_daemon_reports_ready_before_its_parent_exits_and_logs_its_start() {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("memring started"), "log: {text}");
 }
-
-/// `-a` sets the unix socket's permission bits, as memcached's `-a` does.
-#[test]
-fn unix_mask_sets_the_sockets_permissions() {
-    use std::os::unix::fs::PermissionsExt;
-    let mc = Memcached::start();
-    let dir = TempDir::new("unix-mask");
-    let sock = dir.path().join("m.sock");
-    let proxy = Memring::start(&[
-        "-D",
-        "-p",
-        "0",
-        "-f",
-        sock.to_str().expect("utf8"),
-        "-a",
-        "660",
-        "-s",
-        &mc.server_arg(),
-    ]);
-    let mode = std::fs::metadata(&sock)
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o660, "mode {mode:o}");
-    let mut c = proxy.unix_client();
-    assert_eq!(c.request(&set_cmd("u", b"1")), b"STORED\r\n".to_vec());
-}

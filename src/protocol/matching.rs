@@ -71,19 +71,8 @@ pub fn meta_tag_point(req: &[u8]) -> Option<usize> {
 
 /// Append memring's opaque ` O<tag>` (what goes at [`meta_tag_point`]).
 pub fn compose_meta_tag(out: &mut BytesMut, tag: u32) {
-    let mut digits = [0u8; 10];
-    let mut n = tag;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
     out.extend_from_slice(b" O");
-    out.extend_from_slice(&digits[i..]);
+    super::compose::put_u64(out, u64::from(tag));
 }
 
 /// What the reply at the front of a buffer says about the opaque `tag` its

@@ -147,17 +147,7 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
     limits::fit_open_files(&mut cfg.clone()).map_err(RunError::Setup)?;
     resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
     if let Some(path) = &cfg.unix_socket {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(RunError::Setup(format!(
-                "unix socket {}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            )));
-        }
+        parent_dir_exists(path, "unix socket")?;
     }
     if let Some(p) = &cfg.log_file {
         std::fs::OpenOptions::new()
@@ -167,17 +157,7 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
             .map_err(|e| RunError::Setup(format!("cannot open log file {}: {e}", p.display())))?;
     }
     if let Some(p) = &cfg.pid_file {
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            return Err(RunError::Setup(format!(
-                "cannot write pid file {}: directory {} does not exist",
-                p.display(),
-                dir.display()
-            )));
-        }
+        parent_dir_exists(p, "cannot write pid file")?;
     }
     // A port in use fails a start, so it fails the check too (run it with
     // the instance it replaces stopped, or reload that one with SIGHUP,
@@ -189,6 +169,23 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
         port_is_free(addr)?;
     }
     Ok(())
+}
+
+/// `what {path}: directory {dir} does not exist` unless `path`'s directory
+/// exists (the working directory for a bare file name).
+fn parent_dir_exists(path: &Path, what: &str) -> Result<(), RunError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(RunError::Setup(format!(
+        "{what} {}: directory {} does not exist",
+        path.display(),
+        dir.display()
+    )))
 }
 
 /// Refuse a port another process already serves. memring's own listeners
@@ -306,6 +303,15 @@ fn serve_on(
         }
     };
     // Every fallible step is behind us: only now is anything announced.
+    tracing::info!(
+        target: LIFECYCLE,
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        backend,
+        threads,
+        listening = %announce.iter().map(|l| l.trim_start_matches("listening on ")).collect::<Vec<_>>().join(", "),
+        "memring started"
+    );
     match report {
         Some(r) => r.ready(),
         None => {
@@ -316,15 +322,6 @@ fn serve_on(
             let _ = std::io::stdout().flush();
         }
     }
-    tracing::info!(
-        target: LIFECYCLE,
-        pid = std::process::id(),
-        version = env!("CARGO_PKG_VERSION"),
-        backend,
-        threads,
-        listening = %announce.iter().map(|l| l.trim_start_matches("listening on ")).collect::<Vec<_>>().join(", "),
-        "memring started"
-    );
     signal_loop(&shared, &fds, pid_file.as_deref());
     Ok(())
 }

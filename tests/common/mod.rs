@@ -594,6 +594,15 @@ impl Memring {
         }
     }
 
+    /// Send SIGHUP (reload the config file, reopen the log file).
+    pub fn sighup(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    }
+
     /// SIGTERM and wait (bounded) for it to exit; returns its status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("memring already reaped");
