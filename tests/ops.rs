@@ -223,16 +223,7 @@ fn daemon_mode_writes_a_pid_file_and_serves() {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     })
     .expect("pid file written");
-    struct Reap(i32);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    let guard = Reap(pid);
+    let guard = KillOnDrop(pid);
     let mut c = wait_for(Duration::from_secs(10), || {
         Client::try_tcp(format!("127.0.0.1:{port}").parse().expect("addr")).ok()
     })

@@ -238,16 +238,7 @@ fn a_daemon_reports_ready_before_its_parent_exits_and_logs_its_start() {
         .trim()
         .parse()
         .expect("pid");
-    struct Stop(i32);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-    }
-    let _stop = Stop(pid);
+    let _stop = KillOnDrop(pid);
     // No wait: it serves as soon as its parent has exited.
     let mut c = Client::tcp(format!("127.0.0.1:{port}").parse().expect("addr"));
     assert_eq!(c.request(&set_cmd("d", b"1")), b"STORED\r\n".to_vec());

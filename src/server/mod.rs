@@ -230,15 +230,16 @@ fn start_cores(mut cfg: Config, backend: &'static str, core: CoreMain) -> Result
         port_is_free(addr)?;
     }
     let listeners = bind_all(&cfg, threads)?;
-    let result = serve_on(
-        cfg.clone(),
+    let result = serve_on(Startup {
+        cfg: cfg.clone(),
         topo,
         threads,
         listeners,
         identity,
         started,
-        (backend, core),
-    );
+        backend,
+        core,
+    });
     // Every way out after binding removes the unix socket file.
     if let Some(p) = &cfg.unix_socket {
         let _ = std::fs::remove_file(p);
@@ -246,15 +247,20 @@ fn start_cores(mut cfg: Config, backend: &'static str, core: CoreMain) -> Result
     result
 }
 
-fn serve_on(
+/// What starting needs once the listeners are bound.
+struct Startup {
     cfg: Config,
     topo: Topology,
     threads: usize,
     listeners: Listeners,
     identity: Identity,
     started: Instant,
-    (backend, core): (&'static str, CoreMain),
-) -> Result<(), RunError> {
+    backend: &'static str,
+    core: CoreMain,
+}
+
+fn serve_on(s: Startup) -> Result<(), RunError> {
+    let (cfg, listeners) = (&s.cfg, &s.listeners);
     let metrics = match cfg.metrics_addr() {
         Some(addr) => Some(observe::bind(addr).map_err(|source| RunError::Bind {
             what: format!("metrics {addr}"),
@@ -279,17 +285,8 @@ fn serve_on(
     };
     let fds = listeners.fds.clone();
     let pid_file = cfg.pid_file.as_ref().map(|p| absolute(p));
-    let up = start_serving(
-        cfg,
-        topo,
-        threads,
-        listeners,
-        identity,
-        started,
-        (backend, core),
-        metrics,
-        pid_file.as_deref(),
-    );
+    let (backend, threads) = (s.backend, s.threads);
+    let up = start_serving(s, metrics, pid_file.as_deref());
     let shared = match up {
         Ok(shared) => shared,
         Err(e) => {
@@ -425,18 +422,21 @@ fn wait_for_report(mut pipe: std::fs::File, announce: &[String]) -> i32 {
 /// Everything after detaching that can fail, in order: the pid file,
 /// privileges, the event loops, the control plane and the metrics
 /// endpoint. Announces nothing.
-#[allow(clippy::too_many_arguments)]
 fn start_serving(
-    cfg: Config,
-    topo: Topology,
-    threads: usize,
-    listeners: Listeners,
-    identity: Identity,
-    started: Instant,
-    (backend, core): (&'static str, CoreMain),
+    s: Startup,
     metrics: Option<TcpListener>,
     pid_file: Option<&Path>,
 ) -> Result<Arc<Shared>, RunError> {
+    let Startup {
+        cfg,
+        topo,
+        threads,
+        listeners,
+        identity,
+        started,
+        backend,
+        core,
+    } = s;
     if let Some(p) = pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .map_err(|e| RunError::Setup(format!("cannot write pid file {}: {e}", p.display())))?;

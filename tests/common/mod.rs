@@ -415,6 +415,19 @@ pub struct Memring {
     _dir: TempDir,
 }
 
+/// A process this test did not spawn itself (a daemon, known by its pid
+/// file), killed (SIGKILL) when the guard drops.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// `-D --bind 127.0.0.1:0 -s <each server>`: the common prefix of a test proxy.
 pub fn proxy_args(servers: &[&Memcached]) -> Vec<String> {
     let mut a: Vec<String> = ["-D", "--bind", "127.0.0.1:0"].map(String::from).to_vec();
