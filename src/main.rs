@@ -21,6 +21,18 @@ fn main() -> ExitCode {
             return ExitCode::from(e.code.clamp(0, 255) as u8);
         }
     };
+    if let Some(key) = &cfg.route {
+        return match memring::server::route(&cfg, key) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("memring: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if cfg.check {
         return match memring::server::check(&cfg) {
             Ok(()) => {

@@ -267,6 +267,45 @@ pub fn render(
     s
 }
 
+/// Where one key goes, for `stats route <key>` and `memring --route`.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteView<'a> {
+    /// The pool's name.
+    pub pool: &'a str,
+    /// The primary's `host:port` and state.
+    pub primary: (&'a str, crate::upstream::State),
+    /// The backup's, if the pool has backups.
+    pub backup: Option<(&'a str, crate::upstream::State)>,
+}
+
+/// Render `stats route <key>`: the key's pool, primary and backup with
+/// their states now, and which of them a read of the key goes to now
+/// (`reads_from`: `primary`, `backup` or `none`).
+pub fn render_route(r: &RouteView<'_>) -> String {
+    use crate::upstream::State;
+    let mut s = String::with_capacity(256);
+    let mut stat = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = write!(s, "STAT {name} {value}\r\n");
+    };
+    stat("pool", &r.pool);
+    stat("primary", &r.primary.0);
+    stat("primary_state", &r.primary.1.as_str());
+    if let Some((name, state)) = r.backup {
+        stat("backup", &name);
+        stat("backup_state", &state.as_str());
+    }
+    let reads_from = if r.primary.1 == State::Up {
+        "primary"
+    } else if r.backup.is_some_and(|(_, st)| st == State::Up) {
+        "backup"
+    } else {
+        "none"
+    };
+    stat("reads_from", &reads_from);
+    s.push_str("END\r\n");
+    s
+}
+
 /// Render `stats proxy settings`: memring's effective settings, memcached's names
 /// where memcached has the setting (`maxconns`, `tcpport`, `num_threads`,
 /// `item_size_max`, ...). Lists are comma-separated so that each value stays
@@ -591,6 +630,31 @@ mod tests {
         }
         assert!(!out.contains("latency_set"), "unseen commands are left out");
         assert!(out.ends_with("END\r\n"));
+    }
+
+    #[test]
+    fn route_names_the_servers_their_states_and_where_reads_go() {
+        use crate::upstream::State;
+        let view = |p: State, b: Option<State>| RouteView {
+            pool: "default",
+            primary: ("10.0.0.1:11211", p),
+            backup: b.map(|st| ("10.0.0.2:11211", st)),
+        };
+        assert_eq!(
+            render_route(&view(State::Up, Some(State::Up))),
+            "STAT pool default\r\nSTAT primary 10.0.0.1:11211\r\nSTAT primary_state up\r\n\
+             STAT backup 10.0.0.2:11211\r\nSTAT backup_state up\r\nSTAT reads_from primary\r\nEND\r\n"
+        );
+        for (p, b, want) in [
+            (State::Suspect, Some(State::Up), "backup"),
+            (State::Draining, Some(State::Up), "backup"),
+            (State::Down, Some(State::Down), "none"),
+            (State::Down, None, "none"),
+        ] {
+            let out = render_route(&view(p, b));
+            assert!(out.contains(&format!("STAT reads_from {want}\r\n")), "{out}");
+        }
+        assert!(!render_route(&view(State::Up, None)).contains("backup"));
     }
 
     #[test]

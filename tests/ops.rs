@@ -543,3 +543,73 @@ fn a_reload_logs_what_changed_and_what_needs_a_restart() {
         "{text}"
     );
 }
+
+/// `stats route <key>` names the pool, primary and backup a key lands on
+/// (checked against where it really is), with their live states and where
+/// its reads go now; `memring --route KEY` prints the same placement
+/// offline.
+#[test]
+fn stats_route_names_where_a_key_lands_and_the_live_states() {
+    let (mut servers, proxy) = magent_seed_cluster();
+    let mut c = proxy.client();
+    let route = |c: &mut Client, key: &str| {
+        parse_stats(&c.request(format!("stats route {key}\r\n").as_bytes()))
+    };
+    for i in 0..20 {
+        let key = format!("route:{i}");
+        assert_eq!(c.request(&set_cmd(&key, b"v")), b"STORED\r\n".to_vec());
+        let holders: Vec<String> = servers
+            .iter()
+            .filter(|s| s.client().request(format!("get {key}\r\n").as_bytes()) != b"END\r\n")
+            .map(Memcached::server_arg)
+            .collect();
+        let r = route(&mut c, &key);
+        assert_eq!(stat(&r, "pool"), "default");
+        assert_eq!(
+            holders,
+            [stat(&r, "primary"), stat(&r, "backup")],
+            "{key}: {r:?}"
+        );
+        assert_eq!(stat(&r, "reads_from"), "primary");
+        let mut args: Vec<String> = vec!["--route".into(), key.clone()];
+        for (j, s) in servers.iter().enumerate() {
+            args.push(if j < 3 { "-s" } else { "-b" }.into());
+            args.push(s.server_arg());
+        }
+        let out = Command::new(memring_path())
+            .args(&args)
+            .output()
+            .expect("memring --route");
+        let offline = parse_stats(&out.stdout);
+        assert_eq!(
+            stat(&offline, "primary"),
+            stat(&r, "primary"),
+            "{key} offline"
+        );
+        assert_eq!(
+            stat(&offline, "backup"),
+            stat(&r, "backup"),
+            "{key} offline"
+        );
+    }
+    // The key's primary dies: its reads go to the backup.
+    let r = route(&mut c, "route:0");
+    let primary = stat(&r, "primary");
+    let dead = servers
+        .iter_mut()
+        .find(|s| s.server_arg() == primary)
+        .expect("primary");
+    dead.kill();
+    let moved = wait_for(Duration::from_secs(30), || {
+        let _ = c.request(b"get route:0\r\n");
+        let r = route(&mut c, "route:0");
+        (stat(&r, "reads_from") == "backup").then_some(r)
+    });
+    let r = moved.expect("reads of route:0 went to its backup");
+    assert_ne!(stat(&r, "primary_state"), "up", "{r:?}");
+    assert_eq!(
+        c.request(b"stats route\r\n"),
+        b"ERROR\r\n".to_vec(),
+        "no key"
+    );
+}

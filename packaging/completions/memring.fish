@@ -26,6 +26,7 @@ complete -c memring -l log-file -d 'Append logs to PATH instead of stderr (reope
 complete -c memring -l config -d 'TOML config file; flags given here override it; reloaded on SIGHUP' -r -F
 complete -c memring -l metrics-listen -d 'Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)' -r
 complete -c memring -l log-level -d 'Log level (error, warn, info, debug, trace); unlike -v it keeps a daemon detached' -r
+complete -c memring -l route -d 'Print where KEY goes (pool, primary, backup) under this configuration, and exit' -r
 complete -c memring -l shutdown-timeout -d 'How long in-flight requests may finish on SIGTERM' -r
 complete -c memring -s k -l ketama -d 'Use ketama consistent hashing (default: modula, as magent)'
 complete -c memring -l resync -d 'After a server rejoins, copy the keys it owns back from its partners (see README: closes a data-loss window, opens a rare delete race)'

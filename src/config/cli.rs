@@ -175,6 +175,10 @@ pub(super) struct Cli {
     #[arg(long, help_heading = MEMRING)]
     pub check: bool,
 
+    /// Print where KEY goes (pool, primary, backup) under this configuration, and exit
+    #[arg(long, value_name = "KEY", help_heading = MEMRING)]
+    pub route: Option<String>,
+
     /// How long in-flight requests may finish on SIGTERM
     #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_SHUTDOWN_TIMEOUT, value_parser = value::shutdown_timeout, help_heading = MEMRING)]
     pub shutdown_timeout: Duration,
@@ -205,6 +209,7 @@ pub(super) struct Parsed {
     pub layer: Layer,
     pub config: Option<PathBuf>,
     pub check: bool,
+    pub route: Option<String>,
 }
 
 /// Parse argv (`args[0]` is the program name).
@@ -257,6 +262,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         layer,
         config: cli.config,
         check: cli.check,
+        route: cli.route,
     })
 }
 

@@ -155,6 +155,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// `--check`: validate and exit.
     pub check: bool,
+    /// `--route KEY`: print where KEY goes and exit.
+    pub route: Option<String>,
     /// `--shutdown-timeout`: how long in-flight requests may take on SIGTERM. Default 5s.
     pub shutdown_timeout: Duration,
     /// `--resync`: copy a rejoined server's keys back from its partners. Default off.
@@ -498,6 +500,7 @@ impl Layer {
             log_file: self.log_file,
             config_file: None,
             check: false,
+            route: None,
             shutdown_timeout: dur(self.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT),
             resync: self.resync.unwrap_or(false),
             missed_keys_limit: self.missed_keys_limit.unwrap_or_else(|| {
@@ -541,6 +544,7 @@ where
     let mut cfg = layer.finish();
     cfg.config_file = config_file;
     cfg.check = cli.check;
+    cfg.route = cli.route;
     cfg.argv = argv;
     cfg.validate()?;
     Ok(cfg)

@@ -24,16 +24,6 @@ pub use response::{
 /// Longest key memcached accepts.
 pub const MAX_KEY_LEN: usize = 250;
 
-/// The bytes a base64 key (meta `b` flag) stands for, decoded into `out`;
-/// None when it is not base64 (memcached refuses it then).
-pub fn decode_base64_key<'a>(key: &[u8], out: &'a mut [u8; MAX_KEY_LEN]) -> Option<&'a [u8]> {
-    use base64::Engine as _;
-    let n = base64::engine::general_purpose::STANDARD
-        .decode_slice(key, &mut out[..])
-        .ok()?;
-    out.get(..n)
-}
-
 /// Longest command line (terminator included) the parser looks at. A longer
 /// retrieval line is served in batches of keys that each fit in this window
 /// (memcached has no key-count limit); any other longer line closes the

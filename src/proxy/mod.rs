@@ -290,8 +290,9 @@ pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
     let second = words.next().unwrap_or_default();
     match verb {
         Verb::Stats => match first {
-            // memring's own groups: `stats proxy` and `stats proxy settings`.
-            b"" | b"reset" | b"proxy" => AdminPlan::Local,
+            // memring's own groups: `stats proxy`, `stats proxy settings`
+            // and `stats route <key>`.
+            b"" | b"reset" | b"proxy" | b"route" => AdminPlan::Local,
             b"items" | b"slabs" | b"sizes" | b"extstore" => AdminPlan::Listing(Expect::Stats),
             b"settings" | b"conns" => AdminPlan::FirstServer,
             b"cachedump" => AdminPlan::Listing(Expect::Lines),

@@ -1,8 +1,9 @@
 //! Key placement, sans-IO: which server owns a key, and how a multi-key get
 //! splits across servers.
 //!
-//! Owns: the magent modula hash, the libketama/nutcracker ketama ring, and the
-//! multi-get fan-out plan. Must not import `server`, sockets or the clock.
+//! Owns: the magent modula hash, the libketama/nutcracker ketama ring, the
+//! [`Router`] (the one place keys are placed) and the multi-get fan-out
+//! plan. Must not import `server`, sockets or the clock.
 //!
 //! A [`Ring`] is built once per configuration and shared read-only across
 //! cores; lookups neither allocate nor panic.
@@ -29,8 +30,10 @@
 pub mod ketama;
 pub mod modula;
 pub mod plan;
+pub mod router;
 
 pub use plan::FanoutPlan;
+pub use router::{Route, Router};
 
 /// How keys are spread over a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -448,10 +448,10 @@ fn resync_from(
         items: Vec::new(),
     };
     let owns = |key: &[u8]| {
-        let (p, b) = topo.replicas(key);
+        let r = topo.replicas(key, false);
         match role {
-            Role::Primary => p == target,
-            Role::Backup => b == Some(target),
+            Role::Primary => r.primary == target,
+            Role::Backup => r.backup == Some(target),
         }
     };
     let mut buf = BytesMut::with_capacity(64 * 1024);

@@ -188,6 +188,13 @@ fn parent_dir_exists(path: &Path, what: &str) -> Result<(), RunError> {
     )))
 }
 
+/// `--route KEY`: where KEY goes under `cfg` (names resolved, every
+/// server taken as up), as `stats route` prints it.
+pub fn route(cfg: &Config, key: &str) -> Result<String, RunError> {
+    let topo = Topology::build(cfg, None, Instant::now()).map_err(RunError::Resolve)?;
+    Ok(engine::route_text(&topo, key.as_bytes()))
+}
+
 /// Refuse a port another process already serves. memring's own listeners
 /// share their port through SO_REUSEPORT, which would also let a second
 /// memring (even one with other servers) bind it and silently take half of

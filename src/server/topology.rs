@@ -17,7 +17,8 @@ use super::exclusive::Sections;
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::proxy::machine::CallError;
-use crate::route::{Member, Ring};
+use crate::proxy::machine::Replicas;
+use crate::route::{Member, Router};
 use crate::stats::CoreStats;
 use crate::upstream::{Ejection, Health, HealthPolicy, Role, ServerId, Verdict};
 
@@ -61,12 +62,8 @@ pub(crate) struct Topology {
     pub generation: u64,
     /// Primaries first, then backups; `ServerId` indexes this.
     pub servers: Vec<ServerInfo>,
-    /// Number of primaries.
-    pub n_primaries: usize,
-    /// Ring over the primaries.
-    pub primary_ring: Ring,
-    /// Ring over the backups, if any.
-    pub backup_ring: Option<Ring>,
+    /// Every placement decision (see [`crate::route::Router`]).
+    pub router: Router,
     /// Tunables.
     pub settings: Settings,
     /// The configuration this was built from (for `stats settings`).
@@ -158,16 +155,13 @@ impl Topology {
                 .map(|s| Member::for_nutcracker(&s.name(), s.weight))
                 .collect()
         };
-        let backup_ring = if cfg.backups.is_empty() {
-            None
-        } else {
-            Some(Ring::new(cfg.distribution, &members(&cfg.backups)))
-        };
         Ok(Topology {
             generation: previous.map_or(0, |p| p.generation + 1),
-            n_primaries: cfg.servers.len(),
-            primary_ring: Ring::new(cfg.distribution, &members(&cfg.servers)),
-            backup_ring,
+            router: Router::single(
+                cfg.distribution,
+                &members(&cfg.servers),
+                &members(&cfg.backups),
+            ),
             servers,
             settings: Settings {
                 connect_timeout: cfg.connect_timeout,
@@ -186,14 +180,14 @@ impl Topology {
         })
     }
 
-    /// The primary and (if backups exist) the backup of `key`.
-    pub fn replicas(&self, key: &[u8]) -> (ServerId, Option<ServerId>) {
-        let p = ServerId(self.primary_ring.server_for(key) as u32);
-        let b = self
-            .backup_ring
-            .as_ref()
-            .map(|r| ServerId((self.n_primaries + r.server_for(key)) as u32));
-        (p, b)
+    /// The primary and (if backups exist) the backup of `key`, as the
+    /// router places it (`base64`: a meta `b` key, placed by its bytes).
+    pub fn replicas(&self, key: &[u8], base64: bool) -> Replicas {
+        let r = self.router.route_key(key, base64);
+        Replicas {
+            primary: ServerId(r.primary),
+            backup: r.backup.map(ServerId),
+        }
     }
 
     /// A write was acknowledged without `server` (as the request saw it,

@@ -20,7 +20,7 @@ use crate::protocol::request::{
 };
 use crate::protocol::{compose, parse_request, Expect, ParseError, Parsed, Request, Verb};
 use crate::proxy::binary::{self, Plan, Step, Translated};
-use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine, Replicas};
+use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine};
 use crate::proxy::{admin_plan, AdminPlan};
 use crate::stats::Counter;
 use crate::upstream::ServerId;
@@ -736,18 +736,12 @@ impl State {
         self.replicas.clear();
         for k in req.keys.as_slice() {
             let key = req.bytes.get(k.clone()).unwrap_or_default();
-            self.replicas.push(replicas(&cx.topo, key));
+            self.replicas.push(cx.topo.replicas(key, false));
         }
         if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
             let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
-            // A base64 key (meta `b`) is stored decoded: place it by those
-            // bytes, where a text command naming the same key lands.
-            let mut raw = [0u8; crate::protocol::MAX_KEY_LEN];
-            let key = match req.key_is_base64() {
-                true => crate::protocol::decode_base64_key(key, &mut raw).unwrap_or(key),
-                false => key,
-            };
-            self.replicas.push(replicas(&cx.topo, key));
+            self.replicas
+                .push(cx.topo.replicas(key, req.key_is_base64()));
         }
         Machine::start(req, &self.replicas, &self.servers, &view, fx)
     }
@@ -969,18 +963,6 @@ impl State {
             d.cancel_recv(token(Kind::ClientRecv, idx, cl.gen), cl.fd);
             cl.cancel_pending = true;
         }
-    }
-}
-
-/// The replicas of `key`: hashed once, placed on both rings.
-pub(super) fn replicas(topo: &crate::server::topology::Topology, key: &[u8]) -> Replicas {
-    let h = topo.primary_ring.hash(key);
-    Replicas {
-        primary: ServerId(topo.primary_ring.server_for_hash(h) as u32),
-        backup: topo
-            .backup_ring
-            .as_ref()
-            .map(|r| ServerId((topo.n_primaries + r.server_for_hash(h)) as u32)),
     }
 }
 

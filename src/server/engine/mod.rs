@@ -36,6 +36,7 @@
 
 mod client;
 mod stats;
+pub(crate) use self::stats::route_text;
 mod upstream;
 
 use std::collections::{HashMap, VecDeque};

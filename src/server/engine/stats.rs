@@ -57,6 +57,7 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         (Some(b"proxy"), Some(b"settings"), None) => {
             crate::stats::render_settings(&topo.config, &p, shared.tcp_addr)
         }
+        (Some(b"route"), Some(key), None) => route_text(topo, key),
         _ => return Answer::One(Bytes::from_static(compose::ERROR)),
     };
     Answer::One(Bytes::from(text))
@@ -70,5 +71,23 @@ fn rusage() -> (std::time::Duration, std::time::Duration) {
             std::time::Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
         };
         (d(u.user_time()), d(u.system_time()))
+    })
+}
+
+/// `stats route <key>` for the live topology (health states included).
+pub(crate) fn route_text(topo: &crate::server::topology::Topology, key: &[u8]) -> String {
+    let r = topo.router.route(key);
+    let server = |id: u32| {
+        topo.servers
+            .get(id as usize)
+            .map(|s| (s.name.as_str(), s.health.state()))
+    };
+    let Some(primary) = server(r.primary) else {
+        return "END\r\n".to_string();
+    };
+    crate::stats::render_route(&crate::stats::RouteView {
+        pool: topo.router.pool_name(r.pool),
+        primary,
+        backup: r.backup.and_then(server),
     })
 }
