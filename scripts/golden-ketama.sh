@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# Regenerate tests/data/ketama_nutcracker_<case>.tsv from the REAL nutcracker.
+# Regenerate tests/data/ketama_nutcracker_<case>.tsv (ketama, md5) and
+# tests/data/nutcracker_<dist>_<hash>[_<variant>].tsv (every hash nutcracker
+# offers, with ketama and modula, named and unnamed servers, a hash tag)
+# from the REAL nutcracker.
 #
 # For each case: start N memcached on free 127.0.0.1 ports, put a nutcracker
-# (distribution: ketama, hash: md5, auto_eject_hosts: false) in front of them,
+# (the case's distribution and hash, auto_eject_hosts: false) in front of them,
 # `set` a few thousand keys through nutcracker, then ask every memcached
 # directly which keys it holds. The owner of each key is written as
 # "key<TAB>server index". See tests/data/README.md.
 #
-# Usage: scripts/golden-ketama.sh [OUT_DIR]      (default: tests/data)
+# Usage: scripts/golden-ketama.sh [OUT_DIR] [CASE_PREFIX]   (default: tests/data, all)
 # Env:   NUTCRACKER=/usr/sbin/nutcracker MEMCACHED=/usr/bin/memcached
 #
 # Only 127.0.0.1 is used, every wait is bounded, and every process the script
 # starts is stopped by its PID. Needs python3 (stdlib only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 - "${1:-tests/data}" <<'PY'
+exec python3 - "${1:-tests/data}" "${2:-}" <<'PY'
 import hashlib
 import os
 import socket
@@ -26,7 +29,23 @@ import time
 NUTCRACKER = os.environ.get("NUTCRACKER", "/usr/sbin/nutcracker")
 MEMCACHED = os.environ.get("MEMCACHED", "/usr/bin/memcached")
 OUT_DIR = sys.argv[1]
+ONLY = sys.argv[2] if len(sys.argv) > 2 else ""
 NKEYS = 3000
+# Keys per case of the every-hash cases (a third of the ketama/md5 set).
+HASH_CASE_KEYS = 1000
+HASHES = ["one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
+          "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins"]
+NAMED4 = [(1, "cache-a"), (1, "cache-b"), (1, "cache-c"), (1, "cache-d")]
+WEIGHTED4 = [(1, "cache-a"), (2, "cache-b"), (1, "cache-c"), (3, "cache-d")]
+# (file stem, servers, hash, distribution, hash_tag)
+HASH_CASES = (
+    [("nutcracker_ketama_%s" % h, NAMED4, h, "ketama", None) for h in HASHES]
+    + [("nutcracker_modula_%s" % h, WEIGHTED4, h, "modula", None) for h in HASHES]
+    + [("nutcracker_ketama_fnv1a_64_noname", [(1, None), (2, None), (1, None)], "fnv1a_64",
+        "ketama", None),
+       ("nutcracker_ketama_fnv1a_64_tag", NAMED4, "fnv1a_64", "ketama", "{}"),
+       ("nutcracker_modula_murmur_tag", WEIGHTED4, "murmur", "modula", "{}")]
+)
 IO_TIMEOUT = 10.0  # seconds, per socket operation
 
 # Named cases: nutcracker hashes the explicit name, so the vectors do not
@@ -134,15 +153,34 @@ def start_memcached(procs, port=None):
     raise SystemExit("could not start memcached")
 
 
-def start_nutcracker(procs, tmp, servers):
+def tagged_keys(allkeys):
+    """Keys with hash tags: runs of keys that share a tag, and edge cases."""
+    out = []
+    for i, k in enumerate(allkeys):
+        m = i % 4
+        if m == 0:
+            out.append(b"user:{%d}:%s" % (i % 37, k[:40]))
+        elif m == 1:
+            out.append(b"{}%s" % k[:40])        # an empty tag: the whole key
+        elif m == 2:
+            out.append(b"%s{open" % k[:40])     # no closing byte
+        else:
+            out.append(k)
+    assert len(set(out)) == len(out)
+    return out
+
+
+def start_nutcracker(procs, tmp, servers, hash_name="md5", dist="ketama", tag=None):
     for attempt in range(5):
         listen, stats = free_port(), free_port()
         conf = os.path.join(tmp, "nutcracker-%d.yml" % attempt)
         with open(conf, "w") as f:
             f.write("golden:\n")
             f.write("  listen: 127.0.0.1:%d\n" % listen)
-            f.write("  hash: md5\n")
-            f.write("  distribution: ketama\n")
+            f.write("  hash: %s\n" % hash_name)
+            f.write("  distribution: %s\n" % dist)
+            if tag:
+                f.write('  hash_tag: "%s"\n' % tag)
             f.write("  auto_eject_hosts: false\n")
             f.write("  timeout: 5000\n")
             f.write("  servers:\n")
@@ -203,7 +241,8 @@ def batches(items, max_bytes=1000, max_items=50):
         yield batch
 
 
-def run_case(name, spec, allkeys, tmp, fixed_ports=None):
+def run_case(name, spec, allkeys, tmp, fixed_ports=None, hash_name="md5", dist="ketama",
+             tag=None):
     procs = []
     try:
         ports = [start_memcached(procs, fixed_ports[i] if fixed_ports else None)
@@ -220,7 +259,7 @@ def run_case(name, spec, allkeys, tmp, fixed_ports=None):
                 lines.append("%s:%d" % (addr, weight))
                 shown.append(lines[-1])
                 sources.append("addr=%s" % addr)
-        listen = start_nutcracker(procs, tmp, lines)
+        listen = start_nutcracker(procs, tmp, lines, hash_name, dist, tag)
 
         # Store every key through nutcracker (pipelined, value = its index).
         nc = Conn(listen)
@@ -280,6 +319,33 @@ def main():
         print("127.0.0.1:11211 is busy: skipping %s" % CASE_11211[0])
     os.makedirs(OUT_DIR, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        for stem, spec, hash_name, dist, tag in HASH_CASES:
+            if not stem.startswith(ONLY):
+                continue
+            ks = allkeys[::3][:HASH_CASE_KEYS]
+            if tag:
+                ks = tagged_keys(ks)
+            lines, sources, owner = run_case(stem, spec, ks, tmp, None, hash_name, dist, tag)
+            path = os.path.join(OUT_DIR, "%s.tsv" % stem)
+            with open(path, "wb") as f:
+                f.write(b"# Generated by scripts/golden-ketama.sh; do not edit.\n")
+                f.write(("# %s (distribution: %s, hash: %s%s, auto_eject_hosts: false); %s\n"
+                         % (nc_version, dist, hash_name,
+                            ", hash_tag: %s" % tag if tag else "", mc_version)).encode())
+                f.write(b"# nutcracker servers:\n")
+                for l in lines:
+                    f.write(("#   - %s\n" % l).encode())
+                f.write(("#placement\t%s\t%s\t%s\n" % (dist, hash_name, tag or "-")).encode())
+                f.write(b"# '#server' rows: index, weight, and what nutcracker hashes: name=<explicit name>\n")
+                f.write(b"# or addr=<host:port> of an unnamed server. Then: key<TAB>server index.\n")
+                for i, ((weight, _), src) in enumerate(zip(spec, sources)):
+                    f.write(("#server\t%d\t%d\t%s\n" % (i, weight, src)).encode())
+                for k in ks:
+                    f.write(k + b"\t%d\n" % owner[k])
+            counts = [sum(1 for v in owner.values() if v == s) for s in range(len(spec))]
+            print("%s: %d keys, per server %s -> %s" % (stem, len(owner), counts, path))
+        if ONLY:
+            return
         for name, spec in cases:
             fixed = [11211, free_port()] if name == CASE_11211[0] else None
             lines, sources, owner = run_case(name, spec, allkeys, tmp, fixed)

@@ -359,6 +359,8 @@ pub fn render_settings(cfg: &Config, p: &ProcessView, tcp: Option<SocketAddr>) -
             Distribution::Ketama => "ketama",
         },
     );
+    stat("hash", &cfg.hash.map_or("default", |h| h.name()));
+    stat("hash_tag", &cfg.hash_tag.as_deref().unwrap_or("NULL"));
     stat("max_server_conns", &cfg.max_server_conns);
     stat("upstream_conns", &cfg.upstream_conns);
     stat("connect_timeout", &secs(cfg.connect_timeout));
@@ -652,7 +654,10 @@ mod tests {
             (State::Down, None, "none"),
         ] {
             let out = render_route(&view(p, b));
-            assert!(out.contains(&format!("STAT reads_from {want}\r\n")), "{out}");
+            assert!(
+                out.contains(&format!("STAT reads_from {want}\r\n")),
+                "{out}"
+            );
         }
         assert!(!render_route(&view(State::Up, None)).contains("backup"));
     }
@@ -665,11 +670,13 @@ mod tests {
                     host: "10.0.0.1".into(),
                     port: 11211,
                     weight: 1,
+                    alias: None,
                 },
                 crate::config::ServerAddr {
                     host: "::1".into(),
                     port: 11212,
                     weight: 3,
+                    alias: None,
                 },
             ],
             ..Config::default()

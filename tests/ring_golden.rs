@@ -146,7 +146,7 @@ fn twenty_five_servers_get_156_points_each() {
     let ring = Ring::new(Distribution::Ketama, &m);
     match &ring {
         Ring::Ketama(k) => assert_eq!(k.points().len(), 25 * 156),
-        Ring::Modula(_) => unreachable!(),
+        other => panic!("not a ketama ring: {other:?}"),
     }
     // Control: a continuum with the "exact" 160 points per server (what
     // double arithmetic would give) disagrees with nutcracker.
@@ -219,4 +219,117 @@ fn every_data_file_is_covered() {
             "w123"
         ]
     );
+}
+
+/// A `#placement` row: distribution, hash, hash tag (`-` for none).
+fn placement(path: &Path) -> memring::route::router::Placement {
+    let text = std::fs::read(path).expect("read");
+    let row = text
+        .split(|&b| b == b'\n')
+        .find_map(|l| l.strip_prefix(b"#placement\t"))
+        .unwrap_or_else(|| panic!("{}: no #placement row", path.display()));
+    let row = std::str::from_utf8(row).expect("utf8");
+    let f: Vec<&str> = row.split('\t').collect();
+    assert_eq!(f.len(), 3, "{}: {row:?}", path.display());
+    memring::route::router::Placement {
+        distribution: match f[0] {
+            "ketama" => Distribution::Ketama,
+            "modula" => Distribution::Modula,
+            other => panic!("{}: distribution {other}", path.display()),
+        },
+        hash: Some(
+            memring::route::KeyHash::from_name(f[1])
+                .unwrap_or_else(|| panic!("{}: hash {}", path.display(), f[1])),
+        ),
+        hash_tag: (f[2] != "-").then(|| <[u8; 2]>::try_from(f[2].as_bytes()).expect("two bytes")),
+    }
+}
+
+/// Every hash nutcracker offers, with ketama and with its weighted modula,
+/// named servers, unnamed ones and hash tags: memring's router places every
+/// key where the real nutcracker put it (tests/data/nutcracker_*.tsv).
+#[test]
+fn the_router_agrees_with_nutcracker_for_every_hash() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("tests/data")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("nutcracker_") && n.ends_with(".tsv"))
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 27, "the golden files are missing: {files:?}");
+    let mut report = Vec::new();
+    for path in &files {
+        let case = load(path);
+        let how = placement(path);
+        let m = members(&case, |a| nutcracker_name(a).to_string());
+        let router = memring::route::Router::with_placement(how, &m, &[]);
+        let bad: Vec<String> = case
+            .vectors
+            .iter()
+            .filter(|(key, want)| router.route(key).primary as usize != *want)
+            .take(5)
+            .map(|(key, want)| format!("{:?} -> {want}", String::from_utf8_lossy(key)))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{}: memring places differently: {bad:?}",
+            path.display()
+        );
+        report.push(format!(
+            "{}: {} keys agree",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+            case.vectors.len()
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// The configuration reaches the router: a config file in nutcracker's
+/// terms (`hash`, `hash_tag`, named servers) makes `memring --route KEY`
+/// name the server nutcracker chose, for keys of a golden file.
+#[test]
+fn a_nutcracker_style_config_routes_as_nutcracker() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let case = load(&dir.join("nutcracker_ketama_fnv1a_64_tag.tsv"));
+    let tmp = std::env::temp_dir().join(format!("memring-route-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("tmp dir");
+    let file = tmp.join("memring.toml");
+    let servers: Vec<String> = case
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, (w, source))| match source {
+            Source::Name(n) => format!("\"127.0.0.1:{}:{w} {n}\"", 20001 + i),
+            Source::Addr(_) => panic!("named servers expected"),
+        })
+        .collect();
+    std::fs::write(
+        &file,
+        format!(
+            "distribution = \"ketama\"\nhash = \"fnv1a_64\"\nhash_tag = \"{{}}\"\nservers = [{}]\n",
+            servers.join(", ")
+        ),
+    )
+    .expect("write config");
+    for (key, want) in case.vectors.iter().step_by(50) {
+        let key = String::from_utf8(key.clone()).expect("utf8 key");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_memring"))
+            .args(["--config", file.to_str().expect("utf8"), "--route", &key])
+            .output()
+            .expect("memring --route");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want_line = format!("STAT primary 127.0.0.1:{}\r\n", 20001 + want);
+        assert!(
+            text.contains(&want_line),
+            "{key}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
 }

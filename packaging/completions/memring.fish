@@ -12,6 +12,8 @@ complete -c memring -s g -l group -d 'Group to run as (name or gid)' -r
 complete -c memring -l bind -d 'Listen on ADDR:PORT instead of -l/-p; port 0 picks a free port, IPv6 as [::1]:0' -r
 complete -c memring -l threads -d 'Runtimes, one per core [default: available cores]' -r
 complete -c memring -l distribution -d 'Placement of keys: modula or ketama (-k is --distribution ketama)' -r
+complete -c memring -l hash -d 'Key hash as nutcracker names it (fnv1a_64, md5, murmur, ...) [default: magent\'s for modula, md5 for ketama]' -r
+complete -c memring -l hash-tag -d 'Hash only the part of a key between these two characters, as nutcracker\'s hash_tag (e.g. "{}")' -r
 complete -c memring -l connect-timeout -d 'Timeout for connecting to a server' -r
 complete -c memring -l request-timeout -d 'Timeout for a server\'s reply to a request' -r
 complete -c memring -l max-item-size -d 'Largest item accepted, like memcached -I (1k..1g)' -r

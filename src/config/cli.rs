@@ -111,6 +111,14 @@ pub(super) struct Cli {
     #[arg(long, value_name = "NAME", value_parser = value::distribution, conflicts_with = "ketama", help_heading = MEMRING)]
     pub distribution: Option<Distribution>,
 
+    /// Key hash as nutcracker names it (fnv1a_64, md5, murmur, ...) [default: magent's for modula, md5 for ketama]
+    #[arg(long, value_name = "NAME", value_parser = value::key_hash, help_heading = MEMRING)]
+    pub hash: Option<crate::route::KeyHash>,
+
+    /// Hash only the part of a key between these two characters, as nutcracker's hash_tag (e.g. "{}")
+    #[arg(long, value_name = "XY", value_parser = value::hash_tag, help_heading = MEMRING)]
+    pub hash_tag: Option<String>,
+
     /// Timeout for connecting to a server
     #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_CONNECT_TIMEOUT, value_parser = value::timeout, help_heading = MEMRING)]
     pub connect_timeout: Duration,
@@ -226,6 +234,8 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         bind: cli.bind.clone(),
         servers: (!cli.servers.is_empty()).then(|| cli.servers.clone()),
         backups: (!cli.backups.is_empty()).then(|| cli.backups.clone()),
+        hash: cli.hash,
+        hash_tag: cli.hash_tag.clone(),
         distribution: if cli.ketama {
             Some(Distribution::Ketama)
         } else {

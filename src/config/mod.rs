@@ -55,7 +55,9 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 /// [`crate::upstream::missed::PER_KEY_OVERHEAD`]).
 pub const DEFAULT_MISSED_KEYS_LIMIT: &str = "64m";
 
-/// One memcached server: `host:port[:weight]`, host may be a name or `[v6]`.
+/// One memcached server: `host:port[:weight] [name]`, host may be a name
+/// or `[v6]`; a nutcracker-style name places the server on the ketama ring
+/// by that name instead of its address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerAddr {
     /// Host name or IP literal, without brackets.
@@ -64,6 +66,8 @@ pub struct ServerAddr {
     pub port: u16,
     /// Ketama weight (default 1).
     pub weight: u32,
+    /// The name it is placed by (nutcracker's `host:port:weight name`).
+    pub alias: Option<String>,
 }
 
 impl ServerAddr {
@@ -105,6 +109,10 @@ pub struct Config {
     pub backups: Vec<ServerAddr>,
     /// `-k`: ketama, otherwise modula.
     pub distribution: Distribution,
+    /// `--hash`: nutcracker's key hash (None: the distribution's own).
+    pub hash: Option<crate::route::KeyHash>,
+    /// `--hash-tag`: nutcracker's hash tag, two characters (`{}`).
+    pub hash_tag: Option<String>,
     /// `-n`: max client connections. Default 4096.
     pub max_conns: usize,
     /// `-i`: max connections kept per server. Default 20.
@@ -285,6 +293,16 @@ impl Config {
                 seen.push((id, flag));
             }
         }
+        let mut names: Vec<&str> = self
+            .servers
+            .iter()
+            .chain(&self.backups)
+            .filter_map(|s| s.alias.as_deref())
+            .collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return err(format!("server name '{}' is given to two servers", w[0]));
+        }
         if self.bind.is_none() && self.port == 0 && self.unix_socket.is_none() {
             return err(
                 "nothing to listen on: -p 0 disables TCP and neither -f/--unix-socket nor --bind is given"
@@ -388,6 +406,8 @@ struct Layer {
     servers: Option<Vec<ServerAddr>>,
     backups: Option<Vec<ServerAddr>>,
     distribution: Option<Distribution>,
+    hash: Option<crate::route::KeyHash>,
+    hash_tag: Option<String>,
     max_conns: Option<usize>,
     max_server_conns: Option<usize>,
     upstream_conns: Option<usize>,
@@ -429,6 +449,8 @@ impl Layer {
             servers,
             backups,
             distribution,
+            hash,
+            hash_tag,
             max_conns,
             max_server_conns,
             upstream_conns,
@@ -471,6 +493,8 @@ impl Layer {
             servers: self.servers.unwrap_or_default(),
             backups: self.backups.unwrap_or_default(),
             distribution: self.distribution.unwrap_or_default(),
+            hash: self.hash,
+            hash_tag: self.hash_tag,
             max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
             max_server_conns: self.max_server_conns.unwrap_or(DEFAULT_MAX_SERVER_CONNS),
             upstream_conns: self.upstream_conns.unwrap_or(DEFAULT_UPSTREAM_CONNS),
@@ -625,6 +649,8 @@ pub fn reload_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     each!(
         distribution,
+        hash,
+        hash_tag,
         connect_timeout,
         request_timeout,
         failure_limit,

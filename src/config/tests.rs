@@ -8,6 +8,7 @@ fn sa(host: &str, port: u16, weight: u32) -> ServerAddr {
         host: host.into(),
         port,
         weight,
+        alias: None,
     }
 }
 
@@ -1060,4 +1061,35 @@ fn reload_changes_name_servers_weights_and_settings() {
         ]
     );
     assert!(reload_changes(&old, &old).is_empty());
+}
+
+#[test]
+fn nutcracker_placement_settings() {
+    let s = value::server("10.0.0.1:11211:2 cache-a").expect("named server");
+    assert_eq!(
+        (s.host.as_str(), s.port, s.weight, s.alias.as_deref()),
+        ("10.0.0.1", 11211, 2, Some("cache-a"))
+    );
+    assert_eq!(value::server("10.0.0.1:11211").expect("plain").alias, None);
+    assert!(value::server("10.0.0.1:11211:1 two words").is_err());
+    assert_eq!(
+        value::key_hash("fnv1a_64"),
+        Ok(crate::route::KeyHash::Fnv1a64)
+    );
+    let e = value::key_hash("sha1").expect_err("unknown hash");
+    assert!(e.contains("fnv1a_64") && e.contains("murmur"), "{e}");
+    assert_eq!(value::hash_tag("{}"), Ok("{}".to_string()));
+    for bad in ["{", "{}}", "  ", "é}"] {
+        assert!(value::hash_tag(bad).is_err(), "{bad}");
+    }
+    let f = TempFile::new(
+        "distribution = \"ketama\"\nhash = \"murmur\"\nhash_tag = \"{}\"\nservers = [\"10.0.0.1:1:1 a\", \"10.0.0.2:1:1 b\"]\n",
+    );
+    let c = parse(&format!("memring --config {}", f.0.display())).expect("config");
+    assert_eq!(c.hash, Some(crate::route::KeyHash::Murmur));
+    assert_eq!(c.hash_tag.as_deref(), Some("{}"));
+    assert_eq!(c.servers[1].alias.as_deref(), Some("b"));
+    let dup = TempFile::new("servers = [\"10.0.0.1:1:1 a\", \"10.0.0.2:1:1 a\"]\n");
+    let e = parse(&format!("memring --config {}", dup.0.display())).expect_err("duplicate name");
+    assert!(e.to_string().contains("server name 'a'"), "{e}");
 }

@@ -29,11 +29,22 @@ pub const MAX_UNIX_PATH: usize = 107;
 
 /// Parse `host:port[:weight]` or `[v6]:port[:weight]`.
 pub(crate) fn server(s: &str) -> Result<ServerAddr, String> {
+    // nutcracker's `host:port:weight name`: the name places the server.
+    let (s, alias) = match s.trim().split_once(' ') {
+        Some((addr, name)) => {
+            let name = name.trim();
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("server name '{name}' must be one word"));
+            }
+            (addr, Some(name.to_string()))
+        }
+        None => (s.trim(), None),
+    };
     if s.is_empty() {
-        return Err("empty; expected host:port[:weight]".into());
+        return Err("empty; expected host:port[:weight] [name]".into());
     }
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("contains whitespace; expected host:port[:weight]".into());
+        return Err("contains whitespace; expected host:port[:weight] [name]".into());
     }
     let (host, rest) = if let Some(inner) = s.strip_prefix('[') {
         let Some((h, rest)) = inner.split_once(']') else {
@@ -77,6 +88,7 @@ pub(crate) fn server(s: &str) -> Result<ServerAddr, String> {
         host: host.to_string(),
         port,
         weight,
+        alias,
     })
 }
 
@@ -330,6 +342,29 @@ pub(crate) fn unix_mask(s: &str) -> Result<u32, String> {
         _ => Err(format!(
             "invalid mask {s:?}: expected octal permission bits such as 700 or 0660"
         )),
+    }
+}
+
+/// `--hash`: one of nutcracker's key hashes.
+pub(crate) fn key_hash(s: &str) -> Result<crate::route::KeyHash, String> {
+    crate::route::KeyHash::from_name(s.trim()).ok_or_else(|| {
+        let names: Vec<&str> = crate::route::KeyHash::ALL
+            .iter()
+            .map(|h| h.name())
+            .collect();
+        format!("unknown hash '{s}'; expected one of {}", names.join(", "))
+    })
+}
+
+/// `--hash-tag`: two characters, the tag's opening and closing byte (`{}`).
+pub(crate) fn hash_tag(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    if b.len() == 2 && b.iter().all(|c| c.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "hash tag '{s}' must be two printable ASCII characters, such as {{}}"
+        ))
     }
 }
 

@@ -27,11 +27,13 @@
 //! assert_eq!(owner, ketama.server_for(b"user:42"));
 //! ```
 
+pub mod hash;
 pub mod ketama;
 pub mod modula;
 pub mod plan;
 pub mod router;
 
+pub use hash::KeyHash;
 pub use plan::FanoutPlan;
 pub use router::{Route, Router};
 
@@ -80,16 +82,42 @@ impl Member {
 pub enum Ring {
     /// magent modula.
     Modula(modula::Modula),
-    /// ketama continuum.
+    /// ketama continuum, keys hashed with md5 (libketama, nutcracker's
+    /// `hash: md5`).
     Ketama(ketama::Continuum),
+    /// ketama continuum, keys hashed with another of nutcracker's hashes.
+    KetamaWith(ketama::Continuum, KeyHash),
+    /// nutcracker's modula: `hash % total weight` over one slot per unit of
+    /// weight, in server order.
+    WeightedModula(Vec<u32>, KeyHash),
 }
 
 impl Ring {
-    /// Build a ring over `members` (index order is server order).
+    /// Build a ring over `members` (index order is server order) with the
+    /// distribution's own hash: magent's for modula, md5 for ketama.
     pub fn new(dist: Distribution, members: &[Member]) -> Ring {
         match dist {
             Distribution::Modula => Ring::Modula(modula::Modula::new(members)),
             Distribution::Ketama => Ring::Ketama(ketama::Continuum::new(members)),
+        }
+    }
+
+    /// Build a ring as nutcracker does with `hash:` set: ketama's continuum
+    /// (its points are md5 whatever the hash) with keys hashed by `hash`, or
+    /// nutcracker's weighted modula. `None` is [`Ring::new`].
+    pub fn with_hash(dist: Distribution, hash: Option<KeyHash>, members: &[Member]) -> Ring {
+        match (dist, hash) {
+            (_, None) => Ring::new(dist, members),
+            (Distribution::Ketama, Some(KeyHash::Md5)) => Ring::new(dist, members),
+            (Distribution::Ketama, Some(h)) => Ring::KetamaWith(ketama::Continuum::new(members), h),
+            (Distribution::Modula, Some(h)) => {
+                let slots = members
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, m)| std::iter::repeat_n(i as u32, m.weight as usize))
+                    .collect();
+                Ring::WeightedModula(slots, h)
+            }
         }
     }
 
@@ -98,10 +126,7 @@ impl Ring {
     /// Never panics; on an empty ring (which the config layer refuses) it
     /// answers 0.
     pub fn server_for(&self, key: &[u8]) -> usize {
-        match self {
-            Ring::Modula(m) => m.server_for(key),
-            Ring::Ketama(k) => k.server_for(key),
-        }
+        self.server_for_hash(self.hash(key))
     }
 
     /// The hash this ring places `key` by. Rings of one distribution share
@@ -111,6 +136,10 @@ impl Ring {
         match self {
             Ring::Modula(_) => modula::magent_hash(key),
             Ring::Ketama(_) => ketama::ketama_hash(key),
+            // nutcracker hashes an empty key as 0 (it never sees one: the
+            // protocol refuses it).
+            Ring::KetamaWith(..) | Ring::WeightedModula(..) if key.is_empty() => 0,
+            Ring::KetamaWith(_, h) | Ring::WeightedModula(_, h) => h.hash(key),
         }
     }
 
@@ -119,7 +148,11 @@ impl Ring {
     pub fn server_for_hash(&self, hash: u32) -> usize {
         match self {
             Ring::Modula(m) => m.server_for_hash(hash),
-            Ring::Ketama(k) => k.server_for_hash(hash),
+            Ring::Ketama(k) | Ring::KetamaWith(k, _) => k.server_for_hash(hash),
+            Ring::WeightedModula(slots, _) => match slots.len() {
+                0 => 0,
+                n => slots.get(hash as usize % n).map_or(0, |&s| s as usize),
+            },
         }
     }
 
@@ -127,7 +160,8 @@ impl Ring {
     pub fn len(&self) -> usize {
         match self {
             Ring::Modula(m) => m.len(),
-            Ring::Ketama(k) => k.len(),
+            Ring::Ketama(k) | Ring::KetamaWith(k, _) => k.len(),
+            Ring::WeightedModula(slots, _) => slots.iter().max().map_or(0, |&m| m as usize + 1),
         }
     }
 

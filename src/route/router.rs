@@ -12,15 +12,18 @@
 //! ([`Router::route_key`]), where a text command naming the same key lands.
 //! Lookups neither allocate nor panic.
 
-use super::{Distribution, Member, Ring};
+use super::{Distribution, KeyHash, Member, Ring};
 
 /// Longest key memcached accepts (the decode buffer of a base64 key).
 const MAX_KEY: usize = 250;
 
-/// One pool: its name and its two rings.
+/// One pool: its name, its hash tag and its two rings.
 #[derive(Clone, Debug)]
 struct Pool {
     name: String,
+    /// nutcracker's `hash_tag`: only the part of a key between these two
+    /// bytes (when both are there and it is not empty) is hashed.
+    hash_tag: Option<[u8; 2]>,
     primary: Ring,
     backup: Option<Ring>,
     /// Topology-wide number of the pool's first primary and first backup.
@@ -46,15 +49,38 @@ pub struct Router {
     pools: Vec<Pool>,
 }
 
+/// How one pool places its keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Placement {
+    /// Modula or ketama.
+    pub distribution: Distribution,
+    /// nutcracker's `hash:`; None: the distribution's own (magent's DJB2
+    /// for modula, md5 for ketama).
+    pub hash: Option<KeyHash>,
+    /// nutcracker's `hash_tag:` (e.g. `{}`).
+    pub hash_tag: Option<[u8; 2]>,
+}
+
 impl Router {
     /// The single `default` pool: `primaries` numbered from 0, then
     /// `backups` (an empty list: no backups).
     pub fn single(dist: Distribution, primaries: &[Member], backups: &[Member]) -> Router {
+        let how = Placement {
+            distribution: dist,
+            ..Placement::default()
+        };
+        Router::with_placement(how, primaries, backups)
+    }
+
+    /// The single `default` pool, placed `how`.
+    pub fn with_placement(how: Placement, primaries: &[Member], backups: &[Member]) -> Router {
+        let ring = |m: &[Member]| Ring::with_hash(how.distribution, how.hash, m);
         Router {
             pools: vec![Pool {
                 name: "default".to_string(),
-                primary: Ring::new(dist, primaries),
-                backup: (!backups.is_empty()).then(|| Ring::new(dist, backups)),
+                hash_tag: how.hash_tag,
+                primary: ring(primaries),
+                backup: (!backups.is_empty()).then(|| ring(backups)),
                 first_primary: 0,
                 first_backup: primaries.len() as u32,
             }],
@@ -76,7 +102,7 @@ impl Router {
                 backup: None,
             };
         };
-        let h = p.primary.hash(key);
+        let h = p.primary.hash(tagged(key, p.hash_tag));
         Route {
             pool,
             primary: p.first_primary + p.primary.server_for_hash(h) as u32,
@@ -108,6 +134,23 @@ impl Router {
     }
 }
 
+/// The part of `key` its pool hashes: with a hash tag `{}`, what stands
+/// between the first `{` and the next `}` after it, when both are there and
+/// it is not empty; otherwise the whole key (nutcracker's rule).
+fn tagged(key: &[u8], tag: Option<[u8; 2]>) -> &[u8] {
+    let Some([open, close]) = tag else {
+        return key;
+    };
+    let Some(start) = key.iter().position(|&b| b == open) else {
+        return key;
+    };
+    let inner = key.get(start + 1..).unwrap_or_default();
+    match inner.iter().position(|&b| b == close) {
+        Some(end) if end > 0 => &inner[..end],
+        _ => key,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +177,37 @@ mod tests {
         }
         let no_backups = Router::single(Distribution::Modula, &p, &[]);
         assert_eq!(no_backups.route(b"k").backup, None);
+    }
+
+    #[test]
+    fn a_hash_tag_hashes_what_stands_between_its_bytes() {
+        let tag = Some(*b"{}");
+        for (key, hashed) in [
+            (&b"user:{42}:profile"[..], &b"42"[..]),
+            (b"{42}", b"42"),
+            (b"{a}{b}", b"a"),
+            (b"no tag", b"no tag"),
+            (b"empty {} tag", b"empty {} tag"),
+            (b"open {only", b"open {only"),
+            (b"close} first {x}", b"x"),
+        ] {
+            assert_eq!(tagged(key, tag), hashed, "{}", String::from_utf8_lossy(key));
+        }
+        assert_eq!(tagged(b"a{b}c", None), b"a{b}c");
+        let p = members(&["a:1", "b:1", "c:1", "d:1"]);
+        let router = Router::with_placement(
+            Placement {
+                distribution: Distribution::Ketama,
+                hash: Some(KeyHash::Fnv1a64),
+                hash_tag: tag,
+            },
+            &p,
+            &[],
+        );
+        let home = router.route(b"42");
+        for i in 0..50 {
+            assert_eq!(router.route(format!("u{i}:{{42}}").as_bytes()), home);
+        }
     }
 
     #[test]

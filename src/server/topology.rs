@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::proxy::machine::CallError;
 use crate::proxy::machine::Replicas;
+use crate::route::router::Placement;
 use crate::route::{Member, Router};
 use crate::stats::CoreStats;
 use crate::upstream::{Ejection, Health, HealthPolicy, Role, ServerId, Verdict};
@@ -150,15 +151,27 @@ impl Topology {
         }
         let members = |list: &[crate::config::ServerAddr]| -> Vec<Member> {
             // Name points like libmemcached and nutcracker (`host` alone on
-            // port 11211), so a fleet moving behind memring keeps its keys.
+            // port 11211, or the server's nutcracker name when it has one),
+            // so a fleet moving behind memring keeps its keys.
             list.iter()
-                .map(|s| Member::for_nutcracker(&s.name(), s.weight))
+                .map(|s| match &s.alias {
+                    Some(name) => Member::new(name, s.weight),
+                    None => Member::for_nutcracker(&s.name(), s.weight),
+                })
                 .collect()
+        };
+        let placement = Placement {
+            distribution: cfg.distribution,
+            hash: cfg.hash,
+            hash_tag: cfg
+                .hash_tag
+                .as_deref()
+                .and_then(|t| <[u8; 2]>::try_from(t.as_bytes()).ok()),
         };
         Ok(Topology {
             generation: previous.map_or(0, |p| p.generation + 1),
-            router: Router::single(
-                cfg.distribution,
+            router: Router::with_placement(
+                placement,
                 &members(&cfg.servers),
                 &members(&cfg.backups),
             ),
