@@ -242,6 +242,8 @@ pub fn render(
             ("drains", c.drains),
             ("drained_keys", c.drained_keys),
             ("aborts", c.aborts),
+            ("sweeps", c.sweeps),
+            ("swept_keys", c.swept_keys),
         ] {
             stat(&format!("server_{i}:{name}"), &v);
         }

@@ -631,3 +631,149 @@ fn held_partial_requests_stay_within_the_input_budget() {
         "held partial requests: {CLIENTS} x {HELD} B offered, budget {BUDGET}, {refused} refused, rss +{grown} B"
     );
 }
+
+/// Read every key through `c`: (stale reads, misses, reads served), where
+/// a value other than `want(key)` is stale.
+fn read_back(
+    c: &mut Client,
+    keys: &[String],
+    want: impl Fn(&str) -> Vec<u8>,
+) -> (Vec<String>, usize, usize) {
+    let (mut stale, mut misses, mut served) = (Vec::new(), 0, 0);
+    for k in keys {
+        let reply = c.request(format!("get {k}\r\n").as_bytes());
+        match parse_values(&reply) {
+            Ok(v) => match v.first() {
+                Some((_, _, data)) => {
+                    served += 1;
+                    if *data != want(k) {
+                        stale.push(format!("{k} = {}", show(data)));
+                    }
+                }
+                None => misses += 1,
+            },
+            Err(_) => assert!(
+                reply.starts_with(b"SERVER_ERROR"),
+                "get {k}: {}",
+                show(&reply)
+            ),
+        }
+    }
+    (stale, misses, served)
+}
+
+/// Issue 17's stale read on shrinking: ketama over 8 servers, a reload to
+/// 9, every key rewritten, a reload back to 8. The old owners of the keys
+/// that moved to the ninth still held their values from before the first
+/// reload and served them. Now a sweep after each reload that moves keys
+/// deletes on every server the keys it no longer owns, and a server whose
+/// sweep had not finished when keys move again is flushed before it serves.
+#[test]
+fn growing_and_shrinking_never_serves_values_from_before_the_growth() {
+    let servers = Memcached::cluster(9, "1m");
+    let all: Vec<&Memcached> = servers.iter().collect();
+    let dir = TempDir::new("reshard");
+    let file = dir.path().join("memring.toml");
+    let list = |n: usize| -> String {
+        all[..n]
+            .iter()
+            .map(|s| format!("\"{}\"", s.server_arg()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    std::fs::write(
+        &file,
+        format!("distribution = \"ketama\"\nservers = [{}]\n", list(8)),
+    )
+    .expect("write config");
+    let mut args: Vec<String> = ["-D", "--bind", "127.0.0.1:0", "--config"]
+        .map(String::from)
+        .to_vec();
+    args.push(file.display().to_string());
+    args.extend(FAST_FAILOVER.map(String::from));
+    // A sweep waits twice the request timeout after its reload: 6 s leave
+    // part 2 time to move keys back before it runs.
+    args.extend(["--request-timeout", "3s"].map(String::from));
+    let proxy = Memring::start(&args);
+    let mut c = proxy.client();
+    let keys: Vec<String> = (0..2000).map(|i| format!("shard{i}")).collect();
+    let write_all = |c: &mut Client, round: usize| {
+        let cmds: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| set_cmd(k, format!("{k}-v{round}").as_bytes()))
+            .collect();
+        for chunk in cmds.chunks(200) {
+            for reply in c.pipeline(chunk) {
+                assert_bytes(&reply, b"STORED\r\n", &format!("round {round}"));
+            }
+        }
+    };
+    let wait_up = |c: &mut Client, s: &Memcached| {
+        let up = wait_for(Duration::from_secs(30), || {
+            (server_stat(&proxy_stats(c), s, "primary", "state") == "up").then_some(())
+        });
+        assert!(up.is_some(), "{} did not come up", s.server_arg());
+    };
+    write_all(&mut c, 0);
+
+    // 1. Grow, let the sweep finish, rewrite, shrink.
+    reload_to(&proxy, &mut c, &file, &all, 1);
+    wait_up(&mut c, all[8]);
+    let swept = wait_for(Duration::from_secs(60), || {
+        let s = proxy_stats(&mut c);
+        all[..8]
+            .iter()
+            .all(|m| {
+                server_stat(&s, m, "primary", "sweeps")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+                    >= 1
+            })
+            .then_some(s)
+    })
+    .expect("the sweep after the growth finished on the 8 servers that stayed");
+    let deleted: u64 = all[..8]
+        .iter()
+        .map(|m| {
+            server_stat(&swept, m, "primary", "swept_keys")
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .sum();
+    write_all(&mut c, 1);
+    reload_to(&proxy, &mut c, &file, &all[..8], 2);
+    let (stale, misses, served) = read_back(&mut c, &keys, |k| format!("{k}-v1").into_bytes());
+    assert!(
+        stale.is_empty(),
+        "{} stale after 8 -> 9 -> 8: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    eprintln!("reshard, sweep finished: {deleted} keys swept after the growth; after shrinking {served} served, {misses} missed, 0 stale");
+
+    // 2. Move keys again before the sweep of the last move has run: the
+    //    servers not swept are flushed (at the growth) instead, so the
+    //    copies they kept from the shrink cannot come back.
+    write_all(&mut c, 2);
+    reload_to(&proxy, &mut c, &file, &all, 3);
+    wait_up(&mut c, all[8]);
+    write_all(&mut c, 3);
+    reload_to(&proxy, &mut c, &file, &all[..8], 4);
+    for m in &all[..8] {
+        wait_up(&mut c, m);
+    }
+    let (stale, misses, served) = read_back(&mut c, &keys, |k| format!("{k}-v3").into_bytes());
+    assert!(
+        stale.is_empty(),
+        "{} stale after a quick 8 -> 9 -> 8: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+    let s = proxy_stats(&mut c);
+    let flushed = all[..8]
+        .iter()
+        .filter(|m| server_stat(&s, m, "primary", "last_rejoin") == "flush")
+        .count();
+    assert_eq!(flushed, 8, "the unswept servers were flushed: {s:?}");
+    eprintln!("reshard, moved again before the sweep: {served} served, {misses} missed, 0 stale, 8 servers flushed");
+}

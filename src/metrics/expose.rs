@@ -258,7 +258,7 @@ impl Collector for SnapshotCollector {
                 Ok(())
             })?;
         }
-        let per_server: [PerServer; 6] = [
+        let per_server: [PerServer; 8] = [
             (
                 "memring_suspects_cleared",
                 "Suspicions that ended with the server back in service, without an ejection",
@@ -284,6 +284,16 @@ impl Collector for SnapshotCollector {
                 "memring_drained_keys",
                 "Keys deleted on servers by rejoin drains",
                 |c| c.drained_keys,
+            ),
+            (
+                "memring_sweeps",
+                "Sweeps after reloads that moved keys: the keys a server no longer owns deleted there",
+                |c| c.sweeps,
+            ),
+            (
+                "memring_swept_keys",
+                "Keys deleted by those sweeps",
+                |c| c.swept_keys,
             ),
             (
                 "memring_upstream_aborts",

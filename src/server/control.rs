@@ -399,6 +399,115 @@ fn exchange(
     }
 }
 
+/// Start the sweep of reload generation `generation` on its own thread:
+/// once every request decided under an earlier placement has had time to
+/// end (twice the request timeout, a little more for the cores' turn),
+/// every server in service is asked for its keys (`lru_crawler metadump`)
+/// and the keys it does not own under this placement are deleted there.
+/// A server swept clean is marked so ([`crate::upstream::Health::sweep_done`]);
+/// a later reload flushes one that is not (see [`Topology::settle_after`]).
+/// A newer reload ends this sweep: its own covers every server.
+pub(super) fn spawn_sweep(shared: Arc<Shared>, generation: u64) {
+    let spawned = std::thread::Builder::new()
+        .name("memring-sweep".into())
+        .spawn(move || sweep(&shared, generation));
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the sweep thread: servers stay unswept and a later reload flushes them");
+    }
+}
+
+fn sweep(shared: &Shared, generation: u64) {
+    let topo = shared.current();
+    if topo.generation != generation {
+        return;
+    }
+    let grace = topo.settings.request_timeout * 2 + Duration::from_millis(200);
+    // Bounded: the grace, in small steps so that shutdown is not held up.
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut total = 0u64;
+    for (i, info) in topo.servers.iter().enumerate() {
+        if shared.current().generation != generation || shared.stopping.load(Ordering::Relaxed) {
+            tracing::info!(generation, "sweep ended by a newer reload");
+            return;
+        }
+        if !info.health.is_up() {
+            // Not swept: a later reload that moves keys flushes it.
+            continue;
+        }
+        match sweep_server(&topo, ServerId(i as u32)) {
+            Ok(n) => {
+                info.health.sweep_done(generation, Some(n));
+                total += n;
+            }
+            Err(why) => {
+                tracing::warn!(server = %info.name, why, "sweep incomplete: a later reload that moves keys flushes this server");
+            }
+        }
+    }
+    tracing::info!(target: super::LIFECYCLE, generation, deleted = total, "sweep finished: no server holds a key it does not own");
+}
+
+/// Delete on `server` every key (from its metadump) it does not own under
+/// `topo`; the number deleted.
+fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> {
+    let settings = &topo.settings;
+    let addr = topo.servers[server.index()].addr;
+    let mut dump = TcpStream::connect_timeout(&addr, settings.connect_timeout)
+        .map_err(|_| "cannot connect for the metadump")?;
+    let _ = dump.set_read_timeout(Some(settings.request_timeout * 10));
+    dump.write_all(b"lru_crawler metadump all\r\n")
+        .map_err(|_| "cannot send metadump")?;
+    let mut del = open(addr, settings).map_err(|_| "cannot connect for the deletes")?;
+    let owns = |key: &[u8]| {
+        let r = topo.replicas(key, false);
+        r.primary == server || r.backup == Some(server)
+    };
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut key = Vec::new();
+    let mut batch: Vec<Box<[u8]>> = Vec::with_capacity(DRAIN_BATCH);
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut deleted = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Bounded by the dump's END and the read timeout.
+    loop {
+        let mut end = false;
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(pos + 1);
+            match parse_dump_line(&line[..pos], &mut key) {
+                DumpLine::Key if !owns(&key) => batch.push(key.clone().into_boxed_slice()),
+                DumpLine::Key | DumpLine::Skip => {}
+                DumpLine::End => {
+                    end = true;
+                    break;
+                }
+            }
+        }
+        if end || batch.len() >= DRAIN_BATCH {
+            if !batch.is_empty() && !delete_all(&mut del, &batch, &mut out) {
+                return Err("a delete failed");
+            }
+            deleted += batch.len() as u64;
+            batch.clear();
+            if end {
+                return Ok(deleted);
+            }
+        }
+        if buf.len() > 4096 {
+            return Err("metadump line too long");
+        }
+        match dump.read(&mut chunk) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return Err("metadump stream ended early"),
+        }
+    }
+}
+
 /// Copy every key `target` owns from the in-service servers of the other role.
 fn resync(shared: &Shared, topo: &Topology, target: ServerId) {
     let Some(info) = topo.servers.get(target.index()) else {

@@ -755,7 +755,12 @@ fn reload(shared: &Arc<Shared>) {
                 changed = %if changes.is_empty() { "nothing".to_string() } else { changes.join(", ") },
                 "configuration reloaded"
             );
+            let moved = t.settle_after(&current);
+            let generation = t.generation;
             shared.swap_topology(t);
+            if moved {
+                control::spawn_sweep(shared.clone(), generation);
+            }
         }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "reload failed; keeping the running configuration")

@@ -133,7 +133,10 @@ impl Topology {
                     (Some(o), _) => o.health.clone(),
                     (None, Some(_)) => {
                         tracing::info!(server = %name, role = role.as_str(), "server added by reload: out of service until it is flushed");
-                        Arc::new(Health::added_by_reload(base))
+                        Arc::new(Health::added_by_reload(
+                            base,
+                            previous.map_or(0, |p| p.generation + 1),
+                        ))
                     }
                     (None, None) => Arc::new(Health::new(base)),
                 };
@@ -191,6 +194,52 @@ impl Topology {
             config: Arc::new(cfg.clone()),
             bell: previous.map_or_else(Arc::default, |p| p.bell.clone()),
         })
+    }
+
+    /// Whether this topology places keys differently from `previous`: a
+    /// server added, removed, reweighted, renamed or reordered, or another
+    /// distribution, hash or hash tag.
+    pub fn placement_changed(&self, previous: &Topology) -> bool {
+        let (a, b) = (&previous.config, &self.config);
+        a.servers != b.servers
+            || a.backups != b.backups
+            || a.distribution != b.distribution
+            || a.hash != b.hash
+            || a.hash_tag != b.hash_tag
+    }
+
+    /// Settle the servers' "holds no key it does not own" marks as this
+    /// topology replaces `previous` (a reload about to be installed), and
+    /// say whether keys moved, so that a sweep must delete, on every
+    /// server, the keys it no longer owns:
+    /// - placement unchanged: a server clean under `previous` is clean now;
+    /// - placement changed: a server whose sweep for an earlier change did
+    ///   not finish may hold copies of keys it lost then and now owns
+    ///   again, older than writes made elsewhere meanwhile: it is flushed
+    ///   before it serves. The others wait for this change's sweep.
+    pub fn settle_after(&self, previous: &Topology) -> bool {
+        let changed = self.placement_changed(previous);
+        for s in &self.servers {
+            let kept = previous
+                .servers
+                .iter()
+                .any(|o| Arc::ptr_eq(&o.health, &s.health));
+            if !kept {
+                continue;
+            }
+            let clean = s.health.clean_through(previous.generation);
+            if !changed {
+                if clean {
+                    s.health.sweep_done(self.generation, None);
+                }
+            } else if !clean {
+                tracing::warn!(server = %s.name, "keys moved again before this server's sweep finished: out of service until it is flushed");
+                s.health.must_flush();
+                s.health.sweep_done(self.generation, None);
+                self.bell.ring();
+            }
+        }
+        changed
     }
 
     /// The primary and (if backups exist) the backup of `key`, as the
@@ -333,6 +382,46 @@ pub(crate) fn advance(q: &mut VecDeque<Bytes>, mut n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(ports: &[u16]) -> Config {
+        Config {
+            servers: ports
+                .iter()
+                .map(|p| crate::config::parse_server(&format!("127.0.0.1:{p}")).expect("server"))
+                .collect(),
+            distribution: crate::route::Distribution::Ketama,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn moving_keys_again_before_a_sweep_flushes_the_unswept_servers() {
+        let t0 = Instant::now();
+        let g0 = Topology::build(&config(&[1, 2]), None, t0).expect("g0");
+        // No change of placement: clean servers stay clean, no sweep.
+        let g1 = Topology::build(&config(&[1, 2]), Some(&g0), t0).expect("g1");
+        assert!(!g1.settle_after(&g0));
+        assert!(g1.servers.iter().all(|s| s.health.clean_through(1)));
+        // A server added: keys move; the kept ones wait for the sweep.
+        let g2 = Topology::build(&config(&[1, 2, 3]), Some(&g1), t0).expect("g2");
+        assert!(g2.settle_after(&g1));
+        assert!(g2.servers[0].health.is_up() && !g2.servers[0].health.clean_through(2));
+        assert!(
+            g2.servers[2].health.clean_through(2),
+            "an added server is flushed, so clean"
+        );
+        // Server 1 swept, server 2 not; keys move back.
+        g2.servers[0].health.sweep_done(2, Some(5));
+        let g3 = Topology::build(&config(&[1, 2]), Some(&g2), t0).expect("g3");
+        assert!(g3.settle_after(&g2));
+        assert!(g3.servers[0].health.is_up(), "swept: serves on");
+        assert_eq!(
+            g3.servers[1].health.state(),
+            crate::upstream::State::Down,
+            "unswept: flushed first"
+        );
+        assert_eq!(g3.servers[0].health.counters().swept_keys, 5);
+    }
 
     #[test]
     fn iovecs_merge_adjacent_buffers_and_stop_at_iov_max() {

@@ -301,6 +301,13 @@ pub struct Health {
     fenced: AtomicU32,
     /// Connections given up with requests unanswered (reset, not closed).
     pub aborts: AtomicU64,
+    /// The topology generation through which this server holds no key it
+    /// does not own (see [`Health::sweep_done`]).
+    swept: AtomicU64,
+    /// Sweeps finished (keys it no longer owned deleted after a reload).
+    pub sweeps: AtomicU64,
+    /// Keys those sweeps deleted.
+    pub swept_keys: AtomicU64,
     /// Requests that failed (error, timeout, connection loss).
     pub failures: AtomicU64,
     /// Requests answered by the other replica because this one failed or was down.
@@ -352,6 +359,10 @@ pub struct Counters {
     pub drained_keys: u64,
     /// Connections given up with requests unanswered, reset instead of closed.
     pub aborts: u64,
+    /// Sweeps finished after reloads that moved keys.
+    pub sweeps: u64,
+    /// Keys those sweeps deleted.
+    pub swept_keys: u64,
 }
 
 /// What the caller must do after reporting a failure.
@@ -422,6 +433,9 @@ impl Health {
             missed: Mutex::new(MissedLog::default()),
             fenced: AtomicU32::new(0),
             aborts: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
+            sweeps: AtomicU64::new(0),
+            swept_keys: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -440,11 +454,37 @@ impl Health {
     /// probe has flushed it. Nothing recorded the writes it missed while it
     /// was not in the topology, and it may still hold values from before it
     /// left; an empty server loses nothing to the flush.
-    pub fn added_by_reload(base: Instant) -> Health {
+    pub fn added_by_reload(base: Instant, generation: u64) -> Health {
         let h = Health::new(base);
-        h.log().overflow();
-        h.state.store(DOWN, Ordering::Release);
+        h.must_flush();
+        h.swept.store(generation, Ordering::Release);
         h
+    }
+
+    /// Take the server out of service until a probe has flushed it (its
+    /// state is DOWN, due for a probe now; a flush covers every earlier
+    /// write, so the missed-key log is dropped).
+    pub fn must_flush(&self) {
+        self.log().overflow();
+        self.next_probe_ms.store(0, Ordering::Relaxed);
+        self.state.store(DOWN, Ordering::Release);
+    }
+
+    /// Whether the server holds no key it does not own under topology
+    /// generation `generation` (as far as memring knows).
+    pub fn clean_through(&self, generation: u64) -> bool {
+        self.swept.load(Ordering::Acquire) >= generation
+    }
+
+    /// The server holds no key it does not own under `generation`: its
+    /// sweep finished (`deleted` keys), or the placement did not change
+    /// (`deleted` None) since it was last clean.
+    pub fn sweep_done(&self, generation: u64, deleted: Option<u64>) {
+        self.swept.fetch_max(generation, Ordering::AcqRel);
+        if let Some(n) = deleted {
+            self.sweeps.fetch_add(1, Ordering::Relaxed);
+            self.swept_keys.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     fn ms(&self, now: Instant) -> u64 {
@@ -518,6 +558,8 @@ impl Health {
             drains: get(&self.drains),
             drained_keys: get(&self.drained_keys),
             aborts: get(&self.aborts),
+            sweeps: get(&self.sweeps),
+            swept_keys: get(&self.swept_keys),
         }
     }
 
@@ -963,7 +1005,8 @@ mod tests {
     #[test]
     fn a_server_added_by_reload_is_flushed_before_it_serves() {
         let t0 = Instant::now();
-        let h = Health::added_by_reload(t0);
+        let h = Health::added_by_reload(t0, 3);
+        assert!(h.clean_through(3) && !h.clean_through(4));
         assert_eq!(h.state(), State::Down);
         assert!(!h.observe().is_up() && !h.observe().takes_writes());
         let probe = h.try_claim_probe(t0).expect("due at once");
