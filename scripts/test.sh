@@ -58,6 +58,10 @@ step "heap allocations per proxied request (counting allocator build)" \
 
 step "benches compile" cargo build --benches --quiet
 
+# The fuzz crate is its own workspace, so nothing else builds it: check it
+# here, or it rots unseen (see fuzz/README.md for running the targets).
+step "fuzz targets compile" cargo check --manifest-path fuzz/Cargo.toml --bins --quiet
+
 # Every test that starts the proxy; the pure ones (harness self-test, golden
 # vectors, allocation count) and the package test do not depend on the backend.
 integration=()

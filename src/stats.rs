@@ -244,6 +244,8 @@ pub fn render(
             ("aborts", c.aborts),
             ("sweeps", c.sweeps),
             ("swept_keys", c.swept_keys),
+            ("addr_changes", c.addr_changes),
+            ("dns_failures", c.dns_failures),
         ] {
             stat(&format!("server_{i}:{name}"), &v);
         }

@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(skip > 4096);
                 skip.min(rest.len())
             }
-            Parsed::Error(ParseError::LineTooLong) | Parsed::Incomplete => break,
+            // Not a memcached client: the connection closes.
+            Parsed::Error(ParseError::LineTooLong | ParseError::Close) | Parsed::Incomplete => break,
         };
         assert!(step > 0);
         rest = &rest[step..];

@@ -23,7 +23,7 @@ _memring() {
 
     case "${cmd}" in
         memring)
-            opts="-p -l -s -b -k -n -i -f -a -u -g -D -v -h --port --listen --server --backup --ketama --resync --missed-keys-limit --max-conns --max-server-conns --unix-socket --unix-mask --user --group --foreground --verbose --help --bind --threads --distribution --hash --hash-tag --connect-timeout --request-timeout --max-item-size --client-buffer --max-input-memory --failure-limit --retry-interval --upstream-conns --io-backend --pid-file --log-file --config --metrics-listen --latency-stats --log-level --check --route --shutdown-timeout --version"
+            opts="-p -l -s -b -k -n -i -f -a -u -g -D -v -h --port --listen --server --backup --ketama --resync --missed-keys-limit --max-conns --max-server-conns --unix-socket --unix-mask --user --group --foreground --verbose --help --bind --threads --distribution --hash --hash-tag --connect-timeout --request-timeout --max-item-size --client-buffer --max-input-memory --failure-limit --retry-interval --dns-refresh --upstream-conns --io-backend --pid-file --log-file --config --metrics-listen --latency-stats --log-level --check --route --shutdown-timeout --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -158,6 +158,10 @@ _memring() {
                     return 0
                     ;;
                 --retry-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --dns-refresh)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -21,6 +21,7 @@ complete -c memring -l client-buffer -d 'Unsent reply bytes per client before it
 complete -c memring -l max-input-memory -d 'Unparsed client input all clients together may hold; past it the largest partial requests are refused' -r
 complete -c memring -l failure-limit -d 'Consecutive failures before a server is taken out (suspect if the last was a timeout)' -r
 complete -c memring -l retry-interval -d 'Base interval between probes of a down server' -r
+complete -c memring -l dns-refresh -d 'How often server host names are resolved again (0 disables)' -r
 complete -c memring -l upstream-conns -d 'Pipelined connections per server per core (at most -i)' -r
 complete -c memring -l io-backend -d 'I/O backend: auto (io_uring, else epoll), uring, epoll' -r
 complete -c memring -l pid-file -d 'Write the process id to PATH' -r -F

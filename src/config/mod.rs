@@ -48,6 +48,8 @@ pub const DEFAULT_MAX_INPUT_MEMORY: &str = "256m";
 pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
 /// `--retry-interval` default.
 pub const DEFAULT_RETRY_INTERVAL: &str = "500ms";
+/// `--dns-refresh` default.
+pub const DEFAULT_DNS_REFRESH: &str = "30s";
 /// `--shutdown-timeout` default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 /// `--missed-keys-limit` default: 64 MiB per server, about 750 000 keys of
@@ -153,6 +155,9 @@ pub struct Config {
     pub failure_limit: u32,
     /// `--retry-interval`: base of the probe backoff for a down server. Default 500ms.
     pub retry_interval: Duration,
+    /// `--dns-refresh`: how often server host names are resolved again
+    /// (zero: never after start and reload). Default 30s.
+    pub dns_refresh: Duration,
     /// `--io-backend`.
     pub io_backend: IoBackend,
     /// `--pid-file`.
@@ -425,6 +430,7 @@ struct Layer {
     max_input_memory: Option<usize>,
     failure_limit: Option<u32>,
     retry_interval: Option<Duration>,
+    dns_refresh: Option<Duration>,
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
@@ -468,6 +474,7 @@ impl Layer {
             max_input_memory,
             failure_limit,
             retry_interval,
+            dns_refresh,
             io_backend,
             pid_file,
             log_file,
@@ -519,6 +526,7 @@ impl Layer {
                 .unwrap_or_else(|| value::size(DEFAULT_MAX_INPUT_MEMORY).unwrap_or(256 << 20)),
             failure_limit: self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT),
             retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
+            dns_refresh: dur(self.dns_refresh, DEFAULT_DNS_REFRESH),
             io_backend: self.io_backend.unwrap_or_default(),
             pid_file: self.pid_file,
             log_file: self.log_file,
@@ -655,6 +663,7 @@ pub fn reload_changes(old: &Config, new: &Config) -> Vec<String> {
         request_timeout,
         failure_limit,
         retry_interval,
+        dns_refresh,
         missed_keys_limit,
         shutdown_timeout,
         resync,

@@ -399,6 +399,75 @@ fn exchange(
     }
 }
 
+/// Start the DNS refresher: every `--dns-refresh` it resolves every server
+/// given by host name again through the system resolver (so /etc/hosts and
+/// resolv.conf apply); when one resolves to a new address, it installs a
+/// topology with that address: new connections go there, and a server keeps
+/// its place on the ring, which is by name. A failed lookup keeps the last
+/// address, with a warning and a count.
+pub(super) fn spawn_dns(shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("memring-dns".into())
+        .spawn(move || dns_loop(&shared))
+        .map(drop)
+}
+
+fn dns_loop(shared: &Shared) {
+    let mut last = Instant::now();
+    // Ends with the process (checked every 100 ms).
+    while !shared.stopping.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let every = shared.current().config.dns_refresh;
+        if every.is_zero() || last.elapsed() < every {
+            continue;
+        }
+        last = Instant::now();
+        refresh_addresses(shared);
+    }
+}
+
+/// Resolve every named server once; install a topology with the new
+/// addresses when any changed.
+fn refresh_addresses(shared: &Shared) {
+    use std::net::ToSocketAddrs;
+    let _updating = shared.updating.lock().unwrap_or_else(|e| e.into_inner());
+    let topo = shared.current();
+    let cfg = &topo.config;
+    let mut moved = Vec::new();
+    for (addr, info) in cfg.servers.iter().chain(&cfg.backups).zip(&topo.servers) {
+        if addr.host.parse::<std::net::IpAddr>().is_ok() {
+            continue;
+        }
+        match (addr.host.as_str(), addr.port)
+            .to_socket_addrs()
+            .map(|mut a| a.next())
+        {
+            Ok(Some(now)) if now != info.addr => moved.push((info, now)),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                info.health.dns_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(server = %info.name, kept = %info.addr, "cannot resolve the server's host name: keeping its last address");
+            }
+        }
+    }
+    if moved.is_empty() {
+        return;
+    }
+    match Topology::build(cfg, Some(&topo), shared.started) {
+        Ok(t) => {
+            for (info, now) in moved {
+                info.health.addr_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: super::LIFECYCLE, server = %info.name, from = %info.addr, to = %now, "server address changed: new connections go to the new address");
+            }
+            let _ = t.settle_after(&topo);
+            shared.swap_topology(t);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "address refresh failed; keeping the running topology")
+        }
+    }
+}
+
 /// Start the sweep of reload generation `generation` on its own thread:
 /// once every request decided under an earlier placement has had time to
 /// end (twice the request timeout, a little more for the cores' turn),

@@ -463,6 +463,7 @@ fn start_serving(
         tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         sections: Sections::default(),
         input_bytes: Default::default(),
+        updating: Default::default(),
         cfg,
     });
 
@@ -496,6 +497,7 @@ fn start_serving(
         }
     }
     control::spawn_prober(shared.clone()).map_err(RunError::Runtime)?;
+    control::spawn_dns(shared.clone()).map_err(RunError::Runtime)?;
     if let Some(l) = metrics {
         observe::spawn(l, shared.clone()).map_err(RunError::Runtime)?;
     }
@@ -743,6 +745,7 @@ fn reload(shared: &Arc<Shared>) {
             "{setting} changed in the file but needs a restart: the running value is kept"
         );
     }
+    let _updating = shared.updating.lock().unwrap_or_else(|e| e.into_inner());
     let current = shared.current();
     match Topology::build(&cfg, Some(&current), shared.started) {
         Ok(t) => {

@@ -314,6 +314,9 @@ pub(crate) struct Shared {
     pub tcp_addr: Option<SocketAddr>,
     /// Per-key sections of the writes whose copy depends on the primary.
     pub sections: Sections,
+    /// Held by whoever reads, rebuilds and swaps the topology (a reload, the
+    /// DNS refresher), so that one never installs over the other's change.
+    pub updating: std::sync::Mutex<()>,
     /// Unparsed client input buffered on every core (partial requests),
     /// held under `cfg.max_input_memory`.
     pub input_bytes: std::sync::atomic::AtomicUsize,

@@ -306,6 +306,10 @@ pub struct Health {
     swept: AtomicU64,
     /// Sweeps finished (keys it no longer owned deleted after a reload).
     pub sweeps: AtomicU64,
+    /// Times its host name resolved to a new address.
+    pub addr_changes: AtomicU64,
+    /// Re-resolutions of its host name that failed (the last address kept).
+    pub dns_failures: AtomicU64,
     /// Keys those sweeps deleted.
     pub swept_keys: AtomicU64,
     /// Requests that failed (error, timeout, connection loss).
@@ -363,6 +367,10 @@ pub struct Counters {
     pub sweeps: u64,
     /// Keys those sweeps deleted.
     pub swept_keys: u64,
+    /// Times its host name resolved to a new address.
+    pub addr_changes: u64,
+    /// Failed re-resolutions of its host name.
+    pub dns_failures: u64,
 }
 
 /// What the caller must do after reporting a failure.
@@ -435,6 +443,8 @@ impl Health {
             aborts: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             sweeps: AtomicU64::new(0),
+            addr_changes: AtomicU64::new(0),
+            dns_failures: AtomicU64::new(0),
             swept_keys: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
@@ -559,6 +569,8 @@ impl Health {
             drained_keys: get(&self.drained_keys),
             aborts: get(&self.aborts),
             sweeps: get(&self.sweeps),
+            addr_changes: get(&self.addr_changes),
+            dns_failures: get(&self.dns_failures),
             swept_keys: get(&self.swept_keys),
         }
     }
