@@ -154,6 +154,8 @@ pub struct ServerView<'a> {
     pub name: &'a str,
     /// Primary or backup.
     pub role: Role,
+    /// Its pool's name.
+    pub pool: &'a str,
     /// Shared health.
     pub health: &'a Health,
 }
@@ -220,6 +222,7 @@ pub fn render(
         let h = v.health;
         stat(&format!("server_{i}:address"), &v.name);
         stat(&format!("server_{i}:role"), &v.role.as_str());
+        stat(&format!("server_{i}:pool"), &v.pool);
         stat(&format!("server_{i}:state"), &h.state().as_str());
         stat(&format!("server_{i}:dirty"), &u8::from(h.is_dirty()));
         let c = h.counters();
@@ -529,6 +532,7 @@ mod tests {
         let servers = [ServerView {
             name: "127.0.0.1:1",
             role: Role::Backup,
+            pool: "default",
             health: &h,
         }];
         let p = ProcessView {
@@ -606,6 +610,7 @@ mod tests {
         let views = [ServerView {
             name: "127.0.0.1:1",
             role: Role::Primary,
+            pool: "default",
             health: &h,
         }];
         let inputs = [ServerInput {

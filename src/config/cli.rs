@@ -240,6 +240,8 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         backups: (!cli.backups.is_empty()).then(|| cli.backups.clone()),
         hash: cli.hash,
         hash_tag: cli.hash_tag.clone(),
+        pools: None,
+        routes: None,
         distribution: if cli.ketama {
             Some(Distribution::Ketama)
         } else {

@@ -8,10 +8,31 @@ use serde::Deserialize;
 use super::value;
 use super::{ConfigError, Layer};
 
+/// A `[pools.NAME]` table: a pool beside the default one.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    servers: Vec<String>,
+    backups: Option<Vec<String>>,
+    distribution: Option<String>,
+    hash: Option<String>,
+    hash_tag: Option<String>,
+}
+
+/// A `[[routes]]` entry: keys starting with `prefix` go to `pool`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileRoute {
+    prefix: String,
+    pool: String,
+}
+
 /// The file as written; every key is optional.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    pools: Option<std::collections::BTreeMap<String, FilePool>>,
+    routes: Option<Vec<FileRoute>>,
     port: Option<u16>,
     listen: Option<String>,
     bind: Option<String>,
@@ -124,6 +145,56 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
             ))
         }
     };
+    let mut pools = Vec::new();
+    for (name, p) in f.pools.iter().flatten() {
+        let key = |k: &str| format!("pools.{name}.{k}");
+        let check = |k: &str, v: &str, r: Result<(), String>| {
+            r.map_err(|why| bad(&key(k), &format!("{v:?}"), why))
+        };
+        if name == "default" {
+            return Err(bad(
+                "pools.default",
+                &"{...}",
+                "`default` is the top-level servers; name the pool otherwise".into(),
+            ));
+        }
+        let list = |k: &str, v: &[String]| -> Result<Vec<_>, ConfigError> {
+            v.iter()
+                .map(|s| value::server(s).map_err(|why| bad(&key(k), &format!("{s:?}"), why)))
+                .collect()
+        };
+        let distribution = match &p.distribution {
+            None => Default::default(),
+            Some(d) => value::distribution(d)
+                .map_err(|why| bad(&key("distribution"), &format!("{d:?}"), why))?,
+        };
+        let hash = match &p.hash {
+            None => None,
+            Some(h) => {
+                Some(value::key_hash(h).map_err(|why| bad(&key("hash"), &format!("{h:?}"), why))?)
+            }
+        };
+        if let Some(t) = &p.hash_tag {
+            check("hash_tag", t, value::hash_tag(t).map(drop))?;
+        }
+        pools.push(super::PoolConfig {
+            name: name.clone(),
+            servers: list("servers", &p.servers)?,
+            backups: list("backups", p.backups.as_deref().unwrap_or_default())?,
+            distribution,
+            hash,
+            hash_tag: p.hash_tag.clone(),
+        });
+    }
+    let routes = f
+        .routes
+        .iter()
+        .flatten()
+        .map(|r| super::RouteRule {
+            prefix: r.prefix.clone(),
+            pool: r.pool.clone(),
+        })
+        .collect::<Vec<_>>();
     let path_ok =
         |key: &str, p: &Option<PathBuf>, check: fn(&std::ffi::OsStr) -> Result<PathBuf, String>| {
             match p {
@@ -134,6 +205,8 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
             }
         };
     Ok(Layer {
+        pools: (!pools.is_empty()).then_some(pools),
+        routes: (!routes.is_empty()).then_some(routes),
         port: f.port,
         listen: text!(listen, value::listen),
         bind: text!(bind, value::bind),

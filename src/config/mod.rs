@@ -84,6 +84,33 @@ impl ServerAddr {
     }
 }
 
+/// A pool beside the default one (`[pools.NAME]` in the config file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Its name (the table's key).
+    pub name: String,
+    /// Its primaries.
+    pub servers: Vec<ServerAddr>,
+    /// Its backups (may be empty).
+    pub backups: Vec<ServerAddr>,
+    /// Its distribution.
+    pub distribution: Distribution,
+    /// Its key hash (None: the distribution's own).
+    pub hash: Option<crate::route::KeyHash>,
+    /// Its hash tag.
+    pub hash_tag: Option<String>,
+}
+
+/// A prefix route (`[[routes]]`): keys starting with `prefix` go to `pool`
+/// (the longest matching prefix wins; other keys go to `default`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteRule {
+    /// The key prefix.
+    pub prefix: String,
+    /// The pool's name (`default` or a `[pools.NAME]`).
+    pub pool: String,
+}
+
 /// Which I/O backend to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoBackend {
@@ -113,6 +140,10 @@ pub struct Config {
     pub distribution: Distribution,
     /// `--hash`: nutcracker's key hash (None: the distribution's own).
     pub hash: Option<crate::route::KeyHash>,
+    /// Pools beside the default one (config file only).
+    pub pools: Vec<PoolConfig>,
+    /// Prefix routes to pools (config file only).
+    pub routes: Vec<RouteRule>,
     /// `--hash-tag`: nutcracker's hash tag, two characters (`{}`).
     pub hash_tag: Option<String>,
     /// `-n`: max client connections. Default 4096.
@@ -261,8 +292,29 @@ impl Config {
                     .into(),
             );
         }
+        for r in &self.routes {
+            if r.pool != "default" && !self.pools.iter().any(|p| p.name == r.pool) {
+                return err(format!(
+                    "route for prefix '{}' names pool '{}', which is not defined ([pools.{}])",
+                    r.prefix, r.pool, r.pool
+                ));
+            }
+        }
+        for p in &self.pools {
+            if p.servers.is_empty() {
+                return err(format!("pool '{}' has no servers", p.name));
+            }
+        }
         let mut seen: Vec<((String, u16), &str)> = Vec::new();
-        for (list, flag) in [(&self.servers, "-s"), (&self.backups, "-b")] {
+        let pooled: Vec<(&Vec<ServerAddr>, &str)> = self
+            .pools
+            .iter()
+            .flat_map(|p| [(&p.servers, "-s"), (&p.backups, "-b")])
+            .collect();
+        for (list, flag) in [(&self.servers, "-s"), (&self.backups, "-b")]
+            .into_iter()
+            .chain(pooled)
+        {
             for s in list {
                 if s.port == 0 || s.weight == 0 || s.weight > MAX_WEIGHT || s.host.is_empty() {
                     return err(format!(
@@ -413,6 +465,8 @@ struct Layer {
     distribution: Option<Distribution>,
     hash: Option<crate::route::KeyHash>,
     hash_tag: Option<String>,
+    pools: Option<Vec<PoolConfig>>,
+    routes: Option<Vec<RouteRule>>,
     max_conns: Option<usize>,
     max_server_conns: Option<usize>,
     upstream_conns: Option<usize>,
@@ -457,6 +511,8 @@ impl Layer {
             distribution,
             hash,
             hash_tag,
+            pools,
+            routes,
             max_conns,
             max_server_conns,
             upstream_conns,
@@ -502,6 +558,8 @@ impl Layer {
             distribution: self.distribution.unwrap_or_default(),
             hash: self.hash,
             hash_tag: self.hash_tag,
+            pools: self.pools.unwrap_or_default(),
+            routes: self.routes.unwrap_or_default(),
             max_conns: self.max_conns.unwrap_or(DEFAULT_MAX_CONNS),
             max_server_conns: self.max_server_conns.unwrap_or(DEFAULT_MAX_SERVER_CONNS),
             upstream_conns: self.upstream_conns.unwrap_or(DEFAULT_UPSTREAM_CONNS),

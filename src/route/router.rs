@@ -47,6 +47,21 @@ pub struct Route {
 #[derive(Clone, Debug)]
 pub struct Router {
     pools: Vec<Pool>,
+    /// Prefix routes, longest prefix first: (prefix, pool index).
+    routes: Vec<(Vec<u8>, usize)>,
+}
+
+/// One pool to build a router from.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// How it places keys.
+    pub how: Placement,
+    /// Its primaries.
+    pub primaries: &'a [Member],
+    /// Its backups (may be empty).
+    pub backups: &'a [Member],
 }
 
 /// How one pool places its keys.
@@ -74,22 +89,50 @@ impl Router {
 
     /// The single `default` pool, placed `how`.
     pub fn with_placement(how: Placement, primaries: &[Member], backups: &[Member]) -> Router {
-        let ring = |m: &[Member]| Ring::with_hash(how.distribution, how.hash, m);
-        Router {
-            pools: vec![Pool {
-                name: "default".to_string(),
-                hash_tag: how.hash_tag,
-                primary: ring(primaries),
-                backup: (!backups.is_empty()).then(|| ring(backups)),
-                first_primary: 0,
-                first_backup: primaries.len() as u32,
-            }],
-        }
+        let spec = PoolSpec {
+            name: "default",
+            how,
+            primaries,
+            backups,
+        };
+        Router::new(&[spec], &[])
     }
 
-    /// The pool a key belongs to (one pool today: prefix routes will choose).
-    fn pool_of(&self, _key: &[u8]) -> usize {
-        0
+    /// Pools (the first is `default`, where unrouted keys go) numbered in
+    /// order, each pool's primaries then its backups, and prefix routes
+    /// `(prefix, pool index)`; the longest matching prefix wins.
+    pub fn new(pools: &[PoolSpec<'_>], routes: &[(&[u8], usize)]) -> Router {
+        let mut next = 0u32;
+        let pools = pools
+            .iter()
+            .map(|p| {
+                let ring = |m: &[Member]| Ring::with_hash(p.how.distribution, p.how.hash, m);
+                let first_primary = next;
+                let first_backup = next + p.primaries.len() as u32;
+                next = first_backup + p.backups.len() as u32;
+                Pool {
+                    name: p.name.to_string(),
+                    hash_tag: p.how.hash_tag,
+                    primary: ring(p.primaries),
+                    backup: (!p.backups.is_empty()).then(|| ring(p.backups)),
+                    first_primary,
+                    first_backup,
+                }
+            })
+            .collect();
+        let mut routes: Vec<(Vec<u8>, usize)> =
+            routes.iter().map(|(p, i)| (p.to_vec(), *i)).collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        Router { pools, routes }
+    }
+
+    /// The pool a key belongs to: its longest matching prefix route's, or
+    /// `default`.
+    fn pool_of(&self, key: &[u8]) -> usize {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| key.starts_with(prefix))
+            .map_or(0, |&(_, pool)| pool)
     }
 
     /// The route of `key`: hashed once, placed on both of its pool's rings.
@@ -177,6 +220,52 @@ mod tests {
         }
         let no_backups = Router::single(Distribution::Modula, &p, &[]);
         assert_eq!(no_backups.route(b"k").backup, None);
+    }
+
+    #[test]
+    fn prefix_routes_choose_the_pool_and_the_longest_prefix_wins() {
+        let d = members(&["d1:1", "d2:1"]);
+        let (s, sb) = (members(&["s1:1", "s2:1", "s3:1"]), members(&["sb1:1"]));
+        let x = members(&["x1:1"]);
+        let ketama = Placement {
+            distribution: Distribution::Ketama,
+            ..Placement::default()
+        };
+        let pools = [
+            PoolSpec {
+                name: "default",
+                how: Placement::default(),
+                primaries: &d,
+                backups: &[],
+            },
+            PoolSpec {
+                name: "sessions",
+                how: ketama,
+                primaries: &s,
+                backups: &sb,
+            },
+            PoolSpec {
+                name: "x",
+                how: ketama,
+                primaries: &x,
+                backups: &[],
+            },
+        ];
+        let router = Router::new(&pools, &[(b"s:", 1), (b"s:x:", 2)]);
+        let only = Router::single(Distribution::Ketama, &s, &sb);
+        for i in 0..500 {
+            let key = format!("s:{i}");
+            let r = router.route(key.as_bytes());
+            assert_eq!(r.pool, 1);
+            // Numbered after the default pool's two servers.
+            let alone = only.route(key.as_bytes());
+            assert_eq!(r.primary, 2 + alone.primary);
+            assert_eq!(r.backup, Some(5));
+            assert_eq!(router.route(format!("s:x:{i}").as_bytes()).primary, 6);
+            let d = router.route(format!("user:{i}").as_bytes());
+            assert!(d.pool == 0 && d.primary < 2 && d.backup.is_none());
+        }
+        assert_eq!(router.pool_name(1), "sessions");
     }
 
     #[test]

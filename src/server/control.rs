@@ -585,7 +585,10 @@ fn resync(shared: &Shared, topo: &Topology, target: ServerId) {
     let stats = &shared.stats[0];
     let sources: Vec<ServerId> = (0..topo.servers.len() as u32)
         .map(ServerId)
-        .filter(|s| topo.servers[s.index()].role != info.role && topo.health(*s).is_up())
+        .filter(|s| {
+            let o = &topo.servers[s.index()];
+            o.role != info.role && o.pool == info.pool && topo.health(*s).is_up()
+        })
         .collect();
     let mut copied = 0u64;
     for src in sources {

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::proxy::machine::CallError;
 use crate::proxy::machine::Replicas;
-use crate::route::router::Placement;
+use crate::route::router::{Placement, PoolSpec};
 use crate::route::{Member, Router};
 use crate::stats::CoreStats;
 use crate::upstream::{Ejection, Health, HealthPolicy, Role, ServerId, Verdict};
@@ -35,6 +35,8 @@ pub(crate) struct ServerInfo {
     pub addr: SocketAddr,
     /// Primary or backup.
     pub role: Role,
+    /// The pool it serves (`default`, or a `[pools.NAME]`).
+    pub pool: String,
     /// Health, shared by every core and kept across reloads by name.
     pub health: Arc<Health>,
     /// Latency and error metrics, one block per core, kept like `health`.
@@ -111,8 +113,17 @@ impl Topology {
         base: Instant,
     ) -> Result<Topology, String> {
         let mut servers = Vec::new();
-        let lists = [(Role::Primary, &cfg.servers), (Role::Backup, &cfg.backups)];
-        for (role, list) in lists {
+        // The router's numbering: each pool's primaries, then its backups,
+        // the default pool first.
+        let mut lists = vec![
+            ("default", Role::Primary, &cfg.servers),
+            ("default", Role::Backup, &cfg.backups),
+        ];
+        for p in &cfg.pools {
+            lists.push((p.name.as_str(), Role::Primary, &p.servers));
+            lists.push((p.name.as_str(), Role::Backup, &p.backups));
+        }
+        for (pool, role, list) in lists {
             for s in list.iter() {
                 let name = s.name();
                 let addr = resolve(&s.host, s.port)
@@ -147,6 +158,7 @@ impl Topology {
                     name,
                     addr,
                     role,
+                    pool: pool.to_string(),
                     health,
                     metrics,
                 });
@@ -163,21 +175,48 @@ impl Topology {
                 })
                 .collect()
         };
-        let placement = Placement {
-            distribution: cfg.distribution,
-            hash: cfg.hash,
-            hash_tag: cfg
-                .hash_tag
+        let placement = |distribution, hash, tag: &Option<String>| Placement {
+            distribution,
+            hash,
+            hash_tag: tag
                 .as_deref()
                 .and_then(|t| <[u8; 2]>::try_from(t.as_bytes()).ok()),
         };
+        let all: Vec<(String, Placement, Vec<Member>, Vec<Member>)> = std::iter::once((
+            "default".to_string(),
+            placement(cfg.distribution, cfg.hash, &cfg.hash_tag),
+            members(&cfg.servers),
+            members(&cfg.backups),
+        ))
+        .chain(cfg.pools.iter().map(|p| {
+            (
+                p.name.clone(),
+                placement(p.distribution, p.hash, &p.hash_tag),
+                members(&p.servers),
+                members(&p.backups),
+            )
+        }))
+        .collect();
+        let specs: Vec<PoolSpec<'_>> = all
+            .iter()
+            .map(|(name, how, primaries, backups)| PoolSpec {
+                name,
+                how: *how,
+                primaries,
+                backups,
+            })
+            .collect();
+        let routes: Vec<(&[u8], usize)> = cfg
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let pool = all.iter().position(|(name, ..)| *name == r.pool)?;
+                Some((r.prefix.as_bytes(), pool))
+            })
+            .collect();
         Ok(Topology {
             generation: previous.map_or(0, |p| p.generation + 1),
-            router: Router::with_placement(
-                placement,
-                &members(&cfg.servers),
-                &members(&cfg.backups),
-            ),
+            router: Router::new(&specs, &routes),
             servers,
             settings: Settings {
                 connect_timeout: cfg.connect_timeout,
@@ -203,6 +242,8 @@ impl Topology {
         let (a, b) = (&previous.config, &self.config);
         a.servers != b.servers
             || a.backups != b.backups
+            || a.pools != b.pools
+            || a.routes != b.routes
             || a.distribution != b.distribution
             || a.hash != b.hash
             || a.hash_tag != b.hash_tag

@@ -32,6 +32,7 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         .map(|s| ServerView {
             name: &s.name,
             role: s.role,
+            pool: &s.pool,
             health: &s.health,
         })
         .collect();
