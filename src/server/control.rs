@@ -525,23 +525,46 @@ fn sweep(shared: &Shared, generation: u64) {
 /// Delete on `server` every key (from its metadump) it does not own under
 /// `topo`; the number deleted.
 fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> {
+    let addr = topo.servers[server.index()].addr;
+    let mut del = open(addr, &topo.settings).map_err(|_| "cannot connect for the deletes")?;
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut deleted = 0u64;
+    let foreign = |key: &[u8]| {
+        let r = topo.replicas(key, false);
+        r.primary != server && r.backup != Some(server)
+    };
+    for_dumped_keys(topo, server, DRAIN_BATCH, foreign, |batch| {
+        let keys: Vec<Box<[u8]>> = batch.iter().map(|k| Box::from(&k[..])).collect();
+        if !delete_all(&mut del, &keys, &mut out) {
+            return Err("a delete failed");
+        }
+        deleted += keys.len() as u64;
+        Ok(())
+    })?;
+    Ok(deleted)
+}
+
+/// Stream `server`'s keys (`lru_crawler metadump all`) and hand those that
+/// `keep` accepts to `on_batch`, `batch` at a time (the last batch may be
+/// shorter). Keys the text protocol cannot carry are not listed.
+fn for_dumped_keys(
+    topo: &Topology,
+    server: ServerId,
+    batch: usize,
+    keep: impl Fn(&[u8]) -> bool,
+    mut on_batch: impl FnMut(&mut Vec<Bytes>) -> Result<(), &'static str>,
+) -> Result<(), &'static str> {
     let settings = &topo.settings;
     let addr = topo.servers[server.index()].addr;
     let mut dump = TcpStream::connect_timeout(&addr, settings.connect_timeout)
         .map_err(|_| "cannot connect for the metadump")?;
+    // A dump stalls only while a batch is handled.
     let _ = dump.set_read_timeout(Some(settings.request_timeout * 10));
     dump.write_all(b"lru_crawler metadump all\r\n")
         .map_err(|_| "cannot send metadump")?;
-    let mut del = open(addr, settings).map_err(|_| "cannot connect for the deletes")?;
-    let owns = |key: &[u8]| {
-        let r = topo.replicas(key, false);
-        r.primary == server || r.backup == Some(server)
-    };
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut key = Vec::new();
-    let mut batch: Vec<Box<[u8]>> = Vec::with_capacity(DRAIN_BATCH);
-    let mut out = Vec::with_capacity(16 * 1024);
-    let mut deleted = 0u64;
+    let mut keys: Vec<Bytes> = Vec::with_capacity(batch);
     let mut chunk = vec![0u8; 64 * 1024];
     // Bounded by the dump's END and the read timeout.
     loop {
@@ -549,7 +572,7 @@ fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> 
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(pos + 1);
             match parse_dump_line(&line[..pos], &mut key) {
-                DumpLine::Key if !owns(&key) => batch.push(key.clone().into_boxed_slice()),
+                DumpLine::Key if keep(&key) => keys.push(Bytes::copy_from_slice(&key)),
                 DumpLine::Key | DumpLine::Skip => {}
                 DumpLine::End => {
                     end = true;
@@ -557,14 +580,13 @@ fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> 
                 }
             }
         }
-        if end || batch.len() >= DRAIN_BATCH {
-            if !batch.is_empty() && !delete_all(&mut del, &batch, &mut out) {
-                return Err("a delete failed");
+        if end || keys.len() >= batch {
+            if !keys.is_empty() {
+                on_batch(&mut keys)?;
+                keys.clear();
             }
-            deleted += batch.len() as u64;
-            batch.clear();
             if end {
-                return Ok(deleted);
+                return Ok(());
             }
         }
         if buf.len() > 4096 {
@@ -615,14 +637,6 @@ fn resync_from(
     role: Role,
     stats: &CoreStats,
 ) -> Result<u64, &'static str> {
-    let settings = &topo.settings;
-    let addr = topo.servers[src.index()].addr;
-    let mut dump = TcpStream::connect_timeout(&addr, settings.connect_timeout)
-        .map_err(|_| "cannot connect to the source")?;
-    // A dump stalls only while a batch is copied.
-    let _ = dump.set_read_timeout(Some(settings.request_timeout * 10));
-    dump.write_all(b"lru_crawler metadump all\r\n")
-        .map_err(|_| "cannot send metadump")?;
     let mut runner = Blocking {
         topo,
         conns: HashMap::new(),
@@ -635,46 +649,19 @@ fn resync_from(
             Role::Backup => r.backup == Some(target),
         }
     };
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut key = Vec::new();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(RESYNC_BATCH);
     let mut copied = 0u64;
-    let mut chunk = vec![0u8; 64 * 1024];
-    // Bounded by the dump's END and the read timeout.
-    loop {
-        let mut end = false;
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line = buf.split_to(pos + 1);
-            match parse_dump_line(&line[..pos], &mut key) {
-                DumpLine::Key if owns(&key) => batch.push(Bytes::copy_from_slice(&key)),
-                DumpLine::Key | DumpLine::Skip => {}
-                DumpLine::End => {
-                    end = true;
-                    break;
-                }
+    for_dumped_keys(topo, src, RESYNC_BATCH, owns, |batch| {
+        for k in batch.drain(..) {
+            if copy_one(&mut runner, src, target, k, stats) {
+                copied += 1;
             }
         }
-        if end || batch.len() >= RESYNC_BATCH {
-            for k in batch.drain(..) {
-                if copy_one(&mut runner, src, target, k, stats) {
-                    copied += 1;
-                }
-            }
-            if end {
-                return Ok(copied);
-            }
-            if !topo.health(target).is_up() || !topo.health(src).is_up() {
-                return Err("a server went down during the resync");
-            }
+        if !topo.health(target).is_up() || !topo.health(src).is_up() {
+            return Err("a server went down during the resync");
         }
-        if buf.len() > 4096 {
-            return Err("metadump line too long");
-        }
-        match dump.read(&mut chunk) {
-            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return Err("metadump stream ended early"),
-        }
-    }
+        Ok(())
+    })?;
+    Ok(copied)
 }
 
 /// Copy one key from `src` to `target`; true when the target kept it.
