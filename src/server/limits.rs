@@ -66,9 +66,10 @@ pub(crate) fn plan(max_conns: usize, besides: u64, soft: u64, hard: u64) -> Resu
     })
 }
 
-/// Raise this process's soft open-file limit as far as `cfg` needs and
-/// lower `cfg.max_conns` (with one warning) when the hard limit is short.
-pub(crate) fn fit_open_files(cfg: &mut Config) -> Result<(), String> {
+/// Raise this process's soft open-file limit as far as `cfg` needs; the
+/// client connections it allows: `-n`, or fewer (with one warning) when the
+/// hard limit is short.
+pub(crate) fn fit_open_files(cfg: &Config) -> Result<usize, String> {
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(RLIMIT_NOFILE): {e}"))?;
     let unlimited = |v| if v == RLIM_INFINITY { u64::MAX } else { v };
@@ -88,9 +89,8 @@ pub(crate) fn fit_open_files(cfg: &mut Config) -> Result<(), String> {
              clients past it get `ERROR Too many open connections`",
             p.max_conns
         );
-        cfg.max_conns = p.max_conns;
     }
-    Ok(())
+    Ok(p.max_conns)
 }
 
 #[cfg(test)]

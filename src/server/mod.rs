@@ -144,7 +144,7 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
     Topology::build(cfg, None, Instant::now()).map_err(RunError::Resolve)?;
     // Warns when the open-file limit would lower -n (this process's own
     // limit is raised, which ends with it).
-    limits::fit_open_files(&mut cfg.clone()).map_err(RunError::Setup)?;
+    limits::fit_open_files(cfg).map_err(RunError::Setup)?;
     resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
     if let Some(path) = &cfg.unix_socket {
         parent_dir_exists(path, "unix socket")?;
@@ -226,9 +226,9 @@ fn port_is_free(addr: SocketAddr) -> Result<(), RunError> {
     }
 }
 
-fn start_cores(mut cfg: Config, backend: &'static str, core: CoreMain) -> Result<(), RunError> {
+fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(), RunError> {
     let started = Instant::now();
-    limits::fit_open_files(&mut cfg).map_err(RunError::Setup)?;
+    let max_conns = limits::fit_open_files(&cfg).map_err(RunError::Setup)?;
     let topo = Topology::build(&cfg, None, started).map_err(RunError::Resolve)?;
     let threads = cfg.threads.max(1);
     // Before anything is bound or announced: a bad -u/-g fails here.
@@ -238,6 +238,7 @@ fn start_cores(mut cfg: Config, backend: &'static str, core: CoreMain) -> Result
     }
     let listeners = bind_all(&cfg, threads)?;
     let result = serve_on(Startup {
+        max_conns,
         cfg: cfg.clone(),
         topo,
         threads,
@@ -256,6 +257,8 @@ fn start_cores(mut cfg: Config, backend: &'static str, core: CoreMain) -> Result
 
 /// What starting needs once the listeners are bound.
 struct Startup {
+    /// Client connections allowed (`-n`, or fewer under the open-file limit).
+    max_conns: usize,
     cfg: Config,
     topo: Topology,
     threads: usize,
@@ -435,6 +438,7 @@ fn start_serving(
     pid_file: Option<&Path>,
 ) -> Result<Arc<Shared>, RunError> {
     let Startup {
+        max_conns,
         cfg,
         topo,
         threads,
@@ -463,6 +467,7 @@ fn start_serving(
         tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         sections: Sections::default(),
         input_bytes: Default::default(),
+        max_conns,
         updating: Default::default(),
         cfg,
     });

@@ -358,6 +358,9 @@ pub(crate) struct Shared {
     /// Held by whoever reads, rebuilds and swaps the topology (a reload, the
     /// DNS refresher), so that one never installs over the other's change.
     pub updating: std::sync::Mutex<()>,
+    /// Client connections allowed: `-n`, or fewer when the open-file limit
+    /// cannot cover it (see `limits`).
+    pub max_conns: usize,
     /// Unparsed client input buffered on every core (partial requests),
     /// held under `cfg.max_input_memory`.
     pub input_bytes: std::sync::atomic::AtomicUsize,

@@ -376,7 +376,7 @@ impl State {
                     .load(std::sync::atomic::Ordering::Relaxed)
             })
             .sum();
-        if open >= cx.shared.cfg.max_conns as u64 {
+        if open >= cx.shared.max_conns as u64 {
             cx.stats().incr(Counter::RejectedConnections);
             let msg = b"ERROR Too many open connections\r\n";
             // SAFETY: plain syscalls on a descriptor we own; best effort.

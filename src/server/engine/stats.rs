@@ -41,7 +41,7 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         started: shared.started,
         now_unix: cx.now_unix.max(0) as u64,
         threads: shared.stats.len(),
-        max_connections: shared.cfg.max_conns,
+        max_connections: shared.max_conns,
         backend: shared.backend,
         config_generation: topo.generation,
         rusage: rusage(),
