@@ -421,12 +421,6 @@ impl State {
         };
         let keep = !cl.dead && !cl.read_done;
         super::take_received(d, &c, &mut cl.rbuf, READ_STEP, keep);
-        if cl.charge_input(cx) > cx.shared.cfg.max_input_memory {
-            self.shed_input(cx);
-        }
-        let Some(cl) = self.clients.get_mut(idx) else {
-            return;
-        };
         if keep && c.buf.is_some() && c.res > 0 {
             cl.last_read = (cx.now, c.res as usize);
             cl.sync_arrival();
@@ -439,6 +433,16 @@ impl State {
             n if n > 0 => {
                 cx.stats().add(Counter::BytesRead, n as u64);
                 self.parse(cx, d, idx);
+                // Charged once parsed: what stays buffered is partial
+                // requests (and those held back by the client's budget),
+                // never a pipeline that was just served.
+                let over = self
+                    .clients
+                    .get_mut(idx)
+                    .is_some_and(|cl| cl.charge_input(cx) > cx.shared.cfg.max_input_memory);
+                if over {
+                    self.shed_input(cx);
+                }
             }
             0 => {
                 // The peer ended its side: answer what it sent, then close.
