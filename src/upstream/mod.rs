@@ -685,6 +685,11 @@ impl Health {
     /// while that socket might still deliver the requests.
     pub fn fence(&self) {
         self.fenced.fetch_add(1, Ordering::AcqRel);
+        self.aborted();
+    }
+
+    /// A connection to this server was reset with requests unanswered.
+    pub fn aborted(&self) {
         self.aborts.fetch_add(1, Ordering::Relaxed);
     }
 

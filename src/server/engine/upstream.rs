@@ -163,10 +163,10 @@ impl UpConn {
         let unanswered = !self.written.is_empty() || !self.out.is_empty();
         if !(self.recv_armed || self.send_inflight || self.connecting) {
             if unanswered {
+                // Nothing of it is in the kernel's hands: reset it now.
                 set_linger_zero(fd);
                 if let Some(h) = health {
-                    h.fence();
-                    h.unfence();
+                    h.aborted();
                 }
             }
             d.close(fd);
