@@ -15,6 +15,9 @@ use super::MAX_KEY_LEN;
 pub enum DumpLine {
     /// An item; its decoded key was written to the caller's buffer.
     Key,
+    /// An item whose key (written to the caller's buffer) holds bytes a
+    /// text command cannot carry: only meta commands with `b` name it.
+    BinaryKey,
     /// The final `END`.
     End,
     /// Anything else: an item whose key cannot be sent in the text protocol,
@@ -72,12 +75,12 @@ pub fn parse_dump_line(line: &[u8], key: &mut Vec<u8>) -> DumpLine {
             i += 1;
         }
     }
-    let sendable =
-        !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|&b| b > b' ' && b != 0x7f);
-    if sendable {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        DumpLine::Skip
+    } else if key.iter().all(|&b| b > b' ' && b != 0x7f) {
         DumpLine::Key
     } else {
-        DumpLine::Skip
+        DumpLine::BinaryKey
     }
 }
 
@@ -100,8 +103,9 @@ mod tests {
                 b"a%20b",
             ),
             (b"key=caf%C3%A9 exp=-1", DumpLine::Key, "café".as_bytes()),
-            (b"key=a%20b exp=-1", DumpLine::Skip, b""),
-            (b"key=a%0Ab exp=-1", DumpLine::Skip, b""),
+            (b"key=a%20b exp=-1", DumpLine::BinaryKey, b"a b"),
+            (b"key=a%0Ab exp=-1", DumpLine::BinaryKey, b"a\nb"),
+            (b"key=%00%01 exp=-1", DumpLine::BinaryKey, b"\x00\x01"),
             (b"key=bad%2 exp=-1", DumpLine::Skip, b""),
             (b"key=bad%zz exp=-1", DumpLine::Skip, b""),
             (b"key= exp=-1", DumpLine::Skip, b""),
@@ -116,7 +120,7 @@ mod tests {
         for (line, want, key) in table {
             let got = parse_dump_line(line, &mut k);
             assert_eq!(got, *want, "{}", String::from_utf8_lossy(line));
-            if got == DumpLine::Key {
+            if matches!(got, DumpLine::Key | DumpLine::BinaryKey) {
                 assert_eq!(k, *key);
             }
         }

@@ -197,6 +197,13 @@ fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool 
         buf.extend_from_slice(k);
         buf.extend_from_slice(b"\r\n");
     }
+    read_deletes(s, buf, keys.len())
+}
+
+/// Send the `n` pipelined deletes in `buf` and read their replies: true
+/// when each was `DELETED`/`HD` or `NOT_FOUND`/`NF` (or `CLIENT_ERROR`: a
+/// key memcached refuses it cannot hold). `buf` is reused for the replies.
+fn read_deletes(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> bool {
     if s.write_all(buf).is_err() {
         return false;
     }
@@ -205,16 +212,16 @@ fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool 
     let mut start = 0;
     let mut chunk = [0u8; 16 * 1024];
     // Bounded by the key count and the read timeout.
-    while answered < keys.len() {
+    while answered < n {
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => return false,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
             let line = &buf[start..start + pos + 1];
-            let ok = line.starts_with(b"DELETED")
-                || line.starts_with(b"NOT_FOUND")
-                || line.starts_with(b"CLIENT_ERROR");
+            let ok = [&b"DELETED"[..], b"NOT_FOUND", b"HD", b"NF", b"CLIENT_ERROR"]
+                .iter()
+                .any(|w| line.starts_with(w));
             if !ok {
                 return false;
             }
@@ -529,30 +536,54 @@ fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> 
     let mut del = open(addr, &topo.settings).map_err(|_| "cannot connect for the deletes")?;
     let mut out = Vec::with_capacity(16 * 1024);
     let mut deleted = 0u64;
-    let foreign = |key: &[u8]| {
+    // Placed by their bytes, binary keys included (deleted with `md ... b`).
+    let foreign = |key: &[u8], _binary: bool| {
         let r = topo.replicas(key, false);
         r.primary != server && r.backup != Some(server)
     };
     for_dumped_keys(topo, server, DRAIN_BATCH, foreign, |batch| {
-        let keys: Vec<Box<[u8]>> = batch.iter().map(|k| Box::from(&k[..])).collect();
-        if !delete_all(&mut del, &keys, &mut out) {
+        if !delete_keys(&mut del, batch, &mut out) {
             return Err("a delete failed");
         }
-        deleted += keys.len() as u64;
+        deleted += batch.len() as u64;
         Ok(())
     })?;
     Ok(deleted)
 }
 
+/// Pipelined deletes of `keys` (`(key, binary)`: a binary key as `md
+/// <base64> b`); true when each was deleted or absent.
+fn delete_keys(s: &mut TcpStream, keys: &[(Bytes, bool)], buf: &mut Vec<u8>) -> bool {
+    use base64::Engine as _;
+    buf.clear();
+    for (k, binary) in keys {
+        if *binary {
+            buf.extend_from_slice(b"md ");
+            buf.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(k)
+                    .as_bytes(),
+            );
+            buf.extend_from_slice(b" b\r\n");
+        } else {
+            buf.extend_from_slice(b"delete ");
+            buf.extend_from_slice(k);
+            buf.extend_from_slice(b"\r\n");
+        }
+    }
+    read_deletes(s, buf, keys.len())
+}
+
 /// Stream `server`'s keys (`lru_crawler metadump all`) and hand those that
-/// `keep` accepts to `on_batch`, `batch` at a time (the last batch may be
-/// shorter). Keys the text protocol cannot carry are not listed.
+/// `keep` accepts (`keep(key, binary)`: `binary` for a key only meta
+/// commands with `b` can name) to `on_batch`, `batch` at a time (the last
+/// batch may be shorter).
 fn for_dumped_keys(
     topo: &Topology,
     server: ServerId,
     batch: usize,
-    keep: impl Fn(&[u8]) -> bool,
-    mut on_batch: impl FnMut(&mut Vec<Bytes>) -> Result<(), &'static str>,
+    keep: impl Fn(&[u8], bool) -> bool,
+    mut on_batch: impl FnMut(&mut Vec<(Bytes, bool)>) -> Result<(), &'static str>,
 ) -> Result<(), &'static str> {
     let settings = &topo.settings;
     let addr = topo.servers[server.index()].addr;
@@ -564,7 +595,7 @@ fn for_dumped_keys(
         .map_err(|_| "cannot send metadump")?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut key = Vec::new();
-    let mut keys: Vec<Bytes> = Vec::with_capacity(batch);
+    let mut keys: Vec<(Bytes, bool)> = Vec::with_capacity(batch);
     let mut chunk = vec![0u8; 64 * 1024];
     // Bounded by the dump's END and the read timeout.
     loop {
@@ -572,8 +603,13 @@ fn for_dumped_keys(
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(pos + 1);
             match parse_dump_line(&line[..pos], &mut key) {
-                DumpLine::Key if keep(&key) => keys.push(Bytes::copy_from_slice(&key)),
-                DumpLine::Key | DumpLine::Skip => {}
+                DumpLine::Key if keep(&key, false) => {
+                    keys.push((Bytes::copy_from_slice(&key), false))
+                }
+                DumpLine::BinaryKey if keep(&key, true) => {
+                    keys.push((Bytes::copy_from_slice(&key), true))
+                }
+                DumpLine::Key | DumpLine::BinaryKey | DumpLine::Skip => {}
                 DumpLine::End => {
                     end = true;
                     break;
@@ -642,16 +678,19 @@ fn resync_from(
         conns: HashMap::new(),
         items: Vec::new(),
     };
-    let owns = |key: &[u8]| {
+    // The copy machine names keys in text commands: binary keys are left
+    // out of a resync (they are read through instead).
+    let owns = |key: &[u8], binary: bool| {
         let r = topo.replicas(key, false);
-        match role {
-            Role::Primary => r.primary == target,
-            Role::Backup => r.backup == Some(target),
-        }
+        !binary
+            && match role {
+                Role::Primary => r.primary == target,
+                Role::Backup => r.backup == Some(target),
+            }
     };
     let mut copied = 0u64;
     for_dumped_keys(topo, src, RESYNC_BATCH, owns, |batch| {
-        for k in batch.drain(..) {
+        for (k, _) in batch.drain(..) {
             if copy_one(&mut runner, src, target, k, stats) {
                 copied += 1;
             }
