@@ -616,6 +616,7 @@ mod tests {
         let inputs = [ServerInput {
             name: "127.0.0.1:1",
             role: Role::Primary,
+            pool: "default",
             state: h.state(),
             health: h.counters(),
             metrics: &sm,

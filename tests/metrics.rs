@@ -209,7 +209,7 @@ fn metrics_endpoint_serves_get_metrics_only_and_survives_garbage() {
             mc.server_arg()
         ),
         &format!(
-            "memring_server_up{{server=\"{}\",role=\"primary\"}} 1\n",
+            "memring_server_up{{server=\"{}\",role=\"primary\",pool=\"default\"}} 1\n",
             mc.server_arg()
         ),
         &format!(

@@ -12,7 +12,7 @@
 //! memring_request_duration_seconds{command}      histogram  (client-visible)
 //! memring_upstream_request_duration_seconds{server}  histogram
 //! memring_upstream_errors_total{server,kind}     counter
-//! memring_server_up{server,role}                 gauge 1 serving, 0 out
+//! memring_server_up{server,role,pool}            gauge 1 serving, 0 out
 //! memring_server_state{server,state}             gauge 1 for the current state
 //! memring_failovers_total  memring_read_through_total{result}
 //! memring_ejections_total{server,reason}         counter (connect timeout closed protocol drain_failed)
@@ -206,7 +206,12 @@ impl Collector for SnapshotCollector {
             |m| {
                 for srv in &s.servers {
                     let up = i64::from(srv.state == State::Up);
-                    gauge(m, &[("server", &srv.name), ("role", srv.role.as_str())], up)?;
+                    let labels = [
+                        ("server", srv.name.as_str()),
+                        ("role", srv.role.as_str()),
+                        ("pool", srv.pool.as_str()),
+                    ];
+                    gauge(m, &labels, up)?;
                 }
                 Ok(())
             },
@@ -439,6 +444,7 @@ mod tests {
         let servers = [ServerInput {
             name: "127.0.0.1:11211",
             role: Role::Primary,
+            pool: "default",
             state: State::Down,
             health,
             metrics: &m,
@@ -475,7 +481,7 @@ mod tests {
             "memring_upstream_request_duration_seconds_count{server=\"127.0.0.1:11211\"} 1\n",
             "memring_upstream_errors_total{server=\"127.0.0.1:11211\",kind=\"connect\"} 1\n",
             "memring_upstream_errors_total{server=\"127.0.0.1:11211\",kind=\"timeout\"} 0\n",
-            "memring_server_up{server=\"127.0.0.1:11211\",role=\"primary\"} 0\n",
+            "memring_server_up{server=\"127.0.0.1:11211\",role=\"primary\",pool=\"default\"} 0\n",
             "memring_server_state{server=\"127.0.0.1:11211\",state=\"down\"} 1\n",
             "memring_server_state{server=\"127.0.0.1:11211\",state=\"up\"} 0\n",
             "memring_server_state{server=\"127.0.0.1:11211\",state=\"suspect\"} 0\n",

@@ -368,6 +368,8 @@ pub struct ServerInput<'a> {
     pub name: &'a str,
     /// Primary or backup.
     pub role: Role,
+    /// Its pool.
+    pub pool: &'a str,
     /// Health state now.
     pub state: State,
     /// Its health counters now.
@@ -410,6 +412,8 @@ pub struct ServerSnapshot {
     pub name: String,
     /// Primary or backup.
     pub role: Role,
+    /// Its pool.
+    pub pool: String,
     /// Health state.
     pub state: State,
     /// Health counters (ejections and suspicions by reason, drains...).
@@ -464,6 +468,7 @@ impl Snapshot {
                 let (upstream, errors) = s.metrics.merge();
                 ServerSnapshot {
                     name: s.name.to_string(),
+                    pool: s.pool.to_string(),
                     role: s.role,
                     state: s.state,
                     health: s.health,
@@ -571,6 +576,7 @@ mod tests {
         let servers = [ServerInput {
             name: "127.0.0.1:1",
             role: Role::Primary,
+            pool: "default",
             state: State::Down,
             health,
             metrics: &m,

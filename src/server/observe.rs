@@ -49,6 +49,7 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
         .map(|s| ServerInput {
             name: &s.name,
             role: s.role,
+            pool: &s.pool,
             state: s.health.state(),
             health: s.health.counters(),
             metrics: &s.metrics,
