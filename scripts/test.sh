@@ -13,6 +13,8 @@ command -v memcached >/dev/null 2>&1 || need+=(memcached)
 [ -x /usr/sbin/nutcracker ] || command -v nutcracker >/dev/null 2>&1 || need+=(nutcracker)
 command -v memccat >/dev/null 2>&1 || need+=(libmemcached-tools)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# The fuzz crate's libfuzzer-sys builds libFuzzer (C++).
+command -v c++ >/dev/null 2>&1 || need+=(g++)
 # pylibmc (binary protocol client tests) is the Debian package, for /usr/bin/python3.
 /usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1 || need+=(python3-pylibmc)
 # tests/metrics.rs scrapes memring with a real Prometheus; tests/package.rs
