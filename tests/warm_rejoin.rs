@@ -534,9 +534,13 @@ fn a_reply_held_past_the_timeout_makes_the_primary_suspect_not_ejected() {
         server_stat_at(&stats, &p, "primary", "last_ejection"),
         "none"
     );
-    assert_eq!(
-        server_stat_at(&stats, &p, "primary", "last_suspect"),
-        "timeout"
+    // The stuck connection made it suspect; a write decided while it was
+    // out and answered just after its drain may make it suspect once more
+    // (README: "logged once the server is up"), which is no ejection either.
+    let last = server_stat_at(&stats, &p, "primary", "last_suspect");
+    assert!(
+        last == "timeout" || last == "missed_write",
+        "last suspicion {last}: {stats:?}"
     );
     assert_eq!(misses, 0, "the backup held every key the drain deleted");
     let want = expected(N, &seen);

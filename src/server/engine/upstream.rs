@@ -28,7 +28,7 @@ use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::driver::{set_linger_zero, Completion, Driver};
-use crate::server::topology::{advance, failure_reason, fill_iov};
+use crate::server::topology::{advance, failure_reason, fill_iov, ProbeBell};
 
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;
@@ -107,8 +107,9 @@ pub(super) struct Zombie {
     send: bool,
     connect: bool,
     /// The server's health, fenced until this socket is closed (it was
-    /// given up with requests unanswered).
-    fence: Option<Arc<Health>>,
+    /// given up with requests unanswered), and the prober's bell, rung
+    /// then so that a probe held back by the fence starts at once.
+    fence: Option<(Arc<Health>, Arc<ProbeBell>)>,
     /// Memory an in-flight send still points into.
     _out: VecDeque<Bytes>,
     _iov: Vec<libc::iovec>,
@@ -157,7 +158,7 @@ impl UpConn {
         &mut self,
         d: &mut D,
         idx: usize,
-        health: Option<&Arc<Health>>,
+        health: Option<(&Arc<Health>, &Arc<ProbeBell>)>,
     ) -> Option<Zombie> {
         let fd = self.fd.take()?;
         let unanswered = !self.written.is_empty() || !self.out.is_empty();
@@ -165,7 +166,7 @@ impl UpConn {
             if unanswered {
                 // Nothing of it is in the kernel's hands: reset it now.
                 set_linger_zero(fd);
-                if let Some(h) = health {
+                if let Some((h, _)) = health {
                     h.aborted();
                 }
             }
@@ -174,7 +175,10 @@ impl UpConn {
         }
         let fence = if unanswered {
             d.abort(fd);
-            health.inspect(|h| h.fence()).cloned()
+            health.map(|(h, bell)| {
+                h.fence();
+                (h.clone(), bell.clone())
+            })
         } else {
             d.shutdown(fd);
             None
@@ -500,8 +504,9 @@ impl State {
         if !z.recv && !z.send && !z.connect {
             let z = self.zombies.swap_remove(pos);
             d.close(z.fd);
-            if let Some(h) = z.fence {
+            if let Some((h, bell)) = z.fence {
                 h.unfence();
+                bell.ring();
             }
         }
         true
@@ -515,7 +520,7 @@ impl State {
             return;
         };
         let server = cx.topo.servers.get(u.server.index());
-        if let Some(z) = u.bury(d, ci, server.map(|s| &s.health)) {
+        if let Some(z) = u.bury(d, ci, server.map(|s| (&s.health, &cx.topo.bell))) {
             self.zombies.push(z);
         }
         u.gen = gen;
@@ -662,7 +667,7 @@ impl State {
             return;
         };
         let server = cx.topo.servers.get(u.server.index());
-        if let Some(z) = u.bury(d, ci, server.map(|s| &s.health)) {
+        if let Some(z) = u.bury(d, ci, server.map(|s| (&s.health, &cx.topo.bell))) {
             self.zombies.push(z);
         }
         for call in u.written.drain(..).chain(u.pending.drain(..)) {
