@@ -268,15 +268,10 @@ impl Topology {
             if !kept {
                 continue;
             }
-            let clean = s.health.clean_through(previous.generation);
-            if !changed {
-                if clean {
-                    s.health.sweep_done(self.generation, None);
-                }
-            } else if !clean {
+            if s.health
+                .settle_reload(previous.generation, self.generation, changed)
+            {
                 tracing::warn!(server = %s.name, "keys moved again before this server's sweep finished: out of service until it is flushed");
-                s.health.must_flush();
-                s.health.sweep_done(self.generation, None);
                 self.bell.ring();
             }
         }

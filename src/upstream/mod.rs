@@ -480,6 +480,30 @@ impl Health {
         self.state.store(DOWN, Ordering::Release);
     }
 
+    /// A reload from generation `previous` to `next` keeps this server;
+    /// `moved`: it changes where keys go. Placement unchanged, a server
+    /// clean under `previous` is clean under `next`. Keys moved, one that
+    /// was not clean (its sweep for an earlier move had not finished) may
+    /// hold copies of keys it lost then and owns again now, older than
+    /// writes made elsewhere meanwhile: it is taken out until a flush, and
+    /// true is returned. The others wait for this move's sweep.
+    pub fn settle_reload(&self, previous: u64, next: u64, moved: bool) -> bool {
+        let clean = self.clean_through(previous);
+        if !moved {
+            if clean {
+                self.sweep_done(next, None);
+            }
+            return false;
+        }
+        if clean {
+            return false;
+        }
+        self.must_flush();
+        // Nothing older survives the flush it waits for.
+        self.sweep_done(next, None);
+        true
+    }
+
     /// Whether the server holds no key it does not own under topology
     /// generation `generation` (as far as memring knows).
     pub fn clean_through(&self, generation: u64) -> bool {
@@ -1031,6 +1055,27 @@ mod tests {
         assert!(h.probe_succeeded(t0, probe));
         assert!(h.is_up());
         assert_eq!(n(&h.ejections), 0, "not an ejection");
+    }
+
+    #[test]
+    fn a_reload_flushes_a_server_only_when_keys_move_before_its_sweep() {
+        let t0 = Instant::now();
+        let h = Health::new(t0);
+        // Clean at 0; a reload that moves nothing carries that on.
+        assert!(!h.settle_reload(0, 1, false));
+        assert!(h.clean_through(1));
+        // Keys move at 2: it waits for the sweep, still serving.
+        assert!(!h.settle_reload(1, 2, true));
+        assert!(h.is_up() && !h.clean_through(2));
+        // Nothing moves at 3: still not clean (its sweep never ran).
+        assert!(!h.settle_reload(2, 3, false));
+        assert!(!h.clean_through(3));
+        // Keys move again at 4 before any sweep: flushed first.
+        assert!(h.settle_reload(3, 4, true));
+        assert_eq!(h.state(), State::Down);
+        assert!(h.clean_through(4));
+        let probe = h.try_claim_probe(t0).expect("due at once");
+        assert_eq!(h.begin_rejoin(t0, probe), Rejoin::Flush);
     }
 
     #[test]
