@@ -29,3 +29,50 @@ pub const MAX_KEY_LEN: usize = 250;
 /// (memcached has no key-count limit); any other longer line closes the
 /// connection, as framing is lost.
 pub const MAX_LINE_LEN: usize = 64 * 1024;
+
+/// Drop `n` written bytes from the front of a queue of wire buffers (what a
+/// partial vectored send leaves: the next send resumes at the exact byte).
+pub fn advance_queue(q: &mut std::collections::VecDeque<bytes::Bytes>, mut n: usize) {
+    use bytes::Buf;
+    // Bounded by the queue: every pass pops a buffer or returns.
+    while n > 0 {
+        let Some(front) = q.front_mut() else {
+            return;
+        };
+        if front.len() <= n {
+            n -= front.len();
+            q.pop_front();
+        } else {
+            front.advance(n);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use bytes::Bytes;
+
+    use super::advance_queue;
+
+    #[test]
+    fn advance_resumes_partial_writes_exactly() {
+        let mut q: VecDeque<Bytes> = ["abc", "de", "fghij"]
+            .iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        advance_queue(&mut q, 4);
+        assert_eq!(
+            q,
+            vec![Bytes::from_static(b"e"), Bytes::from_static(b"fghij")]
+        );
+        advance_queue(&mut q, 3);
+        assert_eq!(q, vec![Bytes::from_static(b"hij")]);
+        advance_queue(&mut q, 3);
+        assert!(q.is_empty());
+        advance_queue(&mut q, 1);
+        assert!(q.is_empty());
+    }
+}

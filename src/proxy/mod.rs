@@ -20,7 +20,9 @@
 //! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
 pub mod binary;
+pub mod client;
 pub mod machine;
+pub mod pipeline;
 
 use bytes::Bytes;
 

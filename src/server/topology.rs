@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 
 use super::exclusive::Sections;
 use crate::config::Config;
@@ -405,22 +405,6 @@ pub(crate) fn fill_iov(iov: &mut Vec<libc::iovec>, out: &VecDeque<Bytes>) {
     }
 }
 
-/// Drop `n` written bytes from the front of a queue of buffers.
-pub(crate) fn advance(q: &mut VecDeque<Bytes>, mut n: usize) {
-    while n > 0 {
-        let Some(front) = q.front_mut() else {
-            return;
-        };
-        if front.len() <= n {
-            n -= front.len();
-            q.pop_front();
-        } else {
-            front.advance(n);
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,24 +482,5 @@ mod tests {
             .iter()
             .zip(&many)
             .all(|(v, b)| std::ptr::eq(v.iov_base as *const u8, b.as_ptr())));
-    }
-
-    #[test]
-    fn advance_resumes_partial_writes_exactly() {
-        let mut q: VecDeque<Bytes> = ["abc", "de", "fghij"]
-            .iter()
-            .map(|s| Bytes::from_static(s.as_bytes()))
-            .collect();
-        advance(&mut q, 4);
-        assert_eq!(
-            q,
-            vec![Bytes::from_static(b"e"), Bytes::from_static(b"fghij")]
-        );
-        advance(&mut q, 3);
-        assert_eq!(q, vec![Bytes::from_static(b"hij")]);
-        advance(&mut q, 3);
-        assert!(q.is_empty());
-        advance(&mut q, 1);
-        assert!(q.is_empty());
     }
 }

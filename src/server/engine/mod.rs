@@ -53,6 +53,7 @@ use slab::Slab;
 use crate::metrics::CoreMetrics;
 use crate::protocol::Expect;
 use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, Reply, View};
+use crate::proxy::pipeline::{Call, Outcome};
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{Observed, Role, ServerId};
 
@@ -224,7 +225,7 @@ pub(super) struct State {
     /// The same pools by (name, role), so a reload keeps live connections.
     by_name: HashMap<(String, Role), Vec<usize>>,
     /// Upstream outcomes not yet handed to their machines.
-    outcomes: VecDeque<(usize, CallId, Result<Reply, CallError>)>,
+    outcomes: VecDeque<Outcome>,
     /// Requests waiting for a key section another request holds: (slot,
     /// call, ticket). Polled each turn and whenever this core leaves one.
     parked: Vec<(usize, CallId, Held)>,
@@ -364,30 +365,6 @@ pub(super) fn run_core<D: Driver>(
     }
 }
 
-/// Copy a receive completion's bytes into `rbuf` (when `keep`) and give the
-/// provided buffer back at once. `rbuf` grows in `step`s: requests and
-/// replies are split off it as they complete, and a buffer nobody shares any
-/// more is then reused in place, so steady traffic does not allocate.
-fn take_received<D: Driver>(
-    d: &mut D,
-    c: &Completion,
-    rbuf: &mut bytes::BytesMut,
-    step: usize,
-    keep: bool,
-) {
-    let Some(b) = c.buf else {
-        return;
-    };
-    if c.res > 0 && keep {
-        let n = c.res as usize;
-        if rbuf.capacity() - rbuf.len() < n {
-            rbuf.reserve(n.max(step));
-        }
-        rbuf.extend_from_slice(d.buffer(b, n));
-    }
-    d.recycle(b);
-}
-
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -473,7 +450,7 @@ impl State {
         cx.stats().incr(Counter::SectionWaits);
         if let Some(cref) = client {
             if let Some(c) = self.live_client(cref) {
-                c.section_wait = true;
+                c.conn.hold_for_section(true);
             }
         }
         false
@@ -494,7 +471,7 @@ impl State {
             let client = self.reqs.get(r).and_then(|s| s.client);
             if let Some(cref) = client {
                 if let Some(c) = self.live_client(cref) {
-                    c.section_wait = false;
+                    c.conn.hold_for_section(false);
                     client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
                 }
             }
@@ -612,15 +589,7 @@ impl State {
             self.outcomes.push_back((r, call, Err(CallError::Closed)));
             return;
         };
-        let call = upstream::Call {
-            req: r,
-            call,
-            expect,
-            parts,
-            retried: false,
-            tag: None,
-            written_at: cx.now,
-        };
+        let call = Call::new(r, call, expect, parts, cx.now);
         self.queue_call(d, cx, ci, call);
     }
 
@@ -661,7 +630,7 @@ impl State {
             return;
         };
         let a = if cref.strip_end { a.without_end() } else { a };
-        if c.fill(cref.seq, a) {
+        if c.conn.fill(cref.seq, a) {
             client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
         }
     }

@@ -15,83 +15,31 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::metrics::UpstreamErrorKind;
-use crate::protocol::matching::{self, TagCheck};
-use crate::protocol::{reply_size_hint, Expect, MAX_LINE_LEN};
-use crate::proxy::machine::{CallError, CallId, Reply};
+use crate::proxy::machine::CallError;
+use crate::proxy::pipeline::{Call, Due, Fault, Pipeline, Queued};
 use crate::stats::Counter;
 use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::driver::{set_linger_zero, Completion, Driver};
-use crate::server::topology::{advance, failure_reason, fill_iov, ProbeBell};
+use crate::server::topology::{failure_reason, fill_iov, ProbeBell};
 
-/// Grow the read buffer by at least this much.
-const READ_STEP: usize = 64 * 1024;
-
-/// An empty read buffer larger than this is released when the connection idles.
-const IDLE_KEEP: usize = 1 << 20;
-
-/// One call: a machine's request to a server.
-pub(super) struct Call {
-    pub req: usize,
-    pub call: CallId,
-    pub expect: Expect,
-    /// Kept only for reads, which may be sent again after a failure and
-    /// whose replies are checked against the keys they asked for.
-    pub parts: [Bytes; 2],
-    pub retried: bool,
-    /// The opaque memring added to this meta request, which its reply must
-    /// echo (see [`crate::protocol::matching`]).
-    pub tag: Option<u32>,
-    /// The turn that wrote it on its connection (upstream latency runs from
-    /// there to the turn that framed its reply).
-    pub written_at: Instant,
-}
-
-impl Call {
-    fn retryable(&self) -> bool {
-        self.expect == Expect::Values && !self.retried
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    Connecting { deadline: Instant },
-    Ready,
-    Backoff(Instant),
-}
-
-/// One pipelined connection to a server.
+/// One pipelined connection to a server: its machine, and the I/O state
+/// of its socket on this core.
 pub(super) struct UpConn {
     pub server: ServerId,
     pub addr: SocketAddr,
     name: String,
     gen: u32,
     fd: Option<RawFd>,
-    phase: Phase,
-    attempts: u32,
-    /// Waiting for the connection.
-    pending: VecDeque<Call>,
-    /// Queued in `out` (or sent), waiting for their replies, in order.
-    written: VecDeque<Call>,
-    out: VecDeque<Bytes>,
+    /// Every protocol decision of the connection.
+    pipe: Pipeline,
     iov: Vec<libc::iovec>,
-    rbuf: BytesMut,
-    /// The head's reply already had its opaque checked and taken out.
-    head_checked: bool,
-    /// The opaque for the next tagged meta request.
-    next_tag: u32,
-    /// Where the ` O<n>` tokens of this connection's requests are written
-    /// (split off in turn: one allocation per few hundred requests).
-    tags: BytesMut,
-    /// Last time the head of `written` made progress (written, or reply bytes).
-    progress_at: Instant,
     send_inflight: bool,
     recv_armed: bool,
     connecting: bool,
@@ -123,17 +71,8 @@ impl UpConn {
             name: name.to_string(),
             gen: 0,
             fd: None,
-            phase: Phase::Idle,
-            attempts: 0,
-            pending: VecDeque::new(),
-            written: VecDeque::with_capacity(64),
-            out: VecDeque::with_capacity(64),
+            pipe: Pipeline::new(std::time::Instant::now()),
             iov: Vec::with_capacity(64),
-            rbuf: BytesMut::new(),
-            head_checked: false,
-            next_tag: 0,
-            tags: BytesMut::new(),
-            progress_at: Instant::now(),
             send_inflight: false,
             recv_armed: false,
             connecting: false,
@@ -143,7 +82,7 @@ impl UpConn {
 
     /// Calls on this connection, for picking the least loaded one.
     pub(super) fn load(&self) -> usize {
-        self.pending.len() + self.written.len()
+        self.pipe.load()
     }
 
     /// Let go of the socket: closed at once when the kernel holds nothing of
@@ -161,8 +100,13 @@ impl UpConn {
         health: Option<(&Arc<Health>, &Arc<ProbeBell>)>,
     ) -> Option<Zombie> {
         let fd = self.fd.take()?;
-        let unanswered = !self.written.is_empty() || !self.out.is_empty();
-        if !(self.recv_armed || self.send_inflight || self.connecting) {
+        let unanswered = self.pipe.unanswered();
+        let (recv, send, connect) = (
+            std::mem::take(&mut self.recv_armed),
+            std::mem::take(&mut self.send_inflight),
+            std::mem::take(&mut self.connecting),
+        );
+        if !(recv || send || connect) {
             if unanswered {
                 // Nothing of it is in the kernel's hands: reset it now.
                 set_linger_zero(fd);
@@ -187,51 +131,13 @@ impl UpConn {
             idx,
             gen: self.gen,
             fd,
-            recv: self.recv_armed,
-            send: self.send_inflight,
-            connect: self.connecting,
+            recv,
+            send,
+            connect,
             fence,
-            _out: std::mem::take(&mut self.out),
+            _out: self.pipe.take_out(),
             _iov: std::mem::take(&mut self.iov),
         })
-    }
-
-    /// Queue a call's bytes for this turn's send.
-    fn write(&mut self, now: Instant, mut call: Call) {
-        if self.written.is_empty() {
-            self.progress_at = now;
-        }
-        call.written_at = now;
-        call.tag = None;
-        if call.expect == Expect::Values {
-            for p in &call.parts {
-                if !p.is_empty() {
-                    self.out.push_back(p.clone());
-                }
-            }
-        } else {
-            let [mut line, data] = std::mem::take(&mut call.parts);
-            if let Some(at) = (call.expect == Expect::Meta)
-                .then(|| matching::meta_tag_point(&line))
-                .flatten()
-            {
-                let tag = self.next_tag;
-                self.next_tag = tag.wrapping_add(1);
-                if self.tags.capacity() < 16 {
-                    self.tags = BytesMut::with_capacity(4096);
-                }
-                matching::compose_meta_tag(&mut self.tags, tag);
-                self.out.push_back(line.split_to(at));
-                self.out.push_back(self.tags.split().freeze());
-                call.tag = Some(tag);
-            }
-            for p in [line, data] {
-                if !p.is_empty() {
-                    self.out.push_back(p);
-                }
-            }
-        }
-        self.written.push_back(call);
     }
 }
 
@@ -252,20 +158,10 @@ impl State {
                 .push_back((call.req, call.call, Err(CallError::Closed)));
             return;
         };
-        match u.phase {
-            Phase::Ready => {
-                u.write(cx.now, call);
-                mark(self, ci);
-            }
-            Phase::Connecting { .. } => u.pending.push_back(call),
-            Phase::Backoff(until) if cx.now < until => {
-                self.outcomes
-                    .push_back((call.req, call.call, Err(CallError::Connect)));
-            }
-            Phase::Idle | Phase::Backoff(_) => {
-                u.pending.push_back(call);
-                self.connect(d, cx, ci);
-            }
+        match u.pipe.queue(call, cx.now, &mut self.outcomes) {
+            Queued::Written => mark(self, ci),
+            Queued::Connect => self.connect(d, cx, ci),
+            Queued::Waiting | Queued::Refused => {}
         }
     }
 
@@ -280,9 +176,7 @@ impl State {
             Ok(fd) => {
                 u.fd = Some(fd);
                 u.connecting = true;
-                u.phase = Phase::Connecting {
-                    deadline: cx.now + cx.topo.settings.connect_timeout,
-                };
+                u.pipe.connecting(cx.now + cx.topo.settings.connect_timeout);
                 d.connect(token(Kind::UpConnect, ci, gen), fd, u.addr);
             }
             Err(e) => {
@@ -313,11 +207,7 @@ impl State {
             self.fail_up(d, cx, ci, CallError::Connect);
             return;
         }
-        u.phase = Phase::Ready;
-        u.attempts = 0;
-        while let Some(call) = u.pending.pop_front() {
-            u.write(cx.now, call);
-        }
+        u.pipe.connected(cx.now);
         mark(self, ci);
     }
 
@@ -344,9 +234,33 @@ impl State {
         let Some(u) = self.ups.get_mut(ci) else {
             return;
         };
-        super::take_received(d, &c, &mut u.rbuf, READ_STEP, true);
         if !c.more {
             u.recv_armed = false;
+        }
+        let mut outcome = Ok(false);
+        if let Some(b) = c.buf {
+            if c.res > 0 {
+                let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
+                // Upstream latency, when timing: this server's block of this core.
+                let timed = cx
+                    .shared
+                    .timing
+                    .then(|| cx.topo.servers.get(u.server.index()))
+                    .flatten();
+                outcome = u.pipe.received(
+                    d.buffer(b, c.res as usize),
+                    cx.now,
+                    max_value,
+                    &mut self.items,
+                    &mut self.outcomes,
+                    |t| {
+                        if let Some(s) = timed {
+                            s.metrics.record_upstream(cx.id, t);
+                        }
+                    },
+                );
+            }
+            d.recycle(b);
         }
         if c.res == -libc::ENOBUFS {
             mark(self, ci);
@@ -356,81 +270,21 @@ impl State {
             self.fail_up(d, cx, ci, CallError::Closed);
             return;
         }
-        u.progress_at = cx.now;
-        let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
-        let mut answered = false;
-        // Upstream latency, when timing: this server's block of this core.
-        let timed = cx
-            .shared
-            .timing
-            .then(|| cx.topo.servers.get(u.server.index()))
-            .flatten();
-        while let Some(head) = u.written.front() {
-            if let (Some(tag), false) = (head.tag, u.head_checked) {
-                match matching::check_meta_tag(&u.rbuf, tag, MAX_LINE_LEN) {
-                    TagCheck::Incomplete if u.rbuf.len() < MAX_LINE_LEN => break,
-                    TagCheck::Echoed(r) => matching::strip_token(&mut u.rbuf, r),
-                    TagCheck::ErrorLine => {}
-                    TagCheck::Incomplete | TagCheck::Mismatch => {
-                        self.out_of_step(d, cx, ci, "a meta reply without its request's opaque");
-                        return;
+        match outcome {
+            Ok(answered) => {
+                if answered {
+                    if let Some(s) = cx.topo.servers.get(u.server.index()) {
+                        s.health.record_success();
                     }
                 }
-                u.head_checked = true;
+                mark(self, ci);
             }
-            match Reply::frame(head.expect, &mut u.rbuf, max_value, &mut self.items) {
-                Ok(Some(reply)) => {
-                    if head.expect == Expect::Values
-                        && !matching::values_match(&head.parts[0], &reply.frame, &self.items)
-                    {
-                        self.out_of_step(
-                            d,
-                            cx,
-                            ci,
-                            "a value for a key its request did not ask for",
-                        );
-                        return;
-                    }
-                    u.head_checked = false;
-                    if let Some(call) = u.written.pop_front() {
-                        answered = true;
-                        if let Some(s) = timed {
-                            s.metrics.record_upstream(
-                                cx.id,
-                                cx.now.saturating_duration_since(call.written_at),
-                            );
-                        }
-                        self.outcomes.push_back((call.req, call.call, Ok(reply)));
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(server = %u.name, error = e.msg, "unparseable reply, closing connection");
-                    self.fail_up(d, cx, ci, CallError::Protocol);
-                    return;
-                }
+            Err(Fault::OutOfStep(what)) => self.out_of_step(d, cx, ci, what),
+            Err(Fault::Garbled(msg)) => {
+                tracing::warn!(server = %u.name, error = msg, "unparseable reply, closing connection");
+                self.fail_up(d, cx, ci, CallError::Protocol);
             }
         }
-        if let Some(need) = reply_size_hint(&u.rbuf).filter(|n| *n > READ_STEP) {
-            if u.rbuf.capacity() < need {
-                // A large value is on its way: one buffer of its exact size,
-                // instead of growing step by step (and copying) while it
-                // streams in.
-                let mut exact = BytesMut::with_capacity(need);
-                exact.extend_from_slice(&u.rbuf);
-                u.rbuf = exact;
-            }
-        }
-        if u.written.is_empty() && !u.rbuf.is_empty() {
-            self.out_of_step(d, cx, ci, "bytes no request asked for");
-            return;
-        }
-        if answered {
-            if let Some(s) = cx.topo.servers.get(u.server.index()) {
-                s.health.record_success();
-            }
-        }
-        mark(self, ci);
     }
 
     /// Connection `ci` is out of step with its requests (`what` it sent):
@@ -465,7 +319,7 @@ impl State {
             self.fail_up(d, cx, ci, CallError::Closed);
             return;
         }
-        advance(&mut u.out, c.res as usize);
+        u.pipe.sent(c.res as usize);
         mark(self, ci);
     }
 
@@ -512,8 +366,8 @@ impl State {
         true
     }
 
-    /// Fail connection `ci`: one failure for the server; see the module
-    /// comment for what happens to its calls.
+    /// Fail connection `ci`: one failure for the server; its machine
+    /// settles its calls (see [`Pipeline::fail`]).
     pub(super) fn fail_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, why: CallError) {
         let gen = next_gen(&mut self.up_gen);
         let Some(u) = self.ups.get_mut(ci) else {
@@ -524,12 +378,6 @@ impl State {
             self.zombies.push(z);
         }
         u.gen = gen;
-        u.recv_armed = false;
-        u.send_inflight = false;
-        u.connecting = false;
-        u.out.clear();
-        u.rbuf.clear();
-        u.head_checked = false;
         let policy = cx.topo.settings.policy;
         if let Some(s) = server {
             s.metrics.upstream_error(cx.id, error_kind(why));
@@ -546,50 +394,22 @@ impl State {
             }
         }
         let up = server.is_some_and(|s| s.health.is_up());
-        u.phase = if why == CallError::Connect {
-            u.attempts = u.attempts.saturating_add(1);
-            let p = HealthPolicy {
-                retry_interval: Duration::from_millis(20),
-                max_retry_interval: policy.retry_interval,
-                ..policy
-            };
-            Phase::Backoff(cx.now + backoff(&p, u.attempts, cx.jitter()))
-        } else {
-            Phase::Idle
+        let p = HealthPolicy {
+            retry_interval: Duration::from_millis(20),
+            max_retry_interval: policy.retry_interval,
+            ..policy
         };
-        // Written calls, oldest first.
-        let mut retry = VecDeque::new();
-        for (i, mut call) in u.written.drain(..).enumerate() {
-            let head_timed_out = why == CallError::Timeout && i == 0;
-            if up && call.retryable() && !head_timed_out && why != CallError::Connect {
-                call.retried = true;
-                retry.push_back(call);
-                continue;
-            }
-            let err = if head_timed_out {
-                cx.stats().incr(Counter::BackendTimeouts);
-                CallError::Timeout
-            } else {
-                why
-            };
-            self.outcomes.push_back((call.req, call.call, Err(err)));
+        let failed = u.pipe.fail(
+            why,
+            up,
+            cx.now,
+            |attempts| backoff(&p, attempts, cx.jitter()),
+            &mut self.outcomes,
+        );
+        if failed.timed_out {
+            cx.stats().incr(Counter::BackendTimeouts);
         }
-        while let Some(call) = u.pending.pop_front() {
-            retry.push_back(call);
-        }
-        if !up || why == CallError::Connect {
-            let err = if why == CallError::Connect {
-                CallError::Connect
-            } else {
-                CallError::Closed
-            };
-            for call in retry {
-                self.outcomes.push_back((call.req, call.call, Err(err)));
-            }
-            return;
-        }
-        if !retry.is_empty() {
-            u.pending = retry;
+        if failed.reconnect {
             self.connect(d, cx, ci);
         }
     }
@@ -600,29 +420,20 @@ impl State {
         d: &mut D,
         cx: &Ctx,
         ci: usize,
-    ) -> Option<Instant> {
+    ) -> Option<std::time::Instant> {
         let u = self.ups.get(ci)?;
-        match u.phase {
-            Phase::Connecting { deadline } => {
-                if cx.now >= deadline {
+        match u.pipe.due(cx.now, cx.topo.settings.request_timeout) {
+            Due::Never => None,
+            Due::At(at) => Some(at),
+            Due::Fail(why) => {
+                if why == CallError::Connect {
                     tracing::debug!(server = %u.name, "connect timed out");
-                    self.fail_up(d, cx, ci, CallError::Connect);
-                    None
                 } else {
-                    Some(deadline)
+                    tracing::debug!(server = %u.name, waiting = u.pipe.waiting(), "upstream connection stuck");
                 }
+                self.fail_up(d, cx, ci, why);
+                None
             }
-            Phase::Ready if !u.written.is_empty() => {
-                let due = u.progress_at + cx.topo.settings.request_timeout;
-                if cx.now >= due {
-                    tracing::debug!(server = %u.name, waiting = u.written.len(), "upstream connection stuck");
-                    self.fail_up(d, cx, ci, CallError::Timeout);
-                    None
-                } else {
-                    Some(due)
-                }
-            }
-            _ => None,
         }
     }
 
@@ -633,14 +444,15 @@ impl State {
             return;
         };
         u.dirty = false;
-        let (Phase::Ready, Some(fd)) = (u.phase, u.fd) else {
+        let (crate::proxy::pipeline::Phase::Ready, Some(fd)) = (u.pipe.phase(), u.fd) else {
             return;
         };
-        if !u.send_inflight && !u.out.is_empty() {
-            fill_iov(&mut u.iov, &u.out);
-            // SAFETY: the iovecs point into `out`'s buffers, which are neither
-            // advanced nor dropped before this send completes (a failure moves
-            // them into a Zombie until then); `iov` is not touched either.
+        if !u.send_inflight && !u.pipe.out().is_empty() {
+            fill_iov(&mut u.iov, u.pipe.out());
+            // SAFETY: the iovecs point into the machine's output buffers,
+            // which are neither advanced nor dropped before this send
+            // completes (a failure moves them into a Zombie until then);
+            // `iov` is not touched either.
             unsafe {
                 d.send(
                     token(Kind::UpSend, ci, u.gen),
@@ -655,10 +467,7 @@ impl State {
             d.recv(token(Kind::UpRecv, ci, u.gen), fd);
             u.recv_armed = true;
         }
-        if u.written.is_empty() && u.rbuf.is_empty() && u.rbuf.capacity() > IDLE_KEEP {
-            // Large values passed: release the buffer while the connection idles.
-            u.rbuf = BytesMut::new();
-        }
+        u.pipe.release_idle();
     }
 
     /// A reload dropped connection `ci`'s server: fail its calls and let it go.
@@ -670,10 +479,7 @@ impl State {
         if let Some(z) = u.bury(d, ci, server.map(|s| (&s.health, &cx.topo.bell))) {
             self.zombies.push(z);
         }
-        for call in u.written.drain(..).chain(u.pending.drain(..)) {
-            self.outcomes
-                .push_back((call.req, call.call, Err(CallError::Closed)));
-        }
+        u.pipe.retire(&mut self.outcomes);
         self.ups.remove(ci);
     }
 }

@@ -1,0 +1,248 @@
+//! The upstream connection machine without sockets: calls in, wire bytes
+//! out, reply bytes in, outcomes out.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::protocol::Status;
+
+const TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_VALUE: usize = 2 << 20;
+
+fn get(req: usize, key: &str, now: Instant) -> Call {
+    let line = Bytes::from(format!("get {key}\r\n"));
+    Call::new(req, 0, Expect::Values, [line, Bytes::new()], now)
+}
+
+fn set(req: usize, now: Instant) -> Call {
+    let parts = [
+        Bytes::from_static(b"set k 0 0 1\r\n"),
+        Bytes::from_static(b"x\r\n"),
+    ];
+    Call::new(req, 0, Expect::Line, parts, now)
+}
+
+fn mg(req: usize, now: Instant) -> Call {
+    Call::new(
+        req,
+        0,
+        Expect::Meta,
+        [Bytes::from_static(b"mg k v\r\n"), Bytes::new()],
+        now,
+    )
+}
+
+fn wire(p: &Pipeline) -> Vec<u8> {
+    p.out().iter().flat_map(|b| b.to_vec()).collect()
+}
+
+/// A connected pipeline with `calls` written.
+fn ready(now: Instant, calls: Vec<Call>) -> (Pipeline, VecDeque<Outcome>) {
+    let mut p = Pipeline::new(now);
+    let mut q = VecDeque::new();
+    p.connecting(now + TIMEOUT);
+    p.connected(now);
+    for c in calls {
+        assert_eq!(p.queue(c, now, &mut q), Queued::Written);
+    }
+    (p, q)
+}
+
+fn feed(
+    p: &mut Pipeline,
+    bytes: &[u8],
+    now: Instant,
+    q: &mut VecDeque<Outcome>,
+) -> Result<bool, Fault> {
+    p.received(bytes, now, MAX_VALUE, &mut Vec::new(), q, |_| {})
+}
+
+/// Which requests got which results, in order.
+fn settled(q: &mut VecDeque<Outcome>) -> Vec<(usize, Result<Status, CallError>)> {
+    q.drain(..)
+        .map(|(r, _, res)| (r, res.map(|reply| reply.status)))
+        .collect()
+}
+
+#[test]
+fn calls_wait_for_the_connect_then_leave_in_order() {
+    let now = Instant::now();
+    let mut p = Pipeline::new(now);
+    let mut q = VecDeque::new();
+    assert_eq!(p.queue(get(1, "a", now), now, &mut q), Queued::Connect);
+    p.connecting(now + TIMEOUT);
+    assert_eq!(p.queue(set(2, now), now, &mut q), Queued::Waiting);
+    assert!(wire(&p).is_empty());
+    p.connected(now);
+    assert_eq!(wire(&p), b"get a\r\nset k 0 0 1\r\nx\r\n");
+    assert_eq!(p.load(), 2);
+    p.sent(10);
+    assert_eq!(wire(&p), b" k 0 0 1\r\nx\r\n");
+}
+
+#[test]
+fn replies_are_matched_to_calls_in_fifo_order() {
+    let now = Instant::now();
+    let (mut p, mut q) = ready(now, vec![get(1, "a", now), set(2, now)]);
+    assert_eq!(feed(&mut p, b"VALUE a 0 1\r\nz", now, &mut q), Ok(false));
+    assert!(q.is_empty());
+    assert_eq!(feed(&mut p, b"\r\nEND\r\nSTO", now, &mut q), Ok(true));
+    assert_eq!(feed(&mut p, b"RED\r\n", now, &mut q), Ok(true));
+    let got = settled(&mut q);
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(got[1].1, Ok(Status::Stored));
+    assert_eq!(p.load(), 0);
+}
+
+#[test]
+fn replies_out_of_step_give_the_connection_up() {
+    let now = Instant::now();
+    // A value for a key the head did not ask for.
+    let (mut p, mut q) = ready(now, vec![get(1, "a", now)]);
+    assert!(matches!(
+        feed(&mut p, b"VALUE b 0 1\r\nz\r\nEND\r\n", now, &mut q),
+        Err(Fault::OutOfStep(_))
+    ));
+    // Bytes with nothing asked.
+    let (mut p, mut q) = ready(now, vec![]);
+    assert!(matches!(
+        feed(&mut p, b"STORED\r\n", now, &mut q),
+        Err(Fault::OutOfStep(_))
+    ));
+    // Not a reply at all.
+    let (mut p, mut q) = ready(now, vec![set(1, now)]);
+    assert!(matches!(
+        feed(&mut p, b"HTTP/1.1 200 OK\r\n", now, &mut q),
+        Err(Fault::Garbled(_))
+    ));
+}
+
+#[test]
+fn meta_requests_carry_an_opaque_their_replies_must_echo() {
+    let now = Instant::now();
+    let (mut p, mut q) = ready(now, vec![mg(1, now), mg(2, now)]);
+    assert_eq!(wire(&p), b"mg k v O0\r\nmg k v O1\r\n");
+    assert_eq!(feed(&mut p, b"VA 1 O0\r\nx\r\n", now, &mut q), Ok(true));
+    let (_, _, first) = q.pop_front().expect("answered");
+    // The client never sees memring's opaque.
+    assert_eq!(&first.expect("reply").frame[..], b"VA 1\r\nx\r\n");
+    assert!(matches!(
+        feed(&mut p, b"EN O7\r\n", now, &mut q),
+        Err(Fault::OutOfStep(_))
+    ));
+}
+
+#[test]
+fn a_connection_is_stuck_when_its_head_sees_no_reply_bytes() {
+    let t0 = Instant::now();
+    let (mut p, mut q) = ready(t0, vec![get(1, "a", t0)]);
+    assert_eq!(p.due(t0, TIMEOUT), Due::At(t0 + TIMEOUT));
+    // Progress (some reply bytes) moves the deadline.
+    let t1 = t0 + Duration::from_millis(900);
+    assert_eq!(feed(&mut p, b"VALUE a 0 1\r\n", t1, &mut q), Ok(false));
+    assert_eq!(p.due(t0 + TIMEOUT, TIMEOUT), Due::At(t1 + TIMEOUT));
+    assert_eq!(p.due(t1 + TIMEOUT, TIMEOUT), Due::Fail(CallError::Timeout));
+    // Idle connections have no deadline; connects do.
+    let idle = Pipeline::new(t0);
+    assert_eq!(idle.due(t0, TIMEOUT), Due::Never);
+    let mut c = Pipeline::new(t0);
+    c.connecting(t0 + TIMEOUT);
+    assert_eq!(c.due(t0 + TIMEOUT, TIMEOUT), Due::Fail(CallError::Connect));
+}
+
+#[test]
+fn a_failure_retries_reads_once_and_fails_what_may_have_run() {
+    let now = Instant::now();
+    let (mut p, mut q) = ready(now, vec![get(1, "a", now), set(2, now), get(3, "c", now)]);
+    let failed = p.fail(CallError::Closed, true, now, |_| TIMEOUT, &mut q);
+    assert_eq!(
+        failed,
+        Failed {
+            timed_out: false,
+            reconnect: true
+        }
+    );
+    assert_eq!(settled(&mut q), vec![(2, Err(CallError::Closed))]);
+    assert_eq!(p.phase(), Phase::Idle);
+    assert!(p.out().is_empty());
+    // The reads go again on the fresh connection, once.
+    p.connecting(now + TIMEOUT);
+    p.connected(now);
+    assert_eq!(wire(&p), b"get a\r\nget c\r\n");
+    let failed = p.fail(CallError::Closed, true, now, |_| TIMEOUT, &mut q);
+    assert!(!failed.reconnect);
+    assert_eq!(
+        settled(&mut q),
+        vec![(1, Err(CallError::Closed)), (3, Err(CallError::Closed))]
+    );
+}
+
+#[test]
+fn a_timed_out_head_fails_and_is_not_sent_again() {
+    let now = Instant::now();
+    let (mut p, mut q) = ready(now, vec![get(1, "a", now), get(2, "b", now)]);
+    let failed = p.fail(CallError::Timeout, true, now, |_| TIMEOUT, &mut q);
+    assert!(failed.timed_out && failed.reconnect);
+    assert_eq!(settled(&mut q), vec![(1, Err(CallError::Timeout))]);
+}
+
+#[test]
+fn a_server_out_of_service_fails_every_call() {
+    let now = Instant::now();
+    let (mut p, mut q) = ready(now, vec![get(1, "a", now)]);
+    let failed = p.fail(CallError::Closed, false, now, |_| TIMEOUT, &mut q);
+    assert!(!failed.reconnect);
+    assert_eq!(settled(&mut q), vec![(1, Err(CallError::Closed))]);
+
+    let (mut p, mut q) = ready(now, vec![get(1, "a", now)]);
+    p.retire(&mut q);
+    assert_eq!(settled(&mut q), vec![(1, Err(CallError::Closed))]);
+}
+
+#[test]
+fn failed_connects_back_off_longer_each_time() {
+    let t0 = Instant::now();
+    let step = Duration::from_millis(10);
+    let mut p = Pipeline::new(t0);
+    let mut q = VecDeque::new();
+    let mut seen = Vec::new();
+    for i in 0..3u32 {
+        let now = t0 + step * i;
+        assert_eq!(p.queue(get(1, "a", now), now, &mut q), Queued::Connect);
+        p.connecting(now + TIMEOUT);
+        p.fail(
+            CallError::Connect,
+            true,
+            now,
+            |n| {
+                seen.push(n);
+                step
+            },
+            &mut q,
+        );
+        assert_eq!(settled(&mut q), vec![(1, Err(CallError::Connect))]);
+        // Calls while backing off fail at once.
+        assert_eq!(p.queue(get(2, "b", now), now, &mut q), Queued::Refused);
+        assert_eq!(settled(&mut q), vec![(2, Err(CallError::Connect))]);
+    }
+    assert_eq!(seen, vec![1, 2, 3]);
+    let later = t0 + step * 3;
+    assert_eq!(p.queue(get(3, "c", later), later, &mut q), Queued::Connect);
+    p.connecting(later + TIMEOUT);
+    p.connected(later);
+    let mut after = 0;
+    p.fail(
+        CallError::Connect,
+        true,
+        later,
+        |n| {
+            after = n;
+            TIMEOUT
+        },
+        &mut q,
+    );
+    assert_eq!(after, 1, "a connect that worked resets the count");
+}
