@@ -66,6 +66,16 @@ counters! {
     ResyncCopies => "proxy_resync_copies",
     SectionWaits => "proxy_section_waits",
     InputMemoryRefusals => "proxy_input_memory_refusals",
+    TlsConnections => "tls_total_connections",
+    TlsHandshakes => "tls_handshakes",
+    TlsErrorNotTls => "tls_handshake_errors_not_tls",
+    TlsErrorTimeout => "tls_handshake_errors_timeout",
+    TlsErrorNoCertificate => "tls_handshake_errors_no_certificate",
+    TlsErrorBadCertificate => "tls_handshake_errors_bad_certificate",
+    TlsErrorAlert => "tls_handshake_errors_alert",
+    TlsErrorClosed => "tls_handshake_errors_closed",
+    TlsErrorProtocol => "tls_handshake_errors_protocol",
+    TlsOnPlainPort => "tls_hellos_on_plaintext_port",
 }
 
 const N: usize = Counter::ALL.len();
@@ -107,6 +117,8 @@ pub struct CoreStats {
     counters: [AtomicU64; N],
     /// Open client connections on this core.
     pub curr_connections: AtomicU64,
+    /// Of those, the ones on the TLS listener.
+    pub curr_tls_connections: AtomicU64,
     /// Requests being proxied on this core right now (drained on SIGTERM).
     pub active_requests: AtomicU64,
 }
@@ -116,6 +128,7 @@ impl Default for CoreStats {
         CoreStats {
             counters: std::array::from_fn(|_| AtomicU64::new(0)),
             curr_connections: AtomicU64::new(0),
+            curr_tls_connections: AtomicU64::new(0),
             active_requests: AtomicU64::new(0),
         }
     }
@@ -211,6 +224,11 @@ pub fn render(
         .map(|c| c.curr_connections.load(Ordering::Relaxed))
         .sum();
     stat("curr_connections", &curr);
+    let tls: u64 = cores
+        .iter()
+        .map(|c| c.curr_tls_connections.load(Ordering::Relaxed))
+        .sum();
+    stat("curr_tls_connections", &tls);
     for &c in Counter::ALL {
         let v: u64 = cores.iter().map(|core| core.get(c)).sum();
         stat(c.wire_name(), &v);

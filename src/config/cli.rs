@@ -183,6 +183,42 @@ pub(super) struct Cli {
     #[arg(long, value_name = "LEVEL", value_parser = value::log_level, help_heading = MEMRING)]
     pub log_level: Option<String>,
 
+    /// Also serve clients over TLS on ADDR:PORT (with --tls-cert and --tls-key; -p 0 leaves only TLS)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = value::bind, help_heading = MEMRING)]
+    pub tls_listen: Option<String>,
+
+    /// The TLS listener's certificate chain (PEM); re-read on SIGHUP
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The TLS listener's private key (PEM); re-read on SIGHUP
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require TLS clients to present a certificate signed by this CA (PEM)
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Cut a TLS client that has not finished its handshake by then
+    #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_TLS_HANDSHAKE_TIMEOUT, value_parser = value::timeout, help_heading = MEMRING)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Speak TLS to every server (primaries and backups)
+    #[arg(long, help_heading = MEMRING)]
+    pub server_tls: bool,
+
+    /// Verify the servers' certificates against this CA (PEM) instead of the system's
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub server_tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) to present to the servers
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub server_tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --server-tls-cert
+    #[arg(long, value_name = "PATH", value_parser = value_os(value::path), help_heading = MEMRING)]
+    pub server_tls_key: Option<PathBuf>,
+
     /// Validate the configuration and exit
     #[arg(long, help_heading = MEMRING)]
     pub check: bool,
@@ -274,6 +310,15 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         metrics_listen: cli.metrics_listen.clone(),
         latency_stats: cli.latency_stats.then_some(true),
         log_level: cli.log_level.clone(),
+        tls_listen: cli.tls_listen.clone(),
+        tls_cert: cli.tls_cert.clone(),
+        tls_key: cli.tls_key.clone(),
+        tls_ca: cli.tls_ca.clone(),
+        tls_handshake_timeout: pick("tls_handshake_timeout").map(|_| cli.tls_handshake_timeout),
+        server_tls: cli.server_tls.then_some(true),
+        server_tls_ca: cli.server_tls_ca.clone(),
+        server_tls_cert: cli.server_tls_cert.clone(),
+        server_tls_key: cli.server_tls_key.clone(),
     };
     Ok(Parsed {
         layer,

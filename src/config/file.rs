@@ -68,6 +68,15 @@ struct FileConfig {
     metrics_listen: Option<String>,
     latency_stats: Option<bool>,
     log_level: Option<String>,
+    tls_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_handshake_timeout: Option<String>,
+    server_tls: Option<bool>,
+    server_tls_ca: Option<PathBuf>,
+    server_tls_cert: Option<PathBuf>,
+    server_tls_key: Option<PathBuf>,
 }
 
 /// Read and validate `path`.
@@ -242,5 +251,14 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         metrics_listen: text!(metrics_listen, value::bind),
         latency_stats: f.latency_stats,
         log_level: text!(log_level, value::log_level),
+        tls_listen: text!(tls_listen, value::bind),
+        tls_cert: path_ok("tls_cert", &f.tls_cert, value::path)?,
+        tls_key: path_ok("tls_key", &f.tls_key, value::path)?,
+        tls_ca: path_ok("tls_ca", &f.tls_ca, value::path)?,
+        tls_handshake_timeout: text!(tls_handshake_timeout, value::timeout),
+        server_tls: f.server_tls,
+        server_tls_ca: path_ok("server_tls_ca", &f.server_tls_ca, value::path)?,
+        server_tls_cert: path_ok("server_tls_cert", &f.server_tls_cert, value::path)?,
+        server_tls_key: path_ok("server_tls_key", &f.server_tls_key, value::path)?,
     })
 }

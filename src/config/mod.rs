@@ -52,6 +52,8 @@ pub const DEFAULT_RETRY_INTERVAL: &str = "500ms";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
 /// `--shutdown-timeout` default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+/// `--tls-handshake-timeout` default.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: &str = "10s";
 /// `--missed-keys-limit` default: 64 MiB per server, about 750 000 keys of
 /// 40 bytes (each key costs its length plus
 /// [`crate::upstream::missed::PER_KEY_OVERHEAD`]).
@@ -217,6 +219,26 @@ pub struct Config {
     /// `--log-level`: overrides the level `-v` picks, without `-v`'s
     /// foreground (`RUST_LOG` overrides both).
     pub log_level: Option<String>,
+    /// `--tls-listen ADDR:PORT`: a TLS listener beside the plaintext one.
+    pub tls_listen: Option<String>,
+    /// `--tls-cert`: the TLS listener's certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`: the TLS listener's private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// `--tls-ca`: require client certificates signed by this CA (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// `--tls-handshake-timeout`: a client that has not finished its TLS
+    /// handshake by then is cut. Default 10s.
+    pub tls_handshake_timeout: Duration,
+    /// `--server-tls`: speak TLS to every server.
+    pub server_tls: bool,
+    /// `--server-tls-ca`: verify servers against this CA (PEM) instead of
+    /// the system's trust store.
+    pub server_tls_ca: Option<PathBuf>,
+    /// `--server-tls-cert`: a client certificate for the servers (PEM).
+    pub server_tls_cert: Option<PathBuf>,
+    /// `--server-tls-key`: its private key (PEM).
+    pub server_tls_key: Option<PathBuf>,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -271,6 +293,11 @@ impl Config {
         Some(SocketAddr::new(ip, self.port))
     }
 
+    /// The TLS listener's address, if `--tls-listen` is given.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_listen.as_deref().and_then(|a| a.parse().ok())
+    }
+
     /// The metrics endpoint's address, if `--metrics-listen` is given.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listen.as_deref().and_then(|a| a.parse().ok())
@@ -280,6 +307,41 @@ impl Config {
     /// event loop turn's clock; no clock reads of its own).
     pub fn latency_timing(&self) -> bool {
         self.latency_stats || self.metrics_listen.is_some()
+    }
+
+    /// The TLS settings fit together (the files themselves are read when
+    /// the listener and connections are set up).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let err = |m: &str| Err(ConfigError::usage(m));
+        if let Some(t) = &self.tls_listen {
+            if let Err(why) = value::bind(t) {
+                return Err(ConfigError::usage(format!(
+                    "invalid --tls-listen '{t}': {why}"
+                )));
+            }
+            if self.tls_cert.is_none() || self.tls_key.is_none() {
+                return err("--tls-listen needs --tls-cert PATH and --tls-key PATH");
+            }
+            let twin = self.tls_addr().filter(|a| a.port() != 0);
+            if twin.is_some() && twin == self.tcp_addr() {
+                return err("--tls-listen and the plaintext listener cannot share an address");
+            }
+        } else if self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some() {
+            return err("--tls-cert, --tls-key and --tls-ca need --tls-listen ADDR:PORT");
+        }
+        if !self.server_tls
+            && (self.server_tls_ca.is_some()
+                || self.server_tls_cert.is_some()
+                || self.server_tls_key.is_some())
+        {
+            return err(
+                "--server-tls-ca, --server-tls-cert and --server-tls-key need --server-tls",
+            );
+        }
+        if self.server_tls_cert.is_some() != self.server_tls_key.is_some() {
+            return err("--server-tls-cert and --server-tls-key go together");
+        }
+        Ok(())
     }
 
     /// Cross-field and range checks. [`parse_args`] and [`reload`] run it;
@@ -360,7 +422,12 @@ impl Config {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return err(format!("server name '{}' is given to two servers", w[0]));
         }
-        if self.bind.is_none() && self.port == 0 && self.unix_socket.is_none() {
+        self.validate_tls()?;
+        if self.bind.is_none()
+            && self.port == 0
+            && self.unix_socket.is_none()
+            && self.tls_listen.is_none()
+        {
             return err(
                 "nothing to listen on: -p 0 disables TCP and neither -f/--unix-socket nor --bind is given"
                     .into(),
@@ -494,6 +561,15 @@ struct Layer {
     metrics_listen: Option<String>,
     latency_stats: Option<bool>,
     log_level: Option<String>,
+    tls_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_handshake_timeout: Option<Duration>,
+    server_tls: Option<bool>,
+    server_tls_ca: Option<PathBuf>,
+    server_tls_cert: Option<PathBuf>,
+    server_tls_key: Option<PathBuf>,
 }
 
 impl Layer {
@@ -539,7 +615,16 @@ impl Layer {
             missed_keys_limit,
             metrics_listen,
             latency_stats,
-            log_level
+            log_level,
+            tls_listen,
+            tls_cert,
+            tls_key,
+            tls_ca,
+            tls_handshake_timeout,
+            server_tls,
+            server_tls_ca,
+            server_tls_cert,
+            server_tls_key
         )
     }
 
@@ -599,6 +684,15 @@ impl Layer {
             metrics_listen: self.metrics_listen,
             latency_stats: self.latency_stats.unwrap_or(false),
             log_level: self.log_level,
+            tls_listen: self.tls_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_ca: self.tls_ca,
+            tls_handshake_timeout: dur(self.tls_handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            server_tls: self.server_tls.unwrap_or(false),
+            server_tls_ca: self.server_tls_ca,
+            server_tls_cert: self.server_tls_cert,
+            server_tls_key: self.server_tls_key,
             argv: Vec::new(),
         }
     }
@@ -668,6 +762,8 @@ pub const RELOAD_KEEPS: &[&str] = &[
     "client_buffer",
     "max_input_memory",
     "log_level",
+    "tls_listen",
+    "server_tls",
 ];
 
 /// What a reload from `old` to `new` changes, for the reload's log line:
@@ -725,7 +821,14 @@ pub fn reload_changes(old: &Config, new: &Config) -> Vec<String> {
         missed_keys_limit,
         shutdown_timeout,
         resync,
-        latency_stats
+        latency_stats,
+        tls_cert,
+        tls_key,
+        tls_ca,
+        tls_handshake_timeout,
+        server_tls_ca,
+        server_tls_cert,
+        server_tls_key
     );
     out
 }
@@ -785,7 +888,9 @@ pub fn reload_with_report(
         client_buffer,
         max_input_memory,
         metrics_listen,
-        log_level
+        log_level,
+        tls_listen,
+        server_tls
     );
     new.validate()?;
     Ok((new, ignored))

@@ -825,7 +825,7 @@ fn base_with_servers() -> Config {
 fn reload_keeps_list_is_complete() {
     // RELOAD_KEEPS names exactly the fields reload_with_report keeps.
     let f = TempFile::new(
-        "servers = [\"127.0.0.1:1\"]\nport = 1\nlisten = \"::1\"\nbind = \"127.0.0.1:0\"\nunix_socket = \"/x\"\nthreads = 3\nio_backend = \"epoll\"\nuser = \"u\"\ngroup = \"g\"\nforeground = true\nverbose = 2\npid_file = \"/p\"\nlog_file = \"/l\"\nmax_conns = 5\nmax_server_conns = 5\nupstream_conns = 5\nmax_item_size = \"2m\"\nclient_buffer = \"8m\"\nmax_input_memory = \"512m\"\nlog_level = \"debug\"\nunix_mask = \"660\"\n",
+        "servers = [\"127.0.0.1:1\"]\nport = 1\nlisten = \"::1\"\nbind = \"127.0.0.1:0\"\nunix_socket = \"/x\"\nthreads = 3\nio_backend = \"epoll\"\nuser = \"u\"\ngroup = \"g\"\nforeground = true\nverbose = 2\npid_file = \"/p\"\nlog_file = \"/l\"\nmax_conns = 5\nmax_server_conns = 5\nupstream_conns = 5\nmax_item_size = \"2m\"\nclient_buffer = \"8m\"\nmax_input_memory = \"512m\"\nlog_level = \"debug\"\nunix_mask = \"660\"\ntls_listen = \"127.0.0.1:9\"\nserver_tls = true\n",
     );
     let (_, mut ignored) = reload_with_report(&f.0, &base_with_servers()).unwrap();
     let mut keeps = RELOAD_KEEPS.to_vec();

@@ -328,7 +328,7 @@ impl Collector for SnapshotCollector {
                 Ok(())
             },
         )?;
-        let plain: [(&str, &str, MetricType, u64); 11] = [
+        let plain: [(&str, &str, MetricType, u64); 14] = [
             (
                 "memring_failovers",
                 "Requests answered by the other replica because one failed or was out",
@@ -379,6 +379,24 @@ impl Collector for SnapshotCollector {
                 p.client_connections,
             ),
             (
+                "memring_tls_client_connections",
+                "Open client connections on the TLS listener",
+                MetricType::Gauge,
+                p.tls_connections,
+            ),
+            (
+                "memring_tls_handshakes",
+                "TLS handshakes completed with clients",
+                MetricType::Counter,
+                p.tls_handshakes,
+            ),
+            (
+                "memring_tls_hellos_on_plaintext_port",
+                "Connections to the plaintext listener that began with a TLS handshake (closed)",
+                MetricType::Counter,
+                p.tls_on_plain_port,
+            ),
+            (
                 "memring_client_connections_rejected",
                 "Client connections refused at the connection limit",
                 MetricType::Counter,
@@ -403,6 +421,20 @@ impl Collector for SnapshotCollector {
                 _ => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
             })?;
         }
+        family(
+            &mut enc,
+            "memring_tls_handshake_errors",
+            "Client TLS handshakes that failed, by reason (not_tls: plaintext on the TLS port; \
+             timeout: --tls-handshake-timeout; no_certificate / bad_certificate: --tls-ca)",
+            None,
+            MetricType::Counter,
+            |m| {
+                for (reason, n) in &p.tls_handshake_errors {
+                    counter(m, &[("reason", reason)], *n)?;
+                }
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 }
@@ -461,6 +493,10 @@ mod tests {
             backend_desyncs: 0,
             input_memory_refusals: 0,
             input_bytes: 0,
+            tls_connections: 1,
+            tls_handshakes: 3,
+            tls_handshake_errors: vec![("not_tls", 2), ("timeout", 0)],
+            tls_on_plain_port: 0,
         };
         Snapshot::take(&cores, &servers, process, "io_uring", true)
     }
@@ -502,6 +538,10 @@ mod tests {
             "memring_client_connections_rejected_total 1\n",
             "memring_client_read_bytes_total 100\n",
             "memring_client_written_bytes_total 200\n",
+            "memring_tls_client_connections 1\n",
+            "memring_tls_handshakes_total 3\n",
+            "memring_tls_handshake_errors_total{reason=\"not_tls\"} 2\n",
+            "memring_tls_handshake_errors_total{reason=\"timeout\"} 0\n",
         ];
         for w in want {
             assert!(text.contains(w), "missing {w:?} in\n{text}");

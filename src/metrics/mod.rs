@@ -175,6 +175,7 @@ labelled! {
         Timeout => "timeout",
         Closed => "closed",
         Protocol => "protocol",
+        Tls => "tls",
     }
 }
 
@@ -403,6 +404,14 @@ pub struct ProcessCounters {
     pub input_memory_refusals: u64,
     /// Unparsed client input buffered now, all cores.
     pub input_bytes: u64,
+    /// Open client connections on the TLS listener.
+    pub tls_connections: u64,
+    /// TLS handshakes completed with clients.
+    pub tls_handshakes: u64,
+    /// Client TLS handshakes that failed, by reason (`reason` label).
+    pub tls_handshake_errors: Vec<(&'static str, u64)>,
+    /// TLS handshake records sent to the plaintext listener.
+    pub tls_on_plain_port: u64,
 }
 
 /// One server, merged.
@@ -588,7 +597,7 @@ mod tests {
         assert_eq!(s.read_through, [2, 0, 1]);
         let srv = &s.servers[0];
         assert_eq!(srv.upstream.count(), 2);
-        assert_eq!(srv.errors, [0, 1, 0, 0]);
+        assert_eq!(srv.errors, [0, 1, 0, 0, 0]);
         assert_eq!(srv.health, health);
         assert_eq!(srv.state, State::Down);
     }

@@ -17,7 +17,6 @@
 //! sockets.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{DrainStep, Ejection, Health, Observed, Probe, Rejoin, Role, ServerId};
 
+use super::tls::{is_tls_failure, Dial, Stream};
 use super::topology::{failure_reason, Settings, Shared, Topology};
 
 /// Start the prober thread.
@@ -57,12 +57,14 @@ fn prober(shared: &Arc<Shared>) {
         std::thread::park_timeout(tick.mul_f64(0.5 + jitter()));
         let topo = shared.current();
         let now = Instant::now();
-        for s in &topo.servers {
+        for (i, s) in topo.servers.iter().enumerate() {
             let Some(probe) = s.health.try_claim_probe(now) else {
                 continue;
             };
-            let (health, addr, name, settings) =
-                (s.health.clone(), s.addr, s.name.clone(), topo.settings);
+            let Some(dial) = topo.dial(i) else {
+                continue;
+            };
+            let (health, name, settings) = (s.health.clone(), s.name.clone(), topo.settings);
             let j = jitter();
             let (shared, topo2) = (shared.clone(), topo.clone());
             let id = topo
@@ -73,7 +75,7 @@ fn prober(shared: &Arc<Shared>) {
             let spawned = std::thread::Builder::new()
                 .name("memring-probe".into())
                 .spawn(move || {
-                    if rejoin(&health, addr, &name, probe, &settings, j) {
+                    if rejoin(&health, &dial, &name, probe, &settings, j) {
                         if let (true, Some(id)) = (settings.resync, id) {
                             resync(&shared, &topo2, id);
                         }
@@ -101,7 +103,7 @@ const DRAIN_WAIT: Duration = Duration::from_millis(10);
 /// Probe the server and bring it back: true when it is in service again.
 fn rejoin(
     health: &Health,
-    addr: SocketAddr,
+    dial: &Dial,
     name: &str,
     probe: Probe,
     settings: &Settings,
@@ -115,7 +117,7 @@ fn rejoin(
         health.probe_failed(Instant::now(), policy, probe, why, jitter);
         false
     };
-    let mut s = match probe_server(addr, settings) {
+    let mut s = match probe_server(dial, settings) {
         Ok(s) => s,
         Err(why) => return failed(why),
     };
@@ -134,7 +136,7 @@ fn rejoin(
         },
         Rejoin::Drain => drain(health, &mut s, name, settings, probe, jitter),
     };
-    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = s.tcp().shutdown(std::net::Shutdown::Both);
     done
 }
 
@@ -142,7 +144,7 @@ fn rejoin(
 /// in service; writes already reach it meanwhile.
 fn drain(
     health: &Health,
-    s: &mut TcpStream,
+    s: &mut Stream,
     name: &str,
     settings: &Settings,
     probe: Probe,
@@ -190,7 +192,7 @@ fn drain(
 
 /// Pipelined `delete` of every key; true when each got `DELETED` or
 /// `NOT_FOUND` (or `CLIENT_ERROR`: a key memcached refuses it cannot hold).
-fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool {
+fn delete_all(s: &mut Stream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool {
     buf.clear();
     for k in keys {
         buf.extend_from_slice(b"delete ");
@@ -203,7 +205,7 @@ fn delete_all(s: &mut TcpStream, keys: &[Box<[u8]>], buf: &mut Vec<u8>) -> bool 
 /// Send the `n` pipelined deletes in `buf` and read their replies: true
 /// when each was `DELETED`/`HD` or `NOT_FOUND`/`NF` (or `CLIENT_ERROR`: a
 /// key memcached refuses it cannot hold). `buf` is reused for the replies.
-fn read_deletes(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> bool {
+fn read_deletes(s: &mut Stream, buf: &mut Vec<u8>, n: usize) -> bool {
     if s.write_all(buf).is_err() {
         return false;
     }
@@ -237,8 +239,14 @@ fn read_deletes(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> bool {
 
 /// Connect and ask `version`: the connection when the server answered
 /// within the request timeout, or why not.
-fn probe_server(addr: SocketAddr, settings: &Settings) -> Result<TcpStream, Ejection> {
-    let mut s = open(addr, settings).map_err(|_| Ejection::Connect)?;
+fn probe_server(dial: &Dial, settings: &Settings) -> Result<Stream, Ejection> {
+    let mut s = open(dial, settings).map_err(|e| {
+        if is_tls_failure(&e) {
+            Ejection::Tls
+        } else {
+            Ejection::Connect
+        }
+    })?;
     roundtrip(&mut s, b"version\r\n", Status::Version)?;
     Ok(s)
 }
@@ -248,19 +256,16 @@ fn probe_server(addr: SocketAddr, settings: &Settings) -> Result<TcpStream, Ejec
 /// and its close resets it (`SO_LINGER {1, 0}`), so that requests still
 /// unanswered when it is given up are dropped by the kernel, never
 /// retransmitted to a server that is back in service.
-fn open(addr: SocketAddr, settings: &Settings) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, settings.connect_timeout)?;
-    let limit = Some(settings.request_timeout.max(Duration::from_millis(100)));
-    s.set_read_timeout(limit)?;
-    s.set_write_timeout(limit)?;
-    let _ = s.set_nodelay(true);
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+fn open(dial: &Dial, settings: &Settings) -> std::io::Result<Stream> {
+    let limit = settings.request_timeout.max(Duration::from_millis(100));
+    let s = dial.open(settings.connect_timeout, limit)?;
+    socket2::SockRef::from(s.tcp()).set_linger(Some(Duration::ZERO))?;
     Ok(s)
 }
 
 /// Send `req` and read its one-line reply: Ok when it is `want`, otherwise
 /// why not (a reply other than `want` counts as garbled).
-fn roundtrip(s: &mut TcpStream, req: &'static [u8], want: Status) -> Result<(), Ejection> {
+fn roundtrip(s: &mut Stream, req: &'static [u8], want: Status) -> Result<(), Ejection> {
     let mut buf = BytesMut::with_capacity(256);
     let parts = [Bytes::from_static(req), Bytes::new()];
     match exchange(s, &mut buf, &parts, Expect::Line, &mut Vec::new()) {
@@ -292,7 +297,7 @@ impl View for ControlView<'_> {
 /// off the cores.
 struct Blocking<'a> {
     topo: &'a Topology,
-    conns: HashMap<ServerId, (TcpStream, BytesMut)>,
+    conns: HashMap<ServerId, (Stream, BytesMut)>,
     items: Vec<crate::protocol::ValueItem>,
 }
 
@@ -317,7 +322,14 @@ impl Blocking<'_> {
         let (s, buf) = match self.conns.entry(server) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let s = open(info.addr, settings).map_err(|_| CallError::Connect)?;
+                let dial = self.topo.dial(server.index()).ok_or(CallError::Closed)?;
+                let s = open(&dial, settings).map_err(|e| {
+                    if is_tls_failure(&e) {
+                        CallError::Tls
+                    } else {
+                        CallError::Connect
+                    }
+                })?;
                 v.insert((s, BytesMut::with_capacity(16 * 1024)))
             }
         };
@@ -370,7 +382,7 @@ impl Blocking<'_> {
 
 /// Write `parts` and read one reply framed by `expect`.
 fn exchange(
-    s: &mut TcpStream,
+    s: &mut Stream,
     buf: &mut BytesMut,
     parts: &[Bytes; 2],
     expect: Expect,
@@ -532,8 +544,8 @@ fn sweep(shared: &Shared, generation: u64) {
 /// Delete on `server` every key (from its metadump) it does not own under
 /// `topo`; the number deleted.
 fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> {
-    let addr = topo.servers[server.index()].addr;
-    let mut del = open(addr, &topo.settings).map_err(|_| "cannot connect for the deletes")?;
+    let dial = topo.dial(server.index()).ok_or("no such server")?;
+    let mut del = open(&dial, &topo.settings).map_err(|_| "cannot connect for the deletes")?;
     let mut out = Vec::with_capacity(16 * 1024);
     let mut deleted = 0u64;
     // Placed by their bytes, binary keys included (deleted with `md ... b`).
@@ -553,7 +565,7 @@ fn sweep_server(topo: &Topology, server: ServerId) -> Result<u64, &'static str> 
 
 /// Pipelined deletes of `keys` (`(key, binary)`: a binary key as `md
 /// <base64> b`); true when each was deleted or absent.
-fn delete_keys(s: &mut TcpStream, keys: &[(Bytes, bool)], buf: &mut Vec<u8>) -> bool {
+fn delete_keys(s: &mut Stream, keys: &[(Bytes, bool)], buf: &mut Vec<u8>) -> bool {
     use base64::Engine as _;
     buf.clear();
     for (k, binary) in keys {
@@ -586,11 +598,11 @@ fn for_dumped_keys(
     mut on_batch: impl FnMut(&mut Vec<(Bytes, bool)>) -> Result<(), &'static str>,
 ) -> Result<(), &'static str> {
     let settings = &topo.settings;
-    let addr = topo.servers[server.index()].addr;
-    let mut dump = TcpStream::connect_timeout(&addr, settings.connect_timeout)
-        .map_err(|_| "cannot connect for the metadump")?;
+    let dial = topo.dial(server.index()).ok_or("no such server")?;
     // A dump stalls only while a batch is handled.
-    let _ = dump.set_read_timeout(Some(settings.request_timeout * 10));
+    let mut dump = dial
+        .open(settings.connect_timeout, settings.request_timeout * 10)
+        .map_err(|_| "cannot connect for the metadump")?;
     dump.write_all(b"lru_crawler metadump all\r\n")
         .map_err(|_| "cannot send metadump")?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -750,8 +762,9 @@ pub(super) fn dump_for(
             let replies: Vec<Bytes> = topo
                 .servers
                 .iter()
-                .filter(|s| s.health.is_up())
-                .filter_map(|s| dump_from(s.addr, &line, &topo.settings))
+                .enumerate()
+                .filter(|(_, s)| s.health.is_up())
+                .filter_map(|(i, _)| dump_from(&topo.dial(i)?, &line, &topo.settings))
                 .collect();
             let a = if replies.is_empty() {
                 Answer::One(Bytes::from_static(compose::NO_SERVER))
@@ -767,9 +780,9 @@ pub(super) fn dump_for(
 
 /// One server's whole metadump answer, or None if it cannot be reached,
 /// stalls or sends too much.
-fn dump_from(addr: SocketAddr, line: &[u8], settings: &Settings) -> Option<Bytes> {
-    let mut s = TcpStream::connect_timeout(&addr, settings.connect_timeout).ok()?;
-    s.set_read_timeout(Some(settings.request_timeout * 10))
+fn dump_from(dial: &Dial, line: &[u8], settings: &Settings) -> Option<Bytes> {
+    let mut s = dial
+        .open(settings.connect_timeout, settings.request_timeout * 10)
         .ok()?;
     s.write_all(line).ok()?;
     let mut buf = BytesMut::with_capacity(64 * 1024);

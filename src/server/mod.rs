@@ -16,6 +16,7 @@ mod exclusive;
 mod limits;
 pub mod logfile;
 mod observe;
+mod tls;
 mod topology;
 
 use std::fmt;
@@ -113,7 +114,7 @@ pub fn run(cfg: Config) -> Result<(), RunError> {
 
 /// How a core thread is run: given the shared state, its index, its
 /// listeners, and where to report that it is ready (or why it is not).
-type CoreMain = fn(Arc<Shared>, usize, Option<TcpListener>, Option<UnixListener>, ReadyTx);
+type CoreMain = fn(Arc<Shared>, usize, engine::Listeners, ReadyTx);
 
 /// A core reports once: ready (with a line describing its I/O setup), or the error.
 type ReadyTx = mpsc::Sender<Result<String, std::io::Error>>;
@@ -122,15 +123,16 @@ type ReadyTx = mpsc::Sender<Result<String, std::io::Error>>;
 fn engine_core<D: driver::Driver>(
     shared: Arc<Shared>,
     id: usize,
-    tcp: Option<TcpListener>,
-    unix: Option<UnixListener>,
+    listeners: engine::Listeners,
     ready: ReadyTx,
 ) {
-    engine::run_core::<D>(shared, id, engine::Listeners { tcp, unix }, ready);
+    engine::run_core::<D>(shared, id, listeners, ready);
 }
 
 struct Listeners {
     tcp: Vec<TcpListener>,
+    /// `--tls-listen`: one per core, like `tcp`.
+    tls: Vec<TcpListener>,
     unix: Vec<UnixListener>,
     fds: Vec<RawFd>,
     announce: Vec<String>,
@@ -162,10 +164,10 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
     // A port in use fails a start, so it fails the check too (run it with
     // the instance it replaces stopped, or reload that one with SIGHUP,
     // which checks the file and logs what it refuses).
-    if let Some(addr) = cfg.tcp_addr() {
-        port_is_free(addr)?;
-    }
-    if let Some(addr) = cfg.metrics_addr() {
+    for addr in [cfg.tcp_addr(), cfg.tls_addr(), cfg.metrics_addr()]
+        .into_iter()
+        .flatten()
+    {
         port_is_free(addr)?;
     }
     Ok(())
@@ -233,7 +235,7 @@ fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(),
     let threads = cfg.threads.max(1);
     // Before anything is bound or announced: a bad -u/-g fails here.
     let identity = resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
-    if let Some(addr) = cfg.tcp_addr() {
+    for addr in [cfg.tcp_addr(), cfg.tls_addr()].into_iter().flatten() {
         port_is_free(addr)?;
     }
     let listeners = bind_all(&cfg, threads)?;
@@ -474,15 +476,19 @@ fn start_serving(
 
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, std::io::Error>>();
     let mut tcp = listeners.tcp.into_iter();
+    let mut tls = listeners.tls.into_iter();
     let mut unix = listeners.unix.into_iter();
     for id in 0..threads {
         let shared = shared.clone();
-        let tcp = tcp.next();
-        let unix = unix.next();
+        let mine = engine::Listeners {
+            tcp: tcp.next(),
+            tls: tls.next(),
+            unix: unix.next(),
+        };
         let ready = ready_tx.clone();
         std::thread::Builder::new()
             .name(format!("memring-{id}"))
-            .spawn(move || core(shared, id, tcp, unix, ready))
+            .spawn(move || core(shared, id, mine, ready))
             .map_err(RunError::Runtime)?;
     }
     drop(ready_tx);
@@ -524,11 +530,13 @@ fn absolute(p: &Path) -> PathBuf {
 fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
     let mut l = Listeners {
         tcp: Vec::new(),
+        tls: Vec::new(),
         unix: Vec::new(),
         fds: Vec::new(),
         announce: Vec::new(),
     };
-    if let Some(mut addr) = cfg.tcp_addr() {
+    for (addr, tls) in [(cfg.tcp_addr(), false), (cfg.tls_addr(), true)] {
+        let Some(mut addr) = addr else { continue };
         for _ in 0..threads {
             let s = bind_reuseport(addr).map_err(|source| RunError::Bind {
                 what: addr.to_string(),
@@ -540,9 +548,14 @@ fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
                 source,
             })?;
             l.fds.push(s.as_raw_fd());
-            l.tcp.push(s);
+            if tls {
+                l.tls.push(s);
+            } else {
+                l.tcp.push(s);
+            }
         }
-        l.announce.push(format!("tcp {addr}"));
+        l.announce
+            .push(format!("{} {addr}", if tls { "tls" } else { "tcp" }));
     }
     if let Some(path) = &cfg.unix_socket {
         let what = path.display().to_string();
@@ -580,7 +593,7 @@ fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
         l.unix.insert(0, u);
         l.announce.push(format!("unix {what}"));
     }
-    if l.tcp.is_empty() && l.unix.is_empty() {
+    if l.tcp.is_empty() && l.unix.is_empty() && l.tls.is_empty() {
         return Err(RunError::Setup(
             "nothing to listen on: -p 0 disables TCP, so give -f PATH or --bind ADDR:PORT".into(),
         ));
@@ -695,8 +708,12 @@ fn signal_loop(shared: &Arc<Shared>, fds: &[RawFd], pid_file: Option<&Path>) {
                     }
                 }
                 // A SIGHUP for logrotate alone is not a failed reload.
-                if shared.cfg.config_file.is_some() || !logfile::active() {
+                if shared.cfg.config_file.is_some() {
                     reload(shared);
+                } else if shared.cfg.tls_listen.is_some() || shared.cfg.server_tls {
+                    reload_certificates(shared);
+                } else if !logfile::active() {
+                    tracing::warn!("SIGHUP ignored: no --config file to reload");
                 }
             }
             Ok(sig) => {
@@ -731,9 +748,26 @@ fn signal_loop(shared: &Arc<Shared>, fds: &[RawFd], pid_file: Option<&Path>) {
     }
 }
 
+/// SIGHUP without a config file: re-read the TLS certificates and keys
+/// the command line names. New connections use them; open ones keep
+/// their sessions. A file that fails keeps the running ones.
+fn reload_certificates(shared: &Arc<Shared>) {
+    let _updating = shared.updating.lock().unwrap_or_else(|e| e.into_inner());
+    let current = shared.current();
+    match Topology::build(&current.config, Some(&current), shared.started) {
+        Ok(t) => {
+            tracing::info!(target: LIFECYCLE, generation = t.generation, "TLS certificates reloaded");
+            let _ = t.settle_after(&current);
+            shared.swap_topology(t);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload failed; keeping the running certificates")
+        }
+    }
+}
+
 fn reload(shared: &Arc<Shared>) {
     let Some(path) = shared.cfg.config_file.clone() else {
-        tracing::warn!("SIGHUP ignored: no --config file to reload");
         return;
     };
     let (cfg, kept) = match crate::config::reload_with_report(&path, &shared.cfg) {

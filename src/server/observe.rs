@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::metrics::{self, ProcessCounters, ServerInput, Snapshot};
 use crate::stats::Counter;
 
+use super::tls::HandshakeError;
 use super::topology::{Shared, Topology};
 
 /// Longest request head read (request line and headers).
@@ -42,6 +43,17 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
         backend_desyncs: sum(Counter::BackendDesyncs),
         input_memory_refusals: sum(Counter::InputMemoryRefusals),
         input_bytes: shared.input_bytes.load(Ordering::Relaxed) as u64,
+        tls_connections: shared
+            .stats
+            .iter()
+            .map(|s| s.curr_tls_connections.load(Ordering::Relaxed))
+            .sum(),
+        tls_handshakes: sum(Counter::TlsHandshakes),
+        tls_handshake_errors: HandshakeError::ALL
+            .iter()
+            .map(|r| (r.as_str(), sum(r.counter())))
+            .collect(),
+        tls_on_plain_port: sum(Counter::TlsOnPlainPort),
     };
     let servers: Vec<ServerInput<'_>> = topo
         .servers

@@ -5,6 +5,7 @@
 //! relaxed atomics, and a lock taken only when a reload swaps the topology
 //! (the cores notice through the generation number, once per loop turn).
 
+use super::tls::{server_name, Dial, TlsConfigs};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +42,9 @@ pub(crate) struct ServerInfo {
     pub health: Arc<Health>,
     /// Latency and error metrics, one block per core, kept like `health`.
     pub metrics: Arc<ServerMetrics>,
+    /// The name its TLS certificate must carry (its host as configured),
+    /// when `--server-tls` is on.
+    pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// Timeouts and health tunables that a reload may change.
@@ -73,6 +77,10 @@ pub(crate) struct Topology {
     pub config: Arc<Config>,
     /// Wakes the prober; kept across reloads like the servers' health.
     pub bell: Arc<ProbeBell>,
+    /// The TLS configurations, loaded with this topology (so a SIGHUP
+    /// re-reads certificates and keys; a file that fails keeps the running
+    /// ones).
+    pub tls: TlsConfigs,
 }
 
 /// Wakes the prober thread when a server turns suspect, so that its probe
@@ -101,6 +109,7 @@ pub(crate) fn failure_reason(e: CallError) -> Ejection {
         CallError::Timeout => Ejection::Timeout,
         CallError::Closed => Ejection::Closed,
         CallError::Protocol => Ejection::Protocol,
+        CallError::Tls => Ejection::Tls,
     }
 }
 
@@ -112,6 +121,7 @@ impl Topology {
         previous: Option<&Topology>,
         base: Instant,
     ) -> Result<Topology, String> {
+        let tls = TlsConfigs::load(cfg)?;
         let mut servers = Vec::new();
         // The router's numbering: each pool's primaries, then its backups,
         // the default pool first.
@@ -154,6 +164,15 @@ impl Topology {
                 let metrics = known
                     .map(|o| o.metrics.clone())
                     .unwrap_or_else(|| Arc::new(ServerMetrics::new(cfg.threads.max(1))));
+                let tls_name = match cfg.server_tls {
+                    true => Some(server_name(&s.host).ok_or_else(|| {
+                        format!(
+                            "server {name}: '{}' is not a name a TLS certificate can carry",
+                            s.host
+                        )
+                    })?),
+                    false => None,
+                };
                 servers.push(ServerInfo {
                     name,
                     addr,
@@ -161,6 +180,7 @@ impl Topology {
                     pool: pool.to_string(),
                     health,
                     metrics,
+                    tls_name,
                 });
             }
         }
@@ -232,7 +252,18 @@ impl Topology {
             },
             config: Arc::new(cfg.clone()),
             bell: previous.map_or_else(Arc::default, |p| p.bell.clone()),
+            tls,
         })
+    }
+
+    /// How the control plane reaches server `i` (None: no such server).
+    pub fn dial(&self, i: usize) -> Option<Dial> {
+        let s = self.servers.get(i)?;
+        let tls = match (&self.tls.servers, &s.tls_name) {
+            (Some(cfg), Some(name)) => Some((cfg.clone(), name.clone())),
+            _ => None,
+        };
+        Some(Dial { addr: s.addr, tls })
     }
 
     /// Whether this topology places keys differently from `previous`: a

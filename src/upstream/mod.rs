@@ -145,20 +145,24 @@ pub enum Ejection {
     MissedWrite = 5,
     /// Deleting its missed keys on rejoin failed.
     DrainFailed = 6,
+    /// Its TLS session failed: its certificate did not verify, or the
+    /// handshake or a record was refused.
+    Tls = 7,
 }
 
 impl Ejection {
     /// How many values there are (counters indexed by `as usize`).
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 8;
 
     /// The reasons a server is ejected for: the failures that take it out
     /// directly, and those a failed probe of a suspect server reports.
-    pub const EJECTIONS: [Ejection; 5] = [
+    pub const EJECTIONS: [Ejection; 6] = [
         Ejection::Connect,
         Ejection::Timeout,
         Ejection::Closed,
         Ejection::Protocol,
         Ejection::DrainFailed,
+        Ejection::Tls,
     ];
 
     /// The reasons a server turns suspect.
@@ -174,6 +178,7 @@ impl Ejection {
             Ejection::Protocol => "protocol",
             Ejection::MissedWrite => "missed_write",
             Ejection::DrainFailed => "drain_failed",
+            Ejection::Tls => "tls",
         }
     }
 
@@ -185,6 +190,7 @@ impl Ejection {
             4 => Ejection::Protocol,
             5 => Ejection::MissedWrite,
             6 => Ejection::DrainFailed,
+            7 => Ejection::Tls,
             _ => Ejection::None,
         }
     }

@@ -214,6 +214,8 @@ pub struct Memcached {
     child: Option<Child>,
     port: u16,
     item_size: String,
+    /// More arguments (e.g. `-Z` and its certificate for TLS).
+    extra: Vec<String>,
     dir: TempDir,
     generation: usize,
 }
@@ -226,18 +228,25 @@ impl Memcached {
 
     /// memcached with `-I <item_size>` (e.g. `"2m"`).
     pub fn start_with_item_size(item_size: &str) -> Memcached {
+        Memcached::start_with_args(item_size, &[])
+    }
+
+    /// memcached with `-I <item_size>` and `extra` arguments.
+    pub fn start_with_args(item_size: &str, extra: &[&str]) -> Memcached {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let bin = memcached_path();
         let dir = TempDir::new("memcached");
         let mut last_err = String::new();
         // Bounded retries: each failure means another process took the port.
         for attempt in 0..20 {
             let port = free_port();
-            match spawn_memcached(&bin, &dir, item_size, port, attempt) {
+            match spawn_memcached(&bin, &dir, item_size, &extra, port, attempt) {
                 Ok(child) => {
                     return Memcached {
                         child: Some(child),
                         port,
                         item_size: item_size.to_string(),
+                        extra,
                         dir,
                         generation: attempt,
                     }
@@ -317,7 +326,14 @@ impl Memcached {
         // The port can be briefly held by someone else (an ephemeral client
         // port); memcached then exits and we try again, bounded.
         for _ in 0..200 {
-            match spawn_memcached(&bin, &self.dir, &self.item_size, self.port, self.generation) {
+            match spawn_memcached(
+                &bin,
+                &self.dir,
+                &self.item_size,
+                &self.extra,
+                self.port,
+                self.generation,
+            ) {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -354,6 +370,7 @@ fn spawn_memcached(
     bin: &Path,
     dir: &TempDir,
     item_size: &str,
+    extra: &[String],
     port: u16,
     generation: usize,
 ) -> Result<Child, String> {
@@ -362,6 +379,7 @@ fn spawn_memcached(
     let mut cmd = Command::new(bin);
     cmd.args(["-U", "0", "-l", "127.0.0.1", "-t", "1", "-m", "64"])
         .args(["-p", &port.to_string(), "-I", item_size])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr));
@@ -409,6 +427,8 @@ pub struct Memring {
     pub tcp: Option<SocketAddr>,
     /// The unix listener it reported, if any.
     pub unix: Option<PathBuf>,
+    /// The TLS listener it reported, if any.
+    pub tls: Option<SocketAddr>,
     /// Every `listening on ...` line, in order.
     pub listen_lines: Vec<String>,
     stderr_path: PathBuf,
@@ -518,7 +538,7 @@ impl Memring {
             )
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        let (mut tcp, mut unix, mut listen_lines) = (None, None, Vec::new());
+        let (mut tcp, mut unix, mut tls, mut listen_lines) = (None, None, None, Vec::new());
         // Bounded: at most a few listener lines precede `ready`.
         for _ in 0..64 {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -530,6 +550,7 @@ impl Memring {
                             child: Some(child),
                             tcp,
                             unix,
+                            tls,
                             listen_lines,
                             stderr_path: stderr_path.clone(),
                             _dir: dir,
@@ -539,6 +560,12 @@ impl Memring {
                             .parse()
                             .map_err(|e| fail(&mut child, format!("bad listen line {l:?}: {e}")))?;
                         tcp.get_or_insert(addr);
+                        listen_lines.push(l.to_string());
+                    } else if let Some(a) = l.strip_prefix("listening on tls ") {
+                        let addr: SocketAddr = a
+                            .parse()
+                            .map_err(|e| fail(&mut child, format!("bad listen line {l:?}: {e}")))?;
+                        tls.get_or_insert(addr);
                         listen_lines.push(l.to_string());
                     } else if let Some(p) = l.strip_prefix("listening on unix ") {
                         unix.get_or_insert(PathBuf::from(p));

@@ -42,6 +42,9 @@ const READ_STEP: usize = 4 * 1024;
 /// An empty read buffer larger than this is released.
 const IDLE_KEEP: usize = 64 * 1024;
 
+/// The first byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// memcached's answer to a store it has no memory for.
 pub const OUT_OF_MEMORY: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
 
@@ -154,6 +157,8 @@ pub struct ClientConn {
     est_answer: usize,
     /// Bad input answered since the shell last asked.
     refused: u32,
+    /// The first byte was a TLS handshake record's.
+    tls_hello: bool,
 }
 
 impl ClientConn {
@@ -180,6 +185,7 @@ impl ClientConn {
             // Start cautious (two answers fill the budget) and learn.
             est_answer: (budget / 2).max(1),
             refused: 0,
+            tls_hello: false,
         }
     }
 
@@ -229,6 +235,24 @@ impl ClientConn {
     /// written.
     pub fn fail(&mut self) {
         self.phase = Phase::Closed;
+    }
+
+    /// The transport under the connection failed (a TLS error): drop every
+    /// request and answer; the connection closes once what the transport
+    /// itself still has to say (an alert) is written.
+    pub fn abandon(&mut self) {
+        self.stop();
+        self.slots.clear();
+        self.waiting = 0;
+        self.out.clear();
+        self.out_bytes = 0;
+        self.held = None;
+    }
+
+    /// True (once) when the connection began with a TLS handshake record
+    /// on a plaintext listener: it was closed without a word.
+    pub fn take_tls_hello(&mut self) -> bool {
+        std::mem::take(&mut self.tls_hello)
     }
 
     /// Release the read buffer after a large request passed, rather than
@@ -402,24 +426,28 @@ impl ClientConn {
         &self.out
     }
 
-    /// Take up to `max` bytes of the ready answers off the queue, for a
-    /// transport that copies them (TLS encrypts them into records). Each
-    /// taken byte counts as written.
-    pub fn take_out(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
+    /// Hand up to `max` bytes of the ready answers to a transport that
+    /// copies them (TLS encrypts them into records): `each` returns how
+    /// much of a chunk it took, and a short take stops. Each taken byte
+    /// counts as written.
+    pub fn take_out(&mut self, max: usize, mut each: impl FnMut(&[u8]) -> usize) -> usize {
         let mut taken = 0;
-        // Bounded by the queue.
+        // Bounded by the queue: each pass takes a chunk or stops.
         while taken < max {
             let Some(front) = self.out.front_mut() else {
                 break;
             };
-            let n = front.len().min(max - taken);
-            each(&front[..n]);
+            let want = front.len().min(max - taken);
+            let n = each(&front[..want]).min(want);
             if n == front.len() {
                 self.out.pop_front();
             } else {
                 front.advance(n);
             }
             taken += n;
+            if n < want {
+                break;
+            }
         }
         self.out_bytes = self.out_bytes.saturating_sub(taken);
         self.sent_total += taken as u64;
@@ -523,6 +551,15 @@ impl ClientConn {
                 || self.barrier.is_some()
                 || self.section_wait
             {
+                return None;
+            }
+            if self.binary.is_none() && self.rbuf.first() == Some(&TLS_HANDSHAKE) {
+                // A TLS client on the plaintext port: no memcached command
+                // starts with this byte, so it is closed at once rather
+                // than read up to the line limit.
+                self.tls_hello = true;
+                self.rbuf.clear();
+                self.push_ready(Answer::Close, None);
                 return None;
             }
             let binary = *self

@@ -147,6 +147,9 @@ pub enum CallError {
     Closed,
     /// The server sent bytes that are not a reply.
     Protocol,
+    /// The TLS session failed (a certificate that does not verify, a
+    /// handshake refused, a bad record).
+    Tls,
 }
 
 /// What the client gets for one request.

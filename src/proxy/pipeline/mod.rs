@@ -280,6 +280,22 @@ impl Pipeline {
         advance_queue(&mut self.out, n);
     }
 
+    /// Hand the bytes to send to `each` (a transport that copies them:
+    /// TLS encrypts them into records), which returns how much of a chunk
+    /// it took; a short take stops, and what is left stays queued.
+    pub fn drain_out(&mut self, mut each: impl FnMut(&[u8]) -> usize) {
+        // Bounded by the queue: each pass takes a chunk or stops.
+        while let Some(front) = self.out.front_mut() {
+            let n = each(front).min(front.len());
+            if n == front.len() {
+                self.out.pop_front();
+            } else {
+                bytes::Buf::advance(front, n);
+                break;
+            }
+        }
+    }
+
     /// Take the output queue (its memory must outlive a send in flight on
     /// a socket given up).
     pub fn take_out(&mut self) -> VecDeque<Bytes> {

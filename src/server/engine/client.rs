@@ -21,6 +21,7 @@ use crate::upstream::ServerId;
 
 use super::{next_gen, token, ClientRef, Ctx, HealthView, Kind, State};
 use crate::server::driver::{Completion, Driver};
+use crate::server::tls::{HandshakeError, TlsSession};
 use crate::server::topology::fill_iov;
 
 /// Past `--max-input-memory`, only partial requests at least this large are
@@ -35,6 +36,9 @@ pub(super) struct Client {
     pub(super) gen: u32,
     /// Every protocol decision of the connection.
     pub(super) conn: ClientConn,
+    /// The transport: None for plain bytes, or the TLS session the bytes
+    /// go through.
+    tls: Option<Box<TlsSession>>,
     /// The part of the process-wide input gauge that is this client's.
     charged: usize,
     iov: Vec<libc::iovec>,
@@ -57,11 +61,18 @@ pub(super) fn mark(clients: &mut Slab<Client>, dirty: &mut Vec<usize>, idx: usiz
 }
 
 impl Client {
-    fn new(fd: i32, gen: u32, budget: usize, now: std::time::Instant) -> Client {
+    fn new(
+        fd: i32,
+        gen: u32,
+        budget: usize,
+        now: std::time::Instant,
+        tls: Option<Box<TlsSession>>,
+    ) -> Client {
         Client {
             fd,
             gen,
             conn: ClientConn::new(budget, now),
+            tls,
             charged: 0,
             iov: Vec::new(),
             recv_armed: false,
@@ -75,7 +86,20 @@ impl Client {
     /// Bring the process-wide input gauge in line with what the machine
     /// buffers now; returns the gauge's new value.
     fn charge_input(&mut self, cx: &Ctx) -> usize {
-        self.charge(cx, self.conn.buffered())
+        // A TLS session in its handshake holds memory no request accounts
+        // for: counted as input, so that a flood of handshakes is bounded
+        // by --max-input-memory as partial requests are.
+        let handshake = match &self.tls {
+            Some(t) if t.handshaking() => TLS_HANDSHAKE_CHARGE,
+            _ => 0,
+        };
+        self.charge(cx, self.conn.buffered() + handshake)
+    }
+
+    /// Encrypted bytes the transport holds, not yet sent (they count
+    /// against the client's budget like unsent answers).
+    fn pending(&self) -> usize {
+        self.tls.as_ref().map_or(0, |t| t.pending())
     }
 
     /// Set this client's part of the input gauge to `now` bytes.
@@ -98,6 +122,10 @@ impl Client {
     }
 }
 
+/// What a TLS client in its handshake is charged to the input gauge: about
+/// what rustls holds for a session until the handshake is done.
+const TLS_HANDSHAKE_CHARGE: usize = 32 * 1024;
+
 /// The machine's limits from the configuration.
 fn limits(cx: &Ctx) -> Limits {
     Limits {
@@ -116,9 +144,10 @@ impl State {
     pub(super) fn accepted<D: Driver>(&mut self, d: &mut D, cx: &Ctx, li: usize, c: Completion) {
         if !c.more {
             if let Some(l) = self.listeners.get_mut(li) {
-                l.1 = false;
+                l.armed = false;
             }
         }
+        let on_tls = self.listeners.get(li).is_some_and(|l| l.tls);
         let stopping = cx
             .shared
             .stopping
@@ -173,11 +202,33 @@ impl State {
             }
             return;
         }
+        let tls = match on_tls {
+            true => match self.tls_session(cx) {
+                Some(s) => Some(s),
+                None => {
+                    // SAFETY: a descriptor the kernel just handed to us.
+                    unsafe { libc::close(fd) };
+                    return;
+                }
+            },
+            false => None,
+        };
         set_nodelay(fd);
         let gen = next_gen(&mut self.client_gen);
+        if on_tls {
+            self.handshakes.push((
+                self.clients.vacant_key(),
+                gen,
+                cx.now + cx.shared.cfg.tls_handshake_timeout,
+            ));
+            cx.stats().incr(Counter::TlsConnections);
+            cx.stats()
+                .curr_tls_connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let idx = self
             .clients
-            .insert(Client::new(fd, gen, cx.client_budget, cx.now));
+            .insert(Client::new(fd, gen, cx.client_budget, cx.now, tls));
         cx.stats()
             .curr_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -201,15 +252,49 @@ impl State {
             }
             return;
         };
+        let mut tls_failed = None;
+        let mut tls_closed = false;
         if let Some(b) = c.buf {
             if c.res > 0 {
-                cl.conn.received(d.buffer(b, c.res as usize), cx.now);
+                let bytes = d.buffer(b, c.res as usize);
+                match cl.tls.as_deref_mut() {
+                    None => cl.conn.received(bytes, cx.now),
+                    Some(t) => {
+                        self.plain.clear();
+                        match t.receive(bytes, &mut self.plain) {
+                            Ok(got) => {
+                                if got.handshake_done {
+                                    cx.stats().incr(Counter::TlsHandshakes);
+                                }
+                                cl.conn.received(&self.plain, cx.now);
+                                tls_closed = got.closed;
+                            }
+                            Err(e) => tls_failed = Some(e),
+                        }
+                    }
+                }
             }
             d.recycle(b);
         }
         if !c.more {
             cl.recv_armed = false;
             cl.cancel_pending = false;
+        }
+        if let Some(e) = tls_failed {
+            if e.handshaking {
+                cx.stats().incr(e.reason.counter());
+            }
+            tracing::debug!(reason = e.reason.as_str(), error = %e.detail, handshaking = e.handshaking, "TLS client failed, closing it");
+            // The alert that says why is written before the close.
+            cl.conn.abandon();
+            mark(&mut self.clients, &mut self.dirty_clients, idx);
+            return;
+        }
+        if tls_closed || (c.res == 0 && cl.tls.as_ref().is_some_and(|t| t.handshaking())) {
+            if c.res == 0 {
+                cx.stats().incr(HandshakeError::Closed.counter());
+            }
+            cl.conn.peer_closed();
         }
         match c.res {
             n if n > 0 => {
@@ -249,11 +334,16 @@ impl State {
         cl.send_inflight = false;
         if c.res > 0 {
             let n = c.res as usize;
-            // Recorded now, not at the end of the turn: a request this
-            // turn's later completions bring (a `stats proxy`) sees this
-            // one counted.
-            cl.conn
-                .sent(n, cx.now, |cmd, t| cx.metrics().record_request(cmd, t));
+            match cl.tls.as_deref_mut() {
+                // Recorded now, not at the end of the turn: a request this
+                // turn's later completions bring (a `stats proxy`) sees
+                // this one counted.
+                None => cl
+                    .conn
+                    .sent(n, cx.now, |cmd, t| cx.metrics().record_request(cmd, t)),
+                // Its answers were counted as written when encrypted.
+                Some(t) => t.sent(n),
+            }
             cx.stats().add(Counter::BytesWritten, n as u64);
         } else {
             cl.conn.fail();
@@ -272,10 +362,13 @@ impl State {
             let Some(cl) = self.clients.get_mut(idx) else {
                 return;
             };
-            let next = cl.conn.next(&lim, 0, &mut self.keys);
+            let next = cl.conn.next(&lim, cl.pending(), &mut self.keys);
             let refused = cl.conn.take_refused();
             if refused > 0 {
                 cx.stats().add(Counter::ClientErrors, u64::from(refused));
+            }
+            if cl.conn.take_tls_hello() {
+                cx.stats().incr(Counter::TlsOnPlainPort);
             }
             let gen = cl.gen;
             let cref = |seq, strip_end| ClientRef {
@@ -422,6 +515,60 @@ impl State {
         }
     }
 
+    /// A TLS session for a client accepted on the TLS listener, or None
+    /// when it is refused: no listener configuration, or client input
+    /// (handshakes included) already over `--max-input-memory`.
+    fn tls_session(&self, cx: &Ctx) -> Option<Box<TlsSession>> {
+        let cfg = cx.topo.tls.listener.clone()?;
+        let held = cx
+            .shared
+            .input_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if held + TLS_HANDSHAKE_CHARGE > cx.shared.cfg.max_input_memory {
+            cx.stats().incr(Counter::RejectedConnections);
+            return None;
+        }
+        match TlsSession::accept(cfg) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a TLS session");
+                None
+            }
+        }
+    }
+
+    /// Cut the TLS clients whose handshake outlived
+    /// `--tls-handshake-timeout`; returns when the next one is due.
+    pub(super) fn check_handshakes(&mut self, cx: &Ctx) -> Option<std::time::Instant> {
+        let mut next = None;
+        let mut i = 0;
+        // Bounded by the handshakes listed: each pass keeps or drops one.
+        while i < self.handshakes.len() {
+            let (idx, gen, at) = self.handshakes[i];
+            let Some(cl) = self
+                .clients
+                .get_mut(idx)
+                .filter(|c| c.gen == gen && c.tls.as_ref().is_some_and(|t| t.handshaking()))
+            else {
+                self.handshakes.swap_remove(i);
+                continue;
+            };
+            if cx.now < at {
+                next = Some(next.map_or(at, |n: std::time::Instant| n.min(at)));
+                i += 1;
+                continue;
+            }
+            if cl.conn.phase() != Phase::Closed {
+                cx.stats().incr(HandshakeError::Timeout.counter());
+                tracing::debug!("TLS handshake timed out, closing the client");
+                cl.conn.fail();
+                mark(&mut self.clients, &mut self.dirty_clients, idx);
+            }
+            self.handshakes.swap_remove(i);
+        }
+        next
+    }
+
     /// Client input is over `--max-input-memory`: refuse this core's largest
     /// partial requests (of [`SHED_FLOOR`] bytes or more) until it is under
     /// again or none is left here (see [`ClientConn::refuse_input`]).
@@ -501,14 +648,26 @@ impl State {
         cl.dirty = false;
         if cl.conn.phase() != Phase::Closed {
             cl.conn.drain_ready();
+            if let Some(t) = cl.tls.as_deref_mut() {
+                // Answers become records; they count as written now.
+                cl.conn.take_out(t.room(), |plain| t.write(plain));
+                if cl.conn.finished() {
+                    t.close_notify();
+                }
+                t.flush();
+            }
             cl.conn
                 .record_sent(cx.now, |cmd, t| cx.metrics().record_request(cmd, t));
-            if !cl.send_inflight && !cl.conn.out().is_empty() {
-                fill_iov(&mut cl.iov, cl.conn.out());
-                // SAFETY: the iovecs point into the machine's output
-                // buffers, which stay untouched (never advanced or dropped)
-                // until this send's completion; `iov` itself is not
-                // modified until then either.
+            let out = match cl.tls.as_deref() {
+                None => cl.conn.out(),
+                Some(t) => t.out(),
+            };
+            if !cl.send_inflight && !out.is_empty() {
+                fill_iov(&mut cl.iov, out);
+                // SAFETY: the iovecs point into the machine's (or the TLS
+                // session's) output buffers, which stay untouched (never
+                // advanced or dropped) until this send's completion; `iov`
+                // itself is not modified until then either.
                 unsafe {
                     d.send(
                         token(Kind::ClientSend, idx, cl.gen),
@@ -519,7 +678,7 @@ impl State {
                 };
                 cl.send_inflight = true;
             }
-            if cl.conn.finished() && !cl.send_inflight {
+            if cl.conn.finished() && cl.pending() == 0 && !cl.send_inflight {
                 cl.conn.fail();
             }
         }
@@ -533,6 +692,11 @@ impl State {
             }
             d.close(cl.fd);
             cl.charge(cx, 0);
+            if cl.tls.is_some() {
+                cx.stats()
+                    .curr_tls_connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             self.clients.remove(idx);
             cx.stats()
                 .curr_connections
@@ -541,7 +705,7 @@ impl State {
         }
         cl.charge_input(cx);
         cl.conn.release_idle();
-        let want = cl.conn.wants_input(cx.client_budget, 0);
+        let want = cl.conn.wants_input(cx.client_budget, cl.pending());
         if want && !cl.recv_armed {
             d.recv(token(Kind::ClientRecv, idx, cl.gen), cl.fd);
             cl.recv_armed = true;

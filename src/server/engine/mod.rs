@@ -242,8 +242,12 @@ pub(super) struct State {
     zombies: Vec<Zombie>,
     client_gen: u32,
     up_gen: u32,
-    /// Listeners: fd and whether their accept is armed.
-    listeners: Vec<(RawFd, bool)>,
+    /// This core's listeners.
+    listeners: Vec<Listener>,
+    /// TLS clients still in their handshake: (slot, generation, deadline).
+    handshakes: Vec<(usize, u32, Instant)>,
+    /// Plaintext a TLS session just decrypted (reused).
+    plain: Vec<u8>,
     listen_retry: Option<Instant>,
     /// When a failed accept was last logged (at most one line a second).
     accept_warned: Option<Instant>,
@@ -254,9 +258,20 @@ pub(super) struct State {
     control_rx: mpsc::Receiver<Handoff>,
 }
 
+/// One listener of this core.
+struct Listener {
+    fd: RawFd,
+    /// Its accept is armed.
+    armed: bool,
+    /// Its clients speak TLS.
+    tls: bool,
+}
+
 /// A core's listeners, kept open for the core's lifetime.
 pub(super) struct Listeners {
     pub tcp: Option<TcpListener>,
+    /// `--tls-listen`: its clients speak TLS.
+    pub tls: Option<TcpListener>,
     pub unix: Option<UnixListener>,
 }
 
@@ -313,6 +328,8 @@ pub(super) fn run_core<D: Driver>(
         client_gen: 0,
         up_gen: 0,
         listeners: Vec::new(),
+        handshakes: Vec::new(),
+        plain: Vec::new(),
         listen_retry: None,
         accept_warned: None,
         up_ids: Vec::with_capacity(16),
@@ -320,16 +337,21 @@ pub(super) fn run_core<D: Driver>(
         control_rx,
     };
     st.install(&mut d, &mut cx, topo);
-    let fds: Vec<RawFd> = listeners
+    let fds: Vec<(RawFd, bool)> = listeners
         .tcp
         .iter()
-        .map(|l| l.as_raw_fd())
-        .chain(listeners.unix.iter().map(|l| l.as_raw_fd()))
+        .map(|l| (l.as_raw_fd(), false))
+        .chain(listeners.tls.iter().map(|l| (l.as_raw_fd(), true)))
+        .chain(listeners.unix.iter().map(|l| (l.as_raw_fd(), false)))
         .collect();
-    for fd in fds {
+    for (fd, tls) in fds {
         let i = st.listeners.len();
         d.accept(token(Kind::Listener, i, 0), fd);
-        st.listeners.push((fd, true));
+        st.listeners.push(Listener {
+            fd,
+            armed: true,
+            tls,
+        });
     }
     let _ = ready.send(Ok(d.describe()));
     drop(ready);
@@ -698,10 +720,10 @@ impl State {
                 self.listen_retry = None;
             } else if cx.now >= at {
                 self.listen_retry = None;
-                for (i, (fd, armed)) in self.listeners.iter_mut().enumerate() {
-                    if !*armed {
-                        d.accept(token(Kind::Listener, i, 0), *fd);
-                        *armed = true;
+                for (i, l) in self.listeners.iter_mut().enumerate() {
+                    if !l.armed {
+                        d.accept(token(Kind::Listener, i, 0), l.fd);
+                        l.armed = true;
                     }
                 }
             } else {
@@ -717,6 +739,11 @@ impl State {
             }
         }
         self.up_ids = ids;
+        if !self.handshakes.is_empty() {
+            if let Some(at) = self.check_handshakes(cx) {
+                next = next.min(at);
+            }
+        }
         if !self.parked.is_empty() {
             // Another core holds a section a request here waits for.
             self.poll_parked(cx);

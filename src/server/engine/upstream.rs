@@ -27,6 +27,7 @@ use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
 
 use super::{next_gen, token, Ctx, Kind, State};
 use crate::server::driver::{set_linger_zero, Completion, Driver};
+use crate::server::tls::TlsSession;
 use crate::server::topology::{failure_reason, fill_iov, ProbeBell};
 
 /// One pipelined connection to a server: its machine, and the I/O state
@@ -39,6 +40,9 @@ pub(super) struct UpConn {
     fd: Option<RawFd>,
     /// Every protocol decision of the connection.
     pipe: Pipeline,
+    /// The transport: None for plain bytes, or the TLS session
+    /// (`--server-tls`) of the current socket.
+    tls: Option<Box<TlsSession>>,
     iov: Vec<libc::iovec>,
     send_inflight: bool,
     recv_armed: bool,
@@ -72,6 +76,7 @@ impl UpConn {
             gen: 0,
             fd: None,
             pipe: Pipeline::new(std::time::Instant::now()),
+            tls: None,
             iov: Vec::with_capacity(64),
             send_inflight: false,
             recv_armed: false,
@@ -100,7 +105,8 @@ impl UpConn {
         health: Option<(&Arc<Health>, &Arc<ProbeBell>)>,
     ) -> Option<Zombie> {
         let fd = self.fd.take()?;
-        let unanswered = self.pipe.unanswered();
+        let tls = self.tls.take();
+        let unanswered = self.pipe.unanswered() || tls.as_ref().is_some_and(|t| t.pending() > 0);
         let (recv, send, connect) = (
             std::mem::take(&mut self.recv_armed),
             std::mem::take(&mut self.send_inflight),
@@ -135,7 +141,10 @@ impl UpConn {
             send,
             connect,
             fence,
-            _out: self.pipe.take_out(),
+            _out: match tls {
+                Some(mut t) => t.take_out(),
+                None => self.pipe.take_out(),
+            },
             _iov: std::mem::take(&mut self.iov),
         })
     }
@@ -207,7 +216,20 @@ impl State {
             self.fail_up(d, cx, ci, CallError::Connect);
             return;
         }
-        u.pipe.connected(cx.now);
+        let info = cx.topo.servers.get(u.server.index());
+        match (&cx.topo.tls.servers, info.and_then(|s| s.tls_name.clone())) {
+            (Some(cfg), Some(name)) => match TlsSession::connect(cfg.clone(), name) {
+                // Still connecting (its deadline covers the handshake):
+                // the calls are written once the handshake is done.
+                Ok(s) => u.tls = Some(Box::new(s)),
+                Err(e) => {
+                    tracing::warn!(server = %u.name, error = %e, "cannot start a TLS session");
+                    self.fail_up(d, cx, ci, CallError::Tls);
+                    return;
+                }
+            },
+            _ => u.pipe.connected(cx.now),
+        }
         mark(self, ci);
     }
 
@@ -238,6 +260,8 @@ impl State {
             u.recv_armed = false;
         }
         let mut outcome = Ok(false);
+        let mut tls_failed = None;
+        let mut tls_closed = false;
         if let Some(b) = c.buf {
             if c.res > 0 {
                 let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
@@ -247,8 +271,22 @@ impl State {
                     .timing
                     .then(|| cx.topo.servers.get(u.server.index()))
                     .flatten();
+                let mut bytes = d.buffer(b, c.res as usize);
+                if let Some(t) = u.tls.as_deref_mut() {
+                    self.plain.clear();
+                    match t.receive(bytes, &mut self.plain) {
+                        Ok(got) => {
+                            if got.handshake_done {
+                                u.pipe.connected(cx.now);
+                            }
+                            tls_closed = got.closed;
+                        }
+                        Err(e) => tls_failed = Some(e),
+                    }
+                    bytes = &self.plain;
+                }
                 outcome = u.pipe.received(
-                    d.buffer(b, c.res as usize),
+                    bytes,
                     cx.now,
                     max_value,
                     &mut self.items,
@@ -262,11 +300,16 @@ impl State {
             }
             d.recycle(b);
         }
+        if let Some(e) = tls_failed {
+            tracing::warn!(server = %u.name, reason = e.reason.as_str(), error = %e.detail, handshaking = e.handshaking, "TLS to the server failed, closing the connection");
+            self.fail_up(d, cx, ci, CallError::Tls);
+            return;
+        }
         if c.res == -libc::ENOBUFS {
             mark(self, ci);
             return;
         }
-        if c.res <= 0 {
+        if c.res <= 0 || tls_closed {
             self.fail_up(d, cx, ci, CallError::Closed);
             return;
         }
@@ -319,7 +362,10 @@ impl State {
             self.fail_up(d, cx, ci, CallError::Closed);
             return;
         }
-        u.pipe.sent(c.res as usize);
+        match u.tls.as_deref_mut() {
+            None => u.pipe.sent(c.res as usize),
+            Some(t) => t.sent(c.res as usize),
+        }
         mark(self, ci);
     }
 
@@ -444,11 +490,26 @@ impl State {
             return;
         };
         u.dirty = false;
-        let (crate::proxy::pipeline::Phase::Ready, Some(fd)) = (u.pipe.phase(), u.fd) else {
+        let Some(fd) = u.fd.filter(|_| !u.connecting) else {
             return;
         };
-        if !u.send_inflight && !u.pipe.out().is_empty() {
-            fill_iov(&mut u.iov, u.pipe.out());
+        let ready = u.pipe.phase() == crate::proxy::pipeline::Phase::Ready;
+        let out = match u.tls.as_deref_mut() {
+            // Plain: nothing goes before the connection is ready.
+            None if !ready => return,
+            None => u.pipe.out(),
+            Some(t) => {
+                // The handshake's records go first; the calls once it is
+                // done (the pipeline is ready then).
+                if ready {
+                    u.pipe.drain_out(|b| t.write(b));
+                }
+                t.flush();
+                t.out()
+            }
+        };
+        if !u.send_inflight && !out.is_empty() {
+            fill_iov(&mut u.iov, out);
             // SAFETY: the iovecs point into the machine's output buffers,
             // which are neither advanced nor dropped before this send
             // completes (a failure moves them into a Zombie until then);
@@ -491,6 +552,7 @@ fn error_kind(why: CallError) -> UpstreamErrorKind {
         CallError::Timeout => UpstreamErrorKind::Timeout,
         CallError::Closed => UpstreamErrorKind::Closed,
         CallError::Protocol => UpstreamErrorKind::Protocol,
+        CallError::Tls => UpstreamErrorKind::Tls,
     }
 }
 
