@@ -150,16 +150,22 @@ enum TargetKind {
     /// Another memring build (`MEMRING_BASE_BIN`), to compare two versions
     /// in one run.
     MemringBase,
+    /// memring over TLS on both sides: the load generator speaks TLS to
+    /// its `--tls-listen`, and it speaks TLS (`--server-tls`) to a pool of
+    /// three memcached with `-Z`. Compared with `memring` in the same run,
+    /// it is the cost of TLS.
+    MemringTls,
 }
 
 impl TargetKind {
-    const ALL: [TargetKind; 6] = [
+    const ALL: [TargetKind; 7] = [
         TargetKind::Direct,
         TargetKind::Nutcracker,
         TargetKind::McProxy,
         TargetKind::Memring,
         TargetKind::MemringEpoll,
         TargetKind::MemringBase,
+        TargetKind::MemringTls,
     ];
 
     /// What runs without `--targets`.
@@ -178,6 +184,7 @@ impl TargetKind {
             TargetKind::Memring => "memring",
             TargetKind::MemringEpoll => "memring-epoll",
             TargetKind::MemringBase => "memring-base",
+            TargetKind::MemringTls => "memring-tls",
         }
     }
 }
@@ -500,6 +507,16 @@ fn start_memcached(
     place: Placement,
     log_dir: &Path,
 ) -> Result<(Proc, SocketAddr), String> {
+    start_memcached_with(name, &[], place, log_dir)
+}
+
+/// [`start_memcached`] with `extra` arguments (`-Z` and its certificate).
+fn start_memcached_with(
+    name: &str,
+    extra: &[String],
+    place: Placement,
+    log_dir: &Path,
+) -> Result<(Proc, SocketAddr), String> {
     let mut last = String::new();
     for _attempt in 0..5 {
         let port = free_port().map_err(|e| e.to_string())?;
@@ -520,6 +537,7 @@ fn start_memcached(
             "8192",
         ])
         .args(["-p", &port.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
@@ -545,7 +563,7 @@ fn start_memring(
     threads: usize,
     place: Placement,
     log_dir: &Path,
-) -> Result<(Proc, SocketAddr), String> {
+) -> Result<(Proc, SocketAddr, Option<SocketAddr>), String> {
     if !bin.exists() {
         return Err(format!(
             "{} not found (build it with `cargo build --release` or set MEMRING_BIN)",
@@ -581,12 +599,15 @@ fn start_memring(
     });
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let mut addr: Option<SocketAddr> = None;
+    let mut tls: Option<SocketAddr> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => {
                 if let Some(a) = line.trim().strip_prefix("listening on tcp ") {
                     addr = a.trim().parse().ok();
+                } else if let Some(a) = line.trim().strip_prefix("listening on tls ") {
+                    tls = a.trim().parse().ok();
                 } else if line.trim() == "ready" {
                     break;
                 }
@@ -604,7 +625,113 @@ fn start_memring(
         }
     }
     let addr = addr.ok_or("memring printed `ready` but no `listening on tcp ADDR` line")?;
-    Ok((p, addr))
+    Ok((p, addr, tls))
+}
+
+/// Test certificates for the TLS target, made with `openssl` in `dir`: a
+/// CA and a certificate for 127.0.0.1 that it signed.
+fn make_certs(dir: &Path) -> Result<(), String> {
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("openssl not found ({e}): `apt-get install openssl`"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"], &ec[..], &["-days", "2", "-subj", "/CN=bench CA", "-keyout", "ca.key", "-out", "ca.pem"]].concat())?;
+    run(&[&["req"], &ec[..], &["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]].concat())?;
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").map_err(|e| e.to_string())?;
+    run(&[
+        "x509", "-req", "-days", "2", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-extfile", "san.cnf", "-out", "server.pem",
+    ])
+}
+
+/// The load generator's TLS configuration: trusts the bench CA.
+fn tls_client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// Connect and finish a TLS handshake with `cfg` (the handshake is not
+/// part of any measured window).
+async fn connect_tls(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+) -> io::Result<(TcpStream, rustls::ClientConnection)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(io::Error::other)?;
+    let mut t = rustls::ClientConnection::new(cfg, name).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // Bounded: a handshake is a few round trips, each read or fail.
+    for _ in 0..64 {
+        while t.wants_write() {
+            let mut out = Vec::new();
+            t.write_tls(&mut out)?;
+            s.write_all(&out).await?;
+        }
+        if !t.is_handshaking() {
+            return Ok((s, t));
+        }
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::other("closed during the TLS handshake"));
+        }
+        t.read_tls(&mut &buf[..n])?;
+        t.process_new_packets().map_err(io::Error::other)?;
+    }
+    Err(io::Error::other("TLS handshake did not finish"))
+}
+
+/// Decrypt the ciphertext in `craw` into `rbuf`.
+fn tls_decrypt(
+    t: &mut rustls::ClientConnection,
+    craw: &mut BytesMut,
+    rbuf: &mut BytesMut,
+) -> Result<(), String> {
+    use std::io::Read as _;
+    // Bounded by the ciphertext: each pass consumes some or stops.
+    while !craw.is_empty() {
+        let mut rd = &craw[..];
+        let n = t.read_tls(&mut rd).map_err(|e| format!("tls read: {e}"))?;
+        craw.advance(n);
+        let st = t
+            .process_new_packets()
+            .map_err(|e| format!("tls: {e}"))?;
+        let want = st.plaintext_bytes_to_read();
+        if want > 0 {
+            let at = rbuf.len();
+            rbuf.resize(at + want, 0);
+            let got = t.reader().read(&mut rbuf[at..]).unwrap_or(0);
+            rbuf.truncate(at + got);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Start nutcracker (ketama, md5) in front of `pool`.
@@ -993,6 +1120,11 @@ struct Driver {
     rng: Rng,
     wbuf: BytesMut,
     rbuf: BytesMut,
+    /// The TLS session (the `memring-tls` target): requests are encrypted
+    /// from `wbuf` into `cbuf`, replies decrypted from `craw` into `rbuf`.
+    tls: Option<rustls::ClientConnection>,
+    cbuf: BytesMut,
+    craw: BytesMut,
     items: Vec<ValueItem>,
     /// Latency origin and kind of each request in flight, in send order.
     inflight: VecDeque<(Instant, Op)>,
@@ -1001,6 +1133,11 @@ struct Driver {
 }
 
 impl Driver {
+    /// Nothing is waiting to be written.
+    fn out_empty(&self) -> bool {
+        self.wbuf.is_empty() && self.cbuf.is_empty()
+    }
+
     fn issue(&mut self, origin: Instant) {
         let w = &*self.w;
         let total = u64::from(w.get_weight) + u64::from(w.set_weight);
@@ -1090,7 +1227,7 @@ impl Driver {
         loop {
             let now = Instant::now();
             let sending = now < win.end;
-            if !sending && self.inflight.is_empty() && self.wbuf.is_empty() {
+            if !sending && self.inflight.is_empty() && self.out_empty() {
                 return Ok(());
             }
             if now >= drain_end {
@@ -1131,14 +1268,30 @@ impl Driver {
                     }
                 }
             }
-            if !self.wbuf.is_empty() {
-                match stream.try_write(&self.wbuf) {
-                    Ok(n) => self.wbuf.advance(n),
+            if let Some(t) = self.tls.as_mut().filter(|_| !self.wbuf.is_empty()) {
+                use std::io::Write as _;
+                t.writer()
+                    .write_all(&self.wbuf)
+                    .map_err(|e| format!("tls write: {e}"))?;
+                self.wbuf.clear();
+                while t.wants_write() {
+                    let mut w = bytes::BufMut::writer(&mut self.cbuf);
+                    t.write_tls(&mut w).map_err(|e| format!("tls: {e}"))?;
+                }
+            }
+            let out = if self.tls.is_some() {
+                &mut self.cbuf
+            } else {
+                &mut self.wbuf
+            };
+            if !out.is_empty() {
+                match stream.try_write(out) {
+                    Ok(n) => out.advance(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(format!("write: {e}")),
                 }
             }
-            let interest = if self.wbuf.is_empty() {
+            let interest = if self.out_empty() {
                 Interest::READABLE
             } else {
                 Interest::READABLE | Interest::WRITABLE
@@ -1147,7 +1300,7 @@ impl Driver {
             if interval.is_some() && sending && self.inflight.len() < depth {
                 wake = wake.min(next_send);
             }
-            let ready = if self.inflight.is_empty() && self.wbuf.is_empty() {
+            let ready = if self.inflight.is_empty() && self.out_empty() {
                 // Open loop and idle: nothing can arrive, just wait for the schedule.
                 tokio::time::sleep_until(wake.into()).await;
                 continue;
@@ -1158,9 +1311,19 @@ impl Driver {
                 }
             };
             if ready.is_readable() {
-                match read_drained(&stream, &mut self.rbuf) {
+                let into = if self.tls.is_some() {
+                    &mut self.craw
+                } else {
+                    &mut self.rbuf
+                };
+                match read_drained(&stream, into) {
                     Ok(0) => return Err("server closed the connection".into()),
-                    Ok(_) => self.frame_replies(Instant::now(), win, tally)?,
+                    Ok(_) => {
+                        if let Some(t) = self.tls.as_mut() {
+                            tls_decrypt(t, &mut self.craw, &mut self.rbuf)?;
+                        }
+                        self.frame_replies(Instant::now(), win, tally)?
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(format!("read: {e}")),
                 }
@@ -1275,6 +1438,11 @@ async fn populate(addr: SocketAddr, corpus: Arc<Corpus>) -> Result<(), String> {
 #[derive(Clone, Debug)]
 struct Live {
     addr: SocketAddr,
+    /// Where the corpus is written before a run (`addr`, or the TLS
+    /// target's plaintext listener).
+    populate_addr: SocketAddr,
+    /// The TLS target: the load generator speaks TLS with this.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The proxy's own pid (the memcached's for `direct`): its CPU per
     /// request is the figure compared.
     pid: u32,
@@ -1344,7 +1512,10 @@ fn run_one(
     let local = tokio::task::LocalSet::new();
     local.block_on(rt, async {
         if populate_first {
-            tokio::time::timeout(Duration::from_secs(120), populate(addr, corpus.clone()))
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                populate(live.populate_addr, corpus.clone()),
+            )
                 .await
                 .map_err(|_| "populate timed out".to_string())??;
         }
@@ -1352,7 +1523,16 @@ fn run_one(
         // Connect everything first so connection setup is not measured.
         let mut streams = Vec::with_capacity(w.conns);
         for chunk in (0..w.conns).collect::<Vec<_>>().chunks(100) {
-            let conns = chunk.iter().map(|_| connect(addr));
+            let tls = live.tls.clone();
+            let conns = chunk.iter().map(move |_| {
+                let tls = tls.clone();
+                async move {
+                    match tls {
+                        None => connect(addr).await.map(|s| (s, None)),
+                        Some(cfg) => connect_tls(addr, cfg).await.map(|(s, t)| (s, Some(t))),
+                    }
+                }
+            });
             for s in futures_join_all(conns).await {
                 streams.push(s.map_err(|e| format!("connect {addr}: {e}"))?);
             }
@@ -1366,7 +1546,7 @@ fn run_one(
         };
         let mut seed_rng = Rng(0x5eed ^ u64::from(w.id as u32));
         let mut tasks = Vec::with_capacity(w.conns);
-        for stream in streams {
+        for (stream, tls) in streams {
             let tally = tally.clone();
             let seed = seed_rng.next();
             let phase = match w.rate {
@@ -1381,6 +1561,9 @@ fn run_one(
                 rng: Rng(seed),
                 wbuf: BytesMut::with_capacity(4096 + w.value_size * w.depth),
                 rbuf: BytesMut::with_capacity(64 * 1024),
+                tls,
+                cbuf: BytesMut::with_capacity(8 * 1024),
+                craw: BytesMut::with_capacity(64 * 1024),
                 items: Vec::with_capacity(w.multiget),
                 inflight: VecDeque::with_capacity(w.depth),
                 slot_freed_at: start,
@@ -2147,7 +2330,30 @@ fn run(opts: Opts) -> Result<(), String> {
     let mut pool: Vec<SocketAddr> = Vec::new();
     let mut pool_pids: Vec<u32> = Vec::new();
     let mut bins: Vec<(&'static str, String)> = Vec::new();
-    let needs_pool = opts.targets.iter().any(|t| *t != TargetKind::Direct);
+    let needs_pool = opts
+        .targets
+        .iter()
+        .any(|t| !matches!(t, TargetKind::Direct | TargetKind::MemringTls));
+    // The TLS target has a pool of its own, serving TLS only.
+    let mut tls_pool: Vec<SocketAddr> = Vec::new();
+    let mut tls_pool_pids: Vec<u32> = Vec::new();
+    let mut tls_client = None;
+    if opts.targets.contains(&TargetKind::MemringTls) {
+        make_certs(&dir)?;
+        let opt = format!(
+            "ssl_chain_cert={},ssl_key={}",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        );
+        let extra = ["-Z".to_string(), "-o".to_string(), opt];
+        for i in 0..3 {
+            let (p, a) = start_memcached_with(&format!("memcached-tls{i}"), &extra, place, &dir)?;
+            tls_pool.push(a);
+            tls_pool_pids.push(p.pid());
+            procs.push(p);
+        }
+        tls_client = Some(tls_client_config(&dir.join("ca.pem"))?);
+    }
     if needs_pool {
         for i in 0..3 {
             let (p, a) = start_memcached(&format!("memcached-pool{i}"), place, &dir)?;
@@ -2158,15 +2364,48 @@ fn run(opts: Opts) -> Result<(), String> {
     }
     for &t in &opts.targets {
         let started = match t {
-            TargetKind::Direct => start_memcached("memcached-direct", place, &dir),
+            TargetKind::Direct => {
+                start_memcached("memcached-direct", place, &dir).map(|(p, a)| (p, a, None))
+            }
             TargetKind::Nutcracker if !Path::new(NUTCRACKER).exists() => Err(format!(
                 "not installed ({NUTCRACKER}; `apt-get install nutcracker`)"
             )),
-            TargetKind::Nutcracker => start_nutcracker(&pool, place, &dir),
+            TargetKind::Nutcracker => {
+                start_nutcracker(&pool, place, &dir).map(|(p, a)| (p, a, None))
+            }
             TargetKind::McProxy => mcproxy_bin().and_then(|bin| {
                 bins.push(("mcproxy", first_line(&bin, &["-V"])));
-                start_mcproxy(&bin, &pool, place, &dir)
+                start_mcproxy(&bin, &pool, place, &dir).map(|(p, a)| (p, a, None))
             }),
+            TargetKind::MemringTls => {
+                let bin = memring_bin();
+                bins.push(("memring_bin", bin.display().to_string()));
+                let (cert, key, ca) = (
+                    dir.join("server.pem").display().to_string(),
+                    dir.join("server.key").display().to_string(),
+                    dir.join("ca.pem").display().to_string(),
+                );
+                let extra = [
+                    "--tls-listen",
+                    "127.0.0.1:0",
+                    "--tls-cert",
+                    &cert,
+                    "--tls-key",
+                    &key,
+                    "--server-tls",
+                    "--server-tls-ca",
+                    &ca,
+                ];
+                start_memring(
+                    t.name(),
+                    &bin,
+                    &extra,
+                    &tls_pool,
+                    opts.memring_threads,
+                    place,
+                    &dir,
+                )
+            }
             TargetKind::Memring | TargetKind::MemringEpoll => {
                 let extra: &[&str] = if t == TargetKind::MemringEpoll {
                     &["--io-backend", "epoll"]
@@ -2203,17 +2442,25 @@ fn run(opts: Opts) -> Result<(), String> {
             },
         };
         let entry = match started {
-            Ok((p, addr)) => {
+            Ok((p, plain, tls)) => {
                 let mut sut_pids = vec![p.pid()];
-                let upstreams = if t == TargetKind::Direct {
-                    Vec::new()
-                } else {
-                    sut_pids.extend(&pool_pids);
-                    pool.clone()
+                let upstreams = match t {
+                    TargetKind::Direct => Vec::new(),
+                    TargetKind::MemringTls => {
+                        sut_pids.extend(&tls_pool_pids);
+                        tls_pool.clone()
+                    }
+                    _ => {
+                        sut_pids.extend(&pool_pids);
+                        pool.clone()
+                    }
                 };
+                let addr = tls.unwrap_or(plain);
                 println!("load: {} on {addr} (pid {})", t.name(), p.pid());
                 let live = Live {
                     addr,
+                    populate_addr: plain,
+                    tls: tls.and(tls_client.clone()),
                     pid: p.pid(),
                     sut_pids,
                     upstreams,

@@ -25,6 +25,8 @@ command -v adduser >/dev/null 2>&1 || need+=(adduser)
 command -v readelf >/dev/null 2>&1 || need+=(binutils)
 # tests/consistency.rs cuts a server off with nft rules on loopback (root).
 [ -x /usr/sbin/nft ] || command -v nft >/dev/null 2>&1 || need+=(nftables)
+# tests/tls.rs makes its certificates with openssl.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing ${need[*]}" >&2
   sudo=()

@@ -178,18 +178,24 @@ fn tls_memcached(pki: &Pki) -> Memcached {
     Memcached::start_with_args("2m", &["-Z", "-o", &opt])
 }
 
+/// The arguments of a TLS listener on a free port with the PKI's server
+/// certificate.
+fn tls_listener_args(pki: &Pki) -> Vec<String> {
+    vec![
+        "--tls-listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        pki.arg("server.pem"),
+        "--tls-key".into(),
+        pki.arg("server.key"),
+    ]
+}
+
 /// memring with a TLS listener (and `extra`) in front of `servers`.
 fn tls_memring(pki: &Pki, servers: &[&Memcached], extra: &[&str]) -> Memring {
-    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
-    let mut args = vec![
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ];
-    args.extend_from_slice(extra);
+    let mut args = tls_listener_args(pki);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Memring::start_for(servers, &args)
 }
 
@@ -314,20 +320,10 @@ fn tls_clients_and_tls_servers_with_real_clients() {
 fn tls_only_listener_with_port_zero() {
     let pki = Pki::new();
     let mc = Memcached::start();
-    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
-    let p = Memring::start(&[
-        "-D",
-        "-p",
-        "0",
-        "-s",
-        &mc.server_arg(),
-        "--tls-listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
+    let mut args: Vec<String> = ["-D", "-p", "0", "-s"].map(String::from).to_vec();
+    args.push(mc.server_arg());
+    args.extend(tls_listener_args(&pki));
+    let p = Memring::start(&args);
     assert!(p.tcp.is_none(), "{:?}", p.listen_lines);
     let tls = p.tls.expect("a TLS listener");
     let out = python(CLIENT_SCRIPT, &[tls.port().to_string(), pki.arg("ca.pem")]);

@@ -29,6 +29,14 @@ complete -c memring -l log-file -d 'Append logs to PATH instead of stderr (reope
 complete -c memring -l config -d 'TOML config file; flags given here override it; reloaded on SIGHUP' -r -F
 complete -c memring -l metrics-listen -d 'Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default)' -r
 complete -c memring -l log-level -d 'Log level (error, warn, info, debug, trace); unlike -v it keeps a daemon detached' -r
+complete -c memring -l tls-listen -d 'Also serve clients over TLS on ADDR:PORT (with --tls-cert and --tls-key; -p 0 leaves only TLS)' -r
+complete -c memring -l tls-cert -d 'The TLS listener\'s certificate chain (PEM); re-read on SIGHUP' -r -F
+complete -c memring -l tls-key -d 'The TLS listener\'s private key (PEM); re-read on SIGHUP' -r -F
+complete -c memring -l tls-ca -d 'Require TLS clients to present a certificate signed by this CA (PEM)' -r -F
+complete -c memring -l tls-handshake-timeout -d 'Cut a TLS client that has not finished its handshake by then' -r
+complete -c memring -l server-tls-ca -d 'Verify the servers\' certificates against this CA (PEM) instead of the system\'s' -r -F
+complete -c memring -l server-tls-cert -d 'A client certificate (PEM) to present to the servers' -r -F
+complete -c memring -l server-tls-key -d 'The private key (PEM) of --server-tls-cert' -r -F
 complete -c memring -l route -d 'Print where KEY goes (pool, primary, backup) under this configuration, and exit' -r
 complete -c memring -l shutdown-timeout -d 'How long in-flight requests may finish on SIGTERM' -r
 complete -c memring -s k -l ketama -d 'Use ketama consistent hashing (default: modula, as magent)'
@@ -37,5 +45,6 @@ complete -c memring -s D -l foreground -d 'Don\'t go to background'
 complete -c memring -s v -l verbose -d 'Verbose: -v info, -vv debug, -vvv trace; implies -D, as in magent'
 complete -c memring -s h -l help -d 'Print this help'
 complete -c memring -l latency-stats -d 'Record per-command latency for `stats proxy` (implied by --metrics-listen)'
+complete -c memring -l server-tls -d 'Speak TLS to every server (primaries and backups)'
 complete -c memring -l check -d 'Validate the configuration and exit'
 complete -c memring -l version -d 'Print the version'

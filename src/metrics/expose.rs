@@ -15,7 +15,7 @@
 //! memring_server_up{server,role,pool}            gauge 1 serving, 0 out
 //! memring_server_state{server,state}             gauge 1 for the current state
 //! memring_failovers_total  memring_read_through_total{result}
-//! memring_ejections_total{server,reason}         counter (connect timeout closed protocol drain_failed)
+//! memring_ejections_total{server,reason}         counter (connect timeout closed protocol drain_failed tls)
 //! memring_suspects_total{server,reason}          counter (timeout missed_write)
 //! memring_suspects_cleared_total{server}  memring_flushes_total{server}
 //! memring_keys_logged_total{server}  memring_drains_total{server}  memring_drained_keys_total{server}
