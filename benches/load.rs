@@ -198,6 +198,9 @@ struct Opts {
     warmup: Duration,
     quick: bool,
     pin: bool,
+    /// Pin the memcached pools to the client's core, not the proxy's (the
+    /// servers are other hosts in production).
+    pool_on_client: bool,
     client_cpu: Option<usize>,
     server_cpu: Option<usize>,
     memring_threads: usize,
@@ -211,7 +214,7 @@ struct Opts {
 fn usage() -> &'static str {
     "usage: cargo bench --bench load -- [options]\n\
      --workload a,b,c,d,e   presets to run (default: all)\n\
-     --targets direct,nutcracker,mcproxy,memring[,memring-epoll,memring-base]\n\
+     --targets direct,nutcracker,mcproxy,memring[,memring-epoll,memring-base,memring-tls]\n\
      --rounds N             rounds of every run, targets rotated; medians (default 3, --quick 1)\n\
      --duration 6s          measured time per run (default 6s, --quick 1s)\n\
      --warmup 2s            unmeasured time per run (default 2s, --quick 250ms)\n\
@@ -219,6 +222,7 @@ fn usage() -> &'static str {
      --conns N --depth N --keys N --value-size N --get-set G:S --multiget N\n\
      --rate OPS             override the presets (open loop at OPS req/s in total; 0 = closed loop)\n\
      --no-pin               do not pin client and servers to separate cores\n\
+     --pool-on-client-core  pin the memcached pools to the client's core, not the proxy's\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
      --out DIR              results directory (default bench-results/)"
@@ -266,6 +270,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let (mut duration, mut warmup) = (None, None);
     let mut quick = false;
     let mut pin = true;
+    let mut pool_on_client = false;
     let (mut client_cpu, mut server_cpu) = (None, None);
     let mut memring_threads = 1;
     let mut out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
@@ -330,6 +335,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
             "--warmup" => warmup = Some(parse_duration(&val)?),
             "--quick" => quick = true,
             "--no-pin" => pin = false,
+            "--pool-on-client-core" => pool_on_client = true,
             "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
             "--server-cpu" => server_cpu = Some(parse_num(&flag, &val)?),
             "--memring-threads" => memring_threads = parse_num(&flag, &val)?,
@@ -391,6 +397,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         warmup,
         quick,
         pin,
+        pool_on_client,
         client_cpu,
         server_cpu,
         memring_threads: memring_threads.max(1),
@@ -645,13 +652,59 @@ fn make_certs(dir: &Path) -> Result<(), String> {
         }
         Ok(())
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[&["req", "-x509"], &ec[..], &["-days", "2", "-subj", "/CN=bench CA", "-keyout", "ca.key", "-out", "ca.pem"]].concat())?;
-    run(&[&["req"], &ec[..], &["-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr"]].concat())?;
-    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").map_err(|e| e.to_string())?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run(&[
-        "x509", "-req", "-days", "2", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-extfile", "san.cnf", "-out", "server.pem",
+        &["req", "-x509"],
+        &ec[..],
+        &[
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    ]
+    .concat())?;
+    run(&[
+        &["req"],
+        &ec[..],
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    ]
+    .concat())?;
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n")
+        .map_err(|e| e.to_string())?;
+    run(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.pem",
     ])
 }
 
@@ -717,9 +770,7 @@ fn tls_decrypt(
         let mut rd = &craw[..];
         let n = t.read_tls(&mut rd).map_err(|e| format!("tls read: {e}"))?;
         craw.advance(n);
-        let st = t
-            .process_new_packets()
-            .map_err(|e| format!("tls: {e}"))?;
+        let st = t.process_new_packets().map_err(|e| format!("tls: {e}"))?;
         let want = st.plaintext_bytes_to_read();
         if want > 0 {
             let at = rbuf.len();
@@ -1516,8 +1567,8 @@ fn run_one(
                 Duration::from_secs(120),
                 populate(live.populate_addr, corpus.clone()),
             )
-                .await
-                .map_err(|_| "populate timed out".to_string())??;
+            .await
+            .map_err(|_| "populate timed out".to_string())??;
         }
 
         // Connect everything first so connection setup is not measured.
@@ -2003,13 +2054,14 @@ fn write_json(
 }
 
 /// One colour per target, in `TargetKind::ALL` order.
-const COLORS: [(u8, u8, u8); 6] = [
+const COLORS: [(u8, u8, u8); 7] = [
     (127, 127, 127),
     (31, 119, 180),
     (255, 127, 14),
     (214, 39, 40),
     (44, 160, 44),
     (148, 103, 189),
+    (140, 86, 75),
 ];
 
 fn color_of(target: &str) -> plotters::style::RGBColor {
@@ -2330,6 +2382,13 @@ fn run(opts: Opts) -> Result<(), String> {
     let mut pool: Vec<SocketAddr> = Vec::new();
     let mut pool_pids: Vec<u32> = Vec::new();
     let mut bins: Vec<(&'static str, String)> = Vec::new();
+    let pool_place = if opts.pool_on_client {
+        Placement {
+            server_cpu: client_cpu,
+        }
+    } else {
+        place
+    };
     let needs_pool = opts
         .targets
         .iter()
@@ -2347,7 +2406,8 @@ fn run(opts: Opts) -> Result<(), String> {
         );
         let extra = ["-Z".to_string(), "-o".to_string(), opt];
         for i in 0..3 {
-            let (p, a) = start_memcached_with(&format!("memcached-tls{i}"), &extra, place, &dir)?;
+            let (p, a) =
+                start_memcached_with(&format!("memcached-tls{i}"), &extra, pool_place, &dir)?;
             tls_pool.push(a);
             tls_pool_pids.push(p.pid());
             procs.push(p);
@@ -2356,7 +2416,7 @@ fn run(opts: Opts) -> Result<(), String> {
     }
     if needs_pool {
         for i in 0..3 {
-            let (p, a) = start_memcached(&format!("memcached-pool{i}"), place, &dir)?;
+            let (p, a) = start_memcached(&format!("memcached-pool{i}"), pool_place, &dir)?;
             pool.push(a);
             pool_pids.push(p.pid());
             procs.push(p);

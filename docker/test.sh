@@ -276,4 +276,51 @@ cat "$tmp/uring.log"
 grep -qi 'seccomp' "$tmp/uring.log" || die "uring: exit message does not mention seccomp"
 echo "uring: exit status $rc"
 
+# --- 6. TLS to clients from the FROM-scratch image ------------------------------
+
+log "TLS: the image serves a TLS listener with mounted certificates"
+tls="$tmp/tls"
+mkdir -p "$tls"
+( cd "$tls" &&
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj "/CN=container test CA" -keyout ca.key -out ca.pem 2>/dev/null &&
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null &&
+  printf 'subjectAltName=IP:127.0.0.1\n' > san.cnf &&
+  openssl x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+      -extfile san.cnf -out server.pem 2>/dev/null ) || die "tls: openssl failed (apt-get install openssl)"
+# The image runs as uid 65534: a throwaway key is made readable for it.
+chmod 0644 "$tls/server.key"
+name="$project-tls"
+standalone+=("$name")
+docker run -d --name "$name" --network "$net" -p 127.0.0.1::11212 \
+    --security-opt seccomp="$here/seccomp-io_uring.json" -v "$tls:/tls:ro" "$memring_image" \
+    -p 0 --tls-listen 0.0.0.0:11212 --tls-cert /tls/server.pem --tls-key /tls/server.key \
+    -s m2:11211 >/dev/null
+tls_port="$(docker port "$name" 11212/tcp | head -n 1 | sed 's/.*://')"
+python3 - "$tls_port" "$tls/ca.pem" <<'PY' || { docker logs "$name" >&2; die "tls: not serving over TLS"; }
+import socket, ssl, sys, time
+port, ca = int(sys.argv[1]), sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+deadline = time.time() + 15
+while True:
+    try:
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5),
+                            server_hostname="127.0.0.1")
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.2)
+s.sendall(b"set tls-k 0 0 3\r\nabc\r\nget tls-k\r\n")
+got = b""
+while not got.endswith(b"END\r\n"):
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    got += chunk
+assert got == b"STORED\r\nVALUE tls-k 0 3\r\nabc\r\nEND\r\n", got
+print("tls: served over", s.version())
+PY
+
 log "PASS (memring image $size bytes)"

@@ -1093,3 +1093,53 @@ fn nutcracker_placement_settings() {
     let e = parse(&format!("memring --config {}", dup.0.display())).expect_err("duplicate name");
     assert!(e.to_string().contains("server name 'a'"), "{e}");
 }
+
+#[test]
+fn tls_settings_fit_together() {
+    let s = "memring -s 127.0.0.1:1";
+    let c = parse(&format!(
+        "{s} --tls-listen 127.0.0.1:0 --tls-cert c.pem --tls-key k.pem --tls-ca ca.pem"
+    ))
+    .unwrap();
+    assert_eq!(c.tls_addr(), "127.0.0.1:0".parse().ok());
+    assert_eq!(c.tls_ca.as_deref(), Some(Path::new("ca.pem")));
+    assert_eq!(c.tls_handshake_timeout, Duration::from_secs(10));
+    // -p 0 with only a TLS listener is a listener.
+    parse(&format!(
+        "{s} -p 0 --tls-listen 127.0.0.1:0 --tls-cert c.pem --tls-key k.pem"
+    ))
+    .unwrap();
+    let c = parse(&format!(
+        "{s} --server-tls --server-tls-ca ca.pem --server-tls-cert c.pem --server-tls-key k.pem"
+    ))
+    .unwrap();
+    assert!(c.server_tls);
+    for (bad, why) in [
+        ("--tls-listen 127.0.0.1:0", "--tls-cert"),
+        ("--tls-listen 127.0.0.1:0 --tls-cert c.pem", "--tls-key"),
+        ("--tls-cert c.pem --tls-key k.pem", "--tls-listen"),
+        ("--tls-ca ca.pem", "--tls-listen"),
+        ("--server-tls-ca ca.pem", "--server-tls"),
+        ("--server-tls --server-tls-cert c.pem", "go together"),
+        ("--tls-listen nope --tls-cert c --tls-key k", "--tls-listen"),
+        (
+            "-l 127.0.0.1 -p 7000 --tls-listen 127.0.0.1:7000 --tls-cert c --tls-key k",
+            "share an address",
+        ),
+    ] {
+        let e = parse(&format!("{s} {bad}")).unwrap_err();
+        assert_eq!(e.code, 2, "{bad}");
+        assert!(e.msg.contains(why), "{bad}: {}", e.msg);
+    }
+    let layer = file::parse(
+        "tls_listen = \"127.0.0.1:0\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+         tls_handshake_timeout = \"2s\"\nserver_tls = true\nserver_tls_ca = \"ca.pem\"\n",
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    let c = layer.finish();
+    assert_eq!(c.tls_listen.as_deref(), Some("127.0.0.1:0"));
+    assert_eq!(c.tls_handshake_timeout, Duration::from_secs(2));
+    assert!(c.server_tls);
+    assert_eq!(c.server_tls_ca.as_deref(), Some(Path::new("ca.pem")));
+}
