@@ -2,6 +2,9 @@
 //! command line: libmemcached's tools (memccapable, memccp, memccat from
 //! Debian's libmemcached-tools) and Python's pymemcache.
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::process::Command;

@@ -7,6 +7,9 @@
 //! Each partition lives in its own nft table, named after the test process
 //! and the port, and is removed when its guard drops.
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::process::Command;

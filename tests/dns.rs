@@ -5,6 +5,9 @@
 //! /etc/hosts (root, as in CI), added by the test and removed when it ends;
 //! the two addresses are 127.0.0.1 and 127.0.0.2 (both loopback).
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::process::{Command, Stdio};

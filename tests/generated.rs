@@ -4,6 +4,9 @@
 //! fails when they no longer match the command line; regenerate them with
 //! `MEMRING_BLESS=1 cargo test --test generated`.
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 
 use clap_complete::Shell;

@@ -2,6 +2,9 @@
 //! SIGTERM with requests in flight, SIGHUP reload, daemon mode with a pid
 //! file, and the `-p 0` / unix-socket-only mode.
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::process::{Command, Stdio};

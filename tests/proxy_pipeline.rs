@@ -1,6 +1,9 @@
 //! Pipelining, fan-out, sizes, many clients and listener styles, end to end
 //! through the real memring binary and real memcached servers.
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -8,6 +8,9 @@
 //! seconds), which `normalize` masks. Multi-key gets are expected in request
 //! key order, as memcached answers them.
 
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use common::*;

@@ -9,6 +9,8 @@
 //! caller's buffer plus how many bytes were consumed. `Incomplete` is a normal
 //! state, not an error.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod binary;
 pub mod compose;
 pub mod matching;

@@ -19,6 +19,8 @@
 //! | every primary-first write above | runs inside its key's exclusive section ([`machine::Effect::Exclusive`]), so the backup gets the copies of one key's writes in the order the primary applied them |
 //! | any of the above answered "not there" by the primary | if the backup holds the item (the primary lost it to a flush or an eviction) it is put back on the primary and the command runs again; otherwise `delete` on the backup |
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod binary;
 pub mod client;
 pub mod machine;

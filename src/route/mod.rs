@@ -27,6 +27,8 @@
 //! assert_eq!(owner, ketama.server_for(b"user:42"));
 //! ```
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod hash;
 pub mod ketama;
 pub mod modula;

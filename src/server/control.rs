@@ -749,12 +749,13 @@ const MAX_DUMP: usize = 64 * 1024 * 1024;
 /// Run `lru_crawler metadump ...` (`line`) on every server in service, each
 /// on a connection of its own (memcached refuses anything pipelined behind
 /// a metadump), on a thread off the cores; the merged listing goes back to
-/// the core through `tx`.
-pub(super) fn dump_for(
+/// the core through `tx`, with `to` (where the core delivers it: the control
+/// plane knows nothing of the engine).
+pub(super) fn dump_for<To: Send + 'static>(
     topo: Arc<Topology>,
     line: Bytes,
-    tx: std::sync::mpsc::Sender<super::engine::Handoff>,
-    to: super::engine::ClientRef,
+    tx: std::sync::mpsc::Sender<(To, Answer)>,
+    to: To,
 ) {
     let spawned = std::thread::Builder::new()
         .name("memring-dump".into())

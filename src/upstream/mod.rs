@@ -42,6 +42,8 @@
 //! [`Probe`] token: only its holder moves a server out of `Probing`,
 //! `Flushing` or `Draining`.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod missed;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
