@@ -26,6 +26,7 @@
 //! - memcached stays silent on these errors when the command ends in
 //!   `noreply` (see [`noreply_requested`]), but not on `ERROR`.
 
+use super::lex::{parse_i64, parse_u64};
 use std::ops::Range;
 
 /// Every command the proxy understands.
@@ -606,46 +607,6 @@ fn client(consumed: usize, msg: &'static str) -> Parsed {
 /// (see [`find_line`]); every other byte is allowed, as memcached stores it.
 fn key_ok(key: &[u8]) -> bool {
     !key.is_empty() && key.len() <= super::MAX_KEY_LEN
-}
-
-/// An unsigned decimal as `strtoull` takes it: optional `+`, digits, no overflow.
-pub fn parse_u64(tok: &[u8]) -> Option<u64> {
-    let digits = tok.strip_prefix(b"+").unwrap_or(tok);
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
-}
-
-/// A signed decimal as `strtol` takes it: optional sign, digits, no overflow.
-pub fn parse_i64(tok: &[u8]) -> Option<i64> {
-    let (neg, digits) = match tok.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        Some((b'+', rest)) => (false, rest),
-        _ => (false, tok),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    // Accumulate negatively so that i64::MIN parses.
-    let v = digits.iter().try_fold(0i64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_sub(i64::from(b - b'0'))
-        } else {
-            None
-        }
-    })?;
-    if neg {
-        Some(v)
-    } else {
-        v.checked_neg()
-    }
 }
 
 fn parse_retrieval(
@@ -1692,24 +1653,6 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(input)
             );
-        }
-    }
-
-    #[test]
-    fn numbers() {
-        assert_eq!(parse_u64(b"0"), Some(0));
-        assert_eq!(parse_u64(b"+7"), Some(7));
-        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_u64(b"18446744073709551616"), None);
-        for bad in [&b""[..], b"+", b"-1", b"-0", b"1 ", b"0x1", b"++1"] {
-            assert_eq!(parse_u64(bad), None);
-        }
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_i64(b"9223372036854775808"), None);
-        assert_eq!(parse_i64(b"-1"), Some(-1));
-        for bad in [&b""[..], b"-", b"+", b"--1", b"1-"] {
-            assert_eq!(parse_i64(bad), None);
         }
     }
 

@@ -14,6 +14,7 @@
 //! Any reply may instead be a single `ERROR`, `CLIENT_ERROR ...` or
 //! `SERVER_ERROR ...` line, which completes it.
 
+use super::lex::parse_u64;
 use std::ops::Range;
 
 /// The reply shape a request expects.
@@ -271,19 +272,6 @@ fn complete(len: usize, status: Status, line: Range<usize>) -> Framed {
         line,
         data: 0..0,
     }
-}
-
-fn parse_u64(tok: &[u8]) -> Option<u64> {
-    if tok.is_empty() {
-        return None;
-    }
-    tok.iter().try_fold(0u64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
 }
 
 /// The data block of `len` bytes starting at `start`, with its `\r\n`.

@@ -663,7 +663,7 @@ fn joined(reply: &[Bytes]) -> Bytes {
 fn meta_number(line: &[u8], flag: u8) -> Option<u64> {
     let flags = line.get(2..).unwrap_or_default();
     let tok = crate::protocol::compose::meta_flag(flags, flag)?;
-    crate::protocol::request::parse_u64(tok)
+    crate::protocol::parse_u64(tok)
 }
 
 impl Plan {
@@ -845,7 +845,7 @@ impl Plan {
             Kind::Arith { create } => match status {
                 Status::MetaValue => {
                     let digits = text.get(data).unwrap_or_default();
-                    match crate::protocol::request::parse_u64(digits) {
+                    match crate::protocol::parse_u64(digits) {
                         Some(v) => ok(
                             &mut out,
                             meta_number(line, b'c').unwrap_or(0),

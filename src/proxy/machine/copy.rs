@@ -37,7 +37,7 @@ impl MetaItem {
         }
         let line = r.frame.get(r.line.clone())?;
         let flags = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
-        let num = |f: u8| compose::meta_flag(flags, f).and_then(proxy::parse_decimal);
+        let num = |f: u8| compose::meta_flag(flags, f).and_then(crate::protocol::parse_i64);
         let end = r.data.end.checked_add(2).filter(|e| *e <= r.frame.len())?;
         if r.data.start > r.data.end {
             return None;
@@ -162,7 +162,7 @@ impl CopyItem {
             Ok(r) if r.status == Status::MetaHd => {
                 let line = r.frame.get(r.line.clone()).unwrap_or_default();
                 let flags = line.get(2..).unwrap_or_default();
-                compose::meta_flag(flags, b'c').and_then(proxy::parse_decimal)
+                compose::meta_flag(flags, b'c').and_then(crate::protocol::parse_i64)
                     == Some(self.item.cas as i64)
             }
             _ => false,
