@@ -234,7 +234,7 @@ fn line_content(line: &[u8]) -> &[u8] {
 pub fn compose_without_noreply(out: &mut BytesMut, line: &[u8]) {
     let mut content = line_content(line);
     if let Some(head) = content.strip_suffix(b" noreply") {
-        let mut words = head.split(|&b| b == b' ').filter(|t| !t.is_empty());
+        let mut words = super::lex::words(head);
         let required = match words.next().and_then(super::request::verb_from_word) {
             Some(Verb::Set | Verb::Add | Verb::Replace | Verb::Append | Verb::Prepend) => Some(4),
             Some(Verb::Cas) => Some(5),

@@ -1,9 +1,85 @@
-//! The protocol's number lexer: the one pair of decimal parsers every
-//! module uses, with memcached's `strtoull`/`strtol` semantics as its
-//! `safe_strtoull`/`safe_strtol` apply them (a whole token, an optional
-//! sign, no overflow, nothing trailing).
+//! The protocol's lexer: the one tokenizer and the one pair of decimal
+//! parsers every module uses.
+//!
+//! Tokens are split on `' '` only, as memcached's tokenizer does (a tab is
+//! part of a token), and runs of spaces count as one. Numbers follow
+//! memcached's `strtoull`/`strtol` as its `safe_strtoull`/`safe_strtol`
+//! apply them: a whole token, an optional sign, no overflow, nothing
+//! trailing.
 //!
 //! Must not import `server`, an I/O runtime or the clock.
+
+use std::ops::Range;
+
+/// The space-separated words of `line`.
+pub fn words(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|&b| b == b' ').filter(|w| !w.is_empty())
+}
+
+/// `buf[r]`, or nothing for a range outside it (no panic path on input).
+pub fn slice(buf: &[u8], r: Range<usize>) -> &[u8] {
+    buf.get(r).unwrap_or_default()
+}
+
+/// The space-separated tokens of `buf[..end]` (or of a range of it), as
+/// ranges into `buf`: the parsers keep ranges, never copies.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    pos: usize,
+    end: usize,
+}
+
+impl Tokens {
+    /// The tokens of `buf[..end]`.
+    pub fn new(end: usize) -> Tokens {
+        Tokens { pos: 0, end }
+    }
+
+    /// The tokens of `buf[r]`.
+    pub fn within(r: Range<usize>) -> Tokens {
+        Tokens {
+            pos: r.start,
+            end: r.end,
+        }
+    }
+
+    /// Where the next token is looked for.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The next token of `buf`.
+    pub fn next(&mut self, buf: &[u8]) -> Option<Range<usize>> {
+        let line = buf.get(..self.end)?;
+        while line.get(self.pos) == Some(&b' ') {
+            self.pos += 1;
+        }
+        if self.pos >= self.end {
+            return None;
+        }
+        let start = self.pos;
+        while matches!(line.get(self.pos), Some(&b) if b != b' ') {
+            self.pos += 1;
+        }
+        Some(start..self.pos)
+    }
+
+    /// The last remaining token, consuming the tokens.
+    pub fn last(mut self, buf: &[u8]) -> Option<Range<usize>> {
+        let mut last = None;
+        // Bounded by the line: each pass consumes a token.
+        while let Some(t) = self.next(buf) {
+            last = Some(t);
+        }
+        last
+    }
+
+    /// The remaining tokens as an iterator over `buf`.
+    pub fn iter(self, buf: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
+        let mut t = self;
+        std::iter::from_fn(move || t.next(buf))
+    }
+}
 
 /// An unsigned decimal as `strtoull` takes it: optional `+`, digits, no
 /// overflow. (memcached's `safe_strtoull` also refuses a `-`, as here.)
@@ -87,6 +163,23 @@ mod tests {
         for (tok, want) in signed {
             assert_eq!(parse_i64(tok), *want, "{:?}", String::from_utf8_lossy(tok));
         }
+    }
+
+    #[test]
+    fn tokens_split_on_spaces_only() {
+        let line = b"  mg\tkey  v  t ";
+        let t: Vec<&[u8]> = Tokens::new(line.len())
+            .iter(line)
+            .map(|r| slice(line, r))
+            .collect();
+        assert_eq!(t, vec![&b"mg\tkey"[..], b"v", b"t"]);
+        assert_eq!(words(line).collect::<Vec<_>>(), t);
+        assert_eq!(Tokens::new(line.len()).last(line), Some(13..14));
+        // A range of the line, and a line shorter than its end.
+        let t: Vec<_> = Tokens::within(8..12).iter(line).collect();
+        assert_eq!(t, vec![10..11]);
+        assert_eq!(Tokens::new(99).next(line), None);
+        assert_eq!(slice(line, 3..99), b"");
     }
 
     proptest::proptest! {

@@ -14,6 +14,7 @@
 //! Error lines (`ERROR`, `CLIENT_ERROR`, `SERVER_ERROR`) carry no opaque and
 //! are accepted as they come. Owns no I/O and no clock.
 
+use super::lex::words as tokens;
 use std::ops::Range;
 
 use bytes::{Buf, BytesMut};
@@ -38,10 +39,6 @@ fn first_line(req: &[u8]) -> Option<(&[u8], usize)> {
         nl
     };
     Some((req.get(..end)?, end))
-}
-
-fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|&b| b == b' ').filter(|t| !t.is_empty())
 }
 
 /// Where memring's opaque goes in the meta request `req`: the end of its

@@ -26,7 +26,7 @@
 //! - memcached stays silent on these errors when the command ends in
 //!   `noreply` (see [`noreply_requested`]), but not on `ERROR`.
 
-use super::lex::{parse_i64, parse_u64};
+use super::lex::{parse_i64, parse_u64, slice, Tokens};
 use std::ops::Range;
 
 /// Every command the proxy understands.
@@ -498,49 +498,6 @@ fn find_line(buf: &[u8]) -> LineScan {
     }
 }
 
-/// `buf[r]` without a panic path (ranges come from [`Tokens`], so always valid).
-fn slice(buf: &[u8], r: Range<usize>) -> &[u8] {
-    buf.get(r).unwrap_or_default()
-}
-
-/// Space-separated tokens of a line, as ranges into the whole buffer.
-/// memcached splits on `' '` only: a tab is part of a token.
-#[derive(Clone)]
-struct Tokens {
-    pos: usize,
-    end: usize,
-}
-
-impl Tokens {
-    fn new(end: usize) -> Self {
-        Tokens { pos: 0, end }
-    }
-
-    fn next(&mut self, buf: &[u8]) -> Option<Range<usize>> {
-        let line = buf.get(..self.end)?;
-        while line.get(self.pos) == Some(&b' ') {
-            self.pos += 1;
-        }
-        if self.pos >= self.end {
-            return None;
-        }
-        let start = self.pos;
-        while matches!(line.get(self.pos), Some(&b) if b != b' ') {
-            self.pos += 1;
-        }
-        Some(start..self.pos)
-    }
-
-    /// The last remaining token, consuming the iterator.
-    fn last(mut self, buf: &[u8]) -> Option<Range<usize>> {
-        let mut last = None;
-        while let Some(t) = self.next(buf) {
-            last = Some(t);
-        }
-        last
-    }
-}
-
 /// Up to `MAX_ARGS` arguments of a fixed-arity command.
 struct Args {
     r: [(usize, usize); MAX_ARGS],
@@ -632,7 +589,7 @@ fn parse_retrieval(
     if line.len > window(req.verb) + 64 {
         // A gat line memcached would refuse upstream: served in batches.
         req.more = true;
-        return retrieval_batch(buf, toks.pos, req, keys);
+        return retrieval_batch(buf, toks.pos(), req, keys);
     }
     if !push_keys(buf, toks, keys) {
         return client(line.len, MSG_BAD_FORMAT);
@@ -685,7 +642,7 @@ fn long_retrieval(buf: &[u8], keys: &mut Vec<Range<usize>>) -> Parsed {
             _ => return Parsed::Error(ParseError::LineTooLong),
         }
     }
-    retrieval_batch(buf, toks.pos, req, keys)
+    retrieval_batch(buf, toks.pos(), req, keys)
 }
 
 /// The next batch of keys of a retrieval line that goes on past
@@ -778,7 +735,7 @@ fn retrieval_batch(
             _ => return Parsed::Error(ParseError::LineTooLong),
         },
     };
-    let toks = Tokens { pos: start, end };
+    let toks = Tokens::within(start..end);
     if !push_keys(buf, toks, keys) {
         return Parsed::Error(ParseError::LineTooLong);
     }

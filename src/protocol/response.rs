@@ -14,7 +14,7 @@
 //! Any reply may instead be a single `ERROR`, `CLIENT_ERROR ...` or
 //! `SERVER_ERROR ...` line, which completes it.
 
-use super::lex::parse_u64;
+use super::lex::{parse_u64, slice, words as tokens, Tokens};
 use std::ops::Range;
 
 /// The reply shape a request expects.
@@ -216,34 +216,6 @@ fn line_at(buf: &[u8], start: usize) -> Result<Option<RLine>, FrameError> {
     }
 }
 
-fn slice(buf: &[u8], r: Range<usize>) -> &[u8] {
-    buf.get(r).unwrap_or_default()
-}
-
-/// Space-separated tokens of a line.
-fn tokens(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|&b| b == b' ').filter(|t| !t.is_empty())
-}
-
-/// Space-separated tokens of `buf[content]`, as ranges into `buf`.
-fn token_ranges(buf: &[u8], content: Range<usize>) -> impl Iterator<Item = Range<usize>> + '_ {
-    let end = content.end;
-    let mut pos = content.start;
-    std::iter::from_fn(move || {
-        while pos < end && buf.get(pos) == Some(&b' ') {
-            pos += 1;
-        }
-        if pos >= end {
-            return None;
-        }
-        let start = pos;
-        while pos < end && buf.get(pos).is_some_and(|&b| b != b' ') {
-            pos += 1;
-        }
-        Some(start..pos)
-    })
-}
-
 /// Whether `line` is `word` alone or `word` followed by a space.
 fn starts_word(line: &[u8], word: &[u8]) -> bool {
     match line.strip_prefix(word) {
@@ -333,7 +305,7 @@ fn frame_values(
             msg: "malformed VALUE line",
         };
         // VALUE <key> <flags> <bytes> [<cas>]
-        let mut toks = token_ranges(buf, l.content.clone()).skip(1);
+        let mut toks = Tokens::within(l.content.clone()).iter(buf).skip(1);
         let key = toks.next().ok_or(bad.clone())?;
         let flags = toks.next().and_then(|t| parse_u64(slice(buf, t)));
         let bytes = toks.next().and_then(|t| parse_u64(slice(buf, t)));

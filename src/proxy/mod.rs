@@ -270,7 +270,7 @@ pub enum AdminPlan {
 /// The plan for `stats <args>` (verb `Stats`) or an administration line
 /// (verb `Admin`, `args` the whole line).
 pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
-    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mut words = crate::protocol::lex::words(args);
     let first = words.next().unwrap_or_default();
     let second = words.next().unwrap_or_default();
     match verb {

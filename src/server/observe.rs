@@ -136,7 +136,7 @@ fn read_head(s: &mut TcpStream) -> std::io::Result<Ask> {
 fn classify(head: &[u8]) -> Ask {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mut words = crate::protocol::lex::words(line);
     let (Some(method), Some(target), Some(version)) = (words.next(), words.next(), words.next())
     else {
         return Ask::Bad;

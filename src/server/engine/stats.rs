@@ -46,7 +46,7 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         config_generation: topo.generation,
         rusage: rusage(),
     };
-    let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let mut words = crate::protocol::lex::words(args);
     let text = match (words.next(), words.next(), words.next()) {
         (None, ..) => crate::stats::render(&shared.stats, &views, &p, Instant::now()),
         (Some(b"proxy"), None, _) => {
