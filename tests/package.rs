@@ -209,6 +209,48 @@ fn dpkg_installs_a_working_memring_with_its_unit_config_and_user() {
     ]));
     assert_eq!(check.trim(), "configuration ok");
 
+    // The packaged binary carries TLS: --check loads the certificate and
+    // key (and refuses a file that is not one).
+    let tls = common::TempDir::new("pkg-tls");
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .args(["-keyout", "k.pem", "-out", "c.pem"])
+            .current_dir(tls.path()),
+    );
+    let (cert, key) = (tls.path().join("c.pem"), tls.path().join("k.pem"));
+    let tls_check = |cert: &Path| {
+        run(Command::new("/usr/bin/memring")
+            .args(["--check", "-s", "127.0.0.1:11211", "-p", "0"])
+            .args(["--tls-listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .arg("--server-tls")
+            .arg("--server-tls-ca")
+            .arg(cert))
+    };
+    let ok = tls_check(&cert);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = tls_check(&key);
+    assert!(!bad.status.success(), "a key passed for a certificate");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
     let user = run_ok(Command::new("getent").args(["passwd", "memring"]));
     assert!(user.starts_with("memring:"), "{user}");
     assert!(

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use memring::protocol::binary::{parse_request, FrameError, Parsed, HEADER_LEN};
+use memring::protocol::binary::{parse_request, BadFrame, ParsedFrame, HEADER_LEN};
 use memring::proxy::binary::{next_step, Step};
 
 fuzz_target!(|data: &[u8]| {
@@ -16,18 +16,18 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = reqs;
     while !rest.is_empty() {
         let step = match parse_request(rest, 4096) {
-            Parsed::Complete(f) => {
+            ParsedFrame::Complete(f) => {
                 assert!(f.consumed >= HEADER_LEN && f.consumed <= rest.len());
                 for r in [&f.extras, &f.key, &f.value] {
                     assert!(r.start <= r.end && r.end <= f.consumed);
                 }
                 f.consumed
             }
-            Parsed::Error(FrameError::Reject { skip, close: false, .. }) => {
+            ParsedFrame::Error(BadFrame::Reject { skip, close: false, .. }) => {
                 assert!(skip >= HEADER_LEN);
                 skip.min(rest.len())
             }
-            Parsed::Error(_) | Parsed::Incomplete => break,
+            ParsedFrame::Error(_) | ParsedFrame::Incomplete => break,
         };
         rest = &rest[step..];
     }

@@ -253,7 +253,7 @@ where
 
 /// What the command line says: the [`Layer`] of explicitly given values, the
 /// config file path and `--check`.
-pub(super) struct Parsed {
+pub(super) struct CliArgs {
     pub layer: Layer,
     pub config: Option<PathBuf>,
     pub check: bool,
@@ -261,7 +261,7 @@ pub(super) struct Parsed {
 }
 
 /// Parse argv (`args[0]` is the program name).
-pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
+pub(super) fn parse(args: &[OsString]) -> Result<CliArgs, ConfigError> {
     let m = Cli::command()
         .try_get_matches_from(args)
         .map_err(from_clap)?;
@@ -320,7 +320,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<Parsed, ConfigError> {
         server_tls_cert: cli.server_tls_cert.clone(),
         server_tls_key: cli.server_tls_key.clone(),
     };
-    Ok(Parsed {
+    Ok(CliArgs {
         layer,
         config: cli.config,
         check: cli.check,

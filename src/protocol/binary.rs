@@ -346,7 +346,7 @@ pub struct Frame {
 
 /// How to answer a frame that cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FrameError {
+pub enum BadFrame {
     /// Not a request magic: close the connection without an answer.
     BadMagic,
     /// Answer `status` (with its message) to `opcode`/`opaque`, then skip
@@ -368,13 +368,13 @@ pub enum FrameError {
 
 /// Outcome of parsing the front of a buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Parsed {
+pub enum ParsedFrame {
     /// A complete request.
     Complete(Frame),
     /// More bytes are needed. Not an error.
     Incomplete,
     /// A bad frame, decided from its header alone.
-    Error(FrameError),
+    Error(BadFrame),
 }
 
 /// Parse one request frame from the front of `buf`.
@@ -382,22 +382,22 @@ pub enum Parsed {
 /// Limits are judged from the header before the body is waited for, so a
 /// client cannot make the caller buffer more than `max_item_size` plus a
 /// storage frame's extras and key. Never panics and never copies.
-pub fn parse_request(buf: &[u8], max_item_size: usize) -> Parsed {
+pub fn parse_request(buf: &[u8], max_item_size: usize) -> ParsedFrame {
     let Some(header) = Header::decode(buf) else {
         return match buf.first() {
-            Some(&m) if m != REQUEST_MAGIC => Parsed::Error(FrameError::BadMagic),
-            _ => Parsed::Incomplete,
+            Some(&m) if m != REQUEST_MAGIC => ParsedFrame::Error(BadFrame::BadMagic),
+            _ => ParsedFrame::Incomplete,
         };
     };
     if header.magic != REQUEST_MAGIC {
-        return Parsed::Error(FrameError::BadMagic);
+        return ParsedFrame::Error(BadFrame::BadMagic);
     }
     let extras = usize::from(header.extras_len);
     let key = usize::from(header.key_len);
     let body = header.body_len as usize;
     let skip = HEADER_LEN.saturating_add(body);
     let reject = |status: Status, close: bool| {
-        Parsed::Error(FrameError::Reject {
+        ParsedFrame::Error(BadFrame::Reject {
             opcode: header.opcode,
             opaque: header.opaque,
             status,
@@ -427,11 +427,11 @@ pub fn parse_request(buf: &[u8], max_item_size: usize) -> Parsed {
         return reject(Status::TooLarge, false);
     }
     if buf.len() < skip {
-        return Parsed::Incomplete;
+        return ParsedFrame::Incomplete;
     }
     let e = HEADER_LEN + extras;
     let k = e + key;
-    Parsed::Complete(Frame {
+    ParsedFrame::Complete(Frame {
         header,
         opcode,
         consumed: skip,
@@ -624,7 +624,7 @@ mod tests {
                 0, 0, 0, 0, 0, 0, 0, 0, b'f', b'o', b'o',
             ]
         );
-        let Parsed::Complete(f) = parse_request(&wire, MAX_ITEM) else {
+        let ParsedFrame::Complete(f) = parse_request(&wire, MAX_ITEM) else {
             panic!("not complete");
         };
         assert_eq!(f.opcode, Opcode::Get);
@@ -693,7 +693,7 @@ mod tests {
         for &(op, extras, key, value) in table {
             let wire = req(op, 1, 2, extras, key, value);
             match parse_request(&wire, MAX_ITEM) {
-                Parsed::Complete(f) => {
+                ParsedFrame::Complete(f) => {
                     assert_eq!(f.opcode, op);
                     assert_eq!(f.consumed, wire.len(), "{op:?}");
                     assert_eq!(&wire[f.extras.clone()], extras, "{op:?}");
@@ -707,7 +707,7 @@ mod tests {
             for cut in 0..wire.len() {
                 assert_eq!(
                     parse_request(&wire[..cut], MAX_ITEM),
-                    Parsed::Incomplete,
+                    ParsedFrame::Incomplete,
                     "{op:?} cut at {cut}"
                 );
             }
@@ -716,7 +716,7 @@ mod tests {
 
     fn rejected(wire: &[u8]) -> (Status, usize, bool) {
         match parse_request(wire, MAX_ITEM) {
-            Parsed::Error(FrameError::Reject {
+            ParsedFrame::Error(BadFrame::Reject {
                 status,
                 skip,
                 close,
@@ -731,11 +731,11 @@ mod tests {
         // Wrong magic, even before the header is whole.
         assert_eq!(
             parse_request(b"get a\r\n", MAX_ITEM),
-            Parsed::Error(FrameError::BadMagic)
+            ParsedFrame::Error(BadFrame::BadMagic)
         );
         assert_eq!(
             parse_request(&[0x81], MAX_ITEM),
-            Parsed::Error(FrameError::BadMagic)
+            ParsedFrame::Error(BadFrame::BadMagic)
         );
         // Key + extras longer than the body: unknown command, close.
         let mut wire = req(Opcode::Get, 0, 0, b"", b"abc", b"");
@@ -749,7 +749,7 @@ mod tests {
         let wire = req(Opcode::Get, 0, 0, b"", &k250, b"");
         assert!(matches!(
             parse_request(&wire, MAX_ITEM),
-            Parsed::Complete(_)
+            ParsedFrame::Complete(_)
         ));
         let k251 = vec![b'k'; 251];
         let wire = req(Opcode::Get, 0, 0, b"", &k251, b"");
@@ -763,7 +763,7 @@ mod tests {
         let wire = req(Opcode::Set, 0, 0, &se, b"k", &v);
         assert!(matches!(
             parse_request(&wire, MAX_ITEM),
-            Parsed::Complete(_)
+            ParsedFrame::Complete(_)
         ));
         let v = vec![b'v'; MAX_ITEM + 1];
         let wire = req(Opcode::SetQ, 0, 0, &se, b"k", &v);
@@ -825,14 +825,14 @@ mod tests {
             let mut rest = &data[..];
             for _ in 0..64 {
                 match parse_request(rest, MAX_ITEM) {
-                    Parsed::Complete(f) => {
+                    ParsedFrame::Complete(f) => {
                         prop_assert!(f.consumed >= HEADER_LEN && f.consumed <= rest.len());
                         for r in [&f.extras, &f.key, &f.value] {
                             prop_assert!(r.start <= r.end && r.end <= f.consumed);
                         }
                         rest = &rest[f.consumed..];
                     }
-                    Parsed::Error(FrameError::Reject { skip, close: false, .. }) => {
+                    ParsedFrame::Error(BadFrame::Reject { skip, close: false, .. }) => {
                         prop_assert!(skip >= HEADER_LEN);
                         rest = &rest[skip.min(rest.len())..];
                     }
@@ -860,7 +860,7 @@ mod tests {
             let extras = if matches!(op.loud(), Opcode::Set | Opcode::Add) { set_extras(flags, 3).to_vec() } else { vec![] };
             let value = if op.is_storage() { value } else { vec![] };
             let wire = req(op, opaque, cas, &extras, key.as_bytes(), &value);
-            let Parsed::Complete(f) = parse_request(&wire, MAX_ITEM) else {
+            let ParsedFrame::Complete(f) = parse_request(&wire, MAX_ITEM) else {
                 return Err(TestCaseError::fail("not complete"));
             };
             prop_assert_eq!(f.opcode, op);

@@ -62,7 +62,7 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::binary::{self as bin, compose_error, compose_response, FrameError, Opcode};
+use crate::protocol::binary::{self as bin, compose_error, compose_response, BadFrame, Opcode};
 use crate::protocol::compose::put_u64;
 use crate::protocol::{frame_response, Expect, Framed, Status, MAX_LINE_LEN};
 
@@ -117,7 +117,7 @@ struct GetSlot {
 }
 
 #[derive(Clone, Debug)]
-enum Kind {
+enum Shape {
     /// Gets and GATs: one slot per key, in order.
     Get(Vec<GetSlot>),
     /// A get of a key the text protocol cannot carry, as `mg <base64> b v f c`.
@@ -145,7 +145,7 @@ enum Kind {
 pub struct Plan {
     opcode: Opcode,
     opaque: u32,
-    kind: Kind,
+    kind: Shape,
 }
 
 /// A translated reply.
@@ -211,9 +211,9 @@ fn error_frame(opcode: u8, status: bin::Status, opaque: u32) -> BytesMut {
 /// `max_item_size` bounds storage values. Never panics on any input.
 pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
     let frame = match bin::parse_request(buf, max_item_size) {
-        bin::Parsed::Incomplete => return Step::Incomplete,
-        bin::Parsed::Error(FrameError::BadMagic) => return Step::Close,
-        bin::Parsed::Error(FrameError::Reject {
+        bin::ParsedFrame::Incomplete => return Step::Incomplete,
+        bin::ParsedFrame::Error(BadFrame::BadMagic) => return Step::Close,
+        bin::ParsedFrame::Error(BadFrame::Reject {
             opcode,
             opaque,
             status: bin::Status::TooLarge,
@@ -222,7 +222,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
         }) if matches!(Opcode::from_u8(opcode), Some(Opcode::Set | Opcode::SetQ)) => {
             return too_large_set(buf, opcode, opaque, skip)
         }
-        bin::Parsed::Error(FrameError::Reject {
+        bin::ParsedFrame::Error(BadFrame::Reject {
             opcode,
             opaque,
             status,
@@ -237,7 +237,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
                 close,
             };
         }
-        bin::Parsed::Complete(f) => f,
+        bin::ParsedFrame::Complete(f) => f,
     };
     let op = frame.opcode;
     let h = frame.header;
@@ -256,7 +256,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             .map_or(0, u64::from_be_bytes)
     };
     let consumed = frame.consumed;
-    let plan = |kind: Kind| Plan {
+    let plan = |kind: Shape| Plan {
         opcode: op,
         opaque: h.opaque,
         kind,
@@ -342,9 +342,9 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             let request = req.freeze();
             let key = request.slice(request.len() - 2 - key.len()..request.len() - 2);
             let kind = if op == Opcode::Touch {
-                Kind::Touch
+                Shape::Touch
             } else {
-                Kind::Get(vec![GetSlot {
+                Shape::Get(vec![GetSlot {
                     opcode: op,
                     opaque: h.opaque,
                     key,
@@ -387,7 +387,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
             req.extend_from_slice(b"\r\n");
             req.extend_from_slice(value);
             req.extend_from_slice(b"\r\n");
-            Kind::Store
+            Shape::Store
         }
         Opcode::Delete => {
             let (wkey, b64) = wire_key(key);
@@ -407,7 +407,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
                 req.extend_from_slice(key);
             }
             req.extend_from_slice(b"\r\n");
-            Kind::Delete { meta }
+            Shape::Delete { meta }
         }
         Opcode::Increment | Opcode::Decrement => {
             let delta = be64(extras, 0);
@@ -443,7 +443,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
                 ma(&mut second, true);
                 second.freeze()
             });
-            Kind::Arith { create }
+            Shape::Arith { create }
         }
         Opcode::Flush => {
             req.extend_from_slice(b"flush_all");
@@ -453,17 +453,17 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
                 put_u64(&mut req, u64::from(exp));
             }
             req.extend_from_slice(b"\r\n");
-            Kind::Ok
+            Shape::Ok
         }
         Opcode::Verbosity => {
             req.extend_from_slice(b"verbosity ");
             put_u64(&mut req, u64::from(be32(extras, 0)));
             req.extend_from_slice(b"\r\n");
-            Kind::Ok
+            Shape::Ok
         }
         Opcode::Version => {
             req.extend_from_slice(b"version\r\n");
-            Kind::Version
+            Shape::Version
         }
         Opcode::Stat => {
             req.extend_from_slice(b"stats");
@@ -472,7 +472,7 @@ pub fn next_step(buf: &[u8], max_item_size: usize) -> Step {
                 req.extend_from_slice(key);
             }
             req.extend_from_slice(b"\r\n");
-            Kind::Stat
+            Shape::Stat
         }
         // SASL and unknown opcodes never make a Frame; quiet forms were mapped by `loud`.
         _ => {
@@ -530,7 +530,7 @@ fn too_large_set(buf: &[u8], opcode: u8, opaque: u32, skip: usize) -> Step {
         plan: Plan {
             opcode: op,
             opaque,
-            kind: Kind::TooLarge,
+            kind: Shape::TooLarge,
         },
     }
 }
@@ -550,7 +550,7 @@ fn meta_get(opcode: Opcode, opaque: u32, key: &[u8], consumed: usize) -> Step {
         plan: Plan {
             opcode,
             opaque,
-            kind: Kind::MetaGet(GetSlot {
+            kind: Shape::MetaGet(GetSlot {
                 opcode,
                 opaque,
                 key: Bytes::copy_from_slice(key),
@@ -564,7 +564,7 @@ fn meta_get(opcode: Opcode, opaque: u32, key: &[u8], consumed: usize) -> Step {
 /// incomplete one, or a key the text protocol cannot carry (a first frame
 /// with such a key is sent alone as a meta get).
 fn get_run(buf: &[u8], max_item_size: usize) -> Step {
-    if let bin::Parsed::Complete(f) = bin::parse_request(buf, max_item_size) {
+    if let bin::ParsedFrame::Complete(f) = bin::parse_request(buf, max_item_size) {
         let key = buf.get(f.key.clone()).unwrap_or_default();
         if !key_ok(key) {
             return meta_get(f.opcode, f.header.opaque, key, f.consumed);
@@ -576,7 +576,7 @@ fn get_run(buf: &[u8], max_item_size: usize) -> Step {
     let mut pos = 0;
     while slots.len() < MAX_KEYS {
         let Some(rest) = buf.get(pos..) else { break };
-        let bin::Parsed::Complete(f) = bin::parse_request(rest, max_item_size) else {
+        let bin::ParsedFrame::Complete(f) = bin::parse_request(rest, max_item_size) else {
             break;
         };
         if !matches!(f.opcode.loud(), Opcode::Get | Opcode::GetK) {
@@ -614,7 +614,7 @@ fn get_run(buf: &[u8], max_item_size: usize) -> Step {
         plan: Plan {
             opcode,
             opaque,
-            kind: Kind::Get(slots),
+            kind: Shape::Get(slots),
         },
     }
 }
@@ -676,7 +676,7 @@ impl Plan {
     /// Later requests of the connection must not start before this one is
     /// answered, or they would overtake its second step.
     pub fn may_take_two_steps(&self) -> bool {
-        matches!(self.kind, Kind::Arith { create: Some(_) })
+        matches!(self.kind, Shape::Arith { create: Some(_) })
     }
 
     /// Turn the text/meta reply (its buffers in order) into binary.
@@ -691,14 +691,14 @@ impl Plan {
         let quiet = opcode.is_quiet();
         let op = opcode as u8;
         let expect = match kind {
-            Kind::Get(_) | Kind::Touch => Expect::Values,
-            Kind::MetaGet(_) => Expect::Meta,
-            Kind::Store | Kind::Arith { .. } | Kind::Delete { meta: true } => Expect::Meta,
-            Kind::Stat => Expect::Stats,
-            Kind::Delete { meta: false } | Kind::Ok | Kind::Version => Expect::Line,
+            Shape::Get(_) | Shape::Touch => Expect::Values,
+            Shape::MetaGet(_) => Expect::Meta,
+            Shape::Store | Shape::Arith { .. } | Shape::Delete { meta: true } => Expect::Meta,
+            Shape::Stat => Expect::Stats,
+            Shape::Delete { meta: false } | Shape::Ok | Shape::Version => Expect::Line,
             // `delete`, or `md ... b` for a key of any bytes: its outcome
             // does not matter, the set failed.
-            Kind::TooLarge => {
+            Shape::TooLarge => {
                 if text.starts_with(b"HD") || text.starts_with(b"NF") {
                     Expect::Meta
                 } else {
@@ -717,15 +717,15 @@ impl Plan {
             _ => (Status::ServerError, 0..0, 0..0),
         };
         let line = text.get(line).unwrap_or_default();
-        if status == Status::Error && matches!(kind, Kind::Stat) {
+        if status == Status::Error && matches!(kind, Shape::Stat) {
             // An unknown stats group, as memcached answers it.
             compose_error(&mut out, op, bin::Status::KeyNotFound, opaque);
             return Translated::Reply(out.freeze());
         }
-        if status.is_error() && !matches!(kind, Kind::TooLarge) {
+        if status.is_error() && !matches!(kind, Shape::TooLarge) {
             let (st, body) = error_of(line);
             let slots = match &kind {
-                Kind::Get(slots) => slots.iter().map(|s| (s.opcode as u8, s.opaque)).collect(),
+                Shape::Get(slots) => slots.iter().map(|s| (s.opcode as u8, s.opaque)).collect(),
                 _ => vec![(op, opaque)],
             };
             for (op, opaque) in slots {
@@ -741,8 +741,8 @@ impl Plan {
         let fail = |out: &mut BytesMut, st: bin::Status| compose_error(out, op, st, opaque);
         match kind {
             // Whatever the delete found, the set failed.
-            Kind::TooLarge => compose_error(&mut out, op, bin::Status::TooLarge, opaque),
-            Kind::Get(slots) => {
+            Shape::TooLarge => compose_error(&mut out, op, bin::Status::TooLarge, opaque),
+            Shape::Get(slots) => {
                 let mut cursor = 0;
                 for s in slots {
                     let hit = items
@@ -780,7 +780,7 @@ impl Plan {
                     }
                 }
             }
-            Kind::MetaGet(s) => match status {
+            Shape::MetaGet(s) => match status {
                 Status::MetaValue => {
                     let key: &[u8] = if s.opcode.returns_key() { &s.key } else { b"" };
                     let flags = meta_number(line, b'f').unwrap_or(0) as u32;
@@ -809,7 +809,7 @@ impl Plan {
                 Status::MetaEn => fail(&mut out, bin::Status::KeyNotFound),
                 _ => fail(&mut out, bin::Status::InternalError),
             },
-            Kind::Touch => match items.first() {
+            Shape::Touch => match items.first() {
                 Some(it) => compose_response(
                     &mut out,
                     op,
@@ -822,7 +822,7 @@ impl Plan {
                 ),
                 None => fail(&mut out, bin::Status::KeyNotFound),
             },
-            Kind::Store => match status {
+            Shape::Store => match status {
                 Status::MetaHd => ok(&mut out, meta_number(line, b'c').unwrap_or(0), b""),
                 Status::MetaNs => fail(
                     &mut out,
@@ -836,13 +836,13 @@ impl Plan {
                 Status::MetaNf => fail(&mut out, bin::Status::KeyNotFound),
                 _ => fail(&mut out, bin::Status::InternalError),
             },
-            Kind::Delete { .. } => match status {
+            Shape::Delete { .. } => match status {
                 Status::Deleted | Status::MetaHd => ok(&mut out, 0, b""),
                 Status::NotFound | Status::MetaNf => fail(&mut out, bin::Status::KeyNotFound),
                 Status::MetaEx => fail(&mut out, bin::Status::KeyExists),
                 _ => fail(&mut out, bin::Status::InternalError),
             },
-            Kind::Arith { create } => match status {
+            Shape::Arith { create } => match status {
                 Status::MetaValue => {
                     let digits = text.get(data).unwrap_or_default();
                     match crate::protocol::parse_u64(digits) {
@@ -861,7 +861,7 @@ impl Plan {
                             plan: Plan {
                                 opcode,
                                 opaque,
-                                kind: Kind::Arith { create: None },
+                                kind: Shape::Arith { create: None },
                             },
                         }
                     }
@@ -871,15 +871,15 @@ impl Plan {
                 Status::MetaNs => fail(&mut out, bin::Status::NotStored),
                 _ => fail(&mut out, bin::Status::InternalError),
             },
-            Kind::Ok => match status {
+            Shape::Ok => match status {
                 Status::Ok => ok(&mut out, 0, b""),
                 _ => fail(&mut out, bin::Status::InternalError),
             },
-            Kind::Version => {
+            Shape::Version => {
                 let v = line.strip_prefix(b"VERSION ").unwrap_or_default();
                 compose_response(&mut out, op, bin::Status::Success, opaque, 0, b"", b"", v);
             }
-            Kind::Stat => {
+            Shape::Stat => {
                 if status == Status::Stats {
                     for l in text.split(|&b| b == b'\n') {
                         let l = l.strip_suffix(b"\r").unwrap_or(l);

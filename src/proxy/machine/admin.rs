@@ -9,7 +9,7 @@ use crate::protocol::{compose, Expect};
 use crate::proxy::{merge_listings, merge_status, AdminPlan};
 use crate::upstream::ServerId;
 
-use super::{one, Answer, CallError, CallId, ClientRequest, Cx, Kind, Reply};
+use super::{one, Answer, CallError, CallId, ClientRequest, Cx, Reply, Work};
 
 /// One admin line fanned out to every server in service.
 #[derive(Debug)]
@@ -27,7 +27,7 @@ impl Admin {
         plan: AdminPlan,
         servers: &[ServerId],
         cx: &mut Cx<'_>,
-    ) -> Kind {
+    ) -> Work {
         let expect = match plan {
             AdminPlan::Listing(e) => e,
             AdminPlan::FirstServer => Expect::Stats,
@@ -52,9 +52,9 @@ impl Admin {
         }
         let Some(first) = first else {
             cx.answer(one(compose::NO_SERVER));
-            return Kind::Done;
+            return Work::Done;
         };
-        Kind::Admin(Admin {
+        Work::Admin(Admin {
             plan,
             replies: vec![None; n],
             first,

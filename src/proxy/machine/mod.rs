@@ -440,11 +440,11 @@ pub struct Machine {
     answered: bool,
     /// A finished copy: whether the target kept it.
     copied: Option<bool>,
-    kind: Kind,
+    kind: Work,
 }
 
 #[derive(Debug)]
-enum Kind {
+enum Work {
     /// Nothing more to do.
     Done,
     GetOne(read::GetOne),
@@ -630,7 +630,7 @@ fn stored(r: &Result<Reply, CallError>) -> bool {
 }
 
 impl Machine {
-    fn new(kind: Kind) -> Machine {
+    fn new(kind: Work) -> Machine {
         Machine {
             next_call: 0,
             loose: 0,
@@ -640,7 +640,7 @@ impl Machine {
         }
     }
 
-    fn cx<'a>(&'a mut self, view: &'a dyn View, fx: &'a mut Vec<Effect>) -> (Cx<'a>, &'a mut Kind) {
+    fn cx<'a>(&'a mut self, view: &'a dyn View, fx: &'a mut Vec<Effect>) -> (Cx<'a>, &'a mut Work) {
         (
             Cx {
                 view,
@@ -667,7 +667,7 @@ impl Machine {
         view: &dyn View,
         fx: &mut Vec<Effect>,
     ) -> Machine {
-        let mut m = Machine::new(Kind::Done);
+        let mut m = Machine::new(Work::Done);
         let (mut cx, kind) = m.cx(view, fx);
         *kind = match req.r.verb {
             Verb::Get | Verb::Gets | Verb::Gat | Verb::Gats => {
@@ -691,25 +691,25 @@ impl Machine {
             }
             Verb::Quit => {
                 cx.answer(Answer::Close);
-                Kind::Done
+                Work::Done
             }
             Verb::Version => {
                 cx.answer(one(compose::VERSION));
-                Kind::Done
+                Work::Done
             }
             Verb::Verbosity => {
                 let a = req.silent_or(one(compose::OK));
                 cx.answer(a);
-                Kind::Done
+                Work::Done
             }
             Verb::MetaNoop => {
                 cx.answer(one(compose::MN));
-                Kind::Done
+                Work::Done
             }
             Verb::Stats => {
                 // `stats` needs every core's counters: only the engine can answer it.
                 cx.answer(one(compose::ERROR));
-                Kind::Done
+                Work::Done
             }
             verb => {
                 if verb.is_storage() {
@@ -740,7 +740,7 @@ impl Machine {
         view: &dyn View,
         fx: &mut Vec<Effect>,
     ) -> Machine {
-        let mut m = Machine::new(Kind::Done);
+        let mut m = Machine::new(Work::Done);
         let (mut cx, kind) = m.cx(view, fx);
         *kind = admin::Admin::start(&req, plan, servers, &mut cx);
         m.settle();
@@ -766,14 +766,14 @@ impl Machine {
 
     /// The same copy, not started yet (for [`Effect::Spawn`]).
     fn copy_item_later(src: ServerId, target: ServerId, key: Bytes, item: MetaItem) -> Machine {
-        Machine::new(Kind::Copy(copy::CopyItem::new(src, target, key, item)))
+        Machine::new(Work::Copy(copy::CopyItem::new(src, target, key, item)))
     }
 
     /// Start a machine handed over by [`Effect::Spawn`]. Does nothing for a
     /// machine that has started already.
     pub fn begin(&mut self, view: &dyn View, fx: &mut Vec<Effect>) {
         let (mut cx, kind) = self.cx(view, fx);
-        if let Kind::Copy(c) = kind {
+        if let Work::Copy(c) = kind {
             c.begin(&mut cx);
         }
         self.settle();
@@ -794,14 +794,14 @@ impl Machine {
         }
         let (mut cx, kind) = self.cx(view, fx);
         match kind {
-            Kind::Done => {}
-            Kind::GetOne(m) => m.on_outcome(call, outcome, &mut cx),
-            Kind::GetMany(m) => m.on_outcome(call, outcome, &mut cx),
-            Kind::Meta(m) => m.on_outcome(call, outcome, &mut cx),
-            Kind::Write(m) => m.on_outcome(call, outcome, &mut cx),
-            Kind::Flush(m) => m.on_outcome(call, outcome, &mut cx),
-            Kind::Copy(m) => m.on_outcome(call, outcome, &mut cx),
-            Kind::Admin(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Done => {}
+            Work::GetOne(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::GetMany(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Meta(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Write(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Flush(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Copy(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Admin(m) => m.on_outcome(call, outcome, &mut cx),
         }
         self.settle();
     }
@@ -809,27 +809,27 @@ impl Machine {
     /// Drop the state of a finished machine early (its buffers go back at once).
     fn settle(&mut self) {
         let finished = match &self.kind {
-            Kind::Done => false,
-            Kind::GetOne(m) => m.is_done(),
-            Kind::GetMany(m) => m.is_done(),
-            Kind::Meta(m) => m.is_done(),
-            Kind::Write(m) => m.is_done(),
-            Kind::Flush(m) => m.is_done(),
-            Kind::Copy(m) => m.is_done(),
-            Kind::Admin(m) => m.is_done(),
+            Work::Done => false,
+            Work::GetOne(m) => m.is_done(),
+            Work::GetMany(m) => m.is_done(),
+            Work::Meta(m) => m.is_done(),
+            Work::Write(m) => m.is_done(),
+            Work::Flush(m) => m.is_done(),
+            Work::Copy(m) => m.is_done(),
+            Work::Admin(m) => m.is_done(),
         };
         if finished {
-            if let Kind::Copy(c) = &self.kind {
+            if let Work::Copy(c) = &self.kind {
                 self.copied = c.result();
             }
-            self.kind = Kind::Done;
+            self.kind = Work::Done;
         }
     }
 
     /// True when no call is outstanding and nothing more will be emitted:
     /// the engine frees the slot.
     pub fn is_done(&self) -> bool {
-        self.loose == 0 && matches!(self.kind, Kind::Done)
+        self.loose == 0 && matches!(self.kind, Work::Done)
     }
 
     /// Whether this machine has pushed its client's answer.

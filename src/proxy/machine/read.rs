@@ -8,8 +8,8 @@
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    one, server_error, Answer, CallError, CallId, ClientRequest, Cx, Effect, Kind, Machine,
-    MetaItem, Replicas, Reply,
+    one, server_error, Answer, CallError, CallId, ClientRequest, Cx, Effect, Machine, MetaItem,
+    Replicas, Reply, Work,
 };
 use crate::metrics::ReadThrough;
 use crate::protocol::compose::{self, compose_key_command, compose_value_line};
@@ -129,11 +129,11 @@ enum GetStage {
 }
 
 impl GetOne {
-    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Work {
         let Some(&rep) = replicas.first() else {
             cx.count(Counter::ServerErrors);
             cx.answer(one(compose::NO_SERVER));
-            return Kind::Done;
+            return Work::Done;
         };
         let mut m = GetOne {
             req,
@@ -151,9 +151,9 @@ impl GetOne {
             m.try_backup(None, cx);
         }
         if m.is_done() {
-            return Kind::Done;
+            return Work::Done;
         }
-        Kind::GetOne(m)
+        Work::GetOne(m)
     }
 
     pub(super) fn on_outcome(
@@ -307,12 +307,12 @@ enum ManyStage {
 }
 
 impl GetMany {
-    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Work {
         let n = req.keys().len();
         if replicas.len() < n {
             cx.count(Counter::ServerErrors);
             cx.answer(one(compose::NO_SERVER));
-            return Kind::Done;
+            return Work::Done;
         }
         let mut keys = Vec::with_capacity(n);
         for &rep in &replicas[..n] {
@@ -344,9 +344,9 @@ impl GetMany {
         m.fetch(|k| k.target, cx);
         m.advance(cx);
         if m.is_done() {
-            return Kind::Done;
+            return Work::Done;
         }
-        Kind::GetMany(m)
+        Work::GetMany(m)
     }
 
     /// Ask every server that `asked` names for its keys at once, in the
@@ -560,10 +560,10 @@ enum MetaStage {
 }
 
 impl MetaRead {
-    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Work {
         let Some(&rep) = replicas.first() else {
             cx.answer(one(compose::NO_SERVER));
-            return Kind::Done;
+            return Work::Done;
         };
         let parts = req.upstream_parts();
         let mut m = MetaRead {
@@ -579,9 +579,9 @@ impl MetaRead {
             m.try_backup(None, cx);
         }
         if m.is_done() {
-            return Kind::Done;
+            return Work::Done;
         }
-        Kind::Meta(m)
+        Work::Meta(m)
     }
 
     pub(super) fn on_outcome(

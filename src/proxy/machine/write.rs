@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{
     delete_parts_for, deleted, one, readback_parts, server_error, store_parts_for, stored,
-    CallError, CallId, ClientRequest, Cx, Kind, MetaItem, Replicas, Reply,
+    CallError, CallId, ClientRequest, Cx, MetaItem, Replicas, Reply, Work,
 };
 use crate::protocol::compose;
 use crate::protocol::{Expect, Status, Verb};
@@ -113,12 +113,12 @@ enum Stage {
 }
 
 impl Write {
-    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Kind {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Work {
         let Some(&rep) = replicas.first() else {
             cx.count(Counter::ServerErrors);
             let a = req.silent_or(one(compose::NO_SERVER));
             cx.answer(a);
-            return Kind::Done;
+            return Work::Done;
         };
         let p_seen = cx.view.observe(rep.primary);
         let b_seen = rep.backup.map(|b| cx.view.observe(b));
@@ -147,7 +147,7 @@ impl Write {
                 cx.count(Counter::ServerErrors);
                 let a = w.req.silent_or(one(compose::NO_SERVER));
                 cx.answer(a);
-                return Kind::Done;
+                return Work::Done;
             }
             (false, Some(b)) => {
                 w.parts = w.req.upstream_parts();
@@ -179,7 +179,7 @@ impl Write {
                 }
             }
         }
-        Kind::Write(w)
+        Work::Write(w)
     }
 
     pub(super) fn on_outcome(
@@ -507,7 +507,7 @@ struct FlushServer {
 }
 
 impl Flush {
-    pub(super) fn start(req: ClientRequest, servers: &[ServerId], cx: &mut Cx<'_>) -> Kind {
+    pub(super) fn start(req: ClientRequest, servers: &[ServerId], cx: &mut Cx<'_>) -> Work {
         let parts = req.upstream_parts();
         let mut list = Vec::with_capacity(servers.len());
         for &id in servers {
@@ -529,9 +529,9 @@ impl Flush {
         });
         f.finish_if_complete(cx);
         if f.is_done() {
-            return Kind::Done;
+            return Work::Done;
         }
-        Kind::Flush(f)
+        Work::Flush(f)
     }
 
     pub(super) fn on_outcome(

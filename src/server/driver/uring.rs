@@ -41,11 +41,11 @@ const OVERFLOW_ROUNDS: usize = 64;
 struct Op {
     seq: u32,
     token: u64,
-    kind: Kind,
+    kind: InFlight,
 }
 
 /// What an operation is, with the memory the kernel reads until it ends.
-enum Kind {
+enum InFlight {
     Accept,
     Recv {
         fd: RawFd,
@@ -105,7 +105,7 @@ pub(crate) struct UringDriver {
 
 impl UringDriver {
     /// A fresh user_data for an operation, and its slab entry.
-    fn start(&mut self, token: u64, kind: Kind) -> u64 {
+    fn start(&mut self, token: u64, kind: InFlight) -> u64 {
         self.seq = self.seq.wrapping_add(1);
         let key = self.ops.insert(Op {
             seq: self.seq,
@@ -212,8 +212,8 @@ impl UringDriver {
         let mut more = cqueue::more(flags);
         let mut buf = cqueue::buffer_select(flags);
         match op.kind {
-            Kind::Accept => {}
-            Kind::Recv { fd } => {
+            InFlight::Accept => {}
+            InFlight::Recv { fd } => {
                 if res > 0 {
                     match buf {
                         Some(id) if self.bufs.lend(id) => {}
@@ -238,10 +238,10 @@ impl UringDriver {
                     }
                 }
             }
-            Kind::Send { .. } | Kind::Connect { .. } => more = false,
+            InFlight::Send { .. } | InFlight::Connect { .. } => more = false,
         }
         if !more {
-            if let Kind::Send { msg: Some(msg) } = self.ops.remove(key).kind {
+            if let InFlight::Send { msg: Some(msg) } = self.ops.remove(key).kind {
                 self.spare_msgs.push(msg);
             }
         }
@@ -345,7 +345,7 @@ impl Driver for UringDriver {
     }
 
     fn accept(&mut self, token: u64, listener: RawFd) {
-        let ud = self.start(token, Kind::Accept);
+        let ud = self.start(token, InFlight::Accept);
         let sqe = opcode::AcceptMulti::new(Fd(listener))
             .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
             .build()
@@ -357,7 +357,7 @@ impl Driver for UringDriver {
         let Ok(index) = usize::try_from(fd) else {
             return self.fail_now(token, libc::EBADF);
         };
-        let ud = self.start(token, Kind::Recv { fd });
+        let ud = self.start(token, InFlight::Recv { fd });
         if self.recv_of_fd.len() <= index {
             self.recv_of_fd.resize(index + 1, NONE);
         }
@@ -398,7 +398,7 @@ impl Driver for UringDriver {
         if let Some(one) = one.filter(|v| u32::try_from(v.iov_len).is_ok()) {
             // One buffer: a plain send, without a message header to import;
             // the caller keeps its memory valid until the completion.
-            let ud = self.start(token, Kind::Send { msg: None });
+            let ud = self.start(token, InFlight::Send { msg: None });
             let sqe = opcode::Send::new(Fd(fd), one.iov_base as *const u8, one.iov_len as u32)
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
@@ -414,7 +414,7 @@ impl Driver for UringDriver {
         msg.msg_iov = iov as *mut libc::iovec;
         msg.msg_iovlen = iovcnt as _;
         let hdr: *const libc::msghdr = &*msg;
-        let ud = self.start(token, Kind::Send { msg: Some(msg) });
+        let ud = self.start(token, InFlight::Send { msg: Some(msg) });
         let sqe = opcode::SendMsg::new(Fd(fd), hdr)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build()
@@ -425,7 +425,7 @@ impl Driver for UringDriver {
     fn connect(&mut self, token: u64, fd: RawFd, addr: SocketAddr) {
         let addr = Box::new(SockAddr::from(addr));
         let (ptr, len) = (addr.as_ptr(), addr.len());
-        let ud = self.start(token, Kind::Connect { _addr: addr });
+        let ud = self.start(token, InFlight::Connect { _addr: addr });
         let sqe = opcode::Connect::new(Fd(fd), ptr, len).build().user_data(ud);
         self.push(sqe);
     }

@@ -19,7 +19,7 @@ use crate::proxy::{admin_plan, AdminPlan};
 use crate::stats::Counter;
 use crate::upstream::ServerId;
 
-use super::{next_gen, token, ClientRef, Ctx, HealthView, Kind, State};
+use super::{next_gen, token, ClientRef, Core, Ctx, HealthView, Op};
 use crate::server::driver::{Completion, Driver};
 use crate::server::tls::{HandshakeError, TlsSession};
 use crate::server::topology::fill_iov;
@@ -139,7 +139,7 @@ fn one(b: &'static [u8]) -> Answer {
     Answer::One(Bytes::from_static(b))
 }
 
-impl State {
+impl Core {
     /// A listener accepted a connection (or its multishot accept ended).
     pub(super) fn accepted<D: Driver>(&mut self, d: &mut D, cx: &Ctx, li: usize, c: Completion) {
         if !c.more {
@@ -670,7 +670,7 @@ impl State {
                 // itself is not modified until then either.
                 unsafe {
                     d.send(
-                        token(Kind::ClientSend, idx, cl.gen),
+                        token(Op::ClientSend, idx, cl.gen),
                         cl.fd,
                         cl.iov.as_ptr(),
                         cl.iov.len(),
@@ -707,11 +707,11 @@ impl State {
         cl.conn.release_idle();
         let want = cl.conn.wants_input(cx.client_budget, cl.pending());
         if want && !cl.recv_armed {
-            d.recv(token(Kind::ClientRecv, idx, cl.gen), cl.fd);
+            d.recv(token(Op::ClientRecv, idx, cl.gen), cl.fd);
             cl.recv_armed = true;
         } else if !want && cl.recv_armed && !cl.cancel_pending && cl.conn.reading() {
             // Over budget: stop reading; TCP pushes back on the client.
-            d.cancel_recv(token(Kind::ClientRecv, idx, cl.gen), cl.fd);
+            d.cancel_recv(token(Op::ClientRecv, idx, cl.gen), cl.fd);
             cl.cancel_pending = true;
         }
     }

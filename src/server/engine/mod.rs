@@ -82,7 +82,7 @@ const RECV_BUFFER_SIZE: usize = 16 * 1024;
 
 /// What an operation's token refers to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+enum Op {
     Listener = 0,
     ClientRecv = 1,
     ClientSend = 2,
@@ -94,18 +94,18 @@ enum Kind {
 /// Token layout: kind in the top 4 bits, a 28-bit generation, a 32-bit
 /// slab index. The generation tells a completion of a previous connection
 /// in the same slot from one of the current connection.
-fn token(kind: Kind, idx: usize, gen: u32) -> u64 {
+fn token(kind: Op, idx: usize, gen: u32) -> u64 {
     ((kind as u64) << 60) | ((u64::from(gen) & 0x0FFF_FFFF) << 32) | (idx as u64 & 0xFFFF_FFFF)
 }
 
-fn untoken(t: u64) -> (Option<Kind>, usize, u32) {
+fn untoken(t: u64) -> (Option<Op>, usize, u32) {
     let kind = match t >> 60 {
-        0 => Some(Kind::Listener),
-        1 => Some(Kind::ClientRecv),
-        2 => Some(Kind::ClientSend),
-        3 => Some(Kind::UpRecv),
-        4 => Some(Kind::UpSend),
-        5 => Some(Kind::UpConnect),
+        0 => Some(Op::Listener),
+        1 => Some(Op::ClientRecv),
+        2 => Some(Op::ClientSend),
+        3 => Some(Op::UpRecv),
+        4 => Some(Op::UpSend),
+        5 => Some(Op::UpConnect),
         _ => None,
     };
     (
@@ -216,7 +216,7 @@ impl View for HealthView<'_> {
 }
 
 /// Everything mutable on a core.
-pub(super) struct State {
+pub(super) struct Core {
     clients: Slab<Client>,
     ups: Slab<UpConn>,
     reqs: Slab<ReqSlot>,
@@ -309,7 +309,7 @@ pub(super) fn run_core<D: Driver>(
         rng: std::cell::Cell::new(seed),
     };
     let (control_tx, control_rx) = mpsc::channel();
-    let mut st = State {
+    let mut st = Core {
         clients: Slab::with_capacity(256),
         ups: Slab::with_capacity(16),
         reqs: Slab::with_capacity(1024),
@@ -346,7 +346,7 @@ pub(super) fn run_core<D: Driver>(
         .collect();
     for (fd, tls) in fds {
         let i = st.listeners.len();
-        d.accept(token(Kind::Listener, i, 0), fd);
+        d.accept(token(Op::Listener, i, 0), fd);
         st.listeners.push(Listener {
             fd,
             armed: true,
@@ -393,17 +393,17 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-impl State {
+impl Core {
     /// Dispatch one completion by what its token names.
     fn complete<D: Driver>(&mut self, d: &mut D, cx: &Ctx, c: Completion) {
         let (kind, idx, gen) = untoken(c.token);
         match kind {
-            Some(Kind::Listener) => self.accepted(d, cx, idx, c),
-            Some(Kind::ClientRecv) => self.client_recv(d, cx, idx, gen, c),
-            Some(Kind::ClientSend) => self.client_sent(d, cx, idx, gen, c),
-            Some(Kind::UpRecv) => self.up_recv(d, cx, idx, gen, c),
-            Some(Kind::UpSend) => self.up_sent(d, cx, idx, gen, c),
-            Some(Kind::UpConnect) => self.up_connected(d, cx, idx, gen, c),
+            Some(Op::Listener) => self.accepted(d, cx, idx, c),
+            Some(Op::ClientRecv) => self.client_recv(d, cx, idx, gen, c),
+            Some(Op::ClientSend) => self.client_sent(d, cx, idx, gen, c),
+            Some(Op::UpRecv) => self.up_recv(d, cx, idx, gen, c),
+            Some(Op::UpSend) => self.up_sent(d, cx, idx, gen, c),
+            Some(Op::UpConnect) => self.up_connected(d, cx, idx, gen, c),
             None => {
                 if let Some(b) = c.buf {
                     d.recycle(b);
@@ -722,7 +722,7 @@ impl State {
                 self.listen_retry = None;
                 for (i, l) in self.listeners.iter_mut().enumerate() {
                     if !l.armed {
-                        d.accept(token(Kind::Listener, i, 0), l.fd);
+                        d.accept(token(Op::Listener, i, 0), l.fd);
                         l.armed = true;
                     }
                 }
@@ -770,12 +770,12 @@ mod tests {
     #[test]
     fn tokens_round_trip() {
         for kind in [
-            Kind::Listener,
-            Kind::ClientRecv,
-            Kind::ClientSend,
-            Kind::UpRecv,
-            Kind::UpSend,
-            Kind::UpConnect,
+            Op::Listener,
+            Op::ClientRecv,
+            Op::ClientSend,
+            Op::UpRecv,
+            Op::UpSend,
+            Op::UpConnect,
         ] {
             for (idx, gen) in [(0, 0), (1, 7), (0xFFFF_FFFF, 0x0FFF_FFFF)] {
                 assert_eq!(untoken(token(kind, idx, gen)), (Some(kind), idx, gen));

@@ -25,7 +25,7 @@ use crate::proxy::pipeline::{Call, Due, Fault, Pipeline, Queued};
 use crate::stats::Counter;
 use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
 
-use super::{next_gen, token, Ctx, Kind, State};
+use super::{next_gen, token, Core, Ctx, Op};
 use crate::server::driver::{set_linger_zero, Completion, Driver};
 use crate::server::tls::TlsSession;
 use crate::server::topology::{failure_reason, fill_iov, ProbeBell};
@@ -150,7 +150,7 @@ impl UpConn {
     }
 }
 
-fn mark(st: &mut State, ci: usize) {
+fn mark(st: &mut Core, ci: usize) {
     if let Some(u) = st.ups.get_mut(ci) {
         if !u.dirty {
             u.dirty = true;
@@ -159,7 +159,7 @@ fn mark(st: &mut State, ci: usize) {
     }
 }
 
-impl State {
+impl Core {
     /// Queue `call` on connection `ci`, connecting first if needed.
     pub(super) fn queue_call<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, call: Call) {
         let Some(u) = self.ups.get_mut(ci) else {
@@ -186,7 +186,7 @@ impl State {
                 u.fd = Some(fd);
                 u.connecting = true;
                 u.pipe.connecting(cx.now + cx.topo.settings.connect_timeout);
-                d.connect(token(Kind::UpConnect, ci, gen), fd, u.addr);
+                d.connect(token(Op::UpConnect, ci, gen), fd, u.addr);
             }
             Err(e) => {
                 tracing::warn!(server = %u.name, error = %e, "cannot create a socket");
@@ -204,7 +204,7 @@ impl State {
         gen: u32,
         c: Completion,
     ) {
-        if self.zombie_done(d, ci, gen, Kind::UpConnect, c.more) {
+        if self.zombie_done(d, ci, gen, Op::UpConnect, c.more) {
             return;
         }
         let Some(u) = self.ups.get_mut(ci) else {
@@ -250,7 +250,7 @@ impl State {
             if let Some(b) = c.buf {
                 d.recycle(b);
             }
-            self.zombie_done(d, ci, gen, Kind::UpRecv, c.more);
+            self.zombie_done(d, ci, gen, Op::UpRecv, c.more);
             return;
         }
         let Some(u) = self.ups.get_mut(ci) else {
@@ -351,7 +351,7 @@ impl State {
         gen: u32,
         c: Completion,
     ) {
-        if self.zombie_done(d, ci, gen, Kind::UpSend, c.more) {
+        if self.zombie_done(d, ci, gen, Op::UpSend, c.more) {
             return;
         }
         let Some(u) = self.ups.get_mut(ci) else {
@@ -377,7 +377,7 @@ impl State {
         d: &mut D,
         ci: usize,
         gen: u32,
-        kind: Kind,
+        kind: Op,
         more: bool,
     ) -> bool {
         if self
@@ -396,9 +396,9 @@ impl State {
         };
         let z = &mut self.zombies[pos];
         match kind {
-            Kind::UpRecv if !more => z.recv = false,
-            Kind::UpSend => z.send = false,
-            Kind::UpConnect => z.connect = false,
+            Op::UpRecv if !more => z.recv = false,
+            Op::UpSend => z.send = false,
+            Op::UpConnect => z.connect = false,
             _ => {}
         }
         if !z.recv && !z.send && !z.connect {
@@ -516,7 +516,7 @@ impl State {
             // `iov` is not touched either.
             unsafe {
                 d.send(
-                    token(Kind::UpSend, ci, u.gen),
+                    token(Op::UpSend, ci, u.gen),
                     fd,
                     u.iov.as_ptr(),
                     u.iov.len(),
@@ -525,7 +525,7 @@ impl State {
             u.send_inflight = true;
         }
         if !u.recv_armed {
-            d.recv(token(Kind::UpRecv, ci, u.gen), fd);
+            d.recv(token(Op::UpRecv, ci, u.gen), fd);
             u.recv_armed = true;
         }
         u.pipe.release_idle();
