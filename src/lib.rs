@@ -6,14 +6,17 @@
 //!
 //! ```text
 //! protocol  -- request parser, upstream response framer, composer (pure)
-//! route     -- modula / ketama rings, multi-get fan-out plan (pure)
+//! route     -- modula / ketama rings, nutcracker's hashes, the Router that
+//!              places every key (pure)
 //! upstream  -- server health bookkeeping that takes `now` (pure)
 //! proxy     -- replication / failover rules per verb, reply merging, the
-//!              request state machines, the binary protocol adapter (pure)
+//!              request, client-connection and upstream-connection machines,
+//!              the binary protocol adapter (pure)
 //! metrics   -- latency histograms and event counters, Prometheus exposition (pure)
 //! stats     -- counters and `stats` rendering
 //! config    -- command line and config file -> validated Config
-//! server    -- the I/O shell: drivers, per-core event loops, control plane
+//! server    -- the I/O shell: drivers, per-core event loops, the TLS transport,
+//!              control plane
 //! ```
 
 // Test code may read the clock (the production build is held to clippy.toml).

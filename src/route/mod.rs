@@ -2,8 +2,9 @@
 //! splits across servers.
 //!
 //! Owns: the magent modula hash, the libketama/nutcracker ketama ring, the
-//! [`Router`] (the one place keys are placed) and the multi-get fan-out
-//! plan. Must not import `server`, sockets or the clock.
+//! [`Router`] (the one place keys are placed) and a multi-get fan-out
+//! plan ([`FanoutPlan`]: the allocation test and the micro-benchmarks use
+//! it; the request machines group keys by the router's replicas). Must not import `server`, sockets or the clock.
 //!
 //! A [`Ring`] is built once per configuration and shared read-only across
 //! cores; lookups neither allocate nor panic.
