@@ -15,11 +15,13 @@ pub mod binary;
 pub mod compose;
 pub mod lex;
 pub mod matching;
+pub mod meta;
 pub mod metadump;
 pub mod request;
 pub mod response;
 
 pub use lex::{parse_i64, parse_u64};
+pub use meta::MetaFlags;
 pub use request::{parse_request, ParseError, Parsed, Request, Verb};
 pub use response::{
     frame_response, reply_size_hint, Expect, FrameError, Framed, Status, ValueItem,

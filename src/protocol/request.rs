@@ -201,6 +201,8 @@ pub struct Request {
     pub noreply: bool,
     /// Meta commands: the `q` flag was given (quiet mode).
     pub quiet: bool,
+    /// Meta commands: the flags, typed (parsed once, here).
+    pub meta: super::MetaFlags,
     /// Meta commands: range of the flags part of the line (everything after
     /// the key, or after the datalen for `ms`), without the terminator.
     /// For `stats`, its arguments. An empty range at the line's end otherwise.
@@ -356,6 +358,7 @@ pub fn parse_request(buf: &[u8], max_item_size: usize, keys: &mut Vec<Range<usiz
         delta: 0,
         noreply: false,
         quiet: false,
+        meta: super::MetaFlags::default(),
         meta_flags: line.content_end..line.content_end,
         crlf: line.crlf,
         more: false,
@@ -632,6 +635,7 @@ fn long_retrieval(buf: &[u8], keys: &mut Vec<Range<usize>>) -> Parsed {
         delta: 0,
         noreply: false,
         quiet: false,
+        meta: super::MetaFlags::default(),
         meta_flags: 0..0,
         crlf: true,
         more: true,
@@ -971,14 +975,9 @@ fn parse_meta(
     } else {
         None
     };
-    let mut flags = toks.clone();
-    while let Some(f) = flags.next(buf) {
-        if slice(buf, f) == b"q" {
-            req.quiet = true;
-            break;
-        }
-    }
     req.meta_flags = rest_range(buf, toks, line.content_end);
+    req.meta = super::MetaFlags::parse(slice(buf, req.meta_flags.clone()));
+    req.quiet = req.meta.quiet();
     match len_tok {
         Some(t) => take_data(buf, line, slice(buf, t), max_item_size, req),
         None => Parsed::Complete(req),
@@ -1135,7 +1134,8 @@ mod tests {
         (b"mg a v f t\r\n", "MetaGet key=a mf=v f t"),
         (b"mg a  v   q \r\n", "MetaGet key=a q mf=v   q"),
         (b"mg q v\r\n", "MetaGet key=q mf=v"),
-        (b"mg a qq\r\n", "MetaGet key=a mf=qq"),
+        // A flag is its first byte, as memcached reads it: `qq` is quiet too.
+        (b"mg a qq\r\n", "MetaGet key=a q mf=qq"),
         (b"ms a 2\r\nhi\r\n", "MetaSet key=a data=hi"),
         (
             b"ms a 2 T90 F1 q\r\nhi\r\n",

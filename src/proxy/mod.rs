@@ -28,7 +28,7 @@ pub mod pipeline;
 
 use bytes::Bytes;
 
-use crate::protocol::{compose, parse_i64, Expect, Status, ValueItem, Verb};
+use crate::protocol::{compose, parse_i64, Expect, MetaFlags, Status, ValueItem, Verb};
 
 /// How a write reaches the backup when both replicas are up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,22 +54,20 @@ pub enum Replicate {
     Delete,
 }
 
-/// The replication rule of a write verb. `meta_flags` are the request's meta
+/// The replication rule of a write verb. `meta` are the request's meta
 /// flags (ignored for classic verbs).
-pub fn write_rule(verb: Verb, meta_flags: &[u8]) -> WriteRule {
+pub fn write_rule(verb: Verb, meta: MetaFlags) -> WriteRule {
     match verb {
         Verb::Set | Verb::Delete | Verb::Touch => WriteRule::Mirror,
         Verb::MetaSet => {
-            let mode = compose::meta_flag(meta_flags, b'M').unwrap_or(b"S");
-            let set_mode = matches!(mode.first(), None | Some(b'S') | Some(b's'));
-            if set_mode && !has_cas(meta_flags) && !has_invalidate(meta_flags) {
+            if meta.mode() == b'S' && !meta.cas() && !meta.invalidate() {
                 WriteRule::Mirror
             } else {
                 WriteRule::PrimaryThenCopy
             }
         }
         Verb::MetaDelete => {
-            if has_cas(meta_flags) || has_invalidate(meta_flags) {
+            if meta.cas() || meta.invalidate() {
                 WriteRule::PrimaryThenCopy
             } else {
                 WriteRule::Mirror
@@ -77,14 +75,6 @@ pub fn write_rule(verb: Verb, meta_flags: &[u8]) -> WriteRule {
         }
         _ => WriteRule::PrimaryThenCopy,
     }
-}
-
-fn has_cas(meta_flags: &[u8]) -> bool {
-    compose::meta_flag(meta_flags, b'C').is_some()
-}
-
-fn has_invalidate(meta_flags: &[u8]) -> bool {
-    compose::meta_flag(meta_flags, b'I').is_some()
 }
 
 /// How to bring the backup in line after the primary answered `status`.
@@ -131,19 +121,16 @@ pub fn primary_may_lack(verb: Verb, status: Status) -> bool {
 /// `None` for plain set mode and for every other verb. (The binary front end
 /// sends all its storage commands as `ms`, so they converge exactly as text
 /// add/replace/append/prepend/cas do.)
-pub fn meta_set_as_classic(verb: Verb, meta_flags: &[u8]) -> Option<Verb> {
+pub fn meta_set_as_classic(verb: Verb, meta: MetaFlags) -> Option<Verb> {
     if verb != Verb::MetaSet {
         return None;
     }
-    let mode = compose::meta_flag(meta_flags, b'M')
-        .and_then(|m| m.first().copied())
-        .unwrap_or(b'S');
-    match mode.to_ascii_uppercase() {
+    match meta.mode() {
         b'E' => Some(Verb::Add),
         b'R' => Some(Verb::Replace),
         b'A' => Some(Verb::Append),
         b'P' => Some(Verb::Prepend),
-        b'S' if has_cas(meta_flags) => Some(Verb::Cas),
+        b'S' if meta.cas() => Some(Verb::Cas),
         _ => None,
     }
 }
@@ -162,8 +149,8 @@ fn classic_status(status: Status) -> Status {
 /// [`after_primary`] for a request with its meta flags: an `ms` in add,
 /// replace, append, prepend or cas mode follows its classic verb (the item
 /// is read back rather than taken from the request, whose flags are meta).
-pub fn after_primary_for(verb: Verb, meta_flags: &[u8], status: Status) -> Replicate {
-    match meta_set_as_classic(verb, meta_flags) {
+pub fn after_primary_for(verb: Verb, meta: MetaFlags, status: Status) -> Replicate {
+    match meta_set_as_classic(verb, meta) {
         Some(v) => match after_primary(v, classic_status(status)) {
             Replicate::SetRequestItem => Replicate::CopyItem,
             r => r,
@@ -173,8 +160,8 @@ pub fn after_primary_for(verb: Verb, meta_flags: &[u8], status: Status) -> Repli
 }
 
 /// [`primary_may_lack`] for a request with its meta flags (see [`after_primary_for`]).
-pub fn primary_may_lack_for(verb: Verb, meta_flags: &[u8], status: Status) -> bool {
-    match meta_set_as_classic(verb, meta_flags) {
+pub fn primary_may_lack_for(verb: Verb, meta: MetaFlags, status: Status) -> bool {
+    match meta_set_as_classic(verb, meta) {
         Some(v) => primary_may_lack(v, classic_status(status)),
         None => primary_may_lack(verb, status),
     }
@@ -183,8 +170,8 @@ pub fn primary_may_lack_for(verb: Verb, meta_flags: &[u8], status: Status) -> bo
 /// Whether an item recovered from the backup must overwrite (`set`) what the
 /// primary holds rather than be `add`ed: after an add, the primary holds the
 /// value the add wrongly stored.
-pub fn recovery_overwrites(verb: Verb, meta_flags: &[u8]) -> bool {
-    verb == Verb::Add || meta_set_as_classic(verb, meta_flags) == Some(Verb::Add)
+pub fn recovery_overwrites(verb: Verb, meta: MetaFlags) -> bool {
+    verb == Verb::Add || meta_set_as_classic(verb, meta) == Some(Verb::Add)
 }
 
 /// For mirrored writes: the backup's answer wins when it found the item and
@@ -423,9 +410,18 @@ mod tests {
 
     #[test]
     fn rules_per_verb() {
-        assert_eq!(write_rule(Verb::Set, b""), WriteRule::Mirror);
-        assert_eq!(write_rule(Verb::Delete, b""), WriteRule::Mirror);
-        assert_eq!(write_rule(Verb::Touch, b""), WriteRule::Mirror);
+        assert_eq!(
+            write_rule(Verb::Set, MetaFlags::parse(b"")),
+            WriteRule::Mirror
+        );
+        assert_eq!(
+            write_rule(Verb::Delete, MetaFlags::parse(b"")),
+            WriteRule::Mirror
+        );
+        assert_eq!(
+            write_rule(Verb::Touch, MetaFlags::parse(b"")),
+            WriteRule::Mirror
+        );
         for v in [
             Verb::Add,
             Verb::Replace,
@@ -435,18 +431,34 @@ mod tests {
             Verb::Incr,
             Verb::Decr,
         ] {
-            assert_eq!(write_rule(v, b""), WriteRule::PrimaryThenCopy, "{v:?}");
+            assert_eq!(
+                write_rule(v, MetaFlags::parse(b"")),
+                WriteRule::PrimaryThenCopy,
+                "{v:?}"
+            );
         }
-        assert_eq!(write_rule(Verb::MetaSet, b"T0 F5"), WriteRule::Mirror);
-        assert_eq!(write_rule(Verb::MetaSet, b"MS"), WriteRule::Mirror);
-        assert_eq!(write_rule(Verb::MetaSet, b"MA"), WriteRule::PrimaryThenCopy);
         assert_eq!(
-            write_rule(Verb::MetaSet, b"C123"),
+            write_rule(Verb::MetaSet, MetaFlags::parse(b"T0 F5")),
+            WriteRule::Mirror
+        );
+        assert_eq!(
+            write_rule(Verb::MetaSet, MetaFlags::parse(b"MS")),
+            WriteRule::Mirror
+        );
+        assert_eq!(
+            write_rule(Verb::MetaSet, MetaFlags::parse(b"MA")),
             WriteRule::PrimaryThenCopy
         );
-        assert_eq!(write_rule(Verb::MetaDelete, b"q"), WriteRule::Mirror);
         assert_eq!(
-            write_rule(Verb::MetaDelete, b"C9"),
+            write_rule(Verb::MetaSet, MetaFlags::parse(b"C123")),
+            WriteRule::PrimaryThenCopy
+        );
+        assert_eq!(
+            write_rule(Verb::MetaDelete, MetaFlags::parse(b"q")),
+            WriteRule::Mirror
+        );
+        assert_eq!(
+            write_rule(Verb::MetaDelete, MetaFlags::parse(b"C9")),
             WriteRule::PrimaryThenCopy
         );
     }
@@ -609,25 +621,35 @@ mod tests {
         for &(flags, status, rep, lack) in table {
             let f = std::str::from_utf8(flags).unwrap_or_default();
             assert_eq!(
-                after_primary_for(Verb::MetaSet, flags, status),
+                after_primary_for(Verb::MetaSet, MetaFlags::parse(flags), status),
                 rep,
                 "{f} {status:?}"
             );
             assert_eq!(
-                primary_may_lack_for(Verb::MetaSet, flags, status),
+                primary_may_lack_for(Verb::MetaSet, MetaFlags::parse(flags), status),
                 lack,
                 "{f} {status:?}"
             );
         }
-        assert!(recovery_overwrites(Verb::MetaSet, b"c ME"));
-        assert!(recovery_overwrites(Verb::Add, b""));
-        assert!(!recovery_overwrites(Verb::MetaSet, b"c MA"));
+        assert!(recovery_overwrites(
+            Verb::MetaSet,
+            MetaFlags::parse(b"c ME")
+        ));
+        assert!(recovery_overwrites(Verb::Add, MetaFlags::parse(b"")));
+        assert!(!recovery_overwrites(
+            Verb::MetaSet,
+            MetaFlags::parse(b"c MA")
+        ));
         // Classic verbs are unchanged.
         assert_eq!(
-            after_primary_for(Verb::Add, b"", Status::Stored),
+            after_primary_for(Verb::Add, MetaFlags::parse(b""), Status::Stored),
             SetRequestItem
         );
-        assert!(primary_may_lack_for(Verb::Incr, b"", Status::NotFound));
+        assert!(primary_may_lack_for(
+            Verb::Incr,
+            MetaFlags::parse(b""),
+            Status::NotFound
+        ));
     }
 
     #[test]

@@ -267,7 +267,7 @@ impl ClientRequest {
         matches!(
             self.r.verb,
             Verb::MetaGet | Verb::MetaSet | Verb::MetaDelete | Verb::MetaArithmetic
-        ) && compose::meta_flag(self.meta_flags(), b'b').is_some()
+        ) && self.r.meta.base64_key()
     }
 
     /// The key of a single-key command, sharing the request's buffer.
@@ -289,13 +289,6 @@ impl ClientRequest {
             &self.bytes,
             self.r.line_len.min(self.bytes.len())..self.bytes.len(),
         )
-    }
-
-    /// The meta flags of the request line.
-    fn meta_flags(&self) -> &[u8] {
-        self.bytes
-            .get(self.r.meta_flags.clone())
-            .unwrap_or_default()
     }
 
     /// The request as it goes upstream: without `noreply` or `q`, so that

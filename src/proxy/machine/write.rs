@@ -126,7 +126,7 @@ impl Write {
         // depend on what it holds (set, delete, touch), so that no write
         // is missed from the moment its drain began; relative writes
         // (incr, append, add, cas...) wait until it is up.
-        let rule = proxy::write_rule(req.r.verb, req.meta_flags());
+        let rule = proxy::write_rule(req.r.verb, req.r.meta);
         let takes = |seen: Observed| match rule {
             WriteRule::Mirror => seen.takes_writes(),
             WriteRule::PrimaryThenCopy => seen.is_up(),
@@ -244,8 +244,7 @@ impl Write {
             }
             Stage::Primary(c) if c == call => match r {
                 Ok(rp) => {
-                    let flags = self.req.meta_flags();
-                    if proxy::primary_may_lack_for(self.req.r.verb, flags, rp.status) {
+                    if proxy::primary_may_lack_for(self.req.r.verb, self.req.r.meta, rp.status) {
                         self.recover(rp, cx);
                     } else {
                         self.converge(rp, cx);
@@ -271,12 +270,11 @@ impl Write {
                 let Some(item) = item else {
                     return self.converge(rp, cx);
                 };
-                let store_verb =
-                    if proxy::recovery_overwrites(self.req.r.verb, self.req.meta_flags()) {
-                        Verb::Set
-                    } else {
-                        Verb::Add
-                    };
+                let store_verb = if proxy::recovery_overwrites(self.req.r.verb, self.req.r.meta) {
+                    Verb::Set
+                } else {
+                    Verb::Add
+                };
                 let (store, expect) = item.store_parts_for(
                     store_verb,
                     self.req.key(),
@@ -349,7 +347,7 @@ impl Write {
     /// delete. A base64 key (meta `b` flag) is stored decoded, which a text
     /// `delete` cannot name: it logs the empty key, "flush".
     fn missed_key(&self) -> Bytes {
-        if compose::meta_flag(self.req.meta_flags(), b'b').is_some() {
+        if self.req.r.meta.base64_key() {
             Bytes::new()
         } else {
             self.req.key_bytes()
@@ -417,7 +415,7 @@ impl Write {
     /// table in [`crate::proxy`]).
     fn converge(&mut self, rp: Reply, cx: &mut Cx<'_>) {
         let b = self.backup();
-        match proxy::after_primary_for(self.req.r.verb, self.req.meta_flags(), rp.status) {
+        match proxy::after_primary_for(self.req.r.verb, self.req.r.meta, rp.status) {
             Replicate::Nothing => self.converged(true, rp, cx),
             Replicate::SetRequestItem => {
                 let (parts, expect) = store_parts_for(
