@@ -54,6 +54,22 @@ pub enum Replicate {
     Delete,
 }
 
+/// The answer to a request the proxy gives without any server: `quit`
+/// (a close), `version`, `verbosity` (`OK`, nothing with `noreply`) and
+/// `mn`. None for every other request. The engine and the request machine
+/// both answer through here.
+pub fn local_answer(r: &crate::protocol::Request) -> Option<machine::Answer> {
+    let one = |b: &'static [u8]| machine::Answer::One(Bytes::from_static(b));
+    Some(match r.verb {
+        Verb::Quit => machine::Answer::Close,
+        Verb::Version => one(compose::VERSION),
+        Verb::Verbosity if r.noreply => machine::Answer::Nothing,
+        Verb::Verbosity => one(compose::OK),
+        Verb::MetaNoop => one(compose::MN),
+        _ => return None,
+    })
+}
+
 /// The replication rule of a write verb. `meta` are the request's meta
 /// flags (ignored for classic verbs).
 pub fn write_rule(verb: Verb, meta: MetaFlags) -> WriteRule {

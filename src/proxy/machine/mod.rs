@@ -682,21 +682,10 @@ impl Machine {
                 cx.count(Counter::CmdFlush);
                 write::Flush::start(req, servers, &mut cx)
             }
-            Verb::Quit => {
-                cx.answer(Answer::Close);
-                Work::Done
-            }
-            Verb::Version => {
-                cx.answer(one(compose::VERSION));
-                Work::Done
-            }
-            Verb::Verbosity => {
-                let a = req.silent_or(one(compose::OK));
-                cx.answer(a);
-                Work::Done
-            }
-            Verb::MetaNoop => {
-                cx.answer(one(compose::MN));
+            Verb::Quit | Verb::Version | Verb::Verbosity | Verb::MetaNoop => {
+                if let Some(a) = crate::proxy::local_answer(&req.r) {
+                    cx.answer(a);
+                }
                 Work::Done
             }
             Verb::Stats => {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use crate::metrics::Command;
-use crate::protocol::{compose, parse_request, Expect, Parsed, Request, Verb};
+use crate::protocol::{parse_request, Expect, Parsed, Request, Verb};
 use crate::proxy::binary::{Plan, Translated};
 use crate::proxy::client::{ClientConn, Limits, Next, Phase};
 use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine};
@@ -736,12 +736,10 @@ fn set_nodelay(fd: i32) {
 /// own `stats`, memcached's answer to an unknown group), or the admin plan of
 /// a `stats <group>` / administration line; neither for everything else.
 fn route_locally(cx: &Ctx, r: &Request, bytes: &Bytes) -> (Option<Answer>, Option<AdminPlan>) {
+    if let Some(a) = crate::proxy::local_answer(r) {
+        return (Some(a), None);
+    }
     let local = match r.verb {
-        Verb::Quit => Answer::Close,
-        Verb::Version => one(compose::VERSION),
-        Verb::Verbosity if r.noreply => Answer::Nothing,
-        Verb::Verbosity => one(compose::OK),
-        Verb::MetaNoop => one(compose::MN),
         Verb::Stats | Verb::Admin => {
             let args = bytes.get(r.meta_flags.clone()).unwrap_or_default();
             match admin_plan(r.verb, args) {
