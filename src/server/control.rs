@@ -43,13 +43,9 @@ pub(super) fn spawn_prober(shared: Arc<Shared>) -> std::io::Result<()> {
 }
 
 fn prober(shared: &Arc<Shared>) {
-    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ u64::from(std::process::id());
-    let mut jitter = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng =
+        crate::upstream::Jitter::new(0x2545_F491_4F6C_DD1D ^ u64::from(std::process::id()));
+    let mut jitter = move || rng.sample();
     let tick = Duration::from_millis(50);
     shared.current().bell.answer_here();
     while !shared.stopping.load(Ordering::Relaxed) {

@@ -914,6 +914,33 @@ impl Health {
     }
 }
 
+/// The jitter of backoffs and probe ticks: a xorshift64 generator of
+/// numbers in [0, 1). Not for anything secret; seeded per core or thread so
+/// that they do not move in step.
+#[derive(Clone, Copy, Debug)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    /// A generator from `seed` (a zero seed is replaced: xorshift stays at 0).
+    pub fn new(seed: u64) -> Jitter {
+        Jitter(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// The next number in [0, 1).
+    pub fn sample(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// Exponential backoff `retry_interval * 2^attempt`, capped, scaled by a
 /// jitter in [0.5, 1.5).
 pub fn backoff(policy: &HealthPolicy, attempt: u32, jitter: f64) -> Duration {
@@ -926,6 +953,16 @@ pub fn backoff(policy: &HealthPolicy, attempt: u32, jitter: f64) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn jitter_stays_in_the_unit_interval_and_moves() {
+        let mut j = Jitter::new(0);
+        let xs: Vec<f64> = (0..1000).map(|_| j.sample()).collect();
+        assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((0.4..0.6).contains(&mean), "{mean}");
+        assert_ne!(Jitter::new(1).sample(), Jitter::new(2).sample());
+    }
+
     use super::*;
 
     fn policy() -> HealthPolicy {

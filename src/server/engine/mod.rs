@@ -164,7 +164,7 @@ pub(super) struct Ctx {
     now_unix: i64,
     max_item: usize,
     client_budget: usize,
-    rng: std::cell::Cell<u64>,
+    rng: std::cell::Cell<crate::upstream::Jitter>,
 }
 
 impl Ctx {
@@ -179,12 +179,10 @@ impl Ctx {
 
     /// A pseudo-random number in [0, 1) for backoff jitter.
     fn jitter(&self) -> f64 {
-        let mut x = self.rng.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        let mut j = self.rng.get();
+        let x = j.sample();
+        self.rng.set(j);
+        x
     }
 
     fn topology(&self, generation: u64) -> Option<&Topology> {
@@ -306,7 +304,7 @@ pub(super) fn run_core<D: Driver>(
         prev: None,
         now: Instant::now(),
         now_unix: unix_now(),
-        rng: std::cell::Cell::new(seed),
+        rng: std::cell::Cell::new(crate::upstream::Jitter::new(seed)),
     };
     let (control_tx, control_rx) = mpsc::channel();
     let mut st = Core {
