@@ -32,7 +32,7 @@ use crate::stats::{CoreStats, Counter};
 use crate::upstream::{DrainStep, Ejection, Health, Observed, Probe, Rejoin, Role, ServerId};
 
 use super::tls::{is_tls_failure, Dial, Stream};
-use super::topology::{failure_reason, Settings, Shared, Topology};
+use super::topology::{Settings, Shared, Topology};
 
 /// Start the prober thread.
 pub(super) fn spawn_prober(shared: Arc<Shared>) -> std::io::Result<()> {
@@ -267,7 +267,7 @@ fn roundtrip(s: &mut Stream, req: &'static [u8], want: Status) -> Result<(), Eje
     match exchange(s, &mut buf, &parts, Expect::Line, &mut Vec::new()) {
         Ok(r) if r.status == want => Ok(()),
         Ok(_) => Err(Ejection::Protocol),
-        Err(e) => Err(failure_reason(e)),
+        Err(e) => Err(e.ejection()),
     }
 }
 

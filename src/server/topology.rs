@@ -17,12 +17,11 @@ use bytes::Bytes;
 use super::exclusive::Sections;
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, ServerMetrics};
-use crate::proxy::machine::CallError;
 use crate::proxy::machine::Replicas;
 use crate::route::router::{Placement, PoolSpec};
 use crate::route::{Member, Router};
 use crate::stats::CoreStats;
-use crate::upstream::{Ejection, Health, HealthPolicy, Role, ServerId, Verdict};
+use crate::upstream::{Health, HealthPolicy, Role, ServerId, Verdict};
 
 /// Most iovecs one `writev` may carry (Linux IOV_MAX).
 pub(crate) const IOV_MAX: usize = 1024;
@@ -99,17 +98,6 @@ impl ProbeBell {
         if let Some(t) = self.0.get() {
             t.unpark();
         }
-    }
-}
-
-/// The health reason of a failed upstream call.
-pub(crate) fn failure_reason(e: CallError) -> Ejection {
-    match e {
-        CallError::Connect => Ejection::Connect,
-        CallError::Timeout => Ejection::Timeout,
-        CallError::Closed => Ejection::Closed,
-        CallError::Protocol => Ejection::Protocol,
-        CallError::Tls => Ejection::Tls,
     }
 }
 

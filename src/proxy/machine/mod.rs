@@ -152,6 +152,33 @@ pub enum CallError {
     Tls,
 }
 
+impl CallError {
+    /// The reason a server is charged for this failure (its ejection or
+    /// suspicion reason in `stats` and Prometheus).
+    pub fn ejection(self) -> crate::upstream::Ejection {
+        use crate::upstream::Ejection;
+        match self {
+            CallError::Connect => Ejection::Connect,
+            CallError::Timeout => Ejection::Timeout,
+            CallError::Closed => Ejection::Closed,
+            CallError::Protocol => Ejection::Protocol,
+            CallError::Tls => Ejection::Tls,
+        }
+    }
+
+    /// The `kind` label of `memring_upstream_errors_total`.
+    pub fn metric(self) -> crate::metrics::UpstreamErrorKind {
+        use crate::metrics::UpstreamErrorKind as K;
+        match self {
+            CallError::Connect => K::Connect,
+            CallError::Timeout => K::Timeout,
+            CallError::Closed => K::Closed,
+            CallError::Protocol => K::Protocol,
+            CallError::Tls => K::Tls,
+        }
+    }
+}
+
 /// What the client gets for one request.
 #[derive(Debug)]
 pub enum Answer {

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::metrics::UpstreamErrorKind;
 use crate::proxy::machine::CallError;
 use crate::proxy::pipeline::{Call, Due, Fault, Pipeline, Queued};
 use crate::stats::Counter;
@@ -28,7 +27,7 @@ use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
 use super::{next_gen, token, Core, Ctx, Op};
 use crate::server::driver::{set_linger_zero, Completion, Driver};
 use crate::server::tls::TlsSession;
-use crate::server::topology::{failure_reason, fill_iov, ProbeBell};
+use crate::server::topology::{fill_iov, ProbeBell};
 
 /// One pipelined connection to a server: its machine, and the I/O state
 /// of its socket on this core.
@@ -426,8 +425,8 @@ impl Core {
         u.gen = gen;
         let policy = cx.topo.settings.policy;
         if let Some(s) = server {
-            s.metrics.upstream_error(cx.id, error_kind(why));
-            let reason = failure_reason(why);
+            s.metrics.upstream_error(cx.id, why.metric());
+            let reason = why.ejection();
             match s.health.record_failure(cx.now, &policy, reason) {
                 Verdict::Ejected => {
                     tracing::warn!(server = %s.name, reason = reason.as_str(), "server ejected after failures");
@@ -542,17 +541,6 @@ impl Core {
         }
         u.pipe.retire(&mut self.outcomes);
         self.ups.remove(ci);
-    }
-}
-
-/// The `kind` label of a connection failure.
-fn error_kind(why: CallError) -> UpstreamErrorKind {
-    match why {
-        CallError::Connect => UpstreamErrorKind::Connect,
-        CallError::Timeout => UpstreamErrorKind::Timeout,
-        CallError::Closed => UpstreamErrorKind::Closed,
-        CallError::Protocol => UpstreamErrorKind::Protocol,
-        CallError::Tls => UpstreamErrorKind::Tls,
     }
 }
 
