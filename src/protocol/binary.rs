@@ -456,30 +456,43 @@ pub struct ResponseFrame {
     pub value: Range<usize>,
 }
 
+/// Outcome of parsing a response frame from the front of a buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParsedResponse {
+    /// A complete response.
+    Complete(ResponseFrame),
+    /// More bytes are needed. Not an error.
+    Incomplete,
+    /// The bytes are not a response frame (a wrong magic, or lengths that
+    /// do not add up).
+    NotAResponse,
+}
+
 /// Parse one response frame (the client side of the codec, used by tests and
-/// load generators). `None` when incomplete, `Some(Err(()))` when the bytes
-/// are not a response frame.
-pub fn parse_response(buf: &[u8]) -> Option<Result<ResponseFrame, ()>> {
-    let header = Header::decode(buf)?;
+/// load generators).
+pub fn parse_response(buf: &[u8]) -> ParsedResponse {
+    let Some(header) = Header::decode(buf) else {
+        return ParsedResponse::Incomplete;
+    };
     let extras = usize::from(header.extras_len);
     let key = usize::from(header.key_len);
     let body = header.body_len as usize;
     if header.magic != RESPONSE_MAGIC || extras + key > body {
-        return Some(Err(()));
+        return ParsedResponse::NotAResponse;
     }
-    let end = HEADER_LEN.checked_add(body)?;
+    let end = HEADER_LEN.saturating_add(body);
     if buf.len() < end {
-        return None;
+        return ParsedResponse::Incomplete;
     }
     let e = HEADER_LEN + extras;
     let k = e + key;
-    Some(Ok(ResponseFrame {
+    ParsedResponse::Complete(ResponseFrame {
         header,
         consumed: end,
         extras: HEADER_LEN..e,
         key: e..k,
         value: k..end,
-    }))
+    })
 }
 
 /// Append a frame with `magic`. Lengths that do not fit the header's
@@ -873,7 +886,10 @@ mod tests {
 
             let mut out = BytesMut::new();
             compose_response(&mut out, op as u8, Status::Success, opaque, cas, &extras, key.as_bytes(), &value);
-            let r = parse_response(&out).and_then(Result::ok);
+            let r = match parse_response(&out) {
+                ParsedResponse::Complete(f) => Some(f),
+                _ => None,
+            };
             prop_assert!(r.is_some());
             let r = r.unwrap_or_else(|| unreachable!());
             prop_assert_eq!(r.header.opaque, opaque);
