@@ -18,6 +18,7 @@ pub mod logfile;
 mod observe;
 mod tls;
 mod topology;
+pub use topology::TopologyError;
 
 use std::fmt;
 use std::io::Write as _;
@@ -42,8 +43,9 @@ use self::topology::{Shared, Topology};
 pub enum RunError {
     /// io_uring was refused and `--io-backend uring` forbids the fallback.
     IoUringRefused(std::io::Error),
-    /// A server name did not resolve, or two names are one server.
-    Resolve(String),
+    /// The servers could not be set up: a name did not resolve, two names
+    /// are one server, a TLS file did not load.
+    Resolve(topology::TopologyError),
     /// A listener could not be bound.
     Bind {
         /// What was being bound.
@@ -61,7 +63,7 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunError::IoUringRefused(e) => write!(f, "{}", io_uring_refused_message(e, false)),
-            RunError::Resolve(m) => f.write_str(m),
+            RunError::Resolve(e) => write!(f, "{e}"),
             RunError::Bind { what, source } => write!(f, "cannot listen on {what}: {source}"),
             RunError::Setup(m) => f.write_str(m),
             RunError::Runtime(e) => write!(f, "cannot start a runtime thread: {e}"),

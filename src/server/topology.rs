@@ -108,8 +108,8 @@ impl Topology {
         cfg: &Config,
         previous: Option<&Topology>,
         base: Instant,
-    ) -> Result<Topology, String> {
-        let tls = TlsConfigs::load(cfg)?;
+    ) -> Result<Topology, TopologyError> {
+        let tls = TlsConfigs::load(cfg).map_err(TopologyError::Tls)?;
         let mut servers = Vec::new();
         // The router's numbering: each pool's primaries, then its backups,
         // the default pool first.
@@ -124,13 +124,16 @@ impl Topology {
         for (pool, role, list) in lists {
             for s in list.iter() {
                 let name = s.name();
-                let addr = resolve(&s.host, s.port)
-                    .map_err(|e| format!("cannot resolve server {name}: {e}"))?;
+                let addr = resolve(&s.host, s.port).map_err(|source| TopologyError::Resolve {
+                    server: name.clone(),
+                    source,
+                })?;
                 if let Some(twin) = servers.iter().find(|o: &&ServerInfo| o.addr == addr) {
-                    return Err(format!(
-                        "servers {} and {name} are one server: both resolve to {addr}",
-                        twin.name
-                    ));
+                    return Err(TopologyError::Twin {
+                        first: twin.name.clone(),
+                        second: name,
+                        addr,
+                    });
                 }
                 let known = previous
                     .and_then(|p| p.servers.iter().find(|o| o.name == name && o.role == role));
@@ -153,11 +156,9 @@ impl Topology {
                     .map(|o| o.metrics.clone())
                     .unwrap_or_else(|| Arc::new(ServerMetrics::new(cfg.threads.max(1))));
                 let tls_name = match cfg.server_tls {
-                    true => Some(server_name(&s.host).ok_or_else(|| {
-                        format!(
-                            "server {name}: '{}' is not a name a TLS certificate can carry",
-                            s.host
-                        )
+                    true => Some(server_name(&s.host).ok_or_else(|| TopologyError::TlsName {
+                        server: name.clone(),
+                        host: s.host.clone(),
                     })?),
                     false => None,
                 };
@@ -343,6 +344,61 @@ fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
 }
+
+/// Why a topology could not be built from a configuration.
+#[derive(Debug)]
+pub enum TopologyError {
+    /// A server's host name does not resolve.
+    Resolve {
+        /// The server as configured.
+        server: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// Two configured servers are one: both resolve to `addr`.
+    Twin {
+        /// The one configured first.
+        first: String,
+        /// The other.
+        second: String,
+        /// Where both resolve.
+        addr: SocketAddr,
+    },
+    /// `--server-tls`: a server's host cannot be a certificate's name.
+    TlsName {
+        /// The server as configured.
+        server: String,
+        /// Its host.
+        host: String,
+    },
+    /// A TLS certificate, key or CA file did not load.
+    Tls(String),
+}
+
+impl std::fmt::Display for TopologyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopologyError::Resolve { server, source } => {
+                write!(f, "cannot resolve server {server}: {source}")
+            }
+            TopologyError::Twin {
+                first,
+                second,
+                addr,
+            } => write!(
+                f,
+                "servers {first} and {second} are one server: both resolve to {addr}"
+            ),
+            TopologyError::TlsName { server, host } => write!(
+                f,
+                "server {server}: '{host}' is not a name a TLS certificate can carry"
+            ),
+            TopologyError::Tls(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for TopologyError {}
 
 /// Process-wide state shared by all cores.
 #[derive(Debug)]
