@@ -144,9 +144,7 @@ mod tests {
             (b" 1", None),
             (b"1 ", None),
         ];
-        for (tok, want) in unsigned {
-            assert_eq!(parse_u64(tok), *want, "{:?}", String::from_utf8_lossy(tok));
-        }
+        check(parse_u64, unsigned);
         let signed: &[(&[u8], Option<i64>)] = &[
             (b"-9223372036854775808", Some(i64::MIN)),
             (b"9223372036854775807", Some(i64::MAX)),
@@ -160,8 +158,16 @@ mod tests {
             (b"--1", None),
             (b"1.5", None),
         ];
-        for (tok, want) in signed {
-            assert_eq!(parse_i64(tok), *want, "{:?}", String::from_utf8_lossy(tok));
+        check(parse_i64, signed);
+    }
+
+    fn check<T: PartialEq + std::fmt::Debug>(
+        parse: fn(&[u8]) -> Option<T>,
+        table: &[(&[u8], Option<T>)],
+    ) {
+        for (tok, want) in table {
+            let shown = String::from_utf8_lossy(tok);
+            assert_eq!(parse(tok), *want, "{shown:?}");
         }
     }
 

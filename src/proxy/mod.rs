@@ -426,57 +426,36 @@ mod tests {
 
     #[test]
     fn rules_per_verb() {
-        assert_eq!(
-            write_rule(Verb::Set, MetaFlags::parse(b"")),
-            WriteRule::Mirror
-        );
-        assert_eq!(
-            write_rule(Verb::Delete, MetaFlags::parse(b"")),
-            WriteRule::Mirror
-        );
-        assert_eq!(
-            write_rule(Verb::Touch, MetaFlags::parse(b"")),
-            WriteRule::Mirror
-        );
-        for v in [
-            Verb::Add,
-            Verb::Replace,
-            Verb::Cas,
-            Verb::Append,
-            Verb::Prepend,
-            Verb::Incr,
-            Verb::Decr,
-        ] {
+        use WriteRule::{Mirror, PrimaryThenCopy as First};
+        let table: &[(Verb, &[u8], WriteRule)] = &[
+            (Verb::Set, b"", Mirror),
+            (Verb::Delete, b"", Mirror),
+            (Verb::Touch, b"", Mirror),
+            (Verb::Add, b"", First),
+            (Verb::Replace, b"", First),
+            (Verb::Cas, b"", First),
+            (Verb::Append, b"", First),
+            (Verb::Prepend, b"", First),
+            (Verb::Incr, b"", First),
+            (Verb::Decr, b"", First),
+            (Verb::MetaSet, b"T0 F5", Mirror),
+            (Verb::MetaSet, b"MS", Mirror),
+            (Verb::MetaSet, b"Ms", Mirror),
+            (Verb::MetaSet, b"MA", First),
+            (Verb::MetaSet, b"C123", First),
+            (Verb::MetaSet, b"I", First),
+            (Verb::MetaDelete, b"q", Mirror),
+            (Verb::MetaDelete, b"C9", First),
+            (Verb::MetaDelete, b"I T30", First),
+        ];
+        for &(verb, flags, want) in table {
+            let f = String::from_utf8_lossy(flags);
             assert_eq!(
-                write_rule(v, MetaFlags::parse(b"")),
-                WriteRule::PrimaryThenCopy,
-                "{v:?}"
+                write_rule(verb, MetaFlags::parse(flags)),
+                want,
+                "{verb:?} {f}"
             );
         }
-        assert_eq!(
-            write_rule(Verb::MetaSet, MetaFlags::parse(b"T0 F5")),
-            WriteRule::Mirror
-        );
-        assert_eq!(
-            write_rule(Verb::MetaSet, MetaFlags::parse(b"MS")),
-            WriteRule::Mirror
-        );
-        assert_eq!(
-            write_rule(Verb::MetaSet, MetaFlags::parse(b"MA")),
-            WriteRule::PrimaryThenCopy
-        );
-        assert_eq!(
-            write_rule(Verb::MetaSet, MetaFlags::parse(b"C123")),
-            WriteRule::PrimaryThenCopy
-        );
-        assert_eq!(
-            write_rule(Verb::MetaDelete, MetaFlags::parse(b"q")),
-            WriteRule::Mirror
-        );
-        assert_eq!(
-            write_rule(Verb::MetaDelete, MetaFlags::parse(b"C9")),
-            WriteRule::PrimaryThenCopy
-        );
     }
 
     #[test]
