@@ -288,12 +288,10 @@ pub fn compose_without_quiet(out: &mut BytesMut, line: &[u8]) {
 /// Find meta flag `flag` in a meta flags string (`f30 t-1 v`) and return its
 /// token after the flag character (`b"30"`), or `Some(b"")` for a bare flag.
 pub fn meta_flag(flags: &[u8], flag: u8) -> Option<&[u8]> {
-    flags
-        .split(|&b| b == b' ')
-        .find_map(|tok| match tok.split_first() {
-            Some((&first, rest)) if first == flag => Some(rest),
-            _ => None,
-        })
+    super::lex::words(flags).find_map(|tok| match tok.split_first() {
+        Some((&first, rest)) if first == flag => Some(rest),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
