@@ -285,15 +285,6 @@ pub fn compose_without_quiet(out: &mut BytesMut, line: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Find meta flag `flag` in a meta flags string (`f30 t-1 v`) and return its
-/// token after the flag character (`b"30"`), or `Some(b"")` for a bare flag.
-pub fn meta_flag(flags: &[u8], flag: u8) -> Option<&[u8]> {
-    super::lex::words(flags).find_map(|tok| match tok.split_first() {
-        Some((&first, rest)) if first == flag => Some(rest),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,18 +422,6 @@ mod tests {
             let got = run(|o| compose_without_quiet(o, line));
             assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
         }
-    }
-
-    #[test]
-    fn meta_flags() {
-        let flags = b"f30 t-1  v O123";
-        assert_eq!(meta_flag(flags, b'f'), Some(&b"30"[..]));
-        assert_eq!(meta_flag(flags, b't'), Some(&b"-1"[..]));
-        assert_eq!(meta_flag(flags, b'v'), Some(&b""[..]));
-        assert_eq!(meta_flag(flags, b'O'), Some(&b"123"[..]));
-        assert_eq!(meta_flag(flags, b'q'), None);
-        assert_eq!(meta_flag(b"", b'q'), None);
-        assert_eq!(meta_flag(b"q", b'q'), Some(&b""[..]));
     }
 
     /// A parsed request's own line, re-emitted without noreply/quiet, parses

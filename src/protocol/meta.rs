@@ -3,7 +3,7 @@
 //!
 //! Must not import `server`, an I/O runtime or the clock.
 
-use super::lex::words;
+use super::lex::{parse_i64, parse_u64, words};
 
 /// Which flag letters a meta request carries (`mg key v t q` has `v`, `t`
 /// and `q`), and the mode of an `ms` (its `M` token's letter).
@@ -78,9 +78,55 @@ impl MetaFlags {
     }
 }
 
+/// The values a meta reply carries in its flags (`VA 2 f30 t-1 c99`),
+/// parsed once: client flags, remaining TTL, CAS. A flag given twice counts
+/// once, its first time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyValues {
+    /// `f`: the client flags.
+    pub client_flags: Option<u64>,
+    /// `t`: the remaining TTL in seconds (`-1`: none).
+    pub ttl: Option<i64>,
+    /// `c`: the CAS value.
+    pub cas: Option<u64>,
+}
+
+impl ReplyValues {
+    /// The flags part of a meta reply line (after its code, e.g. `2 f30 c9`
+    /// of `VA 2 f30 c9`; a leading size token is not a flag and is skipped).
+    pub fn parse(flags: &[u8]) -> ReplyValues {
+        let mut v = ReplyValues::default();
+        for w in words(flags) {
+            match w.split_first() {
+                Some((b'f', n)) if v.client_flags.is_none() => v.client_flags = parse_u64(n),
+                Some((b't', n)) if v.ttl.is_none() => v.ttl = parse_i64(n),
+                Some((b'c', n)) if v.cas.is_none() => v.cas = parse_u64(n),
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_values_are_read_once() {
+        let v = ReplyValues::parse(b"2 f30 t-1 c99 k b c7");
+        assert_eq!(
+            v,
+            ReplyValues {
+                client_flags: Some(30),
+                ttl: Some(-1),
+                cas: Some(99),
+            }
+        );
+        assert_eq!(ReplyValues::parse(b""), ReplyValues::default());
+        assert_eq!(ReplyValues::parse(b"fx c-1").client_flags, None);
+        assert_eq!(ReplyValues::parse(b"fx c-1").cas, None);
+    }
 
     #[test]
     fn flags_are_read_once_as_memcached_reads_them() {

@@ -21,7 +21,7 @@ pub mod request;
 pub mod response;
 
 pub use lex::{parse_i64, parse_u64};
-pub use meta::MetaFlags;
+pub use meta::{MetaFlags, ReplyValues};
 pub use request::{parse_request, ParseError, Parsed, Request, Verb};
 pub use response::{
     frame_response, reply_size_hint, Expect, FrameError, Framed, Status, ValueItem,

@@ -659,11 +659,9 @@ fn joined(reply: &[Bytes]) -> Bytes {
     }
 }
 
-/// The decimal value of meta flag `flag` in a meta reply line.
-fn meta_number(line: &[u8], flag: u8) -> Option<u64> {
-    let flags = line.get(2..).unwrap_or_default();
-    let tok = crate::protocol::compose::meta_flag(flags, flag)?;
-    crate::protocol::parse_u64(tok)
+/// The values a meta reply line (`VA 2 f30 c9`, `HD c9`) carries.
+fn reply_values(line: &[u8]) -> crate::protocol::ReplyValues {
+    crate::protocol::ReplyValues::parse(line.get(2..).unwrap_or_default())
 }
 
 impl Plan {
@@ -783,13 +781,13 @@ impl Plan {
             Shape::MetaGet(s) => match status {
                 Status::MetaValue => {
                     let key: &[u8] = if s.opcode.returns_key() { &s.key } else { b"" };
-                    let flags = meta_number(line, b'f').unwrap_or(0) as u32;
+                    let flags = reply_values(line).client_flags.unwrap_or(0) as u32;
                     compose_response(
                         &mut out,
                         op,
                         bin::Status::Success,
                         opaque,
-                        meta_number(line, b'c').unwrap_or(0),
+                        reply_values(line).cas.unwrap_or(0),
                         &flags.to_be_bytes(),
                         key,
                         text.get(data).unwrap_or_default(),
@@ -823,7 +821,7 @@ impl Plan {
                 None => fail(&mut out, bin::Status::KeyNotFound),
             },
             Shape::Store => match status {
-                Status::MetaHd => ok(&mut out, meta_number(line, b'c').unwrap_or(0), b""),
+                Status::MetaHd => ok(&mut out, reply_values(line).cas.unwrap_or(0), b""),
                 Status::MetaNs => fail(
                     &mut out,
                     match opcode.loud() {
@@ -848,7 +846,7 @@ impl Plan {
                     match crate::protocol::parse_u64(digits) {
                         Some(v) => ok(
                             &mut out,
-                            meta_number(line, b'c').unwrap_or(0),
+                            reply_values(line).cas.unwrap_or(0),
                             &v.to_be_bytes(),
                         ),
                         None => fail(&mut out, bin::Status::NonNumeric),

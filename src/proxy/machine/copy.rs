@@ -37,15 +37,15 @@ impl MetaItem {
         }
         let line = r.frame.get(r.line.clone())?;
         let flags = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or_default();
-        let num = |f: u8| compose::meta_flag(flags, f).and_then(crate::protocol::parse_i64);
+        let v = crate::protocol::ReplyValues::parse(flags);
         let end = r.data.end.checked_add(2).filter(|e| *e <= r.frame.len())?;
         if r.data.start > r.data.end {
             return None;
         }
         Some(MetaItem {
-            flags: u32::try_from(num(b'f').unwrap_or(0)).ok()?,
-            ttl: num(b't').unwrap_or(-1),
-            cas: num(b'c').unwrap_or(0).max(0) as u64,
+            flags: u32::try_from(v.client_flags.unwrap_or(0)).ok()?,
+            ttl: v.ttl.unwrap_or(-1),
+            cas: v.cas.unwrap_or(0),
             data_len: r.data.len(),
             block: r.frame.slice(r.data.start..end),
         })
@@ -162,8 +162,7 @@ impl CopyItem {
             Ok(r) if r.status == Status::MetaHd => {
                 let line = r.frame.get(r.line.clone()).unwrap_or_default();
                 let flags = line.get(2..).unwrap_or_default();
-                compose::meta_flag(flags, b'c').and_then(crate::protocol::parse_i64)
-                    == Some(self.item.cas as i64)
+                crate::protocol::ReplyValues::parse(flags).cas == Some(self.item.cas)
             }
             _ => false,
         };
