@@ -128,3 +128,83 @@ fn a_route_to_a_missing_pool_is_refused_with_one_line() {
         "{err}"
     );
 }
+
+/// The address a `listening on pool NAME ADDR` line announced.
+fn pool_listener(proxy: &Memring, name: &str) -> std::net::SocketAddr {
+    let prefix = format!("listening on pool {name} ");
+    proxy
+        .listen_lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or_else(|| panic!("no pool {name} listener in {:?}", proxy.listen_lines))
+}
+
+#[test]
+fn a_pool_with_its_own_listener_places_every_key_there() {
+    let d = Memcached::start();
+    let carts = Memcached::start();
+    let carts_backup = Memcached::start();
+    let dir = TempDir::new("pool-listen");
+    let file = dir.path().join("memring.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "servers = [\"{}\"]\n\
+             [pools.carts]\nservers = [\"{}\"]\nbackups = [\"{}\"]\nlisten = \"127.0.0.1:0\"\n",
+            d.server_arg(),
+            carts.server_arg(),
+            carts_backup.server_arg(),
+        ),
+    )
+    .expect("write config");
+    let proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().expect("utf8"),
+    ]);
+    let mut main = proxy.client();
+    let mut pool = Client::tcp(pool_listener(&proxy, "carts"));
+    for i in 0..20 {
+        let (a, b) = (format!("main:{i}"), format!("cart:{i}"));
+        assert_eq!(main.request(&set_cmd(&a, b"m")), b"STORED\r\n");
+        assert_eq!(pool.request(&set_cmd(&b, b"c")), b"STORED\r\n");
+        assert!(holds(&d, &a) && !holds(&carts, &a), "{a}");
+        assert!(holds(&carts, &b) && holds(&carts_backup, &b), "{b}");
+        assert!(!holds(&d, &b), "{b} reached the default pool");
+    }
+    // Each listener reads its own pool.
+    assert_eq!(
+        pool.request(b"get cart:3 main:3\r\n"),
+        b"VALUE cart:3 0 1\r\nc\r\nEND\r\n"
+    );
+    assert_eq!(
+        main.request(b"get cart:3 main:3\r\n"),
+        b"VALUE main:3 0 1\r\nm\r\nEND\r\n"
+    );
+}
+
+#[test]
+fn a_pool_listener_on_a_taken_address_is_refused() {
+    let d = Memcached::start();
+    let dir = TempDir::new("pool-listen-twin");
+    let file = dir.path().join("memring.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "servers = [\"{}\"]\nport = 23456\nlisten = \"127.0.0.1\"\n\
+             [pools.p]\nservers = [\"{}\"]\nlisten = \"127.0.0.1:23456\"\n",
+            d.server_arg(),
+            d.server_arg()
+        ),
+    )
+    .expect("write config");
+    let out = Command::new(memring_path())
+        .args(["--check", "--config", file.to_str().expect("utf8")])
+        .output()
+        .expect("run memring --check");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pool 'p' listens on 127.0.0.1:23456"), "{err}");
+}

@@ -17,6 +17,7 @@ struct FilePool {
     distribution: Option<String>,
     hash: Option<String>,
     hash_tag: Option<String>,
+    listen: Option<String>,
 }
 
 /// A `[[routes]]` entry: keys starting with `prefix` go to `pool`.
@@ -186,6 +187,9 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
         if let Some(t) = &p.hash_tag {
             check("hash_tag", t, value::hash_tag(t).map(drop))?;
         }
+        if let Some(l) = &p.listen {
+            check("listen", l, value::bind(l).map(drop))?;
+        }
         pools.push(super::PoolConfig {
             name: name.clone(),
             servers: list("servers", &p.servers)?,
@@ -193,6 +197,7 @@ pub(super) fn parse(text: &str, path: &Path) -> Result<Layer, ConfigError> {
             distribution,
             hash,
             hash_tag: p.hash_tag.clone(),
+            listen: p.listen.clone(),
         });
     }
     let routes = f

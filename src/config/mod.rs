@@ -101,6 +101,10 @@ pub struct PoolConfig {
     pub hash: Option<crate::route::KeyHash>,
     /// Its hash tag.
     pub hash_tag: Option<String>,
+    /// `listen = "IP:PORT"`: a listener of its own, as in twemproxy: every
+    /// key a client sends there is placed in this pool (prefix routes
+    /// aside).
+    pub listen: Option<String>,
 }
 
 /// A prefix route (`[[routes]]`): keys starting with `prefix` go to `pool`
@@ -362,9 +366,34 @@ impl Config {
                 ));
             }
         }
+        let mut listeners: Vec<(SocketAddr, String)> = [
+            (self.tcp_addr(), "the plaintext listener".to_string()),
+            (self.tls_addr(), "--tls-listen".to_string()),
+            (self.metrics_addr(), "--metrics-listen".to_string()),
+        ]
+        .into_iter()
+        .filter_map(|(a, what)| Some((a?, what)))
+        .filter(|(a, _)| a.port() != 0)
+        .collect();
         for p in &self.pools {
             if p.servers.is_empty() {
                 return err(format!("pool '{}' has no servers", p.name));
+            }
+            let Some(addr) = p
+                .listen
+                .as_deref()
+                .and_then(|l| l.parse::<SocketAddr>().ok())
+            else {
+                continue;
+            };
+            if let Some((_, what)) = listeners.iter().find(|(a, _)| *a == addr) {
+                return err(format!(
+                    "pool '{}' listens on {addr}, which {what} already uses",
+                    p.name
+                ));
+            }
+            if addr.port() != 0 {
+                listeners.push((addr, format!("pool '{}'", p.name)));
             }
         }
         let mut seen: Vec<((String, u16), &str)> = Vec::new();
@@ -892,6 +921,18 @@ pub fn reload_with_report(
         tls_listen,
         server_tls
     );
+    // A pool's own listener is bound at start: its address stays.
+    for p in &mut new.pools {
+        let was = base
+            .pools
+            .iter()
+            .find(|b| b.name == p.name)
+            .and_then(|b| b.listen.clone());
+        if p.listen != was {
+            ignored.push("pools.*.listen");
+            p.listen = was;
+        }
+    }
     new.validate()?;
     Ok((new, ignored))
 }

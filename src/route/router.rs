@@ -137,7 +137,12 @@ impl Router {
 
     /// The route of `key`: hashed once, placed on both of its pool's rings.
     pub fn route(&self, key: &[u8]) -> Route {
-        let pool = self.pool_of(key);
+        self.route_at(self.pool_of(key), key)
+    }
+
+    /// The route of `key` in pool `pool` (a client on a pool's own
+    /// listener), whatever its prefix.
+    pub fn route_at(&self, pool: usize, key: &[u8]) -> Route {
         let Some(p) = self.pools.get(pool) else {
             return Route {
                 pool: 0,
@@ -160,15 +165,30 @@ impl Router {
     /// (`base64`, meta `b` flag) by the bytes it stands for; one that does
     /// not decode (memcached refuses it) as written.
     pub fn route_key(&self, key: &[u8], base64: bool) -> Route {
+        self.route_key_in(None, key, base64)
+    }
+
+    /// [`Router::route_key`] in pool `pool` when given (a pool's own
+    /// listener), else in the pool the key's prefix picks.
+    pub fn route_key_in(&self, pool: Option<usize>, key: &[u8], base64: bool) -> Route {
+        let place = |k: &[u8]| match pool {
+            Some(p) => self.route_at(p, k),
+            None => self.route(k),
+        };
         if !base64 {
-            return self.route(key);
+            return place(key);
         }
         use base64::Engine as _;
         let mut raw = [0u8; MAX_KEY];
         match base64::engine::general_purpose::STANDARD.decode_slice(key, &mut raw[..]) {
-            Ok(n) => self.route(raw.get(..n).unwrap_or_default()),
-            Err(_) => self.route(key),
+            Ok(n) => place(raw.get(..n).unwrap_or_default()),
+            Err(_) => place(key),
         }
+    }
+
+    /// The index of the pool named `name`.
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
     }
 
     /// The name of pool `pool` (`default`).

@@ -135,6 +135,8 @@ struct Listeners {
     tcp: Vec<TcpListener>,
     /// `--tls-listen`: one per core, like `tcp`.
     tls: Vec<TcpListener>,
+    /// Pools with a `listen` of their own: (pool name, one per core).
+    pools: Vec<(String, Vec<TcpListener>)>,
     unix: Vec<UnixListener>,
     fds: Vec<RawFd>,
     announce: Vec<String>,
@@ -169,6 +171,7 @@ pub fn check(cfg: &Config) -> Result<(), RunError> {
     for addr in [cfg.tcp_addr(), cfg.tls_addr(), cfg.metrics_addr()]
         .into_iter()
         .flatten()
+        .chain(pool_addrs(cfg))
     {
         port_is_free(addr)?;
     }
@@ -237,7 +240,11 @@ fn start_cores(cfg: Config, backend: &'static str, core: CoreMain) -> Result<(),
     let threads = cfg.threads.max(1);
     // Before anything is bound or announced: a bad -u/-g fails here.
     let identity = resolve_identity(cfg.user.as_deref(), cfg.group.as_deref())?;
-    for addr in [cfg.tcp_addr(), cfg.tls_addr()].into_iter().flatten() {
+    for addr in [cfg.tcp_addr(), cfg.tls_addr()]
+        .into_iter()
+        .flatten()
+        .chain(pool_addrs(&cfg))
+    {
         port_is_free(addr)?;
     }
     let listeners = bind_all(&cfg, threads)?;
@@ -480,12 +487,21 @@ fn start_serving(
     let mut tcp = listeners.tcp.into_iter();
     let mut tls = listeners.tls.into_iter();
     let mut unix = listeners.unix.into_iter();
+    let mut pools: Vec<(String, std::vec::IntoIter<TcpListener>)> = listeners
+        .pools
+        .into_iter()
+        .map(|(name, l)| (name, l.into_iter()))
+        .collect();
     for id in 0..threads {
         let shared = shared.clone();
         let mine = engine::Listeners {
             tcp: tcp.next(),
             tls: tls.next(),
             unix: unix.next(),
+            pools: pools
+                .iter_mut()
+                .filter_map(|(name, l)| Some((name.clone(), l.next()?)))
+                .collect(),
         };
         let ready = ready_tx.clone();
         std::thread::Builder::new()
@@ -533,6 +549,7 @@ fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
     let mut l = Listeners {
         tcp: Vec::new(),
         tls: Vec::new(),
+        pools: Vec::new(),
         unix: Vec::new(),
         fds: Vec::new(),
         announce: Vec::new(),
@@ -558,6 +575,30 @@ fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
         }
         l.announce
             .push(format!("{} {addr}", if tls { "tls" } else { "tcp" }));
+    }
+    for p in &cfg.pools {
+        let Some(mut addr) = p
+            .listen
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            continue;
+        };
+        let mut mine = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let what = format!("pool {} {addr}", p.name);
+            let s = bind_reuseport(addr).map_err(|source| RunError::Bind {
+                what: what.clone(),
+                source,
+            })?;
+            addr = s
+                .local_addr()
+                .map_err(|source| RunError::Bind { what, source })?;
+            l.fds.push(s.as_raw_fd());
+            mine.push(s);
+        }
+        l.announce.push(format!("pool {} {addr}", p.name));
+        l.pools.push((p.name.clone(), mine));
     }
     if let Some(path) = &cfg.unix_socket {
         let what = path.display().to_string();
@@ -595,12 +636,19 @@ fn bind_all(cfg: &Config, threads: usize) -> Result<Listeners, RunError> {
         l.unix.insert(0, u);
         l.announce.push(format!("unix {what}"));
     }
-    if l.tcp.is_empty() && l.unix.is_empty() && l.tls.is_empty() {
+    if l.tcp.is_empty() && l.unix.is_empty() && l.tls.is_empty() && l.pools.is_empty() {
         return Err(RunError::Setup(
             "nothing to listen on: -p 0 disables TCP, so give -f PATH or --bind ADDR:PORT".into(),
         ));
     }
     Ok(l)
+}
+
+/// The addresses of the pools' own listeners.
+fn pool_addrs(cfg: &Config) -> impl Iterator<Item = SocketAddr> + '_ {
+    cfg.pools
+        .iter()
+        .filter_map(|p| p.listen.as_deref()?.parse().ok())
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -301,7 +301,13 @@ impl Topology {
     /// The primary and (if backups exist) the backup of `key`, as the
     /// router places it (`base64`: a meta `b` key, placed by its bytes).
     pub fn replicas(&self, key: &[u8], base64: bool) -> Replicas {
-        let r = self.router.route_key(key, base64);
+        self.replicas_in(None, key, base64)
+    }
+
+    /// [`Topology::replicas`] in pool `pool` when given (a client on that
+    /// pool's own listener).
+    pub fn replicas_in(&self, pool: Option<usize>, key: &[u8], base64: bool) -> Replicas {
+        let r = self.router.route_key_in(pool, key, base64);
         Replicas {
             primary: ServerId(r.primary),
             backup: r.backup.map(ServerId),

@@ -570,6 +570,8 @@ impl Memring {
                     } else if let Some(p) = l.strip_prefix("listening on unix ") {
                         unix.get_or_insert(PathBuf::from(p));
                         listen_lines.push(l.to_string());
+                    } else if l.starts_with("listening on ") {
+                        listen_lines.push(l.to_string());
                     }
                     // Anything else on stdout is ignored.
                 }

@@ -39,6 +39,8 @@ pub(super) struct Client {
     /// The transport: None for plain bytes, or the TLS session the bytes
     /// go through.
     tls: Option<Box<TlsSession>>,
+    /// The listener it came in on (a pool's own places its keys there).
+    listener: usize,
     /// The part of the process-wide input gauge that is this client's.
     charged: usize,
     iov: Vec<libc::iovec>,
@@ -67,12 +69,14 @@ impl Client {
         budget: usize,
         now: std::time::Instant,
         tls: Option<Box<TlsSession>>,
+        listener: usize,
     ) -> Client {
         Client {
             fd,
             gen,
             conn: ClientConn::new(budget, now),
             tls,
+            listener,
             charged: 0,
             iov: Vec::new(),
             recv_armed: false,
@@ -228,7 +232,7 @@ impl Core {
         }
         let idx = self
             .clients
-            .insert(Client::new(fd, gen, cx.client_budget, cx.now, tls));
+            .insert(Client::new(fd, gen, cx.client_budget, cx.now, tls, li));
         cx.stats()
             .curr_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -434,7 +438,7 @@ impl Core {
             keys,
         };
         let mut fx = std::mem::take(&mut self.fx);
-        let machine = self.machine_for(cx, req, admin, &mut fx);
+        let machine = self.machine_for(cx, cref, req, admin, &mut fx);
         self.launch(d, cx, machine, Some(cref), plan, &mut fx);
         self.fx = fx;
     }
@@ -444,10 +448,17 @@ impl Core {
     fn machine_for(
         &mut self,
         cx: &Ctx,
+        cref: ClientRef,
         req: ClientRequest,
         plan: Option<AdminPlan>,
         fx: &mut Vec<crate::proxy::machine::Effect>,
     ) -> Machine {
+        // A client of a pool's own listener has its keys placed in that pool.
+        let pool = self
+            .clients
+            .get(cref.idx)
+            .and_then(|c| self.listeners.get(c.listener))
+            .and_then(|l| l.pool);
         self.servers.clear();
         if req.r.verb == Verb::FlushAll || plan.is_some() {
             self.servers
@@ -463,12 +474,12 @@ impl Core {
         self.replicas.clear();
         for k in req.keys.as_slice() {
             let key = req.bytes.get(k.clone()).unwrap_or_default();
-            self.replicas.push(cx.topo.replicas(key, false));
+            self.replicas.push(cx.topo.replicas_in(pool, key, false));
         }
         if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
             let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
             self.replicas
-                .push(cx.topo.replicas(key, req.key_is_base64()));
+                .push(cx.topo.replicas_in(pool, key, req.key_is_base64()));
         }
         Machine::start(req, &self.replicas, &self.servers, &view, fx)
     }
@@ -630,7 +641,7 @@ impl Core {
             return;
         }
         let mut fx = std::mem::take(&mut self.fx);
-        let machine = self.machine_for(cx, req, plan, &mut fx);
+        let machine = self.machine_for(cx, cref, req, plan, &mut fx);
         self.launch(d, cx, machine, Some(cref), None, &mut fx);
         self.fx = fx;
     }

@@ -263,6 +263,12 @@ struct Listener {
     armed: bool,
     /// Its clients speak TLS.
     tls: bool,
+    /// A pool's own listener: its name, and its index in the current
+    /// topology's router (found again at each reload; None once a reload
+    /// removed the pool, and its clients' keys are placed as on the main
+    /// listener).
+    pool_name: Option<String>,
+    pool: Option<usize>,
 }
 
 /// A core's listeners, kept open for the core's lifetime.
@@ -271,6 +277,8 @@ pub(super) struct Listeners {
     /// `--tls-listen`: its clients speak TLS.
     pub tls: Option<TcpListener>,
     pub unix: Option<UnixListener>,
+    /// Pools' own listeners: (pool name, this core's listener).
+    pub pools: Vec<(String, TcpListener)>,
 }
 
 /// Run one core until the process exits. Reports readiness (or the error
@@ -335,20 +343,31 @@ pub(super) fn run_core<D: Driver>(
         control_rx,
     };
     st.install(&mut d, &mut cx, topo);
-    let fds: Vec<(RawFd, bool)> = listeners
+    let fds: Vec<(RawFd, bool, Option<String>)> = listeners
         .tcp
         .iter()
-        .map(|l| (l.as_raw_fd(), false))
-        .chain(listeners.tls.iter().map(|l| (l.as_raw_fd(), true)))
-        .chain(listeners.unix.iter().map(|l| (l.as_raw_fd(), false)))
+        .map(|l| (l.as_raw_fd(), false, None))
+        .chain(listeners.tls.iter().map(|l| (l.as_raw_fd(), true, None)))
+        .chain(listeners.unix.iter().map(|l| (l.as_raw_fd(), false, None)))
+        .chain(
+            listeners
+                .pools
+                .iter()
+                .map(|(name, l)| (l.as_raw_fd(), false, Some(name.clone()))),
+        )
         .collect();
-    for (fd, tls) in fds {
+    for (fd, tls, pool_name) in fds {
         let i = st.listeners.len();
         d.accept(token(Op::Listener, i, 0), fd);
+        let pool = pool_name
+            .as_deref()
+            .and_then(|n| cx.topo.router.pool_index(n));
         st.listeners.push(Listener {
             fd,
             armed: true,
             tls,
+            pool_name,
+            pool,
         });
     }
     let _ = ready.send(Ok(d.describe()));
@@ -687,6 +706,12 @@ impl Core {
             };
             kept.insert(key, conns.clone());
             pools.push(conns);
+        }
+        for l in &mut self.listeners {
+            l.pool = l
+                .pool_name
+                .as_deref()
+                .and_then(|n| topo.router.pool_index(n));
         }
         let gone: Vec<usize> = self.by_name.drain().flat_map(|(_, v)| v).collect();
         for c in gone {
