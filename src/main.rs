@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         };
     }
     if cfg.check {
+        for n in &cfg.notes {
+            eprintln!("memring: {n}");
+        }
         return match memring::server::check(&cfg) {
             Ok(()) => {
                 println!("configuration ok");
@@ -52,6 +55,9 @@ fn main() -> ExitCode {
         }
     }
     init_logging(cfg.verbose, cfg.log_level.as_deref());
+    for n in &cfg.notes {
+        tracing::warn!("config file: {n}");
+    }
     match memring::server::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

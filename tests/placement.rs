@@ -43,24 +43,7 @@ fn memring_ketama_finds_every_key_nutcracker_placed() {
     }
     let conf_path = dir.path().join("nutcracker.yml");
     std::fs::write(&conf_path, conf).expect("write nutcracker config");
-    let child = Command::new(nutcracker_path())
-        .args([
-            "-c",
-            conf_path.to_str().expect("utf8"),
-            "-s",
-            &free_port().to_string(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start nutcracker");
-    let _nut = Nutcracker(child);
-    let mut nut = wait_for(Duration::from_secs(10), || {
-        let mut c = Client::try_tcp(format!("127.0.0.1:{port}").parse().ok()?).ok()?;
-        (c.try_request(b"get probe\r\n").ok()? == b"END\r\n").then_some(c)
-    })
-    .expect("nutcracker answers");
+    let (_nut, mut nut) = start_nutcracker(&conf_path, port);
     let keys: Vec<String> = (0..300)
         .map(|i| format!("fleet:{i}:{}", i * 7919))
         .collect();
@@ -89,5 +72,107 @@ fn memring_ketama_finds_every_key_nutcracker_placed() {
     assert!(
         used.iter().all(|n| *n > 30),
         "keys spread over all servers: {used:?}"
+    );
+}
+
+/// Start nutcracker on `conf` and wait until its pool listening on `port`
+/// answers.
+fn start_nutcracker(conf: &std::path::Path, port: u16) -> (Nutcracker, Client) {
+    let child = Command::new(nutcracker_path())
+        .args([
+            "-c",
+            conf.to_str().expect("utf8"),
+            "-s",
+            &free_port().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nutcracker");
+    let guard = Nutcracker(child);
+    let c = wait_for(Duration::from_secs(10), || {
+        let mut c = Client::try_tcp(format!("127.0.0.1:{port}").parse().ok()?).ok()?;
+        (c.try_request(b"get probe\r\n").ok()? == b"END\r\n").then_some(c)
+    })
+    .expect("nutcracker answers");
+    (guard, c)
+}
+
+/// The same nutcracker YAML file, unchanged, drives nutcracker and memring
+/// (`--config x.yml`): named servers, nutcracker's default hash (fnv1a_64,
+/// not given in the file) and a hash tag; every key nutcracker placed is
+/// found through memring, and memring notes the keys it ignores.
+#[test]
+fn the_same_nutcracker_yaml_places_keys_alike() {
+    let servers = Memcached::cluster(3, "1m");
+    let dir = TempDir::new("nutcracker-yaml");
+    let port = free_port();
+    let mut conf = format!(
+        "pool:\n  listen: 127.0.0.1:{port}\n  distribution: ketama\n  hash_tag: \"{{}}\"\n  preconnect: true\n  timeout: 2000\n  servers:\n"
+    );
+    for (i, s) in servers.iter().enumerate() {
+        conf.push_str(&format!("    - {}:1 cache-{i}\n", s.server_arg()));
+    }
+    let conf_path = dir.path().join("nutcracker.yml");
+    std::fs::write(&conf_path, conf).expect("write nutcracker config");
+    let (_nut, mut nut) = start_nutcracker(&conf_path, port);
+    let keys: Vec<String> = (0..300)
+        .map(|i| format!("user:{{{}}}:{i}", i % 37))
+        .collect();
+    for k in &keys {
+        assert_eq!(
+            nut.request(&set_cmd(k, k.as_bytes())),
+            b"STORED\r\n".to_vec(),
+            "{k} via nutcracker"
+        );
+    }
+    // The file's listen is nutcracker's port: memring's --bind wins over it.
+    let proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "--config",
+        conf_path.to_str().expect("utf8"),
+    ]);
+    let mut c = proxy.client();
+    for k in &keys {
+        assert_eq!(
+            c.request(format!("get {k}\r\n").as_bytes()),
+            value_reply(k, 0, k.as_bytes()),
+            "{k} placed by nutcracker is found through memring"
+        );
+    }
+    let log = proxy.stderr();
+    assert!(log.contains("preconnect is ignored"), "{log}");
+}
+
+/// A nutcracker file's second pool listens where the file says, and keys
+/// sent there land in its servers.
+#[test]
+fn a_nutcracker_yaml_second_pool_gets_its_listener() {
+    let first = Memcached::start();
+    let second = Memcached::start();
+    let dir = TempDir::new("nutcracker-pools");
+    let beta = free_port();
+    let conf = format!(
+        "alpha:\n  listen: 127.0.0.1:0\n  servers:\n    - {}:1\nbeta:\n  listen: 127.0.0.1:{beta}\n  distribution: modula\n  servers:\n    - {}:1\n",
+        first.server_arg(),
+        second.server_arg()
+    );
+    let conf_path = dir.path().join("two.yaml");
+    std::fs::write(&conf_path, conf).expect("write config");
+    let proxy = Memring::start(&["-D", "--config", conf_path.to_str().expect("utf8")]);
+    let mut a = proxy.client();
+    let mut b = Client::tcp(format!("127.0.0.1:{beta}").parse().expect("addr"));
+    assert_eq!(a.request(&set_cmd("k", b"a")), b"STORED\r\n".to_vec());
+    assert_eq!(b.request(&set_cmd("k", b"b")), b"STORED\r\n".to_vec());
+    assert_eq!(
+        first.client().request(b"get k\r\n"),
+        value_reply("k", 0, b"a")
+    );
+    assert_eq!(
+        second.client().request(b"get k\r\n"),
+        value_reply("k", 0, b"b")
     );
 }

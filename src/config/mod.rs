@@ -17,6 +17,7 @@ use crate::route::Distribution;
 mod cli;
 pub use cli::command;
 mod file;
+mod nutcracker;
 mod value;
 
 pub use value::{
@@ -243,6 +244,9 @@ pub struct Config {
     pub server_tls_cert: Option<PathBuf>,
     /// `--server-tls-key`: its private key (PEM).
     pub server_tls_key: Option<PathBuf>,
+    /// Notes on the config file for the log (a nutcracker YAML's keys that
+    /// were ignored, settings taken from its first pool).
+    pub notes: Vec<String>,
     /// The command line this was parsed from (empty when built by hand);
     /// [`reload`] re-applies it over the re-read file so flags keep winning.
     pub argv: Vec<OsString>,
@@ -722,6 +726,7 @@ impl Layer {
             server_tls_ca: self.server_tls_ca,
             server_tls_cert: self.server_tls_cert,
             server_tls_key: self.server_tls_key,
+            notes: Vec::new(),
             argv: Vec::new(),
         }
     }
@@ -745,22 +750,36 @@ where
 {
     let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
     let cli = cli::parse(&argv)?;
-    let (layer, config_file) = match &cli.config {
+    let (layer, config_file, notes) = match &cli.config {
         Some(path) => {
-            let file = file::load(path)?;
+            let (file, notes) = load_file(path)?;
             // Absolute, so that SIGHUP still finds it after a chdir.
             let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
-            (cli.layer.over(file), Some(abs))
+            (cli.layer.over(file), Some(abs), notes)
         }
-        None => (cli.layer, None),
+        None => (cli.layer, None, Vec::new()),
     };
     let mut cfg = layer.finish();
+    cfg.notes = notes;
     cfg.config_file = config_file;
     cfg.check = cli.check;
     cfg.route = cli.route;
     cfg.argv = argv;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// Read a config file: memring's TOML, or a nutcracker YAML file (by its
+/// `.yml`/`.yaml` name) read unchanged, with notes on what it ignored.
+fn load_file(path: &Path) -> Result<(Layer, Vec<String>), ConfigError> {
+    let yaml = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"));
+    if yaml {
+        nutcracker::load(path)
+    } else {
+        Ok((file::load(path)?, Vec::new()))
+    }
 }
 
 /// Parse `host:port[:weight]`, `[v6]:port[:weight]`.
@@ -883,7 +902,9 @@ pub fn reload_with_report(
     } else {
         cli::parse(&base.argv)?.layer
     };
-    let mut new = cli.over(file::load(path)?).finish();
+    let (file, notes) = load_file(path)?;
+    let mut new = cli.over(file).finish();
+    new.notes = notes;
     new.config_file = Some(path.to_path_buf());
     new.check = false;
     new.argv = base.argv.clone();

@@ -827,6 +827,9 @@ fn reload(shared: &Arc<Shared>) {
             return;
         }
     };
+    for n in &cfg.notes {
+        tracing::warn!(file = %path.display(), "{n}");
+    }
     for setting in kept {
         tracing::warn!(
             file = %path.display(),
