@@ -314,7 +314,7 @@ beta:
             ("a:\n  listen: 127.0.0.1:1\n", "no servers"),
             ("- 1\n", "not a nutcracker"),
         ] {
-            let e = parse(yml, Path::new("n.yml")).err().expect(why);
+            let e = parse(yml, Path::new("n.yml")).expect_err(why);
             assert!(e.msg.contains(why), "{why}: {}", e.msg);
         }
         let (layer, _) = parse(
