@@ -699,12 +699,14 @@ mod tests {
                     port: 11211,
                     weight: 1,
                     alias: None,
+                    set: false,
                 },
                 crate::config::ServerAddr {
                     host: "::1".into(),
                     port: 11212,
                     weight: 3,
                     alias: None,
+                    set: false,
                 },
             ],
             ..Config::default()

@@ -73,13 +73,18 @@ pub struct ServerAddr {
     pub weight: u32,
     /// The name it is placed by (nutcracker's `host:port:weight name`).
     pub alias: Option<String>,
+    /// `dns+NAME:PORT`: every address NAME resolves to is a server (a
+    /// Kubernetes headless service), followed as the records change.
+    pub set: bool,
 }
 
 impl ServerAddr {
     /// The name hashed onto the ring: `host:port` exactly as memcached clients
-    /// write it (`[v6]:port` for IPv6 literals).
+    /// write it (`[v6]:port` for IPv6 literals); a set's is `dns+host:port`.
     pub fn name(&self) -> String {
-        if self.host.contains(':') {
+        if self.set {
+            format!("dns+{}:{}", self.host, self.port)
+        } else if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)

@@ -9,6 +9,7 @@ fn sa(host: &str, port: u16, weight: u32) -> ServerAddr {
         port,
         weight,
         alias: None,
+        set: false,
     }
 }
 
@@ -1142,4 +1143,25 @@ fn tls_settings_fit_together() {
     assert_eq!(c.tls_handshake_timeout, Duration::from_secs(2));
     assert!(c.server_tls);
     assert_eq!(c.server_tls_ca.as_deref(), Some(Path::new("ca.pem")));
+}
+
+#[test]
+fn dns_sets_are_servers_by_every_address_of_a_name() {
+    let s = value::server("dns+memcached.cache.svc:11211:2").expect("a set");
+    assert!(s.set);
+    assert_eq!(
+        (s.host.as_str(), s.port, s.weight),
+        ("memcached.cache.svc", 11211, 2)
+    );
+    assert_eq!(s.name(), "dns+memcached.cache.svc:11211");
+    for (bad, why) in [
+        ("dns+10.0.0.1:11211", "host name"),
+        ("dns+svc:11211:1 name", "drop the name"),
+        ("dns+svc", "port"),
+    ] {
+        let e = value::server(bad).expect_err(bad);
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    let c = parse("memring -s dns+svc.test:11211 -b 127.0.0.1:2").expect("parse");
+    assert!(c.servers[0].set && !c.backups[0].set);
 }

@@ -29,6 +29,18 @@ pub const MAX_UNIX_PATH: usize = 107;
 
 /// Parse `host:port[:weight]` or `[v6]:port[:weight]`.
 pub(crate) fn server(s: &str) -> Result<ServerAddr, String> {
+    if let Some(rest) = s.trim().strip_prefix("dns+") {
+        // Every address of the name is a server: placed by its address.
+        let mut a = server(rest)?;
+        if a.alias.is_some() {
+            return Err("a dns+ set's servers are named by their addresses; drop the name".into());
+        }
+        if a.host.parse::<std::net::IpAddr>().is_ok() {
+            return Err("dns+ needs a host name, not an address".into());
+        }
+        a.set = true;
+        return Ok(a);
+    }
     // nutcracker's `host:port:weight name`: the name places the server.
     let (s, alias) = match s.trim().split_once(' ') {
         Some((addr, name)) => {
@@ -89,6 +101,7 @@ pub(crate) fn server(s: &str) -> Result<ServerAddr, String> {
         port,
         weight,
         alias,
+        set: false,
     })
 }
 

@@ -427,7 +427,7 @@ pub(super) fn spawn_dns(shared: Arc<Shared>) -> std::io::Result<()> {
         .map(drop)
 }
 
-fn dns_loop(shared: &Shared) {
+fn dns_loop(shared: &Arc<Shared>) {
     let mut last = Instant::now();
     // Ends with the process (checked every 100 ms).
     while !shared.stopping.load(Ordering::Relaxed) {
@@ -441,19 +441,19 @@ fn dns_loop(shared: &Shared) {
     }
 }
 
-/// Resolve every named server once; install a topology with the new
-/// addresses when any changed.
-fn refresh_addresses(shared: &Shared) {
+/// Resolve every named server and every `dns+` set once; install a
+/// topology when an address or a set's membership changed. A membership
+/// change moves keys: the servers are swept as after a reload.
+fn refresh_addresses(shared: &Arc<Shared>) {
     use std::net::ToSocketAddrs;
     let _updating = shared.updating.lock().unwrap_or_else(|e| e.into_inner());
     let topo = shared.current();
-    let cfg = &topo.config;
     let mut moved = Vec::new();
-    for (addr, info) in cfg.servers.iter().chain(&cfg.backups).zip(&topo.servers) {
-        if addr.host.parse::<std::net::IpAddr>().is_ok() {
+    for info in &topo.servers {
+        let Some(host) = &info.host else {
             continue;
-        }
-        match (addr.host.as_str(), addr.port)
+        };
+        match (host.as_str(), info.addr.port())
             .to_socket_addrs()
             .map(|mut a| a.next())
         {
@@ -465,17 +465,51 @@ fn refresh_addresses(shared: &Shared) {
             }
         }
     }
-    if moved.is_empty() {
+    let mut regrown = Vec::new();
+    for (name, members) in &topo.sets {
+        let Some((host, port)) = name
+            .strip_prefix("dns+")
+            .and_then(|hp| hp.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        else {
+            continue;
+        };
+        match super::topology::resolve_all(host, port) {
+            Ok(now) if now != *members => regrown.push((name, members, now)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(set = %name, error = %e, "cannot resolve a dns+ set: keeping its last members")
+            }
+        }
+    }
+    if moved.is_empty() && regrown.is_empty() {
         return;
     }
-    match Topology::build(cfg, Some(&topo), shared.started) {
+    match Topology::build(&topo.config, Some(&topo), shared.started) {
         Ok(t) => {
             for (info, now) in moved {
                 info.health.addr_changes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(target: super::LIFECYCLE, server = %info.name, from = %info.addr, to = %now, "server address changed: new connections go to the new address");
             }
-            let _ = t.settle_after(&topo);
+            for (name, was, now) in regrown {
+                let added: Vec<String> = now
+                    .iter()
+                    .filter(|a| !was.contains(a))
+                    .map(|a| a.to_string())
+                    .collect();
+                let removed: Vec<String> = was
+                    .iter()
+                    .filter(|a| !now.contains(a))
+                    .map(|a| a.to_string())
+                    .collect();
+                tracing::info!(target: super::LIFECYCLE, set = %name, added = %added.join(" "), removed = %removed.join(" "), "dns+ set membership changed");
+            }
+            let keys_moved = t.settle_after(&topo);
+            let generation = t.generation;
             shared.swap_topology(t);
+            if keys_moved {
+                spawn_sweep(shared.clone(), generation);
+            }
         }
         Err(e) => {
             tracing::warn!(error = %e, "address refresh failed; keeping the running topology")

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::exclusive::Sections;
-use crate::config::Config;
+use crate::config::{Config, ServerAddr};
 use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::proxy::machine::Replicas;
 use crate::route::router::{Placement, PoolSpec};
@@ -44,6 +44,10 @@ pub(crate) struct ServerInfo {
     /// The name its TLS certificate must carry (its host as configured),
     /// when `--server-tls` is on.
     pub tls_name: Option<rustls::pki_types::ServerName<'static>>,
+    /// The host name it was given by, re-resolved every `--dns-refresh`
+    /// (None for an address, and for a `dns+` set's members: the set is
+    /// resolved instead).
+    pub host: Option<String>,
 }
 
 /// Timeouts and health tunables that a reload may change.
@@ -80,6 +84,8 @@ pub(crate) struct Topology {
     /// re-reads certificates and keys; a file that fails keeps the running
     /// ones).
     pub tls: TlsConfigs,
+    /// Each `dns+` set (by name) and its members, sorted.
+    pub sets: Vec<(String, Vec<SocketAddr>)>,
 }
 
 /// Wakes the prober thread when a server turns suspect, so that its probe
@@ -111,15 +117,57 @@ impl Topology {
     ) -> Result<Topology, TopologyError> {
         let tls = TlsConfigs::load(cfg).map_err(TopologyError::Tls)?;
         let mut servers = Vec::new();
+        // `dns+` sets become their members (resolved now, or as the
+        // previous topology had them when the name does not resolve).
+        let mut sets = Vec::new();
+        let mut expand = |list: &[ServerAddr]| -> Result<Vec<ServerAddr>, TopologyError> {
+            let mut out = Vec::with_capacity(list.len());
+            for s in list {
+                if !s.set {
+                    out.push(s.clone());
+                    continue;
+                }
+                let name = s.name();
+                let members = match resolve_all(&s.host, s.port) {
+                    Ok(m) => m,
+                    Err(source) => match previous.and_then(|p| p.set_members(&name)) {
+                        Some(kept) => {
+                            tracing::warn!(set = %name, error = %source, "cannot resolve a dns+ set: keeping its last members");
+                            kept.to_vec()
+                        }
+                        None => {
+                            return Err(TopologyError::Resolve {
+                                server: name,
+                                source,
+                            })
+                        }
+                    },
+                };
+                out.extend(members.iter().map(|a| ServerAddr {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                    weight: s.weight,
+                    alias: None,
+                    set: false,
+                }));
+                sets.push((name, members));
+            }
+            Ok(out)
+        };
+        let default = (expand(&cfg.servers)?, expand(&cfg.backups)?);
+        let mut pooled = Vec::with_capacity(cfg.pools.len());
+        for p in &cfg.pools {
+            pooled.push((expand(&p.servers)?, expand(&p.backups)?));
+        }
         // The router's numbering: each pool's primaries, then its backups,
         // the default pool first.
         let mut lists = vec![
-            ("default", Role::Primary, &cfg.servers),
-            ("default", Role::Backup, &cfg.backups),
+            ("default", Role::Primary, &default.0),
+            ("default", Role::Backup, &default.1),
         ];
-        for p in &cfg.pools {
-            lists.push((p.name.as_str(), Role::Primary, &p.servers));
-            lists.push((p.name.as_str(), Role::Backup, &p.backups));
+        for (p, (primaries, backups)) in cfg.pools.iter().zip(&pooled) {
+            lists.push((p.name.as_str(), Role::Primary, primaries));
+            lists.push((p.name.as_str(), Role::Backup, backups));
         }
         for (pool, role, list) in lists {
             for s in list.iter() {
@@ -170,6 +218,11 @@ impl Topology {
                     health,
                     metrics,
                     tls_name,
+                    host: s
+                        .host
+                        .parse::<std::net::IpAddr>()
+                        .is_err()
+                        .then(|| s.host.clone()),
                 });
             }
         }
@@ -194,17 +247,22 @@ impl Topology {
         let all: Vec<(String, Placement, Vec<Member>, Vec<Member>)> = std::iter::once((
             "default".to_string(),
             placement(cfg.distribution, cfg.hash, &cfg.hash_tag),
-            members(&cfg.servers),
-            members(&cfg.backups),
+            members(&default.0),
+            members(&default.1),
         ))
-        .chain(cfg.pools.iter().map(|p| {
-            (
-                p.name.clone(),
-                placement(p.distribution, p.hash, &p.hash_tag),
-                members(&p.servers),
-                members(&p.backups),
-            )
-        }))
+        .chain(
+            cfg.pools
+                .iter()
+                .zip(&pooled)
+                .map(|(p, (primaries, backups))| {
+                    (
+                        p.name.clone(),
+                        placement(p.distribution, p.hash, &p.hash_tag),
+                        members(primaries),
+                        members(backups),
+                    )
+                }),
+        )
         .collect();
         let specs: Vec<PoolSpec<'_>> = all
             .iter()
@@ -242,7 +300,17 @@ impl Topology {
             config: Arc::new(cfg.clone()),
             bell: previous.map_or_else(Arc::default, |p| p.bell.clone()),
             tls,
+            sets,
         })
+    }
+
+    /// The members a `dns+` set (by its name) had when this topology was
+    /// built.
+    pub fn set_members(&self, name: &str) -> Option<&[SocketAddr]> {
+        self.sets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, m)| m.as_slice())
     }
 
     /// How the control plane reaches server `i` (None: no such server).
@@ -260,7 +328,8 @@ impl Topology {
     /// distribution, hash or hash tag.
     pub fn placement_changed(&self, previous: &Topology) -> bool {
         let (a, b) = (&previous.config, &self.config);
-        a.servers != b.servers
+        previous.sets != self.sets
+            || a.servers != b.servers
             || a.backups != b.backups
             || a.pools != b.pools
             || a.routes != b.routes
@@ -341,6 +410,22 @@ impl Topology {
     pub fn health(&self, id: ServerId) -> &Health {
         &self.servers[id.index()].health
     }
+}
+
+/// Every address `host` resolves to, sorted and without repeats (a `dns+`
+/// set's members); an error when there is none.
+pub(crate) fn resolve_all(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut all: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    all.sort_unstable();
+    all.dedup();
+    if all.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no address",
+        ));
+    }
+    Ok(all)
 }
 
 fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
