@@ -169,8 +169,9 @@ fn dpkg_installs_a_working_memring_with_its_unit_config_and_user() {
     let status = run_ok(Command::new("dpkg").args(["-s", "memring"]));
     assert!(status.contains("Status: install ok installed"), "{status}");
 
-    // Stripped: no symbol table, and a size far from the 18 MB of an
-    // unstripped build.
+    // Stripped: no symbol table, and a size far from the 80 MB of an
+    // unstripped build of this profile (with rustls, ring and the YAML
+    // reader the stripped one is about 13 MB).
     let sections = run_ok(Command::new("readelf").args(["-S", "-W", "/usr/bin/memring"]));
     assert!(
         !sections.contains(".symtab"),
@@ -179,7 +180,7 @@ fn dpkg_installs_a_working_memring_with_its_unit_config_and_user() {
     let size = std::fs::metadata("/usr/bin/memring")
         .expect("installed")
         .len();
-    assert!(size < 12 << 20, "/usr/bin/memring is {size} bytes");
+    assert!(size < 20 << 20, "/usr/bin/memring is {size} bytes");
     let copyright = std::fs::read_to_string("/usr/share/doc/memring/copyright").expect("copyright");
     assert!(copyright.contains("MIT License"), "{copyright}");
     // From the package itself: images often exclude /usr/share/man from
