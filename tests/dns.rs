@@ -100,6 +100,22 @@ fn memcached_on(ip: &str, port: u16) -> Server {
     guard
 }
 
+/// memring in front of `server` (a name or a `dns+` set), resolving it
+/// again every 200 ms, with `extra`.
+fn proxy_following(server: &str, extra: &[&str]) -> Memring {
+    let mut args = vec![
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "-s",
+        server,
+        "--dns-refresh",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    Memring::start(&args)
+}
+
 fn holds(ip: &str, port: u16, key: &str) -> bool {
     let mut c = Client::tcp(format!("{ip}:{port}").parse().expect("addr"));
     c.request(format!("get {key}\r\n").as_bytes()) != b"END\r\n"
@@ -114,19 +130,9 @@ fn a_server_name_that_moves_is_followed_and_a_failed_lookup_keeps_the_last_addre
     let _b = memcached_on("127.0.0.2", port);
     hosts.set(Some("127.0.0.1"));
     let server = format!("{name}:{port}");
-    let mut args: Vec<String> = [
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "-s",
-        &server,
-        "--dns-refresh",
-        "200ms",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(FAST_FAILOVER.map(String::from));
-    let proxy = Memring::start(&args);
+    // The first move is followed on the connections it fails: quick
+    // failover keeps the test short.
+    let proxy = proxy_following(&server, &FAST_FAILOVER);
     let mut c = proxy.client();
     assert_eq!(c.request(&set_cmd("before", b"1")), b"STORED\r\n".to_vec());
     assert!(holds("127.0.0.1", port, "before"));
@@ -173,20 +179,9 @@ fn a_dns_set_follows_its_members_without_stale_reads() {
     let _servers: Vec<Server> = ips.iter().map(|ip| memcached_on(ip, port)).collect();
     hosts.set_all(&ips[..2]);
     let set = format!("dns+{name}:{port}");
-    let mut args: Vec<String> = [
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "-k",
-        "-s",
-        &set,
-        "--dns-refresh",
-        "200ms",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(FAST_FAILOVER.map(String::from));
-    let proxy = Memring::start(&args);
+    // Default timeouts: writes without a backup must not time out on a
+    // busy machine.
+    let proxy = proxy_following(&set, &["-k"]);
     let mut c = proxy.client();
     let servers = |c: &mut Client| stat_u64(&proxy_stats(c), "proxy_servers");
     assert_eq!(servers(&mut c), 2);

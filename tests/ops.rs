@@ -107,18 +107,11 @@ fn sigterm_finishes_requests_in_flight_then_exits_0() {
 fn sighup_reloads_servers_and_keeps_healthy_connections() {
     let a = Memcached::start();
     let b = Memcached::start();
-    let dir = TempDir::new("reload");
-    let file = dir.path().join("memring.toml");
-    std::fs::write(&file, format!("servers = [\"{}\"]\n", a.server_arg())).expect("write config");
-    let proxy = Memring::start(&[
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--config",
-        file.to_str().expect("utf8"),
-    ]);
+    let (_dir, file) = config_file(
+        "memring.toml",
+        &format!("servers = [\"{}\"]\n", a.server_arg()),
+    );
+    let proxy = Memring::with_config(&file, &["--threads", "1"]);
     let mut c = proxy.client();
     assert_eq!(c.request(&set_cmd("k1", b"one")), b"STORED\r\n".to_vec());
     assert_eq!(

@@ -128,13 +128,7 @@ fn the_same_nutcracker_yaml_places_keys_alike() {
         );
     }
     // The file's listen is nutcracker's port: memring's --bind wins over it.
-    let proxy = Memring::start(&[
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        conf_path.to_str().expect("utf8"),
-    ]);
+    let proxy = Memring::with_config(&conf_path, &[]);
     let mut c = proxy.client();
     for k in &keys {
         assert_eq!(

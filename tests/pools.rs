@@ -21,31 +21,22 @@ fn prefix_routes_send_keys_to_their_pool_and_everything_else_to_default() {
     let sessions = Memcached::start();
     let sessions_backup = Memcached::start();
     let carts = Memcached::start();
-    let dir = TempDir::new("pools");
-    let file = dir.path().join("memring.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "servers = [\"{}\", \"{}\"]\n\
-             [pools.sessions]\nservers = [\"{}\"]\nbackups = [\"{}\"]\ndistribution = \"ketama\"\nhash = \"fnv1a_64\"\n\
-             [pools.carts]\nservers = [\"{}\"]\n\
-             [[routes]]\nprefix = \"s:\"\npool = \"sessions\"\n\
-             [[routes]]\nprefix = \"s:cart:\"\npool = \"carts\"\n",
-            d[0].server_arg(),
-            d[1].server_arg(),
-            sessions.server_arg(),
-            sessions_backup.server_arg(),
-            carts.server_arg()
-        ),
-    )
-    .expect("write config");
-    let proxy = Memring::start(&[
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        file.to_str().expect("utf8"),
-    ]);
+    let (_dir, file) = config_file(
+        "memring.toml",
+        &format!(
+        "servers = [\"{}\", \"{}\"]\n\
+         [pools.sessions]\nservers = [\"{}\"]\nbackups = [\"{}\"]\ndistribution = \"ketama\"\nhash = \"fnv1a_64\"\n\
+         [pools.carts]\nservers = [\"{}\"]\n\
+         [[routes]]\nprefix = \"s:\"\npool = \"sessions\"\n\
+         [[routes]]\nprefix = \"s:cart:\"\npool = \"carts\"\n",
+        d[0].server_arg(),
+        d[1].server_arg(),
+        sessions.server_arg(),
+        sessions_backup.server_arg(),
+        carts.server_arg()
+    ),
+    );
+    let proxy = Memring::with_config(&file, &[]);
     let mut c = proxy.client();
     let mut get_line = String::from("get");
     for i in 0..30 {
@@ -144,26 +135,17 @@ fn a_pool_with_its_own_listener_places_every_key_there() {
     let d = Memcached::start();
     let carts = Memcached::start();
     let carts_backup = Memcached::start();
-    let dir = TempDir::new("pool-listen");
-    let file = dir.path().join("memring.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let (_dir, file) = config_file(
+        "memring.toml",
+        &format!(
             "servers = [\"{}\"]\n\
-             [pools.carts]\nservers = [\"{}\"]\nbackups = [\"{}\"]\nlisten = \"127.0.0.1:0\"\n",
+         [pools.carts]\nservers = [\"{}\"]\nbackups = [\"{}\"]\nlisten = \"127.0.0.1:0\"\n",
             d.server_arg(),
             carts.server_arg(),
             carts_backup.server_arg(),
         ),
-    )
-    .expect("write config");
-    let proxy = Memring::start(&[
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "--config",
-        file.to_str().expect("utf8"),
-    ]);
+    );
+    let proxy = Memring::with_config(&file, &[]);
     let mut main = proxy.client();
     let mut pool = Client::tcp(pool_listener(&proxy, "carts"));
     for i in 0..20 {
@@ -188,18 +170,15 @@ fn a_pool_with_its_own_listener_places_every_key_there() {
 #[test]
 fn a_pool_listener_on_a_taken_address_is_refused() {
     let d = Memcached::start();
-    let dir = TempDir::new("pool-listen-twin");
-    let file = dir.path().join("memring.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let (_dir, file) = config_file(
+        "memring.toml",
+        &format!(
             "servers = [\"{}\"]\nport = 23456\nlisten = \"127.0.0.1\"\n\
-             [pools.p]\nservers = [\"{}\"]\nlisten = \"127.0.0.1:23456\"\n",
+         [pools.p]\nservers = [\"{}\"]\nlisten = \"127.0.0.1:23456\"\n",
             d.server_arg(),
             d.server_arg()
         ),
-    )
-    .expect("write config");
+    );
     let out = Command::new(memring_path())
         .args(["--check", "--config", file.to_str().expect("utf8")])
         .output()

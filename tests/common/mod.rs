@@ -108,6 +108,15 @@ impl Drop for TempDir {
     }
 }
 
+/// A config file named `name` holding `text`, in a temporary directory
+/// that lives as long as the returned guard.
+pub fn config_file(name: &str, text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("config");
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).expect("write the config file");
+    (dir, file)
+}
+
 /// A loopback port that was free a moment ago. Racy by nature: callers must
 /// retry when the bind fails later (see `Memring::start_retrying_port`).
 pub fn free_port() -> u16 {
@@ -470,6 +479,15 @@ impl Memring {
     /// when set); panics with its stderr if it exits or is not ready in time.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Memring {
         Memring::try_start(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `memring -D --bind 127.0.0.1:0 <extra> --config <file>`.
+    pub fn with_config(file: &Path, extra: &[&str]) -> Memring {
+        let mut args: Vec<&str> = vec!["-D", "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        args.push("--config");
+        args.push(file.to_str().expect("a UTF-8 config path"));
+        Memring::start(&args)
     }
 
     /// Like `start`, but hands back the failure (with the captured stderr).
