@@ -51,6 +51,12 @@ pub const OUT_OF_MEMORY: &[u8] = b"SERVER_ERROR out of memory storing object\r\n
 /// Where a client connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// The transport's handshake (TLS) is under way: no request yet; the
+    /// connection is cut if it has not finished by `deadline`.
+    Handshaking {
+        /// When an unfinished handshake is given up.
+        deadline: Instant,
+    },
     /// Reading and serving requests.
     Open,
     /// The peer ended its side: what it sent is still served, then the
@@ -74,6 +80,17 @@ pub struct Limits {
     pub budget: usize,
     /// Stamp requests for the latency histograms.
     pub timing: bool,
+}
+
+/// Where a handshaking connection stands (see [`ClientConn::handshake_check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handshake {
+    /// Not handshaking (any more).
+    Done,
+    /// Still handshaking; look again by then.
+    Pending(Instant),
+    /// The deadline passed: the connection is closed (count it).
+    Expired,
 }
 
 /// The next thing the shell must do for this connection.
@@ -189,14 +206,42 @@ impl ClientConn {
         }
     }
 
+    /// A connection whose transport must finish a handshake by `deadline`
+    /// before it carries requests.
+    pub fn handshaking(budget: usize, now: Instant, deadline: Instant) -> ClientConn {
+        let mut c = ClientConn::new(budget, now);
+        c.phase = Phase::Handshaking { deadline };
+        c
+    }
+
+    /// The transport finished its handshake: requests may come.
+    pub fn handshake_done(&mut self) {
+        if matches!(self.phase, Phase::Handshaking { .. }) {
+            self.phase = Phase::Open;
+        }
+    }
+
+    /// Whether the handshake is done, pending, or just expired at `now` (the
+    /// connection is then closed).
+    pub fn handshake_check(&mut self, now: Instant) -> Handshake {
+        match self.phase {
+            Phase::Handshaking { deadline } if now >= deadline => {
+                self.phase = Phase::Closed;
+                Handshake::Expired
+            }
+            Phase::Handshaking { deadline } => Handshake::Pending(deadline),
+            _ => Handshake::Done,
+        }
+    }
+
     /// Where the connection is in its life.
     pub fn phase(&self) -> Phase {
         self.phase
     }
 
-    /// True when received bytes are still wanted.
+    /// True when received bytes are still wanted (a handshake's too).
     pub fn reading(&self) -> bool {
-        self.phase == Phase::Open
+        matches!(self.phase, Phase::Open | Phase::Handshaking { .. })
     }
 
     /// True when the binary protocol was detected.
@@ -224,10 +269,13 @@ impl ClientConn {
         self.sync_arrival();
     }
 
-    /// The peer ended its side: serve what it sent, then close.
+    /// The peer ended its side: serve what it sent, then close (at once
+    /// when it left during the handshake).
     pub fn peer_closed(&mut self) {
-        if self.phase == Phase::Open {
-            self.phase = Phase::Draining;
+        match self.phase {
+            Phase::Open => self.phase = Phase::Draining,
+            Phase::Handshaking { .. } => self.phase = Phase::Closed,
+            _ => {}
         }
     }
 
@@ -279,14 +327,14 @@ impl ClientConn {
     /// True when the shell should keep a receive armed: open and within
     /// budget.
     pub fn wants_input(&self, budget: usize, pending: usize) -> bool {
-        self.phase == Phase::Open && self.can_start(budget, pending)
+        self.reading() && self.can_start(budget, pending)
     }
 
     /// True when everything there was to answer is written out: the shell
     /// closes the connection once its own send has completed.
     pub fn finished(&self) -> bool {
         match self.phase {
-            Phase::Open => false,
+            Phase::Open | Phase::Handshaking { .. } => false,
             Phase::Draining | Phase::Closing => self.slots.is_empty() && self.out.is_empty(),
             Phase::Closed => true,
         }
@@ -369,7 +417,10 @@ impl ClientConn {
     /// A close is queued: nothing more is read or started, and what was
     /// buffered behind it is released.
     fn stop(&mut self) {
-        if matches!(self.phase, Phase::Open | Phase::Draining) {
+        if matches!(
+            self.phase,
+            Phase::Open | Phase::Draining | Phase::Handshaking { .. }
+        ) {
             self.phase = Phase::Closing;
         }
         self.rbuf = BytesMut::new();
@@ -530,7 +581,10 @@ impl ClientConn {
     ) -> Option<Next> {
         // Bounded by the buffered bytes: every pass consumes some or returns.
         loop {
-            if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            if matches!(
+                self.phase,
+                Phase::Closing | Phase::Closed | Phase::Handshaking { .. }
+            ) {
                 return None;
             }
             self.sync_arrival();

@@ -364,6 +364,36 @@ fn a_write_waiting_for_its_section_holds_back_the_ones_after_it() {
     assert!(c.next(&LIM, 0, &mut keys).is_some());
 }
 
+#[test]
+fn a_handshake_holds_requests_and_expires_at_its_deadline() {
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(10);
+    let mut c = ClientConn::handshaking(128, t0, deadline);
+    assert!(c.reading() && c.wants_input(LIM.budget, 0));
+    assert_eq!(c.handshake_check(t0), Handshake::Pending(deadline));
+    // Plaintext cannot come before the handshake ends; nothing starts.
+    assert!(drain(&mut c, &LIM).is_empty());
+    assert!(!c.finished());
+    c.handshake_done();
+    assert_eq!(c.phase(), Phase::Open);
+    assert_eq!(c.handshake_check(deadline), Handshake::Done);
+    c.received(b"get a\r\n", t0);
+    assert_eq!(drain(&mut c, &LIM).len(), 1);
+
+    // One that never finishes is closed at its deadline, not before.
+    let mut slow = ClientConn::handshaking(128, t0, deadline);
+    assert_eq!(
+        slow.handshake_check(deadline - Duration::from_millis(1)),
+        Handshake::Pending(deadline)
+    );
+    assert_eq!(slow.handshake_check(deadline), Handshake::Expired);
+    assert_eq!(slow.phase(), Phase::Closed);
+    // A peer that leaves mid-handshake is done at once.
+    let mut gone = ClientConn::handshaking(128, t0, deadline);
+    gone.peer_closed();
+    assert!(gone.finished());
+}
+
 /// A stream of valid requests, as bytes, and how many it holds.
 fn stream() -> impl Strategy<Value = (Vec<u8>, usize)> {
     let one = prop_oneof![

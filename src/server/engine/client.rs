@@ -13,7 +13,7 @@ use slab::Slab;
 use crate::metrics::Command;
 use crate::protocol::{parse_request, Expect, Parsed, Request, Verb};
 use crate::proxy::binary::{Plan, Translated};
-use crate::proxy::client::{ClientConn, Limits, Next, Phase};
+use crate::proxy::client::{ClientConn, Handshake, Limits, Next, Phase};
 use crate::proxy::machine::{Answer, ClientRequest, Keys, Machine};
 use crate::proxy::{admin_plan, AdminPlan};
 use crate::stats::Counter;
@@ -66,15 +66,14 @@ impl Client {
     fn new(
         fd: i32,
         gen: u32,
-        budget: usize,
-        now: std::time::Instant,
+        conn: ClientConn,
         tls: Option<Box<TlsSession>>,
         listener: usize,
     ) -> Client {
         Client {
             fd,
             gen,
-            conn: ClientConn::new(budget, now),
+            conn,
             tls,
             listener,
             charged: 0,
@@ -219,20 +218,20 @@ impl Core {
         };
         set_nodelay(fd);
         let gen = next_gen(&mut self.client_gen);
+        let conn = if on_tls {
+            self.handshakes.push((self.clients.vacant_key(), gen));
+            let deadline = cx.now + cx.shared.cfg.tls_handshake_timeout;
+            ClientConn::handshaking(cx.client_budget, cx.now, deadline)
+        } else {
+            ClientConn::new(cx.client_budget, cx.now)
+        };
         if on_tls {
-            self.handshakes.push((
-                self.clients.vacant_key(),
-                gen,
-                cx.now + cx.shared.cfg.tls_handshake_timeout,
-            ));
             cx.stats().incr(Counter::TlsConnections);
             cx.stats()
                 .curr_tls_connections
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let idx = self
-            .clients
-            .insert(Client::new(fd, gen, cx.client_budget, cx.now, tls, li));
+        let idx = self.clients.insert(Client::new(fd, gen, conn, tls, li));
         cx.stats()
             .curr_connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -269,6 +268,7 @@ impl Core {
                             Ok(got) => {
                                 if got.handshake_done {
                                     cx.stats().incr(Counter::TlsHandshakes);
+                                    cl.conn.handshake_done();
                                 }
                                 cl.conn.received(&self.plain, cx.now);
                                 tls_closed = got.closed;
@@ -548,32 +548,32 @@ impl Core {
         }
     }
 
-    /// Cut the TLS clients whose handshake outlived
-    /// `--tls-handshake-timeout`; returns when the next one is due.
+    /// Ask the handshaking clients' machines whether their handshake
+    /// outlived `--tls-handshake-timeout` (each closes itself then); count
+    /// those, and return when the next one is due.
     pub(super) fn check_handshakes(&mut self, cx: &Ctx) -> Option<std::time::Instant> {
         let mut next = None;
         let mut i = 0;
         // Bounded by the handshakes listed: each pass keeps or drops one.
         while i < self.handshakes.len() {
-            let (idx, gen, at) = self.handshakes[i];
-            let Some(cl) = self
+            let (idx, gen) = self.handshakes[i];
+            let verdict = self
                 .clients
                 .get_mut(idx)
-                .filter(|c| c.gen == gen && c.tls.as_ref().is_some_and(|t| t.handshaking()))
-            else {
-                self.handshakes.swap_remove(i);
-                continue;
-            };
-            if cx.now < at {
-                next = Some(next.map_or(at, |n: std::time::Instant| n.min(at)));
-                i += 1;
-                continue;
-            }
-            if cl.conn.phase() != Phase::Closed {
-                cx.stats().incr(HandshakeError::Timeout.counter());
-                tracing::debug!("TLS handshake timed out, closing the client");
-                cl.conn.fail();
-                mark(&mut self.clients, &mut self.dirty_clients, idx);
+                .filter(|c| c.gen == gen)
+                .map(|c| c.conn.handshake_check(cx.now));
+            match verdict {
+                Some(Handshake::Pending(at)) => {
+                    next = Some(next.map_or(at, |n: std::time::Instant| n.min(at)));
+                    i += 1;
+                    continue;
+                }
+                Some(Handshake::Expired) => {
+                    cx.stats().incr(HandshakeError::Timeout.counter());
+                    tracing::debug!("TLS handshake timed out, closing the client");
+                    mark(&mut self.clients, &mut self.dirty_clients, idx);
+                }
+                Some(Handshake::Done) | None => {}
             }
             self.handshakes.swap_remove(i);
         }

@@ -242,8 +242,9 @@ pub(super) struct Core {
     up_gen: u32,
     /// This core's listeners.
     listeners: Vec<Listener>,
-    /// TLS clients still in their handshake: (slot, generation, deadline).
-    handshakes: Vec<(usize, u32, Instant)>,
+    /// TLS clients still in their handshake: (slot, generation); their
+    /// machines hold the deadline.
+    handshakes: Vec<(usize, u32)>,
     /// Plaintext a TLS session just decrypted (reused).
     plain: Vec<u8>,
     listen_retry: Option<Instant>,
