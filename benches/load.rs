@@ -204,6 +204,10 @@ struct Opts {
     /// Pin the memcached pools to the client's core, not the proxy's (the
     /// servers are other hosts in production).
     pool_on_client: bool,
+    /// Arrivals spread: exponential gaps per connection, kept by a
+    /// high-resolution timer (timerfd), instead of bursts on tokio's 1 ms
+    /// timer ticks.
+    spread: bool,
     client_cpu: Option<usize>,
     server_cpu: Option<usize>,
     memring_threads: usize,
@@ -226,6 +230,7 @@ fn usage() -> &'static str {
      --rate OPS             override the presets (open loop at OPS req/s in total; 0 = closed loop)\n\
      --no-pin               do not pin client and servers to separate cores\n\
      --pool-on-client-core  pin the memcached pools to the client's core, not the proxy's\n\
+     --arrivals spread|burst  exponential gaps on a timerfd, or bursts on 1 ms ticks (default burst)\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
      --out DIR              results directory (default bench-results/)"
@@ -274,6 +279,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut quick = false;
     let mut pin = true;
     let mut pool_on_client = false;
+    let mut spread = false;
     let (mut client_cpu, mut server_cpu) = (None, None);
     let mut memring_threads = 1;
     let mut out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
@@ -296,6 +302,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                 | "--duration"
                 | "--warmup"
                 | "--client-cpu"
+                | "--arrivals"
                 | "--server-cpu"
                 | "--memring-threads"
                 | "--rounds"
@@ -339,6 +346,13 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
             "--quick" => quick = true,
             "--no-pin" => pin = false,
             "--pool-on-client-core" => pool_on_client = true,
+            "--arrivals" => {
+                spread = match val.as_str() {
+                    "spread" => true,
+                    "burst" => false,
+                    other => return Err(format!("--arrivals {other}: expected spread or burst")),
+                }
+            }
             "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
             "--server-cpu" => server_cpu = Some(parse_num(&flag, &val)?),
             "--memring-threads" => memring_threads = parse_num(&flag, &val)?,
@@ -401,6 +415,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         quick,
         pin,
         pool_on_client,
+        spread,
         client_cpu,
         server_cpu,
         memring_threads: memring_threads.max(1),
@@ -759,6 +774,14 @@ async fn connect_tls(
         t.process_new_packets().map_err(io::Error::other)?;
     }
     Err(io::Error::other("TLS handshake did not finish"))
+}
+
+/// Sleep until `at` on the high-resolution timer when there is one.
+async fn pause(timer: Option<&HiresTimer>, at: Instant) {
+    match timer {
+        Some(t) => t.sleep_until(at).await,
+        None => tokio::time::sleep_until(at.into()).await,
+    }
 }
 
 /// Decrypt the ciphertext in `craw` into `rbuf`.
@@ -1184,6 +1207,75 @@ struct Driver {
     inflight: VecDeque<(Instant, Op)>,
     /// When the window last went from full to having a free slot (open loop).
     slot_freed_at: Instant,
+    /// `--arrivals spread`: the timer that releases each send on time.
+    timer: Option<HiresTimer>,
+}
+
+/// A one-shot high-resolution timer (timerfd on CLOCK_MONOTONIC, which
+/// `Instant` reads too) awaited through tokio: tokio's own timer wakes on
+/// 1 ms ticks, which releases spread arrivals as bursts.
+struct HiresTimer(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+impl HiresTimer {
+    fn new() -> io::Result<HiresTimer> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: timerfd_create has no preconditions; a valid fd is owned.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an OwnedFd keeps its descriptor open and the same for as
+        // long as it lives, and the AsyncFd owns it.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(owned) };
+        registered
+            .map(HiresTimer)
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    /// Sleep until `at` (at once when it has passed).
+    async fn sleep_until(&self, at: Instant) {
+        use std::os::fd::AsRawFd;
+        let d = at.saturating_duration_since(Instant::now());
+        if d.is_zero() {
+            return;
+        }
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: d.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+            },
+        };
+        let fd = self.0.get_ref().as_raw_fd();
+        // SAFETY: a valid timerfd and a live itimerspec.
+        if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } != 0 {
+            tokio::time::sleep_until(at.into()).await;
+            return;
+        }
+        // Bounded: one expiry per arming.
+        loop {
+            let Ok(mut guard) = self.0.readable().await else {
+                return;
+            };
+            let mut ticks = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live local buffer.
+            let n = unsafe { libc::read(fd, ticks.as_mut_ptr().cast(), 8) };
+            if n == 8 {
+                return;
+            }
+            guard.clear_ready();
+        }
+    }
 }
 
 impl Driver {
@@ -1316,7 +1408,14 @@ impl Driver {
                             in_burst += 1;
                             if in_burst == depth {
                                 in_burst = 0;
-                                next_send += iv;
+                                next_send += if self.timer.is_some() {
+                                    // Exponential gaps (a Poisson process per
+                                    // connection) with the same mean.
+                                    let u = (self.rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                                    iv.mul_f64(-(1.0 - u).ln())
+                                } else {
+                                    iv
+                                };
                             }
                         }
                     }
@@ -1356,12 +1455,12 @@ impl Driver {
             }
             let ready = if self.inflight.is_empty() && self.out_empty() {
                 // Open loop and idle: nothing can arrive, just wait for the schedule.
-                tokio::time::sleep_until(wake.into()).await;
+                pause(self.timer.as_ref(), wake).await;
                 continue;
             } else {
                 tokio::select! {
                     r = stream.ready(interest) => r.map_err(|e| format!("poll: {e}"))?,
-                    _ = tokio::time::sleep_until(wake.into()) => continue,
+                    _ = pause(self.timer.as_ref(), wake) => continue,
                 }
             };
             if ready.is_readable() {
@@ -1621,6 +1720,11 @@ fn run_one(
                 items: Vec::with_capacity(w.multiget),
                 inflight: VecDeque::with_capacity(w.depth),
                 slot_freed_at: start,
+                timer: if opts.spread && w.rate.is_some() {
+                    Some(HiresTimer::new().map_err(|e| format!("timerfd: {e}"))?)
+                } else {
+                    None
+                },
             };
             tasks.push(tokio::task::spawn_local(async move {
                 if let Err(e) = d.run(stream, win, phase, &tally).await {
