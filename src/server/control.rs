@@ -27,7 +27,9 @@ use bytes::{Bytes, BytesMut};
 
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, Expect, Status};
-use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, MetaItem, Reply, View};
+use crate::proxy::machine::{
+    Answer, CallError, CallId, Effect, Failure, Machine, MetaItem, Reply, View,
+};
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{DrainStep, Ejection, Health, Observed, Probe, Rejoin, Role, ServerId};
 
@@ -310,26 +312,31 @@ impl Blocking<'_> {
             .topo
             .servers
             .get(server.index())
-            .ok_or(CallError::Closed)?;
+            .ok_or(CallError::no_call(server, expect))?;
         if !info.health.is_up() {
-            return Err(CallError::Closed);
+            return Err(CallError::no_call(server, expect));
         }
         let settings = &self.topo.settings;
         let (s, buf) = match self.conns.entry(server) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                let dial = self.topo.dial(server.index()).ok_or(CallError::Closed)?;
+                let dial = self
+                    .topo
+                    .dial(server.index())
+                    .ok_or(CallError::no_call(server, expect))?;
                 let s = open(&dial, settings).map_err(|e| {
-                    if is_tls_failure(&e) {
-                        CallError::Tls
+                    let kind = if is_tls_failure(&e) {
+                        Failure::Tls
                     } else {
-                        CallError::Connect
-                    }
+                        Failure::Connect
+                    };
+                    CallError::unsent(server, expect, kind)
                 })?;
                 v.insert((s, BytesMut::with_capacity(16 * 1024)))
             }
         };
-        let result = exchange(s, buf, parts, expect, &mut self.items);
+        let result = exchange(s, buf, parts, expect, &mut self.items)
+            .map_err(|kind| CallError::new(server, expect, kind));
         if result.is_err() {
             self.conns.remove(&server);
         }
@@ -383,23 +390,23 @@ fn exchange(
     parts: &[Bytes; 2],
     expect: Expect,
     items: &mut Vec<crate::protocol::ValueItem>,
-) -> Result<Reply, CallError> {
+) -> Result<Reply, Failure> {
     for p in parts {
-        s.write_all(p).map_err(|_| CallError::Closed)?;
+        s.write_all(p).map_err(|_| Failure::Closed)?;
     }
     // Bounded by the reply size limit and the read timeout.
     loop {
         match Reply::frame(expect, buf, usize::MAX, items) {
             Ok(Some(r)) => return Ok(r),
             Ok(None) => {}
-            Err(_) => return Err(CallError::Protocol),
+            Err(_) => return Err(Failure::Protocol),
         }
         if buf.len() > 64 << 20 {
-            return Err(CallError::Protocol);
+            return Err(Failure::Protocol);
         }
         let mut chunk = [0u8; 16 * 1024];
         match s.read(&mut chunk) {
-            Ok(0) => return Err(CallError::Closed),
+            Ok(0) => return Err(Failure::Closed),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e)
                 if matches!(
@@ -407,9 +414,9 @@ fn exchange(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(CallError::Timeout)
+                return Err(Failure::Timeout)
             }
-            Err(_) => return Err(CallError::Closed),
+            Err(_) => return Err(Failure::Closed),
         }
     }
 }

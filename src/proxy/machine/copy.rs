@@ -124,7 +124,7 @@ impl CopyItem {
             .store_parts(Verb::Add, &self.key, cx.view.now_unix());
         match cx.send_up(self.target, store, Expect::Line) {
             Some(call) => self.stage = Stage::Store(call),
-            None => self.on_store(Err(CallError::Closed), cx),
+            None => self.on_store(Err(CallError::no_call(self.target, Expect::Line)), cx),
         }
     }
 
@@ -153,7 +153,7 @@ impl CopyItem {
         compose::compose_meta_get(&mut check, &self.key, b"c");
         match cx.send_up(self.src, [check.freeze(), Bytes::new()], Expect::Meta) {
             Some(call) => self.stage = Stage::Check(call),
-            None => self.on_check(Err(CallError::Closed), cx),
+            None => self.on_check(Err(CallError::no_call(self.src, Expect::Meta)), cx),
         }
     }
 

@@ -20,7 +20,7 @@
 //!
 //! # The engine's side of the contract
 //! - Every [`Effect::Send`] gets exactly one outcome, fed back with its
-//!   [`CallId`] (a server dropped by a reload: `Err(CallError::Closed)`).
+//!   [`CallId`] (a server dropped by a reload: an `Err(CallError)` of kind [`Failure::Closed`]).
 //!   Call ids are opaque; the top bit marks a call whose reply the machine
 //!   ignores but still waits for (the backups' `touch` after a gat).
 //! - Effects are pushed in the order they happen; Sends of one step are
@@ -138,7 +138,7 @@ impl Reply {
 
 /// Why an upstream call produced no reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallError {
+pub enum Failure {
     /// Could not connect (or still backing off after a failed connect).
     Connect,
     /// No progress within the request timeout.
@@ -152,17 +152,17 @@ pub enum CallError {
     Tls,
 }
 
-impl CallError {
+impl Failure {
     /// The reason a server is charged for this failure (its ejection or
     /// suspicion reason in `stats` and Prometheus).
     pub fn ejection(self) -> crate::upstream::Ejection {
         use crate::upstream::Ejection;
         match self {
-            CallError::Connect => Ejection::Connect,
-            CallError::Timeout => Ejection::Timeout,
-            CallError::Closed => Ejection::Closed,
-            CallError::Protocol => Ejection::Protocol,
-            CallError::Tls => Ejection::Tls,
+            Failure::Connect => Ejection::Connect,
+            Failure::Timeout => Ejection::Timeout,
+            Failure::Closed => Ejection::Closed,
+            Failure::Protocol => Ejection::Protocol,
+            Failure::Tls => Ejection::Tls,
         }
     }
 
@@ -170,12 +170,79 @@ impl CallError {
     pub fn metric(self) -> crate::metrics::UpstreamErrorKind {
         use crate::metrics::UpstreamErrorKind as K;
         match self {
-            CallError::Connect => K::Connect,
-            CallError::Timeout => K::Timeout,
-            CallError::Closed => K::Closed,
-            CallError::Protocol => K::Protocol,
-            CallError::Tls => K::Tls,
+            Failure::Connect => K::Connect,
+            Failure::Timeout => K::Timeout,
+            Failure::Closed => K::Closed,
+            Failure::Protocol => K::Protocol,
+            Failure::Tls => K::Tls,
         }
+    }
+
+    /// As a log field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Closed => "closed",
+            Failure::Protocol => "protocol",
+            Failure::Tls => "tls",
+        }
+    }
+}
+
+/// An upstream call that produced no reply, with its context: which server,
+/// what it asked, what went wrong, and whether sending it again is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallError {
+    /// The server it was for.
+    pub server: ServerId,
+    /// What it asked, by the reply it expected (`Values`: a retrieval;
+    /// `Line`: a storage command, delete, arithmetic or touch; ...).
+    pub op: Expect,
+    /// What went wrong.
+    pub kind: Failure,
+    /// It may be sent again without applying twice: it never reached the
+    /// server (a failed connect), or it is a retrieval.
+    pub retryable: bool,
+}
+
+impl CallError {
+    /// A call to `server` asking `op` failed with `kind`; whether it is
+    /// retryable follows from those (see [`CallError::retryable`]).
+    pub fn new(server: ServerId, op: Expect, kind: Failure) -> CallError {
+        CallError {
+            server,
+            op,
+            kind,
+            retryable: kind == Failure::Connect || op == Expect::Values,
+        }
+    }
+
+    /// A call that never reached `server` (no connection to it, the server
+    /// out or gone, a connect that failed): sending it again is safe.
+    pub fn unsent(server: ServerId, op: Expect, kind: Failure) -> CallError {
+        CallError {
+            server,
+            op,
+            kind,
+            retryable: true,
+        }
+    }
+
+    /// A call that could not be made: `server` is out, gone, or has no
+    /// connection for it.
+    pub fn no_call(server: ServerId, op: Expect) -> CallError {
+        CallError::unsent(server, op, Failure::Closed)
+    }
+
+    /// The reason the server is charged (see [`Failure::ejection`]).
+    pub fn ejection(self) -> crate::upstream::Ejection {
+        self.kind.ejection()
+    }
+
+    /// The metric label (see [`Failure::metric`]).
+    pub fn metric(self) -> crate::metrics::UpstreamErrorKind {
+        self.kind.metric()
     }
 }
 
@@ -566,8 +633,8 @@ fn one(b: &'static [u8]) -> Answer {
 
 /// The answer when no replica could serve, by the first failure's kind.
 fn server_error(e: CallError) -> Answer {
-    match e {
-        CallError::Timeout => one(compose::BACKEND_TIMEOUT),
+    match e.kind {
+        Failure::Timeout => one(compose::BACKEND_TIMEOUT),
         _ => one(compose::NO_SERVER),
     }
 }

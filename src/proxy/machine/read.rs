@@ -206,13 +206,15 @@ impl GetOne {
     fn try_backup(&mut self, failed: Option<CallError>, cx: &mut Cx<'_>) {
         let Some(b) = self.rep.backup else {
             cx.count(Counter::ServerErrors);
-            cx.answer(server_error(failed.unwrap_or(CallError::Closed)));
+            cx.answer(server_error(
+                failed.unwrap_or(CallError::no_call(self.rep.primary, Expect::Values)),
+            ));
             return;
         };
         let parts = [self.req.bytes.clone(), Bytes::new()];
         match cx.send_up(b, parts, Expect::Values) {
             Some(call) => self.stage = GetStage::Backup { call, failed },
-            None => self.on_backup(failed, Err(CallError::Closed), cx),
+            None => self.on_backup(failed, Err(CallError::no_call(b, Expect::Values)), cx),
         }
     }
 
@@ -634,12 +636,14 @@ impl MetaRead {
 
     fn try_backup(&mut self, failed: Option<CallError>, cx: &mut Cx<'_>) {
         let Some(b) = self.rep.backup else {
-            cx.answer(server_error(failed.unwrap_or(CallError::Closed)));
+            cx.answer(server_error(
+                failed.unwrap_or(CallError::no_call(self.rep.primary, Expect::Meta)),
+            ));
             return;
         };
         match cx.send_up(b, self.parts.clone(), Expect::Meta) {
             Some(call) => self.stage = MetaStage::Backup { call, failed },
-            None => self.on_backup(failed, Err(CallError::Closed), cx),
+            None => self.on_backup(failed, Err(CallError::no_call(b, Expect::Meta)), cx),
         }
     }
 

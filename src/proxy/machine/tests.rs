@@ -251,9 +251,9 @@ impl<'w> Run<'w> {
     }
 
     /// The request `bytes` to `server` fails with `e`.
-    fn fail(&mut self, server: ServerId, bytes: &str, e: CallError) {
+    fn fail(&mut self, server: ServerId, bytes: &str, kind: Failure) {
         let s = self.take(server, bytes);
-        self.feed(s.call, Err(e));
+        self.feed(s.call, Err(CallError::new(server, s.expect, kind)));
     }
 
     fn feed(&mut self, call: CallId, r: Result<Reply, CallError>) {
@@ -353,7 +353,7 @@ fn get_read_through_failure_is_a_miss() {
     let w = World::new();
     let mut r = Run::start(&w, "get a\r\n", &[RA]);
     r.reply(P0, "get a\r\n", "END\r\n");
-    r.fail(B2, "mg a v f t c\r\n", CallError::Timeout);
+    r.fail(B2, "mg a v f t c\r\n", Failure::Timeout);
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("END\r\n"));
     assert_eq!(r.counts(), [("cmd_get", 1), ("get_misses", 1)]);
@@ -377,7 +377,7 @@ fn primary_down_get_goes_to_the_backup() {
 fn primary_error_get_fails_over_and_a_backup_miss_is_a_miss() {
     let w = World::new();
     let mut r = Run::start(&w, "gets a\r\n", &[RA]);
-    r.fail(P0, "gets a\r\n", CallError::Closed);
+    r.fail(P0, "gets a\r\n", Failure::Closed);
     r.expect_pending(&[(B2, "gets a\r\n")]);
     r.reply(B2, "gets a\r\n", "END\r\n");
     r.assert_done();
@@ -415,8 +415,8 @@ fn both_replicas_down_get_is_a_server_error() {
     // The primary's timeout names the failure even when the backup then fails differently.
     let w = World::new();
     let mut r = Run::start(&w, "get a\r\n", &[RA]);
-    r.fail(P0, "get a\r\n", CallError::Timeout);
-    r.fail(B2, "get a\r\n", CallError::Closed);
+    r.fail(P0, "get a\r\n", Failure::Timeout);
+    r.fail(B2, "get a\r\n", Failure::Closed);
     r.assert_done();
     assert_eq!(
         r.answer().as_deref(),
@@ -568,7 +568,7 @@ fn gat_touches_the_backup_and_waits_for_it_after_answering() {
     assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\nx\r\nEND\r\n"));
     r.expect_pending(&[(B2, "touch a 100\r\n")]);
     assert!(!r.m.is_done(), "the touch is still in flight");
-    r.fail(B2, "touch a 100\r\n", CallError::Timeout);
+    r.fail(B2, "touch a 100\r\n", Failure::Timeout);
     r.assert_done();
     assert_eq!(
         r.counts(),
@@ -665,7 +665,7 @@ fn multi_get_read_through_results_are_reported_per_key() {
     r.reply(P1, "get b\r\n", "END\r\n");
     // The backups: one misses too, one fails.
     r.reply(B2, "mg a v f t c\r\n", "EN\r\n");
-    r.fail(B3, "mg b v f t c\r\n", CallError::Closed);
+    r.fail(B3, "mg b v f t c\r\n", Failure::Closed);
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("END\r\n"));
     let mut got = r.read_through.clone();
@@ -678,7 +678,7 @@ fn multi_get_a_failing_server_only_affects_its_keys_which_go_to_their_backups() 
     let w = World::new();
     let mut r = Run::start(&w, "get a b c d\r\n", &[RA, RB, RA, RB]);
     r.reply(P0, "get a c\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
-    r.fail(P1, "get b d\r\n", CallError::Timeout);
+    r.fail(P1, "get b d\r\n", Failure::Timeout);
     // Round 2: b and d on their backup, failovers counted per key.
     r.expect_pending(&[(B3, "get b d\r\n")]);
     assert_eq!(r.failovers, [P1, P1]);
@@ -705,7 +705,7 @@ fn multi_get_server_error_reply_counts_as_a_failure() {
     r.reply(P1, "get b\r\n", "END\r\n");
     // a is retried on its backup; b's read-through waits for that round.
     r.expect_pending(&[(B2, "get a\r\n")]);
-    r.fail(B2, "get a\r\n", CallError::Closed);
+    r.fail(B2, "get a\r\n", Failure::Closed);
     r.expect_pending(&[(B3, "mg b v f t c\r\n")]);
     r.reply(B3, "mg b v f t c\r\n", "EN\r\n");
     r.assert_done();
@@ -787,7 +787,7 @@ fn meta_get_read_through_hit_answers_the_backups_reply() {
     // A failed read-through keeps the primary's miss.
     let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
     r.reply(P0, "mg a v\r\n", "EN\r\n");
-    r.fail(B2, "mg a v\r\n", CallError::Closed);
+    r.fail(B2, "mg a v\r\n", Failure::Closed);
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("EN\r\n"));
     assert_eq!(r.read_through, [ReadThrough::Error]);
@@ -814,7 +814,7 @@ fn meta_debug_miss_is_not_read_through() {
 fn meta_get_fails_over_and_errors_when_both_are_out() {
     let w = World::new();
     let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
-    r.fail(P0, "mg a v\r\n", CallError::Protocol);
+    r.fail(P0, "mg a v\r\n", Failure::Protocol);
     r.reply(B2, "mg a v\r\n", "VA 1\r\nx\r\n");
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("VA 1\r\nx\r\n"));
@@ -832,7 +832,7 @@ fn meta_get_fails_over_and_errors_when_both_are_out() {
 
     let w = World::down(&[B2]);
     let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
-    r.fail(P0, "mg a v\r\n", CallError::Timeout);
+    r.fail(P0, "mg a v\r\n", Failure::Timeout);
     r.assert_done();
     assert_eq!(
         r.answer().as_deref(),
@@ -864,7 +864,7 @@ fn mirrored_set_backup_failure_marks_the_backup() {
         let w = World::new();
         let mut r = Run::start(&w, SET, &[RA]);
         if fail {
-            r.fail(B2, SET, CallError::Timeout);
+            r.fail(B2, SET, Failure::Timeout);
         } else {
             r.reply(B2, SET, "SERVER_ERROR out of memory\r\n");
         }
@@ -880,7 +880,7 @@ fn mirrored_set_backup_failure_marks_the_backup() {
 fn mirrored_set_primary_failure_answers_the_backup_and_marks_the_primary() {
     let w = World::new();
     let mut r = Run::start(&w, SET, &[RA]);
-    r.fail(P0, SET, CallError::Closed);
+    r.fail(P0, SET, Failure::Closed);
     r.reply(B2, SET, "STORED\r\n");
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("STORED\r\n"));
@@ -889,7 +889,7 @@ fn mirrored_set_primary_failure_answers_the_backup_and_marks_the_primary() {
 
     // A refusal by the backup after the primary failed marks nobody.
     let mut r = Run::start(&w, SET, &[RA]);
-    r.fail(P0, SET, CallError::Closed);
+    r.fail(P0, SET, Failure::Closed);
     r.reply(B2, SET, "SERVER_ERROR out of memory\r\n");
     r.assert_done();
     assert_eq!(
@@ -904,8 +904,8 @@ fn mirrored_set_primary_failure_answers_the_backup_and_marks_the_primary() {
 fn mirrored_set_both_failing_is_a_server_error() {
     let w = World::new();
     let mut r = Run::start(&w, SET, &[RA]);
-    r.fail(B2, SET, CallError::Closed);
-    r.fail(P0, SET, CallError::Timeout);
+    r.fail(B2, SET, Failure::Closed);
+    r.fail(P0, SET, Failure::Timeout);
     r.assert_done();
     assert_eq!(
         r.answer().as_deref(),
@@ -953,7 +953,7 @@ fn write_with_the_primary_out_goes_to_the_backup_alone() {
     }
     // The backup failing too: a server error, nobody marked.
     let mut r = Run::start(&w, SET, &[RA]);
-    r.fail(B2, SET, CallError::Timeout);
+    r.fail(B2, SET, Failure::Timeout);
     r.assert_done();
     assert_eq!(
         r.answer().as_deref(),
@@ -1222,7 +1222,7 @@ fn recovery_that_cannot_store_keeps_the_primarys_answer() {
     let mut r = Run::start(&w, "incr a 5\r\n", &[RA]);
     r.reply(P0, "incr a 5\r\n", "NOT_FOUND\r\n");
     r.reply(B2, "mg a v f t\r\n", "VA 1 f0 t-1\r\n3\r\n");
-    r.fail(P0, "add a 0 0 1\r\n3\r\n", CallError::Timeout);
+    r.fail(P0, "add a 0 0 1\r\n3\r\n", Failure::Timeout);
     // Converge on NOT_FOUND: delete on the backup.
     r.reply(B2, "delete a\r\n", "DELETED\r\n");
     r.assert_done();
@@ -1234,7 +1234,7 @@ fn recovery_that_cannot_store_keeps_the_primarys_answer() {
     r.reply(P0, "incr a 5\r\n", "NOT_FOUND\r\n");
     r.reply(B2, "mg a v f t\r\n", "VA 1 f0 t-1\r\n3\r\n");
     r.reply(P0, "add a 0 0 1\r\n3\r\n", "STORED\r\n");
-    r.fail(P0, "incr a 5\r\n", CallError::Closed);
+    r.fail(P0, "incr a 5\r\n", Failure::Closed);
     r.reply(B2, "delete a\r\n", "DELETED\r\n");
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("NOT_FOUND\r\n"));
@@ -1248,7 +1248,7 @@ fn failed_convergence_marks_the_backup() {
     let mut r = Run::start(&w, "incr a 1\r\n", &[RA]);
     r.reply(P0, "incr a 1\r\n", "2\r\n");
     r.reply(P0, "mg a v f t\r\n", "VA 1 f0 t-1\r\n2\r\n");
-    r.fail(B2, "set a 0 0 1\r\n2\r\n", CallError::Timeout);
+    r.fail(B2, "set a 0 0 1\r\n2\r\n", Failure::Timeout);
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("2\r\n"));
     assert_eq!(
@@ -1260,7 +1260,7 @@ fn failed_convergence_marks_the_backup() {
     // The read-back fails: the backup's copy is deleted instead.
     let mut r = Run::start(&w, "prepend a 0 0 1\r\ny\r\n", &[RA]);
     r.reply(P0, "prepend a 0 0 1\r\ny\r\n", "STORED\r\n");
-    r.fail(P0, "mg a v f t\r\n", CallError::Closed);
+    r.fail(P0, "mg a v f t\r\n", Failure::Closed);
     r.reply(B2, "delete a\r\n", "DELETED\r\n");
     r.assert_done();
     assert!(r.missed.is_empty());
@@ -1326,7 +1326,7 @@ fn backup_going_out_before_the_copy_step_is_marked() {
 fn primary_failure_on_a_copied_write_lets_the_backup_decide() {
     let w = World::new();
     let mut r = Run::start(&w, "incr a 1\r\n", &[RA]);
-    r.fail(P0, "incr a 1\r\n", CallError::Timeout);
+    r.fail(P0, "incr a 1\r\n", Failure::Timeout);
     r.expect_pending(&[(B2, "incr a 1\r\n")]);
     r.reply(B2, "incr a 1\r\n", "NOT_FOUND\r\n");
     r.assert_done();
@@ -1337,8 +1337,8 @@ fn primary_failure_on_a_copied_write_lets_the_backup_decide() {
     assert_eq!(r.counts(), [("incr_misses", 1)]);
 
     let mut r = Run::start(&w, "incr a 1\r\n", &[RA]);
-    r.fail(P0, "incr a 1\r\n", CallError::Timeout);
-    r.fail(B2, "incr a 1\r\n", CallError::Closed);
+    r.fail(P0, "incr a 1\r\n", Failure::Timeout);
+    r.fail(B2, "incr a 1\r\n", Failure::Closed);
     r.assert_done();
     assert_eq!(
         r.answer().as_deref(),
@@ -1507,7 +1507,7 @@ fn noreply_hides_the_answer_but_the_write_runs_to_its_end() {
     r.expect_pending(&[(P0, SET), (B2, SET)]);
     r.reply(P0, SET, "STORED\r\n");
     assert!(!r.m.is_done(), "still waiting for the backup");
-    r.fail(B2, SET, CallError::Closed);
+    r.fail(B2, SET, Failure::Closed);
     r.assert_done();
     assert_eq!(r.answer(), None);
     assert_eq!(r.missed(), [(B2, "a")]);
@@ -1582,7 +1582,7 @@ fn flush_all_with_a_server_out_marks_it_and_answers_partially() {
     ]);
     r.reply(P0, "flush_all 10\r\n", "OK\r\n");
     r.reply(B2, "flush_all 10\r\n", "OK\r\n");
-    r.fail(B3, "flush_all 10\r\n", CallError::Timeout);
+    r.fail(B3, "flush_all 10\r\n", Failure::Timeout);
     r.assert_done();
     assert_eq!(
         r.answer().as_deref(),
@@ -1621,12 +1621,12 @@ fn stray_outcomes_are_ignored() {
     let w = World::new();
     let mut r = Run::start(&w, SET, &[RA]);
     let mut fx = Vec::new();
-    r.m.on_outcome(999, Err(CallError::Closed), &w, &mut fx);
+    r.m.on_outcome(999, Err(CallError::no_call(P0, Expect::Line)), &w, &mut fx);
     assert!(fx.is_empty());
     r.reply(P0, SET, "STORED\r\n");
     r.reply(B2, SET, "STORED\r\n");
     r.assert_done();
-    r.m.on_outcome(0, Err(CallError::Closed), &w, &mut fx);
+    r.m.on_outcome(0, Err(CallError::no_call(P0, Expect::Line)), &w, &mut fx);
     assert!(fx.is_empty(), "nothing after done");
 }
 

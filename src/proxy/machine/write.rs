@@ -339,7 +339,7 @@ impl Write {
         let expect = self.req.r.verb.expect();
         match cx.send_up(b, self.parts.clone(), expect) {
             Some(call) => self.stage = Stage::Failover(call),
-            None => self.fail(CallError::Closed, cx),
+            None => self.fail(CallError::no_call(b, expect), cx),
         }
     }
 

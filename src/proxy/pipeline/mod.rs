@@ -23,7 +23,8 @@ use bytes::{Bytes, BytesMut};
 
 use crate::protocol::matching::{self, TagCheck};
 use crate::protocol::{advance_queue, reply_size_hint, Expect, ValueItem, MAX_LINE_LEN};
-use crate::proxy::machine::{CallError, CallId, Reply};
+use crate::proxy::machine::{CallError, CallId, Failure, Reply};
+use crate::upstream::ServerId;
 
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;
@@ -72,6 +73,21 @@ impl Call {
 
     fn retryable(&self) -> bool {
         self.expect == Expect::Values && !self.retried
+    }
+
+    /// This call's outcome when it fails with `kind` at `server`.
+    fn failed(&self, server: ServerId, kind: Failure) -> Outcome {
+        (
+            self.req,
+            self.call,
+            Err(CallError::new(server, self.expect, kind)),
+        )
+    }
+
+    /// This call's outcome when it fails before it was written.
+    fn unsent(&self, server: ServerId, kind: Failure) -> Outcome {
+        let e = CallError::unsent(server, self.expect, kind);
+        (self.req, self.call, Err(e))
     }
 }
 
@@ -123,9 +139,9 @@ pub enum Due {
     /// Look again by then.
     At(Instant),
     /// Give the connection up: the connect timed out
-    /// ([`CallError::Connect`]) or the head call is stuck
-    /// ([`CallError::Timeout`]).
-    Fail(CallError),
+    /// ([`Failure::Connect`]) or the head call is stuck
+    /// ([`Failure::Timeout`]).
+    Fail(Failure),
 }
 
 /// What a failure did, for the shell's counters and its next step.
@@ -140,6 +156,9 @@ pub struct Failed {
 /// One pipelined connection's protocol state.
 #[derive(Debug)]
 pub struct Pipeline {
+    /// The server it talks to, as the live topology numbers it (named in
+    /// its calls' errors).
+    server: ServerId,
     phase: Phase,
     /// Failed connects in a row, for the backoff.
     attempts: u32,
@@ -162,9 +181,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// An idle connection.
-    pub fn new(now: Instant) -> Pipeline {
+    /// An idle connection to `server`.
+    pub fn new(server: ServerId, now: Instant) -> Pipeline {
         Pipeline {
+            server,
             phase: Phase::Idle,
             attempts: 0,
             pending: VecDeque::new(),
@@ -176,6 +196,12 @@ impl Pipeline {
             tags: BytesMut::new(),
             progress_at: now,
         }
+    }
+
+    /// A reload numbered the servers anew: this connection's server is now
+    /// `server`.
+    pub fn renumber(&mut self, server: ServerId) {
+        self.server = server;
     }
 
     /// Where the connection is in its life.
@@ -207,7 +233,7 @@ impl Pipeline {
                 Queued::Waiting
             }
             Phase::Backoff(until) if now < until => {
-                outcomes.push_back((call.req, call.call, Err(CallError::Connect)));
+                outcomes.push_back(call.unsent(self.server, Failure::Connect));
                 Queued::Refused
             }
             Phase::Idle | Phase::Backoff(_) => {
@@ -384,8 +410,8 @@ impl Pipeline {
             return Due::At(at);
         }
         Due::Fail(match self.phase {
-            Phase::Connecting { .. } => CallError::Connect,
-            _ => CallError::Timeout,
+            Phase::Connecting { .. } => Failure::Connect,
+            _ => Failure::Timeout,
         })
     }
 
@@ -401,7 +427,7 @@ impl Pipeline {
     /// number of failed connects in a row.
     pub fn fail(
         &mut self,
-        why: CallError,
+        why: Failure,
         server_up: bool,
         now: Instant,
         backoff: impl FnOnce(u32) -> Duration,
@@ -410,7 +436,7 @@ impl Pipeline {
         self.out.clear();
         self.rbuf.clear();
         self.head_checked = false;
-        self.phase = if why == CallError::Connect {
+        self.phase = if why == Failure::Connect {
             self.attempts = self.attempts.saturating_add(1);
             Phase::Backoff(now + backoff(self.attempts))
         } else {
@@ -420,29 +446,30 @@ impl Pipeline {
         // Written calls, oldest first.
         let mut retry = VecDeque::new();
         for (i, mut call) in self.written.drain(..).enumerate() {
-            let head_timed_out = why == CallError::Timeout && i == 0;
-            if server_up && call.retryable() && !head_timed_out && why != CallError::Connect {
+            let head_timed_out = why == Failure::Timeout && i == 0;
+            if server_up && call.retryable() && !head_timed_out && why != Failure::Connect {
                 call.retried = true;
                 retry.push_back(call);
                 continue;
             }
-            let err = if head_timed_out {
-                failed.timed_out = true;
-                CallError::Timeout
-            } else {
-                why
-            };
-            outcomes.push_back((call.req, call.call, Err(err)));
+            failed.timed_out |= head_timed_out;
+            outcomes.push_back(call.failed(self.server, why));
         }
         retry.append(&mut self.pending);
-        if !server_up || why == CallError::Connect {
-            let err = if why == CallError::Connect {
-                CallError::Connect
+        if !server_up || why == Failure::Connect {
+            let kind = if why == Failure::Connect {
+                Failure::Connect
             } else {
-                CallError::Closed
+                Failure::Closed
             };
             for call in retry {
-                outcomes.push_back((call.req, call.call, Err(err)));
+                // Reads set aside for a retry were written once: they keep
+                // their reply shape's verdict on being sent again.
+                outcomes.push_back(if call.retried {
+                    call.failed(self.server, kind)
+                } else {
+                    call.unsent(self.server, kind)
+                });
             }
             return failed;
         }
@@ -453,8 +480,11 @@ impl Pipeline {
 
     /// The server left the topology: every call fails as closed.
     pub fn retire(&mut self, outcomes: &mut VecDeque<Outcome>) {
-        for call in self.written.drain(..).chain(self.pending.drain(..)) {
-            outcomes.push_back((call.req, call.call, Err(CallError::Closed)));
+        for call in self.written.drain(..) {
+            outcomes.push_back(call.failed(self.server, Failure::Closed));
+        }
+        for call in self.pending.drain(..) {
+            outcomes.push_back(call.unsent(self.server, Failure::Closed));
         }
     }
 

@@ -11,6 +11,8 @@ use crate::protocol::Status;
 
 const TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_VALUE: usize = 2 << 20;
+/// The server every pipeline here talks to.
+const S: ServerId = ServerId(7);
 
 fn get(req: usize, key: &str, now: Instant) -> Call {
     let line = Bytes::from(format!("get {key}\r\n"));
@@ -41,7 +43,7 @@ fn wire(p: &Pipeline) -> Vec<u8> {
 
 /// A connected pipeline with `calls` written.
 fn ready(now: Instant, calls: Vec<Call>) -> (Pipeline, VecDeque<Outcome>) {
-    let mut p = Pipeline::new(now);
+    let mut p = Pipeline::new(S, now);
     let mut q = VecDeque::new();
     p.connecting(now + TIMEOUT);
     p.connected(now);
@@ -60,17 +62,28 @@ fn feed(
     p.received(bytes, now, MAX_VALUE, &mut Vec::new(), q, |_| {})
 }
 
-/// Which requests got which results, in order.
-fn settled(q: &mut VecDeque<Outcome>) -> Vec<(usize, Result<Status, CallError>)> {
+/// A call's result as a test compares it: the reply's status, or the
+/// failure's kind and whether it may be sent again.
+type Settled = Result<Status, (Failure, bool)>;
+
+/// Which requests got which results, in order; a failure as its kind and
+/// whether it may be sent again (every call here is for server `S`).
+fn settled(q: &mut VecDeque<Outcome>) -> Vec<(usize, Settled)> {
     q.drain(..)
-        .map(|(r, _, res)| (r, res.map(|reply| reply.status)))
+        .map(|(r, _, res)| {
+            let res = res.map(|reply| reply.status).map_err(|e| {
+                assert_eq!(e.server, S, "the error names the connection's server");
+                (e.kind, e.retryable)
+            });
+            (r, res)
+        })
         .collect()
 }
 
 #[test]
 fn calls_wait_for_the_connect_then_leave_in_order() {
     let now = Instant::now();
-    let mut p = Pipeline::new(now);
+    let mut p = Pipeline::new(S, now);
     let mut q = VecDeque::new();
     assert_eq!(p.queue(get(1, "a", now), now, &mut q), Queued::Connect);
     p.connecting(now + TIMEOUT);
@@ -144,20 +157,20 @@ fn a_connection_is_stuck_when_its_head_sees_no_reply_bytes() {
     let t1 = t0 + Duration::from_millis(900);
     assert_eq!(feed(&mut p, b"VALUE a 0 1\r\n", t1, &mut q), Ok(false));
     assert_eq!(p.due(t0 + TIMEOUT, TIMEOUT), Due::At(t1 + TIMEOUT));
-    assert_eq!(p.due(t1 + TIMEOUT, TIMEOUT), Due::Fail(CallError::Timeout));
+    assert_eq!(p.due(t1 + TIMEOUT, TIMEOUT), Due::Fail(Failure::Timeout));
     // Idle connections have no deadline; connects do.
-    let idle = Pipeline::new(t0);
+    let idle = Pipeline::new(S, t0);
     assert_eq!(idle.due(t0, TIMEOUT), Due::Never);
-    let mut c = Pipeline::new(t0);
+    let mut c = Pipeline::new(S, t0);
     c.connecting(t0 + TIMEOUT);
-    assert_eq!(c.due(t0 + TIMEOUT, TIMEOUT), Due::Fail(CallError::Connect));
+    assert_eq!(c.due(t0 + TIMEOUT, TIMEOUT), Due::Fail(Failure::Connect));
 }
 
 #[test]
 fn a_failure_retries_reads_once_and_fails_what_may_have_run() {
     let now = Instant::now();
     let (mut p, mut q) = ready(now, vec![get(1, "a", now), set(2, now), get(3, "c", now)]);
-    let failed = p.fail(CallError::Closed, true, now, |_| TIMEOUT, &mut q);
+    let failed = p.fail(Failure::Closed, true, now, |_| TIMEOUT, &mut q);
     assert_eq!(
         failed,
         Failed {
@@ -165,18 +178,21 @@ fn a_failure_retries_reads_once_and_fails_what_may_have_run() {
             reconnect: true
         }
     );
-    assert_eq!(settled(&mut q), vec![(2, Err(CallError::Closed))]);
+    assert_eq!(settled(&mut q), vec![(2, Err((Failure::Closed, false)))]);
     assert_eq!(p.phase(), Phase::Idle);
     assert!(p.out().is_empty());
     // The reads go again on the fresh connection, once.
     p.connecting(now + TIMEOUT);
     p.connected(now);
     assert_eq!(wire(&p), b"get a\r\nget c\r\n");
-    let failed = p.fail(CallError::Closed, true, now, |_| TIMEOUT, &mut q);
+    let failed = p.fail(Failure::Closed, true, now, |_| TIMEOUT, &mut q);
     assert!(!failed.reconnect);
     assert_eq!(
         settled(&mut q),
-        vec![(1, Err(CallError::Closed)), (3, Err(CallError::Closed))]
+        vec![
+            (1, Err((Failure::Closed, true))),
+            (3, Err((Failure::Closed, true)))
+        ]
     );
 }
 
@@ -184,29 +200,29 @@ fn a_failure_retries_reads_once_and_fails_what_may_have_run() {
 fn a_timed_out_head_fails_and_is_not_sent_again() {
     let now = Instant::now();
     let (mut p, mut q) = ready(now, vec![get(1, "a", now), get(2, "b", now)]);
-    let failed = p.fail(CallError::Timeout, true, now, |_| TIMEOUT, &mut q);
+    let failed = p.fail(Failure::Timeout, true, now, |_| TIMEOUT, &mut q);
     assert!(failed.timed_out && failed.reconnect);
-    assert_eq!(settled(&mut q), vec![(1, Err(CallError::Timeout))]);
+    assert_eq!(settled(&mut q), vec![(1, Err((Failure::Timeout, true)))]);
 }
 
 #[test]
 fn a_server_out_of_service_fails_every_call() {
     let now = Instant::now();
     let (mut p, mut q) = ready(now, vec![get(1, "a", now)]);
-    let failed = p.fail(CallError::Closed, false, now, |_| TIMEOUT, &mut q);
+    let failed = p.fail(Failure::Closed, false, now, |_| TIMEOUT, &mut q);
     assert!(!failed.reconnect);
-    assert_eq!(settled(&mut q), vec![(1, Err(CallError::Closed))]);
+    assert_eq!(settled(&mut q), vec![(1, Err((Failure::Closed, true)))]);
 
     let (mut p, mut q) = ready(now, vec![get(1, "a", now)]);
     p.retire(&mut q);
-    assert_eq!(settled(&mut q), vec![(1, Err(CallError::Closed))]);
+    assert_eq!(settled(&mut q), vec![(1, Err((Failure::Closed, true)))]);
 }
 
 #[test]
 fn failed_connects_back_off_longer_each_time() {
     let t0 = Instant::now();
     let step = Duration::from_millis(10);
-    let mut p = Pipeline::new(t0);
+    let mut p = Pipeline::new(S, t0);
     let mut q = VecDeque::new();
     let mut seen = Vec::new();
     for i in 0..3u32 {
@@ -214,7 +230,7 @@ fn failed_connects_back_off_longer_each_time() {
         assert_eq!(p.queue(get(1, "a", now), now, &mut q), Queued::Connect);
         p.connecting(now + TIMEOUT);
         p.fail(
-            CallError::Connect,
+            Failure::Connect,
             true,
             now,
             |n| {
@@ -223,10 +239,10 @@ fn failed_connects_back_off_longer_each_time() {
             },
             &mut q,
         );
-        assert_eq!(settled(&mut q), vec![(1, Err(CallError::Connect))]);
+        assert_eq!(settled(&mut q), vec![(1, Err((Failure::Connect, true)))]);
         // Calls while backing off fail at once.
         assert_eq!(p.queue(get(2, "b", now), now, &mut q), Queued::Refused);
-        assert_eq!(settled(&mut q), vec![(2, Err(CallError::Connect))]);
+        assert_eq!(settled(&mut q), vec![(2, Err((Failure::Connect, true)))]);
     }
     assert_eq!(seen, vec![1, 2, 3]);
     let later = t0 + step * 3;
@@ -235,7 +251,7 @@ fn failed_connects_back_off_longer_each_time() {
     p.connected(later);
     let mut after = 0;
     p.fail(
-        CallError::Connect,
+        Failure::Connect,
         true,
         later,
         |n| {

@@ -440,6 +440,16 @@ impl Core {
                 continue;
             };
             slot.outstanding = slot.outstanding.saturating_sub(1);
+            if let Err(e) = &outcome {
+                let name = cx.topo.servers.get(e.server.index()).map(|s| &*s.name);
+                tracing::debug!(
+                    server = name.unwrap_or("(gone)"),
+                    op = ?e.op,
+                    kind = e.kind.as_str(),
+                    retryable = e.retryable,
+                    "upstream call failed"
+                );
+            }
             let mut fx = std::mem::take(&mut self.fx);
             let view = HealthView {
                 topo: &cx.topo,
@@ -618,7 +628,8 @@ impl Core {
         slot.outstanding += 1;
         let generation = slot.generation;
         let Some(pool) = self.pool_for(cx, generation, server) else {
-            self.outcomes.push_back((r, call, Err(CallError::Closed)));
+            let e = CallError::no_call(server, expect);
+            self.outcomes.push_back((r, call, Err(e)));
             return;
         };
         let Some(ci) = pool
@@ -626,11 +637,12 @@ impl Core {
             .copied()
             .min_by_key(|&i| self.ups.get(i).map_or(usize::MAX, UpConn::load))
         else {
-            self.outcomes.push_back((r, call, Err(CallError::Closed)));
+            let e = CallError::no_call(server, expect);
+            self.outcomes.push_back((r, call, Err(e)));
             return;
         };
         let call = Call::new(r, call, expect, parts, cx.now);
-        self.queue_call(d, cx, ci, call);
+        self.queue_call(d, cx, (server, ci), call);
     }
 
     /// The connections of `server` as the request's topology numbers it.
@@ -693,7 +705,7 @@ impl Core {
                 Some(conns) => {
                     for &c in &conns {
                         if let Some(u) = self.ups.get_mut(c) {
-                            u.server = ServerId(i as u32);
+                            u.renumber(ServerId(i as u32));
                         }
                     }
                     conns

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::proxy::machine::CallError;
+use crate::proxy::machine::{CallError, Failure};
 use crate::proxy::pipeline::{Call, Due, Fault, Pipeline, Queued};
 use crate::stats::Counter;
 use crate::upstream::{backoff, Health, HealthPolicy, ServerId, Verdict};
@@ -67,6 +67,12 @@ pub(super) struct Zombie {
 }
 
 impl UpConn {
+    /// A reload numbered the servers anew: this connection's is `server`.
+    pub(super) fn renumber(&mut self, server: ServerId) {
+        self.server = server;
+        self.pipe.renumber(server);
+    }
+
     pub(super) fn new(server: ServerId, addr: SocketAddr, name: &str) -> UpConn {
         UpConn {
             server,
@@ -74,7 +80,7 @@ impl UpConn {
             name: name.to_string(),
             gen: 0,
             fd: None,
-            pipe: Pipeline::new(std::time::Instant::now()),
+            pipe: Pipeline::new(server, std::time::Instant::now()),
             tls: None,
             iov: Vec::with_capacity(64),
             send_inflight: false,
@@ -159,11 +165,18 @@ fn mark(st: &mut Core, ci: usize) {
 }
 
 impl Core {
-    /// Queue `call` on connection `ci`, connecting first if needed.
-    pub(super) fn queue_call<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, call: Call) {
+    /// Queue `call` on connection `ci` of `server`, connecting first if
+    /// needed.
+    pub(super) fn queue_call<D: Driver>(
+        &mut self,
+        d: &mut D,
+        cx: &Ctx,
+        (server, ci): (ServerId, usize),
+        call: Call,
+    ) {
         let Some(u) = self.ups.get_mut(ci) else {
-            self.outcomes
-                .push_back((call.req, call.call, Err(CallError::Closed)));
+            let e = CallError::no_call(server, call.expect);
+            self.outcomes.push_back((call.req, call.call, Err(e)));
             return;
         };
         match u.pipe.queue(call, cx.now, &mut self.outcomes) {
@@ -189,7 +202,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!(server = %u.name, error = %e, "cannot create a socket");
-                self.fail_up(d, cx, ci, CallError::Connect);
+                self.fail_up(d, cx, ci, Failure::Connect);
             }
         }
     }
@@ -212,7 +225,7 @@ impl Core {
         u.connecting = false;
         if c.res < 0 {
             tracing::debug!(server = %u.name, error = %std::io::Error::from_raw_os_error(-c.res), "connect failed");
-            self.fail_up(d, cx, ci, CallError::Connect);
+            self.fail_up(d, cx, ci, Failure::Connect);
             return;
         }
         let info = cx.topo.servers.get(u.server.index());
@@ -223,7 +236,7 @@ impl Core {
                 Ok(s) => u.tls = Some(Box::new(s)),
                 Err(e) => {
                     tracing::warn!(server = %u.name, error = %e, "cannot start a TLS session");
-                    self.fail_up(d, cx, ci, CallError::Tls);
+                    self.fail_up(d, cx, ci, Failure::Tls);
                     return;
                 }
             },
@@ -301,7 +314,7 @@ impl Core {
         }
         if let Some(e) = tls_failed {
             tracing::warn!(server = %u.name, reason = e.reason.as_str(), error = %e.detail, handshaking = e.handshaking, "TLS to the server failed, closing the connection");
-            self.fail_up(d, cx, ci, CallError::Tls);
+            self.fail_up(d, cx, ci, Failure::Tls);
             return;
         }
         if c.res == -libc::ENOBUFS {
@@ -309,7 +322,7 @@ impl Core {
             return;
         }
         if c.res <= 0 || tls_closed {
-            self.fail_up(d, cx, ci, CallError::Closed);
+            self.fail_up(d, cx, ci, Failure::Closed);
             return;
         }
         match outcome {
@@ -324,7 +337,7 @@ impl Core {
             Err(Fault::OutOfStep(what)) => self.out_of_step(d, cx, ci, what),
             Err(Fault::Garbled(msg)) => {
                 tracing::warn!(server = %u.name, error = msg, "unparseable reply, closing connection");
-                self.fail_up(d, cx, ci, CallError::Protocol);
+                self.fail_up(d, cx, ci, Failure::Protocol);
             }
         }
     }
@@ -338,7 +351,7 @@ impl Core {
             tracing::warn!(server = %u.name, reply = what, "upstream connection out of step with its requests, closing it");
         }
         cx.stats().incr(Counter::BackendDesyncs);
-        self.fail_up(d, cx, ci, CallError::Protocol);
+        self.fail_up(d, cx, ci, Failure::Protocol);
     }
 
     /// A send to a server finished.
@@ -358,7 +371,7 @@ impl Core {
         };
         u.send_inflight = false;
         if c.res <= 0 {
-            self.fail_up(d, cx, ci, CallError::Closed);
+            self.fail_up(d, cx, ci, Failure::Closed);
             return;
         }
         match u.tls.as_deref_mut() {
@@ -413,7 +426,7 @@ impl Core {
 
     /// Fail connection `ci`: one failure for the server; its machine
     /// settles its calls (see [`Pipeline::fail`]).
-    pub(super) fn fail_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, why: CallError) {
+    pub(super) fn fail_up<D: Driver>(&mut self, d: &mut D, cx: &Ctx, ci: usize, why: Failure) {
         let gen = next_gen(&mut self.up_gen);
         let Some(u) = self.ups.get_mut(ci) else {
             return;
@@ -471,7 +484,7 @@ impl Core {
             Due::Never => None,
             Due::At(at) => Some(at),
             Due::Fail(why) => {
-                if why == CallError::Connect {
+                if why == Failure::Connect {
                     tracing::debug!(server = %u.name, "connect timed out");
                 } else {
                     tracing::debug!(server = %u.name, waiting = u.pipe.waiting(), "upstream connection stuck");

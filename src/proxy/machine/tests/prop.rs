@@ -76,11 +76,12 @@ fn canned(expect: Expect) -> &'static [&'static str] {
     }
 }
 
-const ERRORS: [CallError; 4] = [
-    CallError::Connect,
-    CallError::Timeout,
-    CallError::Closed,
-    CallError::Protocol,
+const ERRORS: [Failure; 5] = [
+    Failure::Connect,
+    Failure::Timeout,
+    Failure::Closed,
+    Failure::Protocol,
+    Failure::Tls,
 ];
 
 fn replicas_of(key: &[u8], with_backup: bool) -> Replicas {
@@ -233,7 +234,11 @@ proptest! {
                 // A section is only ever granted, whenever its turn comes.
                 _ if sent.section => Ok(Reply::grant()),
                 Some(text) => Ok(reply(sent.expect, text.as_bytes())),
-                None => Err(ERRORS[o - replies.len()]),
+                None => Err(CallError::new(
+                    sent.server,
+                    sent.expect,
+                    ERRORS[o - replies.len()],
+                )),
             };
             let mut fx = Vec::new();
             t.m.on_outcome(sent.call, r, &world, &mut fx);
@@ -245,7 +250,7 @@ proptest! {
             prop_assert_eq!(t.answers, usize::from(t.client), "answers of a machine");
             let mut fx = Vec::new();
             for call in [0, 1, 2, 3, LOOSE] {
-                t.m.on_outcome(call, Err(CallError::Closed), &world, &mut fx);
+                t.m.on_outcome(call, Err(CallError::no_call(ServerId(0), Expect::Line)), &world, &mut fx);
             }
             prop_assert!(fx.is_empty(), "effects after the end: {:?}", fx);
             prop_assert!(t.m.is_done());
