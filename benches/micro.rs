@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pure hot path: request parsing, reply framing,
-//! key placement, the multi-get fan-out plan, and what latency recording
+//! key placement (ring lookups, and the router over a multi-get's keys), and what latency recording
 //! adds per request (`metrics`).
 //!
 //! ```text
@@ -14,9 +14,9 @@
 use std::hint::black_box;
 use std::ops::Range;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use memring::protocol::{frame_response, parse_request, Expect, Framed, Parsed};
-use memring::route::{Distribution, FanoutPlan, Member, Ring};
+use memring::route::{Distribution, Member, Ring, Router};
 
 /// Generous item limit, as the proxy's default (1 MiB).
 const MAX_ITEM: usize = 1024 * 1024;
@@ -109,7 +109,8 @@ fn bench_route(c: &mut Criterion) {
         });
     }
 
-    // A 100-key multi-get as the parser hands it over: ranges into the buffer.
+    // A 100-key multi-get as the parser hands it over, placed by the
+    // router (pool, primary, backup) as a request machine asks for it.
     let mut buf = Vec::new();
     let mut ranges = Vec::new();
     for i in 0..100 {
@@ -118,24 +119,16 @@ fn bench_route(c: &mut Criterion) {
         buf.extend_from_slice(k.as_bytes());
         buf.push(b' ');
     }
-    let ring = Ring::new(Distribution::Ketama, &members());
+    let router = Router::single(Distribution::Ketama, &members(), &members());
     g.throughput(Throughput::Elements(100));
-    g.bench_function("fanout_plan_100_keys_3_servers", |b| {
-        b.iter_batched_ref(
-            FanoutPlan::default,
-            |plan| {
-                plan.build(&ring, black_box(&buf), &ranges);
-                plan.servers.len()
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    // The same with a warm plan reused across requests, as the proxy does.
-    let mut plan = FanoutPlan::default();
-    g.bench_function("fanout_plan_100_keys_3_servers_warm", |b| {
+    g.bench_function("router_100_keys_3_servers_with_backups", |b| {
         b.iter(|| {
-            plan.build(&ring, black_box(&buf), &ranges);
-            plan.servers.len()
+            let mut acc = 0u32;
+            for r in &ranges {
+                let route = router.route(black_box(&buf[r.clone()]));
+                acc = acc.wrapping_add(route.primary + route.backup.unwrap_or(0));
+            }
+            acc
         })
     });
     g.finish();

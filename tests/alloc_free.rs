@@ -3,8 +3,8 @@
 //!
 //! A benchmark can only count allocations in its own process and the proxy
 //! runs as a separate one, so this test drives the pure hot path the proxy
-//! runs per request — parse the client request, route it (ring lookup or
-//! multi-get fan-out plan), compose the upstream request, frame the upstream
+//! runs per request — parse the client request, route it (the router, and a
+//! multi-get grouped per server as the request machine groups it), compose the upstream request, frame the upstream
 //! reply, assemble the client reply — through memring's public API only,
 //! with warm buffers, under a counting `#[global_allocator]`, and asserts that
 //! after warmup an iteration allocates nothing.
@@ -27,7 +27,7 @@ use memring::protocol::compose::{compose_retrieval, compose_storage_line, END};
 use memring::protocol::{
     frame_response, parse_request, Expect, Framed, Parsed, Request, ValueItem,
 };
-use memring::route::{Distribution, FanoutPlan, Member, Ring};
+use memring::route::{Distribution, Member, Router};
 
 /// Counts allocations (alloc, alloc_zeroed, realloc) made by the current thread.
 struct CountingAlloc;
@@ -77,9 +77,10 @@ const SERVERS: usize = 3;
 
 /// The per-connection state a proxy keeps warm between requests.
 struct HotPath {
-    ring: Ring,
+    router: Router,
     keys: Vec<Range<usize>>,
-    plan: FanoutPlan,
+    /// The primary of each key of a multi-get.
+    owners: Vec<u32>,
     items: Vec<ValueItem>,
     /// One upstream write buffer per server.
     upstream: Vec<BytesMut>,
@@ -96,9 +97,9 @@ impl HotPath {
             })
             .collect();
         HotPath {
-            ring: Ring::new(Distribution::Ketama, &members),
+            router: Router::single(Distribution::Ketama, &members, &[]),
             keys: Vec::new(),
-            plan: FanoutPlan::default(),
+            owners: Vec::new(),
             items: Vec::new(),
             upstream: (0..SERVERS).map(|_| BytesMut::new()).collect(),
             out: BytesMut::new(),
@@ -108,17 +109,27 @@ impl HotPath {
     /// Route one parsed request: compose what goes to which server(s).
     fn route(&mut self, buf: &[u8], req: &Request) {
         if req.verb.is_retrieval() {
-            self.plan.build(&self.ring, buf, &self.keys);
-            for (server, group) in self.plan.groups() {
-                let keys = &self.keys;
-                let up = &mut self.upstream[server as usize];
-                let ks = group.iter().map(|&i| &buf[keys[i as usize].clone()]);
+            let router = &self.router;
+            self.owners.clear();
+            self.owners.extend(
+                self.keys
+                    .iter()
+                    .map(|k| router.route(&buf[k.clone()]).primary),
+            );
+            for (server, up) in self.upstream.iter_mut().enumerate() {
+                let mine = |i: &usize| self.owners[*i] == server as u32;
+                if !(0..self.keys.len()).any(|i| mine(&i)) {
+                    continue;
+                }
+                let ks = (0..self.keys.len())
+                    .filter(mine)
+                    .map(|i| &buf[self.keys[i].clone()]);
                 compose_retrieval(up, req.verb, req.exptime, ks);
             }
         } else {
             let key = &buf[req.key.clone()];
             let data = &buf[req.data.clone()];
-            let up = &mut self.upstream[self.ring.server_for(key)];
+            let up = &mut self.upstream[self.router.route(key).primary as usize];
             compose_storage_line(
                 up,
                 req.verb,

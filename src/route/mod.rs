@@ -1,10 +1,11 @@
-//! Key placement, sans-IO: which server owns a key, and how a multi-key get
-//! splits across servers.
+//! Key placement, sans-IO: which pool and which servers own a key.
 //!
-//! Owns: the magent modula hash, the libketama/nutcracker ketama ring, the
-//! [`Router`] (the one place keys are placed) and a multi-get fan-out
-//! plan ([`FanoutPlan`]: the allocation test and the micro-benchmarks use
-//! it; the request machines group keys by the router's replicas). Must not import `server`, sockets or the clock.
+//! Owns: the magent modula hash, the libketama/nutcracker ketama ring,
+//! nutcracker's hashes, and the [`Router`], the one place keys are placed
+//! (pool by prefix route or listener, then primary and backup). A multi-key
+//! get is split by the request machine, which groups its keys by the
+//! replicas the router gives each one. Must not import `server`, sockets or
+//! the clock.
 //!
 //! A [`Ring`] is built once per configuration and shared read-only across
 //! cores; lookups neither allocate nor panic.
@@ -33,11 +34,9 @@
 pub mod hash;
 pub mod ketama;
 pub mod modula;
-pub mod plan;
 pub mod router;
 
 pub use hash::KeyHash;
-pub use plan::FanoutPlan;
 pub use router::{Route, Router};
 
 /// How keys are spread over a pool.
