@@ -1,8 +1,9 @@
 //! Key placement, sans-IO: which pool and which servers own a key.
 //!
 //! Owns: the magent modula hash, the libketama/nutcracker ketama ring,
-//! nutcracker's hashes, and the [`Router`], the one place keys are placed
-//! (pool by prefix route or listener, then primary and backup). A multi-key
+//! nutcracker's hashes, the [`Router`], the one place keys are placed
+//! (pool by prefix route or listener, then primary and backup), and the
+//! [`History`] of earlier placements a migration window reads from. A multi-key
 //! get is split by the request machine, which groups its keys by the
 //! replicas the router gives each one. Must not import `server`, sockets or
 //! the clock.
@@ -32,11 +33,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod hash;
+pub mod history;
 pub mod ketama;
 pub mod modula;
 pub mod router;
 
 pub use hash::KeyHash;
+pub use history::{History, Owners};
 pub use router::{Route, Router};
 
 /// How keys are spread over a pool.
