@@ -61,6 +61,9 @@ counters! {
     BackendDesyncs => "proxy_backend_desyncs",
     Failovers => "proxy_failovers",
     ReadThroughHits => "proxy_read_through_hits",
+    MigrationHits => "proxy_migration_hits",
+    MigrationMisses => "proxy_migration_misses",
+    MigrationDeletes => "proxy_migration_deletes",
     Repairs => "proxy_repairs",
     ReplicationErrors => "proxy_replication_errors",
     ResyncCopies => "proxy_resync_copies",
@@ -171,6 +174,9 @@ pub struct ServerView<'a> {
     pub pool: &'a str,
     /// Shared health.
     pub health: &'a Health,
+    /// Kept only while a migration window is open (see
+    /// `--migrate-window`).
+    pub leaving: bool,
 }
 
 /// Process facts `stats` shows.
@@ -192,6 +198,9 @@ pub struct ProcessView {
     pub config_generation: u64,
     /// CPU time in user and in system mode so far (`getrusage`).
     pub rusage: (Duration, Duration),
+    /// An open migration window: the time left, and how many earlier
+    /// placements it reads from.
+    pub migration: Option<(Duration, usize)>,
 }
 
 /// Render the `stats` reply: `STAT <name> <value>\r\n` lines, then `END\r\n`.
@@ -218,6 +227,10 @@ pub fn render(
     stat("threads", &p.threads);
     stat("io_backend", &p.backend);
     stat("config_generation", &p.config_generation);
+    let (left, placements) = p.migration.unwrap_or_default();
+    stat("migration_window_open", &u8::from(p.migration.is_some()));
+    stat("migration_window_seconds_left", &left.as_secs());
+    stat("migration_placements", &placements);
     stat("max_connections", &p.max_connections);
     let curr: u64 = cores
         .iter()
@@ -241,6 +254,7 @@ pub fn render(
         stat(&format!("server_{i}:address"), &v.name);
         stat(&format!("server_{i}:role"), &v.role.as_str());
         stat(&format!("server_{i}:pool"), &v.pool);
+        stat(&format!("server_{i}:leaving"), &u8::from(v.leaving));
         stat(&format!("server_{i}:state"), &h.state().as_str());
         stat(&format!("server_{i}:dirty"), &u8::from(h.is_dirty()));
         let c = h.counters();
@@ -293,7 +307,7 @@ pub fn render(
 }
 
 /// Where one key goes, for `stats route <key>` and `memring --route`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RouteView<'a> {
     /// The pool's name.
     pub pool: &'a str,
@@ -301,6 +315,9 @@ pub struct RouteView<'a> {
     pub primary: (&'a str, crate::upstream::State),
     /// The backup's, if the pool has backups.
     pub backup: Option<(&'a str, crate::upstream::State)>,
+    /// While a migration window is open: the servers earlier placements
+    /// put the key on (newest first), read when it misses.
+    pub earlier: Vec<(&'a str, crate::upstream::State)>,
 }
 
 /// Render `stats route <key>`: the key's pool, primary and backup with
@@ -327,6 +344,10 @@ pub fn render_route(r: &RouteView<'_>) -> String {
         "none"
     };
     stat("reads_from", &reads_from);
+    for (name, state) in &r.earlier {
+        stat("earlier", name);
+        stat("earlier_state", &state.as_str());
+    }
     s.push_str("END\r\n");
     s
 }
@@ -552,6 +573,7 @@ mod tests {
             role: Role::Backup,
             pool: "default",
             health: &h,
+            leaving: false,
         }];
         let p = ProcessView {
             pid: 7,
@@ -562,6 +584,7 @@ mod tests {
             backend: "io_uring",
             config_generation: 0,
             rusage: (Duration::from_micros(1_500_001), Duration::from_micros(20)),
+            migration: None,
         };
         let out = render(&cores, &servers, &p, t0 + Duration::from_secs(5));
         assert!(out.starts_with("STAT pid 7\r\nSTAT uptime 5\r\n"));
@@ -630,6 +653,7 @@ mod tests {
             role: Role::Primary,
             pool: "default",
             health: &h,
+            leaving: false,
         }];
         let inputs = [ServerInput {
             name: "127.0.0.1:1",
@@ -669,6 +693,7 @@ mod tests {
             pool: "default",
             primary: ("10.0.0.1:11211", p),
             backup: b.map(|st| ("10.0.0.2:11211", st)),
+            earlier: Vec::new(),
         };
         assert_eq!(
             render_route(&view(State::Up, Some(State::Up))),
@@ -688,6 +713,16 @@ mod tests {
             );
         }
         assert!(!render_route(&view(State::Up, None)).contains("backup"));
+        // A migration window: the earlier owners, newest first.
+        let mut moved = view(State::Up, None);
+        moved.earlier = vec![
+            ("10.0.0.9:11211", State::Up),
+            ("10.0.0.8:11211", State::Down),
+        ];
+        assert!(render_route(&moved).ends_with(
+            "STAT reads_from primary\r\nSTAT earlier 10.0.0.9:11211\r\nSTAT earlier_state up\r\n\
+             STAT earlier 10.0.0.8:11211\r\nSTAT earlier_state down\r\nEND\r\n"
+        ));
     }
 
     #[test]
@@ -720,6 +755,7 @@ mod tests {
             backend: "epoll",
             config_generation: 4,
             rusage: (Duration::from_micros(1_500_001), Duration::from_micros(20)),
+            migration: None,
         };
         let out = render_settings(&cfg, &p, "127.0.0.1:4242".parse().ok());
         for want in [

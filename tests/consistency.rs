@@ -321,37 +321,6 @@ fn extra_replies_never_serve_another_keys_value_with_a_backup() {
     extra_replies_never_serve_another_keys_value(true);
 }
 
-/// SIGHUP `proxy` after writing `servers` (and ketama) to `file`, and wait
-/// until it runs configuration generation `generation`.
-fn reload_to(
-    proxy: &Memring,
-    c: &mut Client,
-    file: &std::path::Path,
-    servers: &[&Memcached],
-    generation: u64,
-) {
-    let list: Vec<String> = servers
-        .iter()
-        .map(|s| format!("\"{}\"", s.server_arg()))
-        .collect();
-    let text = format!(
-        "distribution = \"ketama\"\nservers = [{}]\n",
-        list.join(", ")
-    );
-    std::fs::write(file, text).expect("write config");
-    proxy.sighup();
-    let want = generation.to_string();
-    let done = wait_for(Duration::from_secs(30), || {
-        let s = proxy_stats(c);
-        (stat(&s, "config_generation") == want).then_some(())
-    });
-    assert!(
-        done.is_some(),
-        "config_generation {generation} after SIGHUP: {}",
-        proxy.stderr()
-    );
-}
-
 /// Wait until each of `servers` (primaries) has finished `n` sweeps.
 fn wait_swept(c: &mut Client, servers: &[&Memcached], n: u64) {
     let mut last = Vec::new();
@@ -384,18 +353,7 @@ fn a_server_removed_by_reload_and_added_back_never_serves_its_old_values() {
         .to_vec();
     args.push(file.display().to_string());
     args.extend(FAST_FAILOVER.map(String::from));
-    let list: Vec<String> = all
-        .iter()
-        .map(|s| format!("\"{}\"", s.server_arg()))
-        .collect();
-    std::fs::write(
-        &file,
-        format!(
-            "distribution = \"ketama\"\nservers = [{}]\n",
-            list.join(", ")
-        ),
-    )
-    .expect("write config");
+    std::fs::write(&file, ketama_config(&all, "0")).expect("write config");
     let proxy = Memring::start(&args);
     let mut c = proxy.client();
     let keys: Vec<String> = (0..240).map(|i| format!("swap{i}")).collect();
@@ -412,14 +370,14 @@ fn a_server_removed_by_reload_and_added_back_never_serves_its_old_values() {
     let (mut stale, mut served, mut generation) = (Vec::new(), 0, 0);
     for round in 1..=4 {
         generation += 1;
-        reload_to(&proxy, &mut c, &file, &all[..2], generation);
+        reload_to(&proxy, &mut c, &file, (&all[..2], "0"), generation);
         // Let the sweep of this move finish (keys moved again before it
         // would flush the two servers that stay: correct, but nothing to
         // read then).
         wait_swept(&mut c, &all[..2], generation);
         write_all(&mut c, round);
         generation += 1;
-        reload_to(&proxy, &mut c, &file, &all, generation);
+        reload_to(&proxy, &mut c, &file, (&all, "0"), generation);
         wait_swept(&mut c, &all[..2], generation);
         // Read at once (the server may not be flushed yet) and again once
         // it is back in service.
@@ -708,18 +666,7 @@ fn growing_and_shrinking_never_serves_values_from_before_the_growth() {
     let all: Vec<&Memcached> = servers.iter().collect();
     let dir = TempDir::new("reshard");
     let file = dir.path().join("memring.toml");
-    let list = |n: usize| -> String {
-        all[..n]
-            .iter()
-            .map(|s| format!("\"{}\"", s.server_arg()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    std::fs::write(
-        &file,
-        format!("distribution = \"ketama\"\nservers = [{}]\n", list(8)),
-    )
-    .expect("write config");
+    std::fs::write(&file, ketama_config(&all[..8], "0")).expect("write config");
     let mut args: Vec<String> = ["-D", "--bind", "127.0.0.1:0", "--config"]
         .map(String::from)
         .to_vec();
@@ -775,7 +722,7 @@ fn growing_and_shrinking_never_serves_values_from_before_the_growth() {
     write_all(&mut c, 0);
 
     // 1. Grow, let the sweep finish, rewrite, shrink.
-    reload_to(&proxy, &mut c, &file, &all, 1);
+    reload_to(&proxy, &mut c, &file, (&all, "0"), 1);
     wait_up(&mut c, all[8]);
     let swept = wait_for(Duration::from_secs(60), || {
         let s = proxy_stats(&mut c);
@@ -799,7 +746,7 @@ fn growing_and_shrinking_never_serves_values_from_before_the_growth() {
         })
         .sum();
     write_all(&mut c, 1);
-    reload_to(&proxy, &mut c, &file, &all[..8], 2);
+    reload_to(&proxy, &mut c, &file, (&all[..8], "0"), 2);
     let bad = binary_stale(&mut c, 1);
     assert!(
         bad.is_empty(),
@@ -818,10 +765,10 @@ fn growing_and_shrinking_never_serves_values_from_before_the_growth() {
     //    servers not swept are flushed (at the growth) instead, so the
     //    copies they kept from the shrink cannot come back.
     write_all(&mut c, 2);
-    reload_to(&proxy, &mut c, &file, &all, 3);
+    reload_to(&proxy, &mut c, &file, (&all, "0"), 3);
     wait_up(&mut c, all[8]);
     write_all(&mut c, 3);
-    reload_to(&proxy, &mut c, &file, &all[..8], 4);
+    reload_to(&proxy, &mut c, &file, (&all[..8], "0"), 4);
     for m in &all[..8] {
         wait_up(&mut c, m);
     }

@@ -181,7 +181,8 @@ fn a_dns_set_follows_its_members_without_stale_reads() {
     let set = format!("dns+{name}:{port}");
     // Default timeouts: writes without a backup must not time out on a
     // busy machine.
-    let proxy = proxy_following(&set, &["-k"]);
+    // No migration window: this test is about the sweep after the change.
+    let proxy = proxy_following(&set, &["-k", "--migrate-window", "0"]);
     let mut c = proxy.client();
     let servers = |c: &mut Client| stat_u64(&proxy_stats(c), "proxy_servers");
     assert_eq!(servers(&mut c), 2);

@@ -151,6 +151,10 @@ pub(super) struct Cli {
     #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_DNS_REFRESH, value_parser = value::shutdown_timeout, help_heading = MEMRING)]
     pub dns_refresh: Duration,
 
+    /// How long a reload that moves keys reads a missed key from its old owner (0 disables)
+    #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_MIGRATE_WINDOW, value_parser = value::shutdown_timeout, help_heading = MEMRING)]
+    pub migrate_window: Duration,
+
     /// Pipelined connections per server per core (at most -i)
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_UPSTREAM_CONNS, value_parser = value::server_conns, help_heading = MEMRING)]
     pub upstream_conns: usize,
@@ -301,6 +305,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<CliArgs, ConfigError> {
         failure_limit: pick("failure_limit").map(|_| cli.failure_limit),
         retry_interval: pick("retry_interval").map(|_| cli.retry_interval),
         dns_refresh: pick("dns_refresh").map(|_| cli.dns_refresh),
+        migrate_window: pick("migrate_window").map(|_| cli.migrate_window),
         io_backend: pick("io_backend").map(|_| cli.io_backend),
         pid_file: cli.pid_file.clone(),
         log_file: cli.log_file.clone(),

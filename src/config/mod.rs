@@ -51,6 +51,8 @@ pub const DEFAULT_FAILURE_LIMIT: u32 = 2;
 pub const DEFAULT_RETRY_INTERVAL: &str = "500ms";
 /// `--dns-refresh` default.
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
+/// `--migrate-window` default.
+pub const DEFAULT_MIGRATE_WINDOW: &str = "5m";
 /// `--shutdown-timeout` default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 /// `--tls-handshake-timeout` default.
@@ -201,6 +203,10 @@ pub struct Config {
     /// `--dns-refresh`: how often server host names are resolved again
     /// (zero: never after start and reload). Default 30s.
     pub dns_refresh: Duration,
+    /// `--migrate-window`: how long a reload or DNS change that moves keys
+    /// keeps the previous placement, so that a key that misses on its new
+    /// owner is read from its old one (zero: off). Default 5m.
+    pub migrate_window: Duration,
     /// `--io-backend`.
     pub io_backend: IoBackend,
     /// `--pid-file`.
@@ -590,6 +596,7 @@ struct Layer {
     failure_limit: Option<u32>,
     retry_interval: Option<Duration>,
     dns_refresh: Option<Duration>,
+    migrate_window: Option<Duration>,
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
@@ -645,6 +652,7 @@ impl Layer {
             failure_limit,
             retry_interval,
             dns_refresh,
+            migrate_window,
             io_backend,
             pid_file,
             log_file,
@@ -708,6 +716,7 @@ impl Layer {
             failure_limit: self.failure_limit.unwrap_or(DEFAULT_FAILURE_LIMIT),
             retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
             dns_refresh: dur(self.dns_refresh, DEFAULT_DNS_REFRESH),
+            migrate_window: dur(self.migrate_window, DEFAULT_MIGRATE_WINDOW),
             io_backend: self.io_backend.unwrap_or_default(),
             pid_file: self.pid_file,
             log_file: self.log_file,
@@ -871,6 +880,7 @@ pub fn reload_changes(old: &Config, new: &Config) -> Vec<String> {
         failure_limit,
         retry_interval,
         dns_refresh,
+        migrate_window,
         missed_keys_limit,
         shutdown_timeout,
         resync,

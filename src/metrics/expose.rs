@@ -21,6 +21,8 @@
 //! memring_keys_logged_total{server}  memring_drains_total{server}  memring_drained_keys_total{server}
 //! memring_upstream_aborts_total{server}
 //! memring_resync_copies_total  memring_repairs_total  memring_section_waits_total
+//! memring_migration_reads_total{result}  memring_migration_deletes_total
+//! memring_migration_window_open  memring_migration_placements
 //! memring_upstream_desyncs_total  memring_input_memory_refusals_total  memring_client_input_bytes
 //! memring_client_connections  memring_client_connections_rejected_total
 //! memring_client_read_bytes_total  memring_client_written_bytes_total
@@ -328,7 +330,37 @@ impl Collector for SnapshotCollector {
                 Ok(())
             },
         )?;
-        let plain: [(&str, &str, MetricType, u64); 14] = [
+        family(
+            &mut enc,
+            "memring_migration_reads",
+            "Keys that missed on their new owner during a migration window and were looked up \
+             on an earlier owner, by result",
+            None,
+            MetricType::Counter,
+            |m| {
+                counter(m, &[("result", "hit")], p.migration_hits)?;
+                counter(m, &[("result", "miss")], p.migration_misses)
+            },
+        )?;
+        let plain: [(&str, &str, MetricType, u64); 17] = [
+            (
+                "memring_migration_deletes",
+                "Deletes sent to earlier owners by writes during a migration window",
+                MetricType::Counter,
+                p.migration_deletes,
+            ),
+            (
+                "memring_migration_window_open",
+                "1 while a migration window is open (keys moved by a reload or DNS change)",
+                MetricType::Gauge,
+                p.migration_window_open,
+            ),
+            (
+                "memring_migration_placements",
+                "Earlier placements the open migration window reads from",
+                MetricType::Gauge,
+                p.migration_placements,
+            ),
             (
                 "memring_failovers",
                 "Requests answered by the other replica because one failed or was out",
@@ -497,6 +529,11 @@ mod tests {
             tls_handshakes: 3,
             tls_handshake_errors: vec![("not_tls", 2), ("timeout", 0)],
             tls_on_plain_port: 0,
+            migration_hits: 2,
+            migration_misses: 1,
+            migration_deletes: 0,
+            migration_window_open: 1,
+            migration_placements: 1,
         };
         Snapshot::take(&cores, &servers, process, "io_uring", true)
     }
@@ -533,6 +570,9 @@ mod tests {
             "memring_drains_total{server=\"127.0.0.1:11211\"} 2\n",
             "memring_drained_keys_total{server=\"127.0.0.1:11211\"} 38\n",
             "memring_read_through_total{result=\"miss\"} 1\n",
+            "memring_migration_reads_total{result=\"hit\"} 2\n",
+            "memring_migration_reads_total{result=\"miss\"} 1\n",
+            "memring_migration_window_open 1\n",
             "memring_failovers_total 5\n",
             "memring_client_connections 4\n",
             "memring_client_connections_rejected_total 1\n",

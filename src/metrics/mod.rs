@@ -412,6 +412,17 @@ pub struct ProcessCounters {
     pub tls_handshake_errors: Vec<(&'static str, u64)>,
     /// TLS handshake records sent to the plaintext listener.
     pub tls_on_plain_port: u64,
+    /// Keys that missed on their new owner and were found on an earlier
+    /// owner during a migration window (answered, and copied over).
+    pub migration_hits: u64,
+    /// Those looked up on an earlier owner and not found there.
+    pub migration_misses: u64,
+    /// Deletes sent to earlier owners by writes during a migration window.
+    pub migration_deletes: u64,
+    /// 1 while a migration window is open.
+    pub migration_window_open: u64,
+    /// Earlier placements the open window reads from.
+    pub migration_placements: u64,
 }
 
 /// One server, merged.

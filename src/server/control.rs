@@ -53,8 +53,12 @@ fn prober(shared: &Arc<Shared>) {
     while !shared.stopping.load(Ordering::Relaxed) {
         // Woken early by the bell when a server turns suspect.
         std::thread::park_timeout(tick.mul_f64(0.5 + jitter()));
-        let topo = shared.current();
+        let mut topo = shared.current();
         let now = Instant::now();
+        if topo.window_until.is_some_and(|until| now >= until) {
+            close_window(shared);
+            topo = shared.current();
+        }
         for (i, s) in topo.servers.iter().enumerate() {
             let Some(probe) = s.health.try_claim_probe(now) else {
                 continue;
@@ -512,16 +516,51 @@ fn refresh_addresses(shared: &Arc<Shared>) {
                 tracing::info!(target: super::LIFECYCLE, set = %name, added = %added.join(" "), removed = %removed.join(" "), "dns+ set membership changed");
             }
             let keys_moved = t.settle_after(&topo);
-            let generation = t.generation;
-            shared.swap_topology(t);
-            if keys_moved {
-                spawn_sweep(shared.clone(), generation);
-            }
+            install(shared, t, keys_moved);
         }
         Err(e) => {
             tracing::warn!(error = %e, "address refresh failed; keeping the running topology")
         }
     }
+}
+
+/// Install `t` (a reload's, or the DNS refresher's); `sweep_due`: what
+/// [`Topology::settle_after`] said. Then either a migration window is open,
+/// and the sweep waits for it to close, or the sweep starts now.
+pub(super) fn install(shared: &Arc<Shared>, t: Topology, sweep_due: bool) {
+    let generation = t.generation;
+    let window = t.window_until;
+    if sweep_due {
+        if let Some(until) = window {
+            let secs = until.saturating_duration_since(Instant::now()).as_secs();
+            tracing::info!(target: super::LIFECYCLE, generation, placements = t.history.len(), closes_in_s = secs, "keys moved: migration window open (a key that misses is read from its earlier owners)");
+        }
+    }
+    shared.swap_topology(t);
+    if sweep_due && window.is_none() {
+        spawn_sweep(shared.clone(), generation);
+    }
+}
+
+/// Close the open migration window once it is due: install the topology
+/// without its earlier placements and leaving servers, and sweep (every
+/// server then deletes the keys it does not own under the live placement).
+fn close_window(shared: &Arc<Shared>) {
+    let _updating = shared.updating.lock().unwrap_or_else(|e| e.into_inner());
+    let current = shared.current();
+    let due = current
+        .window_until
+        .is_some_and(|until| Instant::now() >= until);
+    if !due {
+        return;
+    }
+    let t = current.window_closed();
+    t.settle_after(&current);
+    let generation = t.generation;
+    let left = current.servers.iter().filter(|s| s.leaving).count();
+    shared.swap_topology(t);
+    tracing::info!(target: super::LIFECYCLE, generation, servers_left = left, "migration window closed: sweeping");
+    spawn_sweep(shared.clone(), generation);
 }
 
 /// Start the sweep of reload generation `generation` on its own thread:
@@ -561,8 +600,9 @@ fn sweep(shared: &Shared, generation: u64) {
             tracing::info!(generation, "sweep ended by a newer reload");
             return;
         }
-        if !info.health.is_up() {
-            // Not swept: a later reload that moves keys flushes it.
+        if !info.health.is_up() || info.leaving {
+            // Not swept: a later reload that moves keys flushes it (a
+            // leaving server is gone from the fleet once the window closes).
             continue;
         }
         match sweep_server(&topo, ServerId(i as u32)) {
@@ -694,7 +734,7 @@ fn resync(shared: &Shared, topo: &Topology, target: ServerId) {
         .map(ServerId)
         .filter(|s| {
             let o = &topo.servers[s.index()];
-            o.role != info.role && o.pool == info.pool && topo.health(*s).is_up()
+            o.role != info.role && o.pool == info.pool && !o.leaving && topo.health(*s).is_up()
         })
         .collect();
     let mut copied = 0u64;

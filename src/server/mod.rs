@@ -851,11 +851,7 @@ fn reload(shared: &Arc<Shared>) {
                 "configuration reloaded"
             );
             let moved = t.settle_after(&current);
-            let generation = t.generation;
-            shared.swap_topology(t);
-            if moved {
-                control::spawn_sweep(shared.clone(), generation);
-            }
+            control::install(shared, t, moved);
         }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "reload failed; keeping the running configuration")

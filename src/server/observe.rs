@@ -54,6 +54,11 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
             .map(|r| (r.as_str(), sum(r.counter())))
             .collect(),
         tls_on_plain_port: sum(Counter::TlsOnPlainPort),
+        migration_hits: sum(Counter::MigrationHits),
+        migration_misses: sum(Counter::MigrationMisses),
+        migration_deletes: sum(Counter::MigrationDeletes),
+        migration_window_open: u64::from(topo.window_until.is_some()),
+        migration_placements: topo.history.len() as u64,
     };
     let servers: Vec<ServerInput<'_>> = topo
         .servers

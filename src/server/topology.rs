@@ -19,7 +19,7 @@ use crate::config::{Config, ServerAddr};
 use crate::metrics::{CoreMetrics, ServerMetrics};
 use crate::proxy::machine::Replicas;
 use crate::route::router::{Placement, PoolSpec};
-use crate::route::{Member, Router};
+use crate::route::{History, Member, Router};
 use crate::stats::CoreStats;
 use crate::upstream::{Health, HealthPolicy, Role, ServerId, Verdict};
 
@@ -27,7 +27,7 @@ use crate::upstream::{Health, HealthPolicy, Role, ServerId, Verdict};
 pub(crate) const IOV_MAX: usize = 1024;
 
 /// One server as the current configuration knows it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ServerInfo {
     /// `host:port` as configured.
     pub name: String,
@@ -48,6 +48,10 @@ pub(crate) struct ServerInfo {
     /// (None for an address, and for a `dns+` set's members: the set is
     /// resolved instead).
     pub host: Option<String>,
+    /// No longer in the configuration, kept while a migration window is
+    /// open: keys that lived here are read from it and deleted on writes.
+    /// It is on no ring; only `flush_all` and the window's calls reach it.
+    pub leaving: bool,
 }
 
 /// Timeouts and health tunables that a reload may change.
@@ -86,6 +90,13 @@ pub(crate) struct Topology {
     pub tls: TlsConfigs,
     /// Each `dns+` set (by name) and its members, sorted.
     pub sets: Vec<(String, Vec<SocketAddr>)>,
+    /// The earlier placements of an open migration window (empty: none).
+    pub history: History,
+    /// When the open migration window closes (None: no window).
+    pub window_until: Option<Instant>,
+    /// Opening this topology's window dropped an earlier placement it
+    /// could not hold (see [`History::push_newest`]).
+    window_broken: bool,
 }
 
 /// Wakes the prober thread when a server turns suspect, so that its probe
@@ -223,6 +234,7 @@ impl Topology {
                         .parse::<std::net::IpAddr>()
                         .is_err()
                         .then(|| s.host.clone()),
+                    leaving: false,
                 });
             }
         }
@@ -281,7 +293,7 @@ impl Topology {
                 Some((r.prefix.as_bytes(), pool))
             })
             .collect();
-        Ok(Topology {
+        let mut t = Topology {
             generation: previous.map_or(0, |p| p.generation + 1),
             router: Router::new(&specs, &routes),
             servers,
@@ -301,7 +313,111 @@ impl Topology {
             bell: previous.map_or_else(Arc::default, |p| p.bell.clone()),
             tls,
             sets,
-        })
+            history: History::default(),
+            window_until: None,
+            window_broken: false,
+        };
+        if let Some(p) = previous {
+            t.remember(p, Instant::now());
+        }
+        Ok(t)
+    }
+
+    /// Open or carry the migration window as this topology replaces
+    /// `previous`: a change of placement (with `--migrate-window` above
+    /// zero) remembers the previous placement, newest first, on top of the
+    /// ones an open window already held, and opens the window for another
+    /// `--migrate-window`; a reload that moves nothing carries an open
+    /// window as it is. The servers an earlier placement names that this
+    /// configuration no longer has are kept, as leaving servers, at the end
+    /// of `servers` (a server is known by its address).
+    fn remember(&mut self, previous: &Topology, now: Instant) {
+        let window = self.config.migrate_window;
+        let moved = self.placement_changed(previous);
+        if window.is_zero() || (!moved && previous.history.is_empty()) {
+            return;
+        }
+        // The previous placement's servers (its live ones, numbered first)
+        // and those its own window still reads from.
+        let live = previous.servers.iter().take_while(|s| !s.leaving).count() as u32;
+        let mut map: Vec<Option<u32>> = vec![None; previous.servers.len()];
+        let needed = previous
+            .history
+            .servers()
+            .chain((0..live).filter(|_| moved));
+        for n in needed {
+            let (Some(slot), Some(s)) = (map.get_mut(n as usize), previous.servers.get(n as usize))
+            else {
+                continue;
+            };
+            if slot.is_some() {
+                continue;
+            }
+            let id = match self.servers.iter().position(|o| o.addr == s.addr) {
+                Some(i) => i,
+                None => {
+                    self.servers.push(ServerInfo {
+                        leaving: true,
+                        ..s.clone()
+                    });
+                    self.servers.len() - 1
+                }
+            };
+            *slot = Some(id as u32);
+        }
+        let mut history = previous.history.clone();
+        history.renumber(|n| map.get(n as usize).copied().flatten().unwrap_or(u32::MAX));
+        if moved {
+            let ids = (0..live)
+                .map(|n| map.get(n as usize).copied().flatten().unwrap_or(u32::MAX))
+                .collect();
+            self.window_broken = history.push_newest(previous.router.clone(), ids);
+            self.window_until = Some(now + window);
+        } else {
+            self.window_until = previous.window_until;
+        }
+        self.history = history;
+    }
+
+    /// This topology with its migration window closed: the leaving servers
+    /// and the earlier placements dropped (the next generation).
+    pub fn window_closed(&self) -> Topology {
+        Topology {
+            generation: self.generation + 1,
+            servers: self
+                .servers
+                .iter()
+                .filter(|s| !s.leaving)
+                .cloned()
+                .collect(),
+            router: self.router.clone(),
+            settings: self.settings,
+            config: self.config.clone(),
+            bell: self.bell.clone(),
+            tls: self.tls.clone(),
+            sets: self.sets.clone(),
+            history: History::default(),
+            window_until: None,
+            window_broken: false,
+        }
+    }
+
+    /// The servers that held `key` under the open window's earlier
+    /// placements and are not `rep` now, newest first (none without a
+    /// window). `key` is in the pool of `rep`'s primary.
+    pub fn earlier_owners(&self, key: &[u8], base64: bool, rep: Replicas) -> crate::route::Owners {
+        if self.history.is_empty() {
+            return crate::route::Owners::default();
+        }
+        let Some(pool) = self
+            .servers
+            .get(rep.primary.index())
+            .map(|s| s.pool.as_str())
+        else {
+            return crate::route::Owners::default();
+        };
+        self.history
+            .owners(pool, key, base64, rep.primary.0, rep.backup.map(|b| b.0))
     }
 
     /// The members a `dns+` set (by its name) had when this topology was
@@ -347,9 +463,23 @@ impl Topology {
     ///   not finish may hold copies of keys it lost then and now owns
     ///   again, older than writes made elsewhere meanwhile: it is flushed
     ///   before it serves. The others wait for this change's sweep.
+    ///
+    /// A change made while a migration window is open (and that the window
+    /// could hold) settles nothing: every write of the window deleted the
+    /// copies earlier placements left, so those copies are never older than
+    /// the last acknowledged write, and the sweep after the window covers
+    /// every change it held.
+    ///
+    /// Returns whether a sweep is due once no window is open: keys moved,
+    /// or a window closed (by its timer, or a reload that turned it off).
     pub fn settle_after(&self, previous: &Topology) -> bool {
         let changed = self.placement_changed(previous);
-        for s in &self.servers {
+        let closed = !previous.history.is_empty() && self.history.is_empty();
+        let chained = changed && !previous.history.is_empty() && !self.window_broken;
+        if chained {
+            return true;
+        }
+        for s in self.servers.iter().filter(|s| !s.leaving) {
             let kept = previous
                 .servers
                 .iter()
@@ -364,7 +494,7 @@ impl Topology {
                 self.bell.ring();
             }
         }
-        changed
+        changed || closed
     }
 
     /// The primary and (if backups exist) the backup of `key`, as the
@@ -582,6 +712,7 @@ mod tests {
                 .map(|p| crate::config::parse_server(&format!("127.0.0.1:{p}")).expect("server"))
                 .collect(),
             distribution: crate::route::Distribution::Ketama,
+            migrate_window: Duration::ZERO,
             ..Config::default()
         }
     }
@@ -613,6 +744,129 @@ mod tests {
             "unswept: flushed first"
         );
         assert_eq!(g3.servers[0].health.counters().swept_keys, 5);
+    }
+
+    fn windowed(ports: &[u16]) -> Config {
+        Config {
+            migrate_window: Duration::from_secs(300),
+            ..config(ports)
+        }
+    }
+
+    /// Keys `key:0..n` whose primary changed between `a` and `b`, with the
+    /// earlier owners `b` names for them.
+    fn moved(a: &Topology, b: &Topology, n: usize) -> Vec<(u32, u32, Vec<u32>)> {
+        (0..n)
+            .filter_map(|i| {
+                let key = format!("key:{i}");
+                let (was, now) = (
+                    a.replicas(key.as_bytes(), false),
+                    b.replicas(key.as_bytes(), false),
+                );
+                let owners = b.earlier_owners(key.as_bytes(), false, now);
+                (was.primary != now.primary)
+                    .then(|| (was.primary.0, now.primary.0, owners.as_slice().to_vec()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reload_that_moves_keys_opens_a_window_on_the_old_placement() {
+        let t0 = Instant::now();
+        let g0 = Topology::build(&windowed(&[1, 2, 3]), None, t0).expect("g0");
+        assert!(g0.history.is_empty() && g0.window_until.is_none());
+        // Grow: the new server takes keys; each moved key names its old owner.
+        let g1 = Topology::build(&windowed(&[1, 2, 3, 4]), Some(&g0), t0).expect("g1");
+        assert!(g1.window_until.is_some());
+        assert!(g1.servers.iter().all(|s| !s.leaving), "nobody left");
+        let m = moved(&g0, &g1, 3000);
+        assert!(!m.is_empty());
+        for (was, now, owners) in &m {
+            assert_eq!(*now, 3);
+            assert_eq!(
+                owners,
+                &[*was],
+                "by address, the old owner keeps its number"
+            );
+        }
+        // Keys that did not move have no earlier owner.
+        let key = (0..3000)
+            .map(|i| format!("key:{i}"))
+            .find(|k| g0.replicas(k.as_bytes(), false) == g1.replicas(k.as_bytes(), false))
+            .expect("some key stays");
+        let rep = g1.replicas(key.as_bytes(), false);
+        assert!(g1.earlier_owners(key.as_bytes(), false, rep).is_empty());
+        // A reload that moves keys inside the window settles nothing (no
+        // flush), and chains: shrink to two, the third server leaving.
+        assert!(g1.settle_after(&g0));
+        let g2 = Topology::build(&windowed(&[1, 2]), Some(&g1), t0).expect("g2");
+        assert!(g2.settle_after(&g1), "keys moved");
+        // (:4 is still out, waiting for the flush every added server gets.)
+        assert!(
+            g2.servers
+                .iter()
+                .filter(|s| !s.leaving)
+                .all(|s| s.health.is_up()),
+            "no flush inside the window"
+        );
+        assert_eq!(g2.history.len(), 2);
+        let leaving: Vec<&str> = g2
+            .servers
+            .iter()
+            .filter(|s| s.leaving)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(leaving, ["127.0.0.1:3", "127.0.0.1:4"]);
+        // A key that lived on 3 under g0 and on 4 under g1 names both,
+        // newest first, as g2 numbers them.
+        let by_name = |n: &str| g2.servers.iter().position(|s| s.name == n).expect("server") as u32;
+        let chain = (0..3000).map(|i| format!("key:{i}")).find_map(|k| {
+            let (a, b) = (
+                g0.replicas(k.as_bytes(), false),
+                g1.replicas(k.as_bytes(), false),
+            );
+            (a.primary.0 == 2 && b.primary.0 == 3).then_some(k)
+        });
+        let k = chain.expect("a key on :3 then :4");
+        let rep = g2.replicas(k.as_bytes(), false);
+        assert_eq!(
+            g2.earlier_owners(k.as_bytes(), false, rep).as_slice(),
+            [by_name("127.0.0.1:4"), by_name("127.0.0.1:3")]
+        );
+        // A reload that moves nothing carries the window as it is.
+        let g3 = Topology::build(&windowed(&[1, 2]), Some(&g2), t0).expect("g3");
+        assert!(!g3.settle_after(&g2));
+        assert_eq!(g3.history.len(), 2);
+        assert_eq!(g3.window_until, g2.window_until);
+        // Closed: the leaving servers and the history go.
+        let g4 = g3.window_closed();
+        assert_eq!(g4.generation, g3.generation + 1);
+        assert!(g4.history.is_empty() && g4.window_until.is_none());
+        assert_eq!(g4.servers.len(), 2);
+        assert!(g4.settle_after(&g3), "a closed window is swept");
+    }
+
+    #[test]
+    fn without_a_window_or_beyond_its_depth_the_old_rules_hold() {
+        let t0 = Instant::now();
+        // --migrate-window 0: no history, and the sweep rules of before.
+        let g0 = Topology::build(&config(&[1, 2]), None, t0).expect("g0");
+        let g1 = Topology::build(&config(&[1, 2, 3]), Some(&g0), t0).expect("g1");
+        assert!(g1.history.is_empty() && g1.window_until.is_none());
+        // Chained changes past the window's depth break it: the unswept
+        // servers are flushed, as without a window.
+        let mut prev = Topology::build(&windowed(&[1, 2]), None, t0).expect("w0");
+        let sizes: [&[u16]; 4] = [&[1, 2, 3], &[1, 2], &[1, 2, 3], &[1, 2]];
+        for (i, ports) in sizes.iter().enumerate() {
+            let next = Topology::build(&windowed(ports), Some(&prev), t0).expect("next");
+            next.settle_after(&prev);
+            // The servers every placement kept (an added one waits for its
+            // flush anyway).
+            let kept = |s: &&ServerInfo| ["127.0.0.1:1", "127.0.0.1:2"].contains(&s.name.as_str());
+            let flushed = next.servers.iter().filter(kept).any(|s| !s.health.is_up());
+            assert_eq!(flushed, i == crate::route::history::DEPTH, "change {i}");
+            prev = next;
+        }
     }
 
     #[test]

@@ -1779,3 +1779,40 @@ pub fn run(cmd: &mut Command) -> std::process::Output {
     );
     out
 }
+
+/// A configuration of `servers` on ketama with migration window `window`
+/// (`"0"`: none, as the sweep tests want).
+pub fn ketama_config(servers: &[&Memcached], window: &str) -> String {
+    let list: Vec<String> = servers
+        .iter()
+        .map(|s| format!("\"{}\"", s.server_arg()))
+        .collect();
+    format!(
+        "distribution = \"ketama\"\nmigrate_window = \"{window}\"\nservers = [{}]\n",
+        list.join(", ")
+    )
+}
+
+/// SIGHUP `proxy` after writing `servers` (ketama, migration window
+/// `window`) to `file`, and wait until it runs configuration generation
+/// `generation`.
+pub fn reload_to(
+    proxy: &Memring,
+    c: &mut Client,
+    file: &std::path::Path,
+    (servers, window): (&[&Memcached], &str),
+    generation: u64,
+) {
+    std::fs::write(file, ketama_config(servers, window)).expect("write config");
+    proxy.sighup();
+    let want = generation.to_string();
+    let done = wait_for(Duration::from_secs(30), || {
+        let s = proxy_stats(c);
+        (stat(&s, "config_generation") == want).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "config_generation {generation} after SIGHUP: {}",
+        proxy.stderr()
+    );
+}

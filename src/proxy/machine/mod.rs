@@ -79,6 +79,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 
 use crate::protocol::{compose, Expect, Request, Status, Verb};
+use crate::route::Owners;
 use crate::stats::Counter;
 use crate::upstream::{Observed, ServerId};
 
@@ -451,6 +452,13 @@ pub trait View {
     fn observe(&self, s: ServerId) -> Observed;
     /// Seconds since the unix epoch, for turning TTLs into exptimes.
     fn now_unix(&self) -> i64;
+    /// While a migration window is open: the servers that held `key` (as
+    /// written; `base64`: a meta `b` key) under earlier placements and are
+    /// not `rep` now, newest first. Empty without a window.
+    fn earlier_owners(&self, key: &[u8], base64: bool, rep: Replicas) -> Owners {
+        let _ = (key, base64, rep);
+        Owners::default()
+    }
 }
 
 /// What the engine must do.
@@ -538,6 +546,7 @@ enum Work {
     GetMany(Box<read::GetMany>),
     Meta(read::MetaRead),
     Write(write::Write),
+    Retire(write::Retire),
     Flush(Box<write::Flush>),
     Copy(copy::CopyItem),
     Admin(admin::Admin),
@@ -798,7 +807,7 @@ impl Machine {
                 ) {
                     cx.count(Counter::CmdMeta);
                 }
-                write::Write::start(req, replicas, &mut cx)
+                write::Retire::start(req, replicas, &mut cx)
             }
         };
         m
@@ -875,6 +884,13 @@ impl Machine {
             Work::GetMany(m) => m.on_outcome(call, outcome, &mut cx),
             Work::Meta(m) => m.on_outcome(call, outcome, &mut cx),
             Work::Write(m) => m.on_outcome(call, outcome, &mut cx),
+            Work::Retire(m) => {
+                if m.on_outcome(call, outcome, &mut cx) {
+                    if let Work::Retire(m) = std::mem::replace(kind, Work::Done) {
+                        *kind = m.write(&mut cx);
+                    }
+                }
+            }
             Work::Flush(m) => m.on_outcome(call, outcome, &mut cx),
             Work::Copy(m) => m.on_outcome(call, outcome, &mut cx),
             Work::Admin(m) => m.on_outcome(call, outcome, &mut cx),
@@ -890,6 +906,7 @@ impl Machine {
             Work::GetMany(m) => m.is_done(),
             Work::Meta(m) => m.is_done(),
             Work::Write(m) => m.is_done(),
+            Work::Retire(_) => false,
             Work::Flush(m) => m.is_done(),
             Work::Copy(m) => m.is_done(),
             Work::Admin(m) => m.is_done(),

@@ -4,6 +4,11 @@
 //! request goes to the backup (a failover). A miss on a primary that answered
 //! is read through from the backup (`mg v f t c`), and a hit found there is
 //! repaired into the primary by a detached [`super::copy`] machine.
+//!
+//! While a migration window is open, a get/gets/gat/gats that still misses
+//! is read the same way from the servers earlier placements put the key on
+//! (newest first, each once, only while up); a hit there is answered and
+//! copied to the primary with `add`, by the same copy machine.
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,6 +20,7 @@ use crate::metrics::ReadThrough;
 use crate::protocol::compose::{self, compose_key_command, compose_value_line};
 use crate::protocol::{frame_response, Expect, Framed, Status, Verb};
 use crate::proxy::PartReply;
+use crate::route::Owners;
 use crate::stats::Counter;
 use crate::upstream::ServerId;
 
@@ -65,40 +71,96 @@ fn send_read_through(
     cx.send_up(backup, [line.freeze(), Bytes::new()], Expect::Meta)
 }
 
-/// The backup's answer to a read-through: on a hit, the VALUE line and data
-/// block in the client's retrieval form, and a repair of the item into the
-/// primary is spawned.
+/// Where a read-through asks: the key's backup, or a server an earlier
+/// placement put it on (a migration window's old owner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Backup(ServerId),
+    Earlier(ServerId),
+}
+
+impl Source {
+    fn server(self) -> ServerId {
+        match self {
+            Source::Backup(s) | Source::Earlier(s) => s,
+        }
+    }
+
+    /// Count how a read-through from here ended.
+    fn count(self, how: ReadThrough, cx: &mut Cx<'_>) {
+        match self {
+            Source::Backup(_) => cx.read_through(how),
+            Source::Earlier(_) if how == ReadThrough::Hit => cx.count(Counter::MigrationHits),
+            Source::Earlier(_) => cx.count(Counter::MigrationMisses),
+        }
+    }
+}
+
+/// A migration window's earlier owners of one key, asked one at a time:
+/// looked up only once the key has missed everywhere else.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lookback {
+    owners: Option<Owners>,
+    next: u8,
+}
+
+impl Lookback {
+    /// The next earlier owner of `key` that is in service.
+    fn next(&mut self, key: &[u8], rep: Replicas, cx: &Cx<'_>) -> Option<ServerId> {
+        let owners = *self
+            .owners
+            .get_or_insert_with(|| cx.view.earlier_owners(key, false, rep));
+        while let Some(&o) = owners.as_slice().get(usize::from(self.next)) {
+            self.next += 1;
+            if cx.is_up(ServerId(o)) {
+                return Some(ServerId(o));
+            }
+        }
+        None
+    }
+}
+
+/// A read-through's answer from `from`: on a hit, the VALUE line and data
+/// block in the client's retrieval form, and a copy of the item into the
+/// primary is spawned (a repair from the backup, a migration from an
+/// earlier owner).
 fn read_through_hit(
     req: &ClientRequest,
     key: Bytes,
     primary: ServerId,
-    backup: ServerId,
+    from: Source,
     r: Result<Reply, CallError>,
     cx: &mut Cx<'_>,
 ) -> Option<[Bytes; 2]> {
     let reply = match r {
         Ok(reply) => reply,
         Err(_) => {
-            cx.read_through(ReadThrough::Error);
+            from.count(ReadThrough::Error, cx);
             return None;
         }
     };
     let Some(item) = MetaItem::parse(&reply) else {
-        cx.read_through(if reply.status == Status::MetaEn {
+        let how = if reply.status == Status::MetaEn {
             ReadThrough::Miss
         } else {
             ReadThrough::Error
-        });
+        };
+        from.count(how, cx);
         return None;
     };
-    cx.read_through(ReadThrough::Hit);
+    from.count(ReadThrough::Hit, cx);
     let cas = matches!(req.r.verb, Verb::Gets | Verb::Gats).then_some(item.cas);
     let mut head = BytesMut::with_capacity(key.len() + 48);
     compose_value_line(&mut head, &key, item.flags, item.data_len, cas);
     let block = item.block.clone();
-    cx.count(Counter::Repairs);
+    if let Source::Backup(_) = from {
+        cx.count(Counter::Repairs);
+    }
     cx.fx.push(Effect::Spawn(Box::new(Machine::copy_item_later(
-        backup, primary, key, item,
+        from.server(),
+        primary,
+        key,
+        item,
     ))));
     Some([head.freeze(), block])
 }
@@ -108,6 +170,7 @@ fn read_through_hit(
 pub(super) struct GetOne {
     req: ClientRequest,
     rep: Replicas,
+    lookback: Lookback,
     stage: GetStage,
 }
 
@@ -120,10 +183,11 @@ enum GetStage {
         call: CallId,
         failed: Option<CallError>,
     },
-    /// The primary missed: `mg` on the backup; `miss` is the primary's reply.
+    /// The primary missed: `mg` on `from`; `miss` is the primary's reply.
     ReadThrough {
         call: CallId,
         miss: Bytes,
+        from: Source,
     },
     Done,
 }
@@ -138,6 +202,7 @@ impl GetOne {
         let mut m = GetOne {
             req,
             rep,
+            lookback: Lookback::default(),
             stage: GetStage::Done,
         };
         if cx.is_up(rep.primary) {
@@ -165,9 +230,11 @@ impl GetOne {
         match std::mem::replace(&mut self.stage, GetStage::Done) {
             GetStage::Primary(c) if c == call => self.on_primary(r, cx),
             GetStage::Backup { call: c, failed } if c == call => self.on_backup(failed, r, cx),
-            GetStage::ReadThrough { call: c, miss } if c == call => {
-                self.on_read_through(miss, r, cx)
-            }
+            GetStage::ReadThrough {
+                call: c,
+                miss,
+                from,
+            } if c == call => self.on_read_through(miss, from, r, cx),
             other => self.stage = other,
         }
     }
@@ -186,18 +253,8 @@ impl GetOne {
             Ok(r) => {
                 // A miss on the primary: the backup may hold the key (the
                 // primary was flushed on rejoin, or evicted it).
-                if let Some(b) = self.rep.backup.filter(|b| cx.is_up(*b)) {
-                    let key = self.req.retrieval_key(0);
-                    if let Some(call) = send_read_through(&self.req, &key, b, cx) {
-                        self.stage = GetStage::ReadThrough {
-                            call,
-                            miss: r.frame,
-                        };
-                        return;
-                    }
-                }
-                cx.count(Counter::GetMisses);
-                cx.answer(Answer::One(r.frame));
+                let b = self.rep.backup.filter(|b| cx.is_up(*b));
+                self.read_through(b.map(Source::Backup), r.frame, cx);
             }
             Err(e) => self.try_backup(Some(e), cx),
         }
@@ -241,24 +298,55 @@ impl GetOne {
         }
     }
 
-    fn on_read_through(&mut self, miss: Bytes, r: Result<Reply, CallError>, cx: &mut Cx<'_>) {
+    /// Ask `first`, then the earlier owners, for a key the primary
+    /// missed (`miss`, its reply); the miss is answered when nobody has it.
+    fn read_through(&mut self, first: Option<Source>, miss: Bytes, cx: &mut Cx<'_>) {
         let key = self.req.retrieval_key(0);
-        let (p, b) = (self.rep.primary, self.rep.backup);
-        let hit = b.and_then(|b| read_through_hit(&self.req, key, p, b, r, cx));
+        let mut first = first;
+        let (lookback, rep) = (&mut self.lookback, self.rep);
+        let mut next = |cx: &Cx<'_>| {
+            first
+                .take()
+                .or_else(|| lookback.next(&key, rep, cx).map(Source::Earlier))
+        };
+        // Bounded by the earlier owners (a handful).
+        while let Some(src) = next(cx) {
+            if let Some(call) = send_read_through(&self.req, &key, src.server(), cx) {
+                self.stage = GetStage::ReadThrough {
+                    call,
+                    miss,
+                    from: src,
+                };
+                return;
+            }
+        }
+        cx.count(Counter::GetMisses);
+        cx.answer(Answer::One(miss));
+    }
+
+    fn on_read_through(
+        &mut self,
+        miss: Bytes,
+        from: Source,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let key = self.req.retrieval_key(0);
+        let hit = read_through_hit(&self.req, key, self.rep.primary, from, r, cx);
         match hit {
             Some([head, block]) => {
                 cx.count(Counter::GetHits);
-                cx.count(Counter::ReadThroughHits);
+                if let Source::Backup(_) = from {
+                    cx.count(Counter::ReadThroughHits);
+                }
                 cx.answer(Answer::Many(vec![
                     head,
                     block,
                     Bytes::from_static(compose::END),
                 ]));
             }
-            None => {
-                cx.count(Counter::GetMisses);
-                cx.answer(Answer::One(miss));
-            }
+            // Not there: the next earlier owner, if any.
+            None => self.read_through(None, miss, cx),
         }
     }
 
@@ -295,6 +383,10 @@ struct KeyState {
     found: Option<Bytes>,
     /// A read-through hit: VALUE line and data block.
     through: Option<[Bytes; 2]>,
+    /// Its earlier owners, while a migration window is open.
+    lookback: Lookback,
+    /// Where its read-through in flight asks.
+    asking: Option<Source>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,6 +397,9 @@ enum ManyStage {
     Retry,
     /// Misses on primaries that answered are read through from the backups.
     ReadThrough,
+    /// Keys missing still are read from their earlier owners, a round per
+    /// owner (migration window).
+    Migrate,
     Done,
 }
 
@@ -334,6 +429,8 @@ impl GetMany {
                 retry: None,
                 found: None,
                 through: None,
+                lookback: Lookback::default(),
+                asking: None,
             });
         }
         let mut m = Box::new(GetMany {
@@ -442,18 +539,20 @@ impl GetMany {
         let (_, what) = self.calls.swap_remove(pos);
         match self.stage {
             ManyStage::First | ManyStage::Retry => self.part_done(ServerId(what), r),
-            ManyStage::ReadThrough => {
+            ManyStage::ReadThrough | ManyStage::Migrate => {
                 let i = what as usize;
                 let key = self.req.retrieval_key(i);
-                if let Some(k) = self.keys.get(i) {
-                    if let (Some(p), Some(b)) = (k.target, k.backup_of) {
-                        let hit = read_through_hit(&self.req, key, p, b, r, cx);
-                        if hit.is_some() {
-                            cx.count(Counter::ReadThroughHits);
-                        }
-                        if let Some(k) = self.keys.get_mut(i) {
-                            k.through = hit;
-                        }
+                let asked = self
+                    .keys
+                    .get_mut(i)
+                    .and_then(|k| Some((k.target?, k.asking.take()?)));
+                if let Some((p, from)) = asked {
+                    let hit = read_through_hit(&self.req, key, p, from, r, cx);
+                    if hit.is_some() && matches!(from, Source::Backup(_)) {
+                        cx.count(Counter::ReadThroughHits);
+                    }
+                    if let Some(k) = self.keys.get_mut(i) {
+                        k.through = hit;
                     }
                 }
             }
@@ -498,14 +597,42 @@ impl GetMany {
                         let key = self.req.retrieval_key(i);
                         if let Some(call) = send_read_through(&self.req, &key, b, cx) {
                             self.calls.push((call, i as u32));
+                            self.keys[i].asking = Some(Source::Backup(b));
                         }
                     }
                 }
-                ManyStage::ReadThrough => {
-                    self.stage = ManyStage::Done;
-                    self.finish(cx);
+                ManyStage::ReadThrough | ManyStage::Migrate => {
+                    // Another round while some key that missed on its
+                    // primary has an earlier owner left to ask.
+                    self.stage = ManyStage::Migrate;
+                    self.migrate_round(cx);
+                    if self.calls.is_empty() {
+                        self.stage = ManyStage::Done;
+                        self.finish(cx);
+                    }
                 }
                 ManyStage::Done => {}
+            }
+        }
+    }
+
+    /// Ask each key still missing after its primary answered its next
+    /// earlier owner in service (none without a migration window).
+    fn migrate_round(&mut self, cx: &mut Cx<'_>) {
+        for i in 0..self.keys.len() {
+            let k = &mut self.keys[i];
+            let missing = k.found.is_none() && k.through.is_none();
+            if !missing || k.target != Some(k.rep.primary) || self.failed.contains(&k.rep.primary) {
+                continue;
+            }
+            let key = self.req.retrieval_key(i);
+            // Bounded by the key's earlier owners.
+            while let Some(o) = k.lookback.next(&key, k.rep, cx) {
+                if let Some(call) = send_read_through(&self.req, &key, o, cx) {
+                    self.calls.push((call, i as u32));
+                    k.asking = Some(Source::Earlier(o));
+                    break;
+                }
             }
         }
     }

@@ -17,6 +17,11 @@ const P1: ServerId = ServerId(1);
 const B2: ServerId = ServerId(2);
 const B3: ServerId = ServerId(3);
 const ALL: [ServerId; 4] = [P0, P1, B2, B3];
+/// A server an earlier placement put keys on (a migration window's old
+/// owner), not one of the live replicas of any key here.
+const E4: ServerId = ServerId(4);
+/// Another one, of an older placement still.
+const E5: ServerId = ServerId(5);
 
 /// A fixed clock for TTL conversion.
 const NOW: i64 = 1_700_000_000;
@@ -34,14 +39,25 @@ const RB: Replicas = Replicas {
 /// Health of every server: real [`Health`] records, taken down by failures.
 struct World {
     health: Vec<Health>,
+    /// A migration window's earlier owners, by key.
+    earlier: BTreeMap<&'static str, Vec<u32>>,
 }
 
 impl World {
     fn new() -> World {
         let t0 = Instant::now();
         World {
-            health: (0..4).map(|_| Health::new(t0)).collect(),
+            health: (0..6).map(|_| Health::new(t0)).collect(),
+            earlier: BTreeMap::new(),
         }
+    }
+
+    /// With a migration window open in which `key` lived on `owners`
+    /// (newest first).
+    fn moved(mut self, key: &'static str, owners: &[ServerId]) -> World {
+        let ids = owners.iter().map(|s| s.0).collect();
+        self.earlier.insert(key, ids);
+        self
     }
 
     /// With these servers out of service.
@@ -66,6 +82,20 @@ impl View for World {
 
     fn now_unix(&self) -> i64 {
         NOW
+    }
+
+    fn earlier_owners(&self, key: &[u8], _base64: bool, rep: Replicas) -> Owners {
+        let ids = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| self.earlier.get(k))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let others: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| id != rep.primary.0 && Some(id) != rep.backup.map(|b| b.0))
+            .collect();
+        Owners::from_ids(&others)
     }
 }
 
@@ -1770,4 +1800,146 @@ fn a_base64_keys_copies_recovery_and_deletes_carry_the_b_flag() {
         r.missed.is_empty(),
         "NF on the backup: it lacks the key too"
     );
+}
+
+// ---- a migration window: earlier owners ----
+
+/// Key `a` on primary 0 without a backup.
+const RA_ALONE: Replicas = Replicas {
+    primary: P0,
+    backup: None,
+};
+
+#[test]
+fn a_moved_key_that_misses_is_read_from_its_earlier_owner_and_copied() {
+    let w = World::new().moved("a", &[E4]);
+    let mut r = Run::start(&w, "get a\r\n", &[RA_ALONE]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.reply(E4, "mg a v f t c\r\n", "VA 2 f1 t-1 c9\r\nhi\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 1 2\r\nhi\r\nEND\r\n"));
+    assert_eq!(
+        r.counts(),
+        [("cmd_get", 1), ("get_hits", 1), ("proxy_migration_hits", 1)]
+    );
+    assert!(r.read_through.is_empty(), "not a backup read-through");
+    // The copy: add on the new owner (never over a newer value), then the
+    // earlier owner must still hold the same item.
+    let mut c = Run::adopt(&w, r.spawned.pop().expect("a copy"));
+    c.reply(P0, "add a 1 0 2\r\nhi\r\n", "STORED\r\n");
+    c.reply(E4, "mg a c\r\n", "HD c9\r\n");
+    assert!(c.m.is_done());
+    assert_eq!(c.m.copy_result(), Some(true));
+}
+
+#[test]
+fn earlier_owners_come_after_the_backup_newest_first_and_a_miss_stays_a_miss() {
+    let w = World::new().moved("a", &[E4, E5]);
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.reply(B2, "mg a v f t c\r\n", "EN\r\n");
+    r.reply(E4, "mg a v f t c\r\n", "EN\r\n");
+    r.fail(E5, "mg a v f t c\r\n", Failure::Timeout);
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("END\r\n"));
+    assert_eq!(
+        r.counts(),
+        [
+            ("cmd_get", 1),
+            ("get_misses", 1),
+            ("proxy_migration_misses", 2)
+        ]
+    );
+    assert!(r.spawned.is_empty());
+}
+
+#[test]
+fn an_earlier_owner_out_of_service_is_not_asked() {
+    let w = World::down(&[E4]).moved("a", &[E4, E5]);
+    let mut r = Run::start(&w, "get a\r\n", &[RA_ALONE]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.expect_pending(&[(E5, "mg a v f t c\r\n")]);
+    r.reply(E5, "mg a v f t c\r\n", "EN\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("END\r\n"));
+}
+
+#[test]
+fn a_multi_get_reads_its_moved_misses_from_earlier_owners_in_rounds() {
+    let w = World::new().moved("a", &[E4, E5]).moved("b", &[E4]);
+    let mut r = Run::start(&w, "get a b\r\n", &[RA_ALONE, RB]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.reply(P1, "get b\r\n", "END\r\n");
+    // b's backup first; a has none.
+    r.reply(B3, "mg b v f t c\r\n", "EN\r\n");
+    // Round one: each key's newest earlier owner.
+    r.expect_pending(&[(E4, "mg a v f t c\r\n"), (E4, "mg b v f t c\r\n")]);
+    r.reply(E4, "mg b v f t c\r\n", "VA 1 f0 t-1 c3\r\nB\r\n");
+    r.reply(E4, "mg a v f t c\r\n", "EN\r\n");
+    // Round two: a's older owner.
+    r.reply(E5, "mg a v f t c\r\n", "VA 1 f0 t-1 c4\r\nA\r\n");
+    r.assert_done();
+    assert_eq!(
+        r.answer().as_deref(),
+        Some("VALUE a 0 1\r\nA\r\nVALUE b 0 1\r\nB\r\nEND\r\n")
+    );
+    assert_eq!(
+        r.spawned.len(),
+        2,
+        "both hits are copied to their primaries"
+    );
+    assert_eq!(r.counts.get("proxy_migration_hits"), Some(&2));
+    assert_eq!(r.counts.get("proxy_migration_misses"), Some(&1));
+}
+
+#[test]
+fn a_write_to_a_moved_key_deletes_the_earlier_copies_first() {
+    let w = World::new().moved("a", &[E4, E5]);
+    let mut r = Run::start(&w, "set a 0 0 1\r\nx\r\n", &[RA_ALONE]);
+    // The deletes go out together; the write waits for both.
+    r.expect_pending(&[(E4, "delete a\r\n"), (E5, "delete a\r\n")]);
+    r.reply(E5, "delete a\r\n", "NOT_FOUND\r\n");
+    r.expect_pending(&[(E4, "delete a\r\n")]);
+    // A delete that fails logs the key for that owner (deleted before it
+    // serves again).
+    r.fail(E4, "delete a\r\n", Failure::Closed);
+    r.reply(P0, "set a 0 0 1\r\nx\r\n", "STORED\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("STORED\r\n"));
+    assert_eq!(r.missed(), [(E4, "a")]);
+    assert_eq!(r.counts.get("proxy_migration_deletes"), Some(&2));
+}
+
+#[test]
+fn a_write_logs_the_key_for_an_earlier_owner_out_of_service_and_goes_on() {
+    let w = World::down(&[E4]).moved("a", &[E4]);
+    let mut r = Run::start(&w, "delete a\r\n", &[RA_ALONE]);
+    assert_eq!(r.missed(), [(E4, "a")]);
+    r.reply(P0, "delete a\r\n", "DELETED\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("DELETED\r\n"));
+}
+
+#[test]
+fn a_meta_write_with_a_base64_key_deletes_with_md_b() {
+    let w = World::new().moved("YQ==", &[E4]);
+    let mut r = Run::start(&w, "ms YQ== 1 b\r\nx\r\n", &[RA_ALONE]);
+    r.reply(E4, "md YQ== b\r\n", "HD\r\n");
+    r.reply(P0, "ms YQ== 1 b\r\nx\r\n", "HD\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("HD\r\n"));
+    assert!(r.missed.is_empty());
+}
+
+#[test]
+fn without_a_window_nothing_changes() {
+    let w = World::new();
+    let mut r = Run::start(&w, "set a 0 0 1\r\nx\r\n", &[RA_ALONE]);
+    r.expect_pending(&[(P0, "set a 0 0 1\r\nx\r\n")]);
+    r.reply(P0, "set a 0 0 1\r\nx\r\n", "STORED\r\n");
+    r.assert_done();
+    let mut r = Run::start(&w, "get a\r\n", &[RA_ALONE]);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("END\r\n"));
 }

@@ -112,6 +112,87 @@ enum Stage {
     Done,
 }
 
+/// A write to a key that a migration window's earlier placements put on
+/// other servers: the copies there are deleted first, then the write runs
+/// as usual. So an earlier owner never holds a value older than the last
+/// acknowledged write: the window reads a key that missed from there, and a
+/// later change may give the key back to one of them. An owner out of
+/// service, or whose delete fails, has the key logged as a missed write
+/// (deleted before it serves again).
+#[derive(Debug)]
+pub(super) struct Retire {
+    req: ClientRequest,
+    rep: Replicas,
+    /// Deletes in flight: (call, server, its health when the request
+    /// decided).
+    deletes: Vec<(CallId, ServerId, Observed)>,
+}
+
+impl Retire {
+    pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Work {
+        let Some(&rep) = replicas.first() else {
+            return Write::start(req, replicas, cx);
+        };
+        let base64 = req.key_is_base64();
+        let owners = cx.view.earlier_owners(&req.key_bytes(), base64, rep);
+        if owners.is_empty() {
+            return Write::start(req, replicas, cx);
+        }
+        let mut deletes = Vec::with_capacity(owners.as_slice().len());
+        for &o in owners.as_slice() {
+            let o = ServerId(o);
+            let seen = cx.view.observe(o);
+            if !seen.is_up() {
+                cx.missed(o, seen, missed_key(&req));
+                continue;
+            }
+            let (parts, expect) = delete_parts_for(&req.key_bytes(), base64);
+            match cx.send_up(o, parts, expect) {
+                Some(call) => deletes.push((call, o, seen)),
+                None => cx.missed(o, seen, missed_key(&req)),
+            }
+        }
+        cx.count_n(Counter::MigrationDeletes, deletes.len() as u64);
+        if deletes.is_empty() {
+            return Write::start(req, replicas, cx);
+        }
+        Work::Retire(Retire { req, rep, deletes })
+    }
+
+    /// One delete's outcome; true once every delete is in (then
+    /// [`Retire::write`] starts the write).
+    pub(super) fn on_outcome(
+        &mut self,
+        call: CallId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) -> bool {
+        let Some(pos) = self.deletes.iter().position(|(c, ..)| *c == call) else {
+            return false;
+        };
+        let (_, server, seen) = self.deletes.swap_remove(pos);
+        if !deleted(&r) {
+            cx.missed(server, seen, missed_key(&self.req));
+        }
+        self.deletes.is_empty()
+    }
+
+    /// The write itself, once the earlier owners' copies are gone.
+    pub(super) fn write(self, cx: &mut Cx<'_>) -> Work {
+        Write::start(self.req, &[self.rep], cx)
+    }
+}
+
+/// The key a missed write logs: the request's, or none for a base64 key
+/// (the whole server then, which a flush covers).
+fn missed_key(req: &ClientRequest) -> Bytes {
+    if req.r.meta.base64_key() {
+        Bytes::new()
+    } else {
+        req.key_bytes()
+    }
+}
+
 impl Write {
     pub(super) fn start(req: ClientRequest, replicas: &[Replicas], cx: &mut Cx<'_>) -> Work {
         let Some(&rep) = replicas.first() else {
@@ -347,11 +428,7 @@ impl Write {
     /// delete. A base64 key (meta `b` flag) is stored decoded, which a text
     /// `delete` cannot name: it logs the empty key, "flush".
     fn missed_key(&self) -> Bytes {
-        if self.req.r.meta.base64_key() {
-            Bytes::new()
-        } else {
-            self.req.key_bytes()
-        }
+        missed_key(&self.req)
     }
 
     /// The backup of a write that has one (only called on paths that checked).

@@ -460,14 +460,18 @@ impl Core {
             .and_then(|c| self.listeners.get(c.listener))
             .and_then(|l| l.pool);
         self.servers.clear();
-        if req.r.verb == Verb::FlushAll || plan.is_some() {
-            self.servers
-                .extend((0..cx.topo.servers.len() as u32).map(ServerId));
+        // flush_all reaches the servers a migration window is leaving too
+        // (a key that misses is read from them); the other fan-outs list
+        // the configured fleet.
+        let flush = req.r.verb == Verb::FlushAll;
+        if flush || plan.is_some() {
+            let all = cx.topo.servers.iter().enumerate();
+            self.servers.extend(
+                all.filter(|(_, s)| flush || !s.leaving)
+                    .map(|(i, _)| ServerId(i as u32)),
+            );
         }
-        let view = HealthView {
-            topo: &cx.topo,
-            now_unix: cx.now_unix,
-        };
+        let view = HealthView::new(cx, cx.topo.generation);
         if let Some(p) = plan {
             return Machine::admin(req, p, &self.servers, &view, fx);
         }

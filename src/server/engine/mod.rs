@@ -52,8 +52,9 @@ use slab::Slab;
 
 use crate::metrics::CoreMetrics;
 use crate::protocol::Expect;
-use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, Reply, View};
+use crate::proxy::machine::{Answer, CallError, CallId, Effect, Machine, Replicas, Reply, View};
 use crate::proxy::pipeline::{Call, Outcome};
+use crate::route::Owners;
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{Observed, Role, ServerId};
 
@@ -198,6 +199,20 @@ impl Ctx {
 struct HealthView<'a> {
     topo: &'a Topology,
     now_unix: i64,
+    /// The topology generation the request decided under: a migration
+    /// window's owners are numbered by the live one, so only a request of
+    /// that generation is given them.
+    generation: u64,
+}
+
+impl<'a> HealthView<'a> {
+    fn new(cx: &'a Ctx, generation: u64) -> HealthView<'a> {
+        HealthView {
+            topo: &cx.topo,
+            now_unix: cx.now_unix,
+            generation,
+        }
+    }
 }
 
 impl View for HealthView<'_> {
@@ -211,6 +226,13 @@ impl View for HealthView<'_> {
     fn now_unix(&self) -> i64 {
         self.now_unix
     }
+
+    fn earlier_owners(&self, key: &[u8], base64: bool, rep: Replicas) -> Owners {
+        if self.generation != self.topo.generation {
+            return Owners::default();
+        }
+        self.topo.earlier_owners(key, base64, rep)
+    }
 }
 
 /// Everything mutable on a core.
@@ -220,8 +242,10 @@ pub(super) struct Core {
     reqs: Slab<ReqSlot>,
     /// Upstream connections of each server of the current topology.
     pools: Vec<Vec<usize>>,
-    /// The same pools by (name, role), so a reload keeps live connections.
-    by_name: HashMap<(String, Role), Vec<usize>>,
+    /// The same pools by (name, role, address), so a reload keeps live
+    /// connections (a migration window may hold a leaving server of the
+    /// same name as a live one, at its old address).
+    by_name: HashMap<(String, Role, std::net::SocketAddr), Vec<usize>>,
     /// Upstream outcomes not yet handed to their machines.
     outcomes: VecDeque<Outcome>,
     /// Requests waiting for a key section another request holds: (slot,
@@ -451,10 +475,7 @@ impl Core {
                 );
             }
             let mut fx = std::mem::take(&mut self.fx);
-            let view = HealthView {
-                topo: &cx.topo,
-                now_unix: cx.now_unix,
-            };
+            let view = HealthView::new(cx, slot.generation);
             slot.machine.on_outcome(call, outcome, &view, &mut fx);
             self.apply(d, cx, r, &mut fx);
             self.fx = fx;
@@ -591,18 +612,12 @@ impl Core {
             let Some(slot) = self.reqs.get_mut(r) else {
                 break;
             };
-            let view = HealthView {
-                topo: &cx.topo,
-                now_unix: cx.now_unix,
-            };
+            let view = HealthView::new(cx, slot.generation);
             slot.machine.on_outcome(call, Ok(Reply::grant()), &view, fx);
         }
         for m in spawned {
             let mut sub = Vec::new();
-            let view = HealthView {
-                topo: &cx.topo,
-                now_unix: cx.now_unix,
-            };
+            let view = HealthView::new(cx, cx.topo.generation);
             let mut m = *m;
             m.begin(&view, &mut sub);
             self.launch(d, cx, m, None, None, &mut sub);
@@ -654,8 +669,16 @@ impl Core {
         }
         let old = cx.topology(generation)?;
         let s = old.servers.get(server.index())?;
+        // The same server at the same address, else (its address changed
+        // since) at its new one.
         self.by_name
-            .get(&(s.name.clone(), s.role))
+            .get(&(s.name.clone(), s.role, s.addr))
+            .or_else(|| {
+                self.by_name
+                    .iter()
+                    .find(|((name, role, _), _)| *name == s.name && *role == s.role)
+                    .map(|(_, conns)| conns)
+            })
             .map(Vec::as_slice)
     }
 
@@ -690,17 +713,12 @@ impl Core {
     /// Point the pools at a topology, keeping connections to servers that
     /// stay (same name, role, address and pool size) and closing the others.
     fn install<D: Driver>(&mut self, d: &mut D, cx: &mut Ctx, topo: Arc<Topology>) {
-        let mut kept: HashMap<(String, Role), Vec<usize>> = HashMap::new();
+        let mut kept: HashMap<(String, Role, std::net::SocketAddr), Vec<usize>> = HashMap::new();
         let mut pools = Vec::with_capacity(topo.servers.len());
         let n = topo.settings.conns_per_server.max(1);
         for (i, s) in topo.servers.iter().enumerate() {
-            let key = (s.name.clone(), s.role);
-            let reuse = self.by_name.remove(&key).filter(|conns| {
-                conns.len() == n
-                    && conns
-                        .iter()
-                        .all(|&c| self.ups.get(c).is_some_and(|u| u.addr == s.addr))
-            });
+            let key = (s.name.clone(), s.role, s.addr);
+            let reuse = self.by_name.remove(&key).filter(|conns| conns.len() == n);
             let conns = match reuse {
                 Some(conns) => {
                     for &c in &conns {

@@ -34,6 +34,7 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
             role: s.role,
             pool: &s.pool,
             health: &s.health,
+            leaving: s.leaving,
         })
         .collect();
     let p = ProcessView {
@@ -45,6 +46,10 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
         backend: shared.backend,
         config_generation: topo.generation,
         rusage: rusage(),
+        migration: topo.window_until.map(|until| {
+            let left = until.saturating_duration_since(Instant::now());
+            (left, topo.history.len())
+        }),
     };
     let mut words = crate::protocol::lex::words(args);
     let text = match (words.next(), words.next(), words.next()) {
@@ -86,9 +91,19 @@ pub(crate) fn route_text(topo: &crate::server::topology::Topology, key: &[u8]) -
     let Some(primary) = server(r.primary) else {
         return "END\r\n".to_string();
     };
+    let rep = crate::proxy::machine::Replicas {
+        primary: crate::upstream::ServerId(r.primary),
+        backup: r.backup.map(crate::upstream::ServerId),
+    };
+    let earlier = topo.earlier_owners(key, false, rep);
     crate::stats::render_route(&crate::stats::RouteView {
         pool: topo.router.pool_name(r.pool),
         primary,
         backup: r.backup.and_then(server),
+        earlier: earlier
+            .as_slice()
+            .iter()
+            .filter_map(|&id| server(id))
+            .collect(),
     })
 }
