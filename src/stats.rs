@@ -413,6 +413,8 @@ pub fn render_settings(cfg: &Config, p: &ProcessView, tcp: Option<SocketAddr>) -
     stat("request_timeout", &secs(cfg.request_timeout));
     stat("failure_limit", &cfg.failure_limit);
     stat("retry_interval", &secs(cfg.retry_interval));
+    stat("dns_refresh", &secs(cfg.dns_refresh));
+    stat("migrate_window", &secs(cfg.migrate_window));
     stat("resync", &yes(cfg.resync));
     stat("shutdown_timeout", &secs(cfg.shutdown_timeout));
     stat(

@@ -22,6 +22,7 @@ complete -c memring -l max-input-memory -d 'Unparsed client input all clients to
 complete -c memring -l failure-limit -d 'Consecutive failures before a server is taken out (suspect if the last was a timeout)' -r
 complete -c memring -l retry-interval -d 'Base interval between probes of a down server' -r
 complete -c memring -l dns-refresh -d 'How often server host names are resolved again (0 disables)' -r
+complete -c memring -l migrate-window -d 'How long a reload that moves keys reads a missed key from its old owner (0 disables)' -r
 complete -c memring -l upstream-conns -d 'Pipelined connections per server per core (at most -i)' -r
 complete -c memring -l io-backend -d 'I/O backend: auto (io_uring, else epoll), uring, epoll' -r
 complete -c memring -l pid-file -d 'Write the process id to PATH' -r -F
