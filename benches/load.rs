@@ -202,11 +202,13 @@ struct Opts {
     quick: bool,
     pin: bool,
     /// Pin the memcached pools to the client's core, not the proxy's (the
-    /// servers are other hosts in production).
+    /// default: the servers are other hosts in production; a pool on the
+    /// proxy's core runs only when the proxy yields, which flatters a
+    /// batching proxy).
     pool_on_client: bool,
-    /// Arrivals spread: exponential gaps per connection, kept by a
-    /// high-resolution timer (timerfd), instead of bursts on tokio's 1 ms
-    /// timer ticks.
+    /// Arrivals spread (the default): exponential gaps per connection, kept
+    /// by a high-resolution timer (timerfd), instead of bursts on tokio's
+    /// 1 ms timer ticks.
     spread: bool,
     client_cpu: Option<usize>,
     server_cpu: Option<usize>,
@@ -229,8 +231,9 @@ fn usage() -> &'static str {
      --conns N --depth N --keys N --value-size N --get-set G:S --multiget N\n\
      --rate OPS             override the presets (open loop at OPS req/s in total; 0 = closed loop)\n\
      --no-pin               do not pin client and servers to separate cores\n\
-     --pool-on-client-core  pin the memcached pools to the client's core, not the proxy's\n\
-     --arrivals spread|burst  exponential gaps on a timerfd, or bursts on 1 ms ticks (default burst)\n\
+     --pool-on-proxy-core   pin the memcached pools to the proxy's core (the old, flattering shape;\n\
+                            default: the client's core, so the proxy has a core of its own)\n\
+     --arrivals spread|burst  exponential gaps on a timerfd (default), or bursts on 1 ms ticks\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
      --out DIR              results directory (default bench-results/)"
@@ -278,8 +281,8 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let (mut duration, mut warmup) = (None, None);
     let mut quick = false;
     let mut pin = true;
-    let mut pool_on_client = false;
-    let mut spread = false;
+    let mut pool_on_client = true;
+    let mut spread = true;
     let (mut client_cpu, mut server_cpu) = (None, None);
     let mut memring_threads = 1;
     let mut out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
@@ -346,6 +349,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
             "--quick" => quick = true,
             "--no-pin" => pin = false,
             "--pool-on-client-core" => pool_on_client = true,
+            "--pool-on-proxy-core" => pool_on_client = false,
             "--arrivals" => {
                 spread = match val.as_str() {
                     "spread" => true,
@@ -1639,6 +1643,9 @@ struct RunStats {
     /// The proxy's CPU time (utime + stime) in the window per request
     /// completed, in microseconds: the figure issue 8 compares.
     us_per_req: f64,
+    /// The memcached pool's CPU time in the window per request completed,
+    /// in microseconds (0 for `direct`, where memcached is the target).
+    pool_us_per_req: f64,
     /// TCP data segments the proxy sent to its pool per request completed
     /// (`ss` data_segs_out; about its upstream sends per request).
     up_segs_per_req: Option<f64>,
@@ -1787,6 +1794,7 @@ fn run_one(
             client_cpu: (c1 - c0) / wall,
             proxy_cpu: (p1 - p0) / wall,
             us_per_req: (p1 - p0) * 1e6 / t.ops as f64,
+            pool_us_per_req: ((s1 - s0) - (p1 - p0)).max(0.0) * 1e6 / t.ops as f64,
             up_segs_per_req: match (segs0, segs1) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / t.ops as f64),
                 _ => None,
@@ -1871,6 +1879,7 @@ fn median_stats(runs: &[&RunStats]) -> RunStats {
         client_cpu: med(&|r| r.client_cpu),
         proxy_cpu: med(&|r| r.proxy_cpu),
         us_per_req: med(&|r| r.us_per_req),
+        pool_us_per_req: med(&|r| r.pool_us_per_req),
         up_segs_per_req: (!segs.is_empty()).then(|| median(segs)),
         sut_cpu: med(&|r| r.sut_cpu),
         other_cpu: med(&|r| r.other_cpu),
@@ -1958,11 +1967,17 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
     println!();
     println!(
         "medians of {} round(s); us/req = the proxy's own CPU (utime+stime) per request \
-         completed; x nutc = that ratio to nutcracker, paired by round",
+         completed; x nutc = that ratio to nutcracker, paired by round; pool = its memcached \
+         pool's CPU per request; sum = both",
         opts.rounds
     );
     println!(
-        "{:<3} {:<13} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>8} {:>5} {:>5} {:>5}  note",
+        "shape: pools on the {} core, arrivals {}",
+        if opts.pool_on_client { "client's" } else { "proxy's (flattering)" },
+        if opts.spread { "spread" } else { "in 1 ms bursts" }
+    );
+    println!(
+        "{:<3} {:<13} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>6} {:>6} {:>8} {:>5} {:>5} {:>5}  note",
         "wl",
         "target",
         "ops/s",
@@ -1970,6 +1985,8 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
         "p99 us",
         "p99.9 us",
         "us/req",
+        "pool",
+        "sum",
         "x nutc",
         "segs/req",
         "prx%",
@@ -1986,7 +2003,7 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
             match &r.stats {
                 Some(s) => {
                     println!(
-                        "{:<3} {:<13} {:>8.0} {:>8.1} {:>8.1} {:>9.1} {:>7.2} {:>6} {:>8} {:>5.0} {:>5.0} {:>5.0}  {}",
+                        "{:<3} {:<13} {:>8.0} {:>8.1} {:>8.1} {:>9.1} {:>7.2} {:>6.2} {:>6.2} {:>6} {:>8} {:>5.0} {:>5.0} {:>5.0}  {}",
                         r.workload,
                         r.target,
                         s.ops_per_sec,
@@ -1994,6 +2011,8 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
                         s.lat_us[2],
                         s.lat_us[3],
                         s.us_per_req,
+                        s.pool_us_per_req,
+                        s.us_per_req + s.pool_us_per_req,
                         r.vs_nutcracker.map_or("-".into(), |x| format!("{x:.2}")),
                         s.up_segs_per_req.map_or("-".into(), |x| format!("{x:.3}")),
                         s.proxy_cpu * 100.0,
@@ -2034,7 +2053,7 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
 fn write_csv(path: &Path, opts: &Opts, sums: &[Summary]) -> io::Result<()> {
     let mut s = String::from(
         "workload,target,rounds,offered_rate,ops_per_sec,keys_per_sec,p50_us,p90_us,p99_us,\
-         p999_us,max_us,mean_us,us_per_req,vs_nutcracker,upstream_segs_per_req,hit_ratio,errors,\
+         p999_us,max_us,mean_us,us_per_req,pool_us_per_req,vs_nutcracker,upstream_segs_per_req,hit_ratio,errors,\
          timeouts,conn_errors,client_cpu,proxy_cpu,sut_cpu,other_cpu,conns,depth,keys,value_size,\
          get_weight,set_weight,multiget,note\n",
     );
@@ -2053,7 +2072,7 @@ fn write_csv(path: &Path, opts: &Opts, sums: &[Summary]) -> io::Result<()> {
             Some(x) => {
                 let _ = write!(
                     s,
-                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{},{},{:.4},{},{},{},{:.3},{:.3},{:.3},{:.3},",
+                    "{:.1},{:.1},{:.2},{:.2},{:.2},{:.2},{:.2},{:.2},{:.3},{:.3},{},{},{:.4},{},{},{},{:.3},{:.3},{:.3},{:.3},",
                     x.ops_per_sec,
                     x.keys_per_sec,
                     x.lat_us[0],
@@ -2063,6 +2082,7 @@ fn write_csv(path: &Path, opts: &Opts, sums: &[Summary]) -> io::Result<()> {
                     x.lat_us[4],
                     x.mean_us,
                     x.us_per_req,
+                    x.pool_us_per_req,
                     opt(r.vs_nutcracker, 3),
                     opt(x.up_segs_per_req, 4),
                     x.hit_ratio,
@@ -2075,7 +2095,7 @@ fn write_csv(path: &Path, opts: &Opts, sums: &[Summary]) -> io::Result<()> {
                     x.other_cpu
                 );
             }
-            None => s.push_str(",,,,,,,,,,,,,,,,,,,"),
+            None => s.push_str(",,,,,,,,,,,,,,,,,,,,"),
         }
         if let Some(w) = w {
             let _ = write!(
@@ -2100,7 +2120,8 @@ fn stats_json(x: &RunStats) -> serde_json::Value {
         },
         "ops": x.ops, "hit_ratio": x.hit_ratio, "errors": x.errors,
         "timeouts": x.timeouts, "conn_errors": x.conn_errors,
-        "us_per_req": x.us_per_req, "upstream_segs_per_req": x.up_segs_per_req,
+        "us_per_req": x.us_per_req, "pool_us_per_req": x.pool_us_per_req,
+        "upstream_segs_per_req": x.up_segs_per_req,
         "client_cpu": x.client_cpu, "proxy_cpu": x.proxy_cpu, "sut_cpu": x.sut_cpu,
         "other_cpu": x.other_cpu,
     })
@@ -2151,6 +2172,8 @@ fn write_json(
         "duration_s": opts.duration.as_secs_f64(),
         "warmup_s": opts.warmup.as_secs_f64(),
         "quick": opts.quick,
+        "pool_on_client_core": opts.pool_on_client,
+        "arrivals": if opts.spread { "spread" } else { "burst" },
         "machine": machine,
         "workloads": workloads,
         "summary": summary,
