@@ -1973,8 +1973,16 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
     );
     println!(
         "shape: pools on the {} core, arrivals {}",
-        if opts.pool_on_client { "client's" } else { "proxy's (flattering)" },
-        if opts.spread { "spread" } else { "in 1 ms bursts" }
+        if opts.pool_on_client {
+            "client's"
+        } else {
+            "proxy's (flattering)"
+        },
+        if opts.spread {
+            "spread"
+        } else {
+            "in 1 ms bursts"
+        }
     );
     println!(
         "{:<3} {:<13} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>6} {:>6} {:>8} {:>5} {:>5} {:>5}  note",

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, IoBackend};
-use crate::metrics::{Command, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind};
+use crate::metrics::{
+    Command, HedgeResult, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind,
+};
 use crate::route::Distribution;
 use crate::upstream::{Counters, Ejection, Health, Role};
 
@@ -64,6 +66,9 @@ counters! {
     MigrationHits => "proxy_migration_hits",
     MigrationMisses => "proxy_migration_misses",
     MigrationDeletes => "proxy_migration_deletes",
+    HedgesSent => "proxy_hedges_sent",
+    HedgesWon => "proxy_hedges_won",
+    HedgesSkipped => "proxy_hedges_skipped",
     Repairs => "proxy_repairs",
     ReplicationErrors => "proxy_replication_errors",
     ResyncCopies => "proxy_resync_copies",
@@ -520,6 +525,12 @@ pub fn render_proxy(
                 &m.errors[*k as usize],
             );
         }
+        for h in HedgeResult::ALL {
+            stat(
+                &format!("server_{i}:hedges_{}", h.label()),
+                &m.hedges[*h as usize],
+            );
+        }
         if snap.timing {
             pct(&m.upstream, &mut stat, &format!("server_{i}:latency"));
         }
@@ -672,6 +683,7 @@ mod tests {
             "STAT proxy_latency_recorded 1\r\n",
             "STAT server_0:state down\r\n",
             "STAT server_0:errors_timeout 1\r\n",
+            "STAT server_0:hedges_won 0\r\n",
             "STAT server_0:ejections_connect 1\r\n",
             "STAT server_0:ejections_timeout 0\r\n",
             "STAT server_0:suspects 0\r\n",

@@ -155,6 +155,14 @@ pub(super) struct Cli {
     #[arg(long, value_name = "DURATION", default_value = super::DEFAULT_MIGRATE_WINDOW, value_parser = value::shutdown_timeout, help_heading = MEMRING)]
     pub migrate_window: Duration,
 
+    /// Send a read whose primary is late to its backup too (on, off)
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = value::on_off, help_heading = MEMRING)]
+    pub hedge: bool,
+
+    /// Share of reads per core that may be hedged, e.g. 5%
+    #[arg(long, value_name = "PERCENT", default_value = super::DEFAULT_HEDGE_BUDGET, value_parser = value::percent, help_heading = MEMRING)]
+    pub hedge_budget: f64,
+
     /// Pipelined connections per server per core (at most -i)
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_UPSTREAM_CONNS, value_parser = value::server_conns, help_heading = MEMRING)]
     pub upstream_conns: usize,
@@ -306,6 +314,8 @@ pub(super) fn parse(args: &[OsString]) -> Result<CliArgs, ConfigError> {
         retry_interval: pick("retry_interval").map(|_| cli.retry_interval),
         dns_refresh: pick("dns_refresh").map(|_| cli.dns_refresh),
         migrate_window: pick("migrate_window").map(|_| cli.migrate_window),
+        hedge: pick("hedge").map(|_| cli.hedge),
+        hedge_budget: pick("hedge_budget").map(|_| cli.hedge_budget),
         io_backend: pick("io_backend").map(|_| cli.io_backend),
         pid_file: cli.pid_file.clone(),
         log_file: cli.log_file.clone(),

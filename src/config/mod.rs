@@ -53,6 +53,8 @@ pub const DEFAULT_RETRY_INTERVAL: &str = "500ms";
 pub const DEFAULT_DNS_REFRESH: &str = "30s";
 /// `--migrate-window` default.
 pub const DEFAULT_MIGRATE_WINDOW: &str = "5m";
+/// `--hedge-budget` default.
+pub const DEFAULT_HEDGE_BUDGET: &str = "5%";
 /// `--shutdown-timeout` default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
 /// `--tls-handshake-timeout` default.
@@ -207,6 +209,12 @@ pub struct Config {
     /// keeps the previous placement, so that a key that misses on its new
     /// owner is read from its old one (zero: off). Default 5m.
     pub migrate_window: Duration,
+    /// `--hedge`: send a read whose primary is late to its backup too.
+    /// Default on (it acts only where backups exist).
+    pub hedge: bool,
+    /// `--hedge-budget`: the share of hedgeable reads that may be hedged,
+    /// per core over a sliding window (0.0..=1.0). Default 0.05.
+    pub hedge_budget: f64,
     /// `--io-backend`.
     pub io_backend: IoBackend,
     /// `--pid-file`.
@@ -597,6 +605,8 @@ struct Layer {
     retry_interval: Option<Duration>,
     dns_refresh: Option<Duration>,
     migrate_window: Option<Duration>,
+    hedge: Option<bool>,
+    hedge_budget: Option<f64>,
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
@@ -653,6 +663,8 @@ impl Layer {
             retry_interval,
             dns_refresh,
             migrate_window,
+            hedge,
+            hedge_budget,
             io_backend,
             pid_file,
             log_file,
@@ -717,6 +729,10 @@ impl Layer {
             retry_interval: dur(self.retry_interval, DEFAULT_RETRY_INTERVAL),
             dns_refresh: dur(self.dns_refresh, DEFAULT_DNS_REFRESH),
             migrate_window: dur(self.migrate_window, DEFAULT_MIGRATE_WINDOW),
+            hedge: self.hedge.unwrap_or(true),
+            hedge_budget: self
+                .hedge_budget
+                .unwrap_or_else(|| value::percent(DEFAULT_HEDGE_BUDGET).unwrap_or(0.05)),
             io_backend: self.io_backend.unwrap_or_default(),
             pid_file: self.pid_file,
             log_file: self.log_file,
@@ -881,6 +897,8 @@ pub fn reload_changes(old: &Config, new: &Config) -> Vec<String> {
         retry_interval,
         dns_refresh,
         migrate_window,
+        hedge,
+        hedge_budget,
         missed_keys_limit,
         shutdown_timeout,
         resync,

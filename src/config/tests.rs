@@ -33,6 +33,25 @@ fn base(line: &str) -> Config {
 const SEED: &str = "memring -uroot -n 51200 -l 127.0.0.1 -p 12000 -s 127.0.0.1:10001 -s 127.0.0.1:10002 -s 127.0.0.1:10003 -b 127.0.0.1:10004 -b 127.0.0.1:10005";
 
 #[test]
+fn shares_and_switches() {
+    assert_eq!(value::percent("5%"), Ok(0.05));
+    assert_eq!(value::percent(" 0.5 % "), Ok(0.005));
+    assert_eq!(value::percent("100"), Ok(1.0));
+    assert!(value::percent("101%").is_err());
+    assert!(value::percent("-1%").is_err());
+    assert!(value::percent("five").is_err());
+    assert_eq!(value::on_off("OFF"), Ok(false));
+    assert_eq!(value::on_off("on"), Ok(true));
+    assert!(value::on_off("maybe").is_err());
+    let c = parse("memring -s 127.0.0.1:1 --hedge off --hedge-budget 2%").expect("parses");
+    assert!(!c.hedge);
+    assert_eq!(c.hedge_budget, 0.02);
+    let d = parse("memring -s 127.0.0.1:1").expect("parses");
+    assert!(d.hedge);
+    assert_eq!(d.hedge_budget, 0.05);
+}
+
+#[test]
 fn defaults_are_magents() {
     let c = parse("memring -s 127.0.0.1:1").unwrap();
     assert_eq!(c.port, 11211);

@@ -392,6 +392,31 @@ pub(crate) fn log_level(s: &str) -> Result<String, String> {
     }
 }
 
+/// `on` or `off` (also `true`/`false`, `yes`/`no`).
+pub(crate) fn on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err("expected 'on' or 'off'".into()),
+    }
+}
+
+/// A share in percent: `5%`, `0.5%` or `5` (percent); 0..=100. Returned as
+/// a fraction (`5%` is 0.05).
+pub(crate) fn percent(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let n: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid share {s:?}: expected a percentage such as 5%"))?;
+    if !(0.0..=100.0).contains(&n) {
+        return Err(format!("invalid share {s:?}: expected 0% to 100%"));
+    }
+    Ok(n / 100.0)
+}
+
 /// `auto`, `uring` (or `io_uring`) or `epoll`.
 pub(crate) fn io_backend(s: &str) -> Result<IoBackend, String> {
     match s.trim().to_ascii_lowercase().as_str() {

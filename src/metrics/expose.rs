@@ -12,6 +12,7 @@
 //! memring_request_duration_seconds{command}      histogram  (client-visible)
 //! memring_upstream_request_duration_seconds{server}  histogram
 //! memring_upstream_errors_total{server,kind}     counter
+//! memring_hedges_total{server,result}            counter (sent won skipped)
 //! memring_server_up{server,role,pool}            gauge 1 serving, 0 out
 //! memring_server_state{server,state}             gauge 1 for the current state
 //! memring_failovers_total  memring_read_through_total{result}
@@ -34,7 +35,9 @@ use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Command, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind, BUCKETS_NS};
+use super::{
+    Command, HedgeResult, HistogramSnapshot, ReadThrough, Snapshot, UpstreamErrorKind, BUCKETS_NS,
+};
 use crate::upstream::{Counters, Ejection, State};
 
 /// The content type of [`render`]'s output.
@@ -193,6 +196,26 @@ impl Collector for SnapshotCollector {
                             m,
                             &[("server", &srv.name), ("kind", k.label())],
                             srv.errors[*k as usize],
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            &mut enc,
+            "memring_hedges",
+            "Late reads of the server sent to its backup too (sent), answered first by the \
+             backup's hit (won), or not sent because the core's hedge budget was spent (skipped)",
+            None,
+            MetricType::Counter,
+            |m| {
+                for srv in &s.servers {
+                    for h in HedgeResult::ALL {
+                        counter(
+                            m,
+                            &[("server", &srv.name), ("result", h.label())],
+                            srv.hedges[*h as usize],
                         )?;
                     }
                 }

@@ -180,6 +180,17 @@ labelled! {
 }
 
 labelled! {
+    /// The `result` label of `memring_hedges_total`: a late read of the
+    /// server was sent to its backup too, the backup's hit answered first,
+    /// or the core's hedge budget said no.
+    HedgeResult {
+        Sent => "sent",
+        Won => "won",
+        Skipped => "skipped",
+    }
+}
+
+labelled! {
     /// The `result` label of `memring_read_through_total`: a primary missed
     /// and its backup was asked.
     ReadThrough {
@@ -314,6 +325,7 @@ impl CoreMetrics {
 pub struct UpstreamBlock {
     duration: Histogram,
     errors: [AtomicU64; UpstreamErrorKind::COUNT],
+    hedges: [AtomicU64; HedgeResult::COUNT],
 }
 
 /// A server's metrics, shared by every core.
@@ -348,19 +360,45 @@ impl ServerMetrics {
         }
     }
 
+    /// A late read of this server was hedged, won or skipped (core `core`
+    /// only).
+    #[inline]
+    pub fn hedge(&self, core: usize, result: HedgeResult) {
+        if let Some(b) = self.per_core.get(core) {
+            bump(&b.hedges[result as usize], 1);
+        }
+    }
+
     /// Merge the per-core blocks.
-    fn merge(&self) -> (HistogramSnapshot, [u64; UpstreamErrorKind::COUNT]) {
-        let mut h = HistogramSnapshot::default();
-        let mut errors = [0u64; UpstreamErrorKind::COUNT];
+    fn merge(&self) -> Merged {
+        let mut m = Merged::default();
         for b in &self.per_core {
-            b.duration.merge_into(&mut h);
-            for (e, c) in errors.iter_mut().zip(&b.errors) {
+            b.duration.merge_into(&mut m.upstream);
+            for (e, c) in m.errors.iter_mut().zip(&b.errors) {
+                *e += c.load(Ordering::Relaxed);
+            }
+            for (e, c) in m.hedges.iter_mut().zip(&b.hedges) {
                 *e += c.load(Ordering::Relaxed);
             }
         }
-        (h, errors)
+        m
+    }
+
+    /// Hedges of this server by [`HedgeResult`], all cores.
+    pub fn hedges(&self) -> [u64; HedgeResult::COUNT] {
+        self.merge().hedges
     }
 }
+
+/// One server's blocks merged.
+#[derive(Default)]
+struct Merged {
+    upstream: HistogramSnapshot,
+    errors: [u64; UpstreamErrorKind::COUNT],
+    hedges: [u64; HedgeResult::COUNT],
+}
+
+impl ServerMetrics {}
 
 /// What the shell knows of one server at scrape time.
 #[derive(Debug)]
@@ -442,6 +480,8 @@ pub struct ServerSnapshot {
     pub upstream: HistogramSnapshot,
     /// Upstream errors by [`UpstreamErrorKind`].
     pub errors: [u64; UpstreamErrorKind::COUNT],
+    /// Hedged reads by [`HedgeResult`].
+    pub hedges: [u64; HedgeResult::COUNT],
 }
 
 /// Everything a scrape shows, merged over cores.
@@ -485,15 +525,16 @@ impl Snapshot {
         let servers = servers
             .iter()
             .map(|s| {
-                let (upstream, errors) = s.metrics.merge();
+                let m = s.metrics.merge();
                 ServerSnapshot {
                     name: s.name.to_string(),
                     pool: s.pool.to_string(),
                     role: s.role,
                     state: s.state,
                     health: s.health,
-                    upstream,
-                    errors,
+                    upstream: m.upstream,
+                    errors: m.errors,
+                    hedges: m.hedges,
                 }
             })
             .collect();

@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use crate::protocol::metadump::{parse_dump_line, DumpLine};
 use crate::protocol::{compose, Expect, Status};
 use crate::proxy::machine::{
-    Answer, CallError, CallId, Effect, Failure, Machine, MetaItem, Reply, View,
+    Answer, CallError, CallId, Effect, Failure, Hedge, Machine, MetaItem, Reply, View,
 };
 use crate::stats::{CoreStats, Counter};
 use crate::upstream::{DrainStep, Ejection, Health, Observed, Probe, Rejoin, Role, ServerId};
@@ -368,6 +368,18 @@ impl Blocking<'_> {
                     }
                     // One call at a time here: a section is free at once.
                     Effect::Exclusive { call, .. } => granted.push(call),
+                    // Never asked for here (the control plane does not
+                    // hedge); were it, a timer is due at once and a hedge
+                    // is an ordinary call.
+                    Effect::Hedge(Hedge::Timer { call, .. }) => granted.push(call),
+                    Effect::Hedge(Hedge::Send {
+                        call,
+                        backup,
+                        parts,
+                        expect,
+                        ..
+                    }) => sends.push_back((call, backup, parts, expect)),
+                    Effect::Hedge(Hedge::Won { .. }) => {}
                     Effect::Answer(_)
                     | Effect::Failover { .. }
                     | Effect::Spawn(_)

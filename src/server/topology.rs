@@ -67,6 +67,10 @@ pub(crate) struct Settings {
     pub conns_per_server: usize,
     /// Copy a rejoined server's keys back from its partners.
     pub resync: bool,
+    /// Hedge late reads onto backups (`--hedge`).
+    pub hedge: bool,
+    /// The share of hedgeable reads that may be hedged (`--hedge-budget`).
+    pub hedge_budget: f64,
 }
 
 /// An immutable routing snapshot, swapped whole on reload.
@@ -308,6 +312,8 @@ impl Topology {
                 },
                 conns_per_server: cfg.upstream_conns.clamp(1, cfg.max_server_conns.max(1)),
                 resync: cfg.resync,
+                hedge: cfg.hedge,
+                hedge_budget: cfg.hedge_budget,
             },
             config: Arc::new(cfg.clone()),
             bell: previous.map_or_else(Arc::default, |p| p.bell.clone()),

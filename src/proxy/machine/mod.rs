@@ -452,6 +452,10 @@ pub trait View {
     fn observe(&self, s: ServerId) -> Observed;
     /// Seconds since the unix epoch, for turning TTLs into exptimes.
     fn now_unix(&self) -> i64;
+    /// Whether reads may be hedged onto backups (`--hedge`).
+    fn hedging(&self) -> bool {
+        false
+    }
     /// While a migration window is open: the servers that held `key` (as
     /// written; `base64`: a meta `b` key) under earlier placements and are
     /// not `rep` now, newest first. Empty without a window.
@@ -513,11 +517,48 @@ pub enum Effect {
         /// The key whose section is asked for.
         key: Bytes,
     },
+    /// A step of a hedged read (see [`Hedge`]).
+    Hedge(Hedge),
     /// Start a detached machine (the background repair after a read-through
     /// hit); it has no client. It has not started yet: the engine gives it a
     /// slot, then calls [`Machine::begin`] on it, and the effects that call
     /// pushes belong to the new machine.
     Spawn(Box<Machine>),
+}
+
+/// A hedged read's steps, carried out by the engine, which owns the
+/// per-server delays and the per-core budget (see
+/// [`crate::upstream::hedge`]).
+#[derive(Debug)]
+pub enum Hedge {
+    /// The read on `primary` is hedgeable: the outcome of `call` (always
+    /// `Ok`, an empty reply) comes once `primary`'s hedge delay has passed.
+    Timer {
+        /// Names the wait in the outcome.
+        call: CallId,
+        /// The server the read waits for.
+        primary: ServerId,
+    },
+    /// Send the read to `backup` too, if the core's hedge budget allows;
+    /// otherwise `call` fails at once (kind `Closed`). Exactly one outcome,
+    /// as for [`Effect::Send`].
+    Send {
+        /// Names the call in the outcome.
+        call: CallId,
+        /// Where it goes.
+        backup: ServerId,
+        /// The late primary (the counters are its).
+        primary: ServerId,
+        /// The request bytes.
+        parts: [Bytes; 2],
+        /// The reply shape.
+        expect: Expect,
+    },
+    /// The backup's hit answered the client before `primary` did.
+    Won {
+        /// The late primary.
+        primary: ServerId,
+    },
 }
 
 /// Top bit of a [`CallId`]: a call whose outcome the machine waits for but
@@ -606,6 +647,32 @@ impl Cx<'_> {
             *c = call;
         }
         *self.loose += 1;
+    }
+
+    /// Wait for `primary`'s hedge delay (see [`Hedge::Timer`]).
+    fn hedge_timer(&mut self, primary: ServerId) -> CallId {
+        let call = self.next_id();
+        self.fx.push(Effect::Hedge(Hedge::Timer { call, primary }));
+        call
+    }
+
+    /// Hedge a late read of `primary` onto `backup` (see [`Hedge::Send`]).
+    fn hedge_send(
+        &mut self,
+        backup: ServerId,
+        primary: ServerId,
+        parts: [Bytes; 2],
+        expect: Expect,
+    ) -> CallId {
+        let call = self.next_id();
+        self.fx.push(Effect::Hedge(Hedge::Send {
+            call,
+            backup,
+            primary,
+            parts,
+            expect,
+        }));
+        call
     }
 
     fn count(&mut self, c: Counter) {

@@ -171,7 +171,24 @@ pub(super) struct GetOne {
     req: ClientRequest,
     rep: Replicas,
     lookback: Lookback,
+    hedge: HedgeState,
     stage: GetStage,
+}
+
+/// Where a `get`'s hedge is (see [`super::Hedge`]): a `get` whose primary
+/// is late goes to the backup too, and the first hit answers; a miss from
+/// one replica waits for the other. Only `get`: the backup's cas differs
+/// from the primary's (gets), and gat touches.
+#[derive(Debug)]
+enum HedgeState {
+    /// Not hedged, or no longer.
+    Off,
+    /// Waiting for the primary's hedge delay.
+    Armed(CallId),
+    /// On the backup too.
+    Sent(CallId),
+    /// The backup answered a miss (its reply).
+    Missed(Bytes),
 }
 
 #[derive(Debug)]
@@ -189,6 +206,13 @@ enum GetStage {
         miss: Bytes,
         from: Source,
     },
+    /// The primary missed while the hedge on the backup is out: its answer
+    /// decides.
+    AwaitHedge {
+        miss: Bytes,
+    },
+    /// Answered by the hedge; the primary's late reply is still due.
+    Abandoned(CallId),
     Done,
 }
 
@@ -203,6 +227,7 @@ impl GetOne {
             req,
             rep,
             lookback: Lookback::default(),
+            hedge: HedgeState::Off,
             stage: GetStage::Done,
         };
         if cx.is_up(rep.primary) {
@@ -212,6 +237,12 @@ impl GetOne {
                 Expect::Values,
             );
             m.stage = GetStage::Primary(call);
+            let hedgeable = m.req.r.verb == Verb::Get
+                && cx.view.hedging()
+                && rep.backup.is_some_and(|b| cx.is_up(b));
+            if hedgeable {
+                m.hedge = HedgeState::Armed(cx.hedge_timer(rep.primary));
+            }
         } else {
             m.try_backup(None, cx);
         }
@@ -235,7 +266,61 @@ impl GetOne {
                 miss,
                 from,
             } if c == call => self.on_read_through(miss, from, r, cx),
-            other => self.stage = other,
+            GetStage::Abandoned(c) if c == call => {}
+            other => {
+                self.stage = other;
+                self.on_hedge(call, r, cx);
+            }
+        }
+    }
+
+    /// The hedge's timer or its read on the backup.
+    fn on_hedge(&mut self, call: CallId, r: Result<Reply, CallError>, cx: &mut Cx<'_>) {
+        match std::mem::replace(&mut self.hedge, HedgeState::Off) {
+            HedgeState::Armed(t) if t == call => {
+                // Late: the primary has not answered yet.
+                let waiting = matches!(self.stage, GetStage::Primary(_));
+                if let Some(b) = self.rep.backup.filter(|b| waiting && cx.is_up(*b)) {
+                    let parts = [self.req.bytes.clone(), Bytes::new()];
+                    let h = cx.hedge_send(b, self.rep.primary, parts, Expect::Values);
+                    self.hedge = HedgeState::Sent(h);
+                }
+            }
+            HedgeState::Sent(h) if h == call => {
+                let hit = matches!(&r, Ok(x) if !x.status.is_error() && !is_miss(&x.frame));
+                match (std::mem::replace(&mut self.stage, GetStage::Done), r) {
+                    // The backup's hit comes first: it answers, and the
+                    // primary's late reply is waited for and dropped.
+                    (GetStage::Primary(c), Ok(x)) if hit => {
+                        cx.count(Counter::GetHits);
+                        cx.fx.push(Effect::Hedge(super::Hedge::Won {
+                            primary: self.rep.primary,
+                        }));
+                        cx.answer(Answer::One(x.frame));
+                        self.stage = GetStage::Abandoned(c);
+                    }
+                    // The primary missed before: the backup's answer decides.
+                    (GetStage::AwaitHedge { .. }, Ok(x)) if hit => {
+                        cx.count(Counter::GetHits);
+                        cx.answer(Answer::One(x.frame));
+                    }
+                    (GetStage::AwaitHedge { miss }, _) => self.read_through(None, miss, cx),
+                    // A miss waits for the primary (hedging never turns a
+                    // hit into a miss); an error is no answer; after the
+                    // answer, nothing.
+                    (stage, r) => {
+                        let waiting = matches!(stage, GetStage::Primary(_));
+                        self.stage = stage;
+                        match r {
+                            Ok(x) if waiting && !x.status.is_error() => {
+                                self.hedge = HedgeState::Missed(x.frame)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            other => self.hedge = other,
         }
     }
 
@@ -250,13 +335,41 @@ impl GetOne {
                 touch_backups(&self.req, [self.rep], cx);
                 cx.answer(Answer::One(r.frame));
             }
-            Ok(r) => {
-                // A miss on the primary: the backup may hold the key (the
-                // primary was flushed on rejoin, or evicted it).
-                let b = self.rep.backup.filter(|b| cx.is_up(*b));
-                self.read_through(b.map(Source::Backup), r.frame, cx);
-            }
-            Err(e) => self.try_backup(Some(e), cx),
+            Ok(r) => match std::mem::replace(&mut self.hedge, HedgeState::Off) {
+                // The backup is being asked already: its answer decides.
+                HedgeState::Sent(h) => {
+                    self.hedge = HedgeState::Sent(h);
+                    self.stage = GetStage::AwaitHedge { miss: r.frame };
+                }
+                // The backup missed too: on to the earlier owners, if any.
+                HedgeState::Missed(_) => self.read_through(None, r.frame, cx),
+                other => {
+                    // (A timer still armed is waited for, and does nothing.)
+                    self.hedge = other;
+                    // A miss on the primary: the backup may hold the key
+                    // (the primary was flushed on rejoin, or evicted it).
+                    let b = self.rep.backup.filter(|b| cx.is_up(*b));
+                    self.read_through(b.map(Source::Backup), r.frame, cx);
+                }
+            },
+            Err(e) => match std::mem::replace(&mut self.hedge, HedgeState::Off) {
+                // The hedge is the failover read already.
+                HedgeState::Sent(h) => {
+                    self.stage = GetStage::Backup {
+                        call: h,
+                        failed: Some(e),
+                    }
+                }
+                HedgeState::Missed(miss) => {
+                    cx.failover(self.rep.primary);
+                    cx.count(Counter::GetMisses);
+                    cx.answer(Answer::One(miss));
+                }
+                other => {
+                    self.hedge = other;
+                    self.try_backup(Some(e), cx);
+                }
+            },
         }
     }
 
@@ -351,7 +464,9 @@ impl GetOne {
     }
 
     pub(super) fn is_done(&self) -> bool {
+        // A timer or a hedge still out is waited for.
         matches!(self.stage, GetStage::Done)
+            && matches!(self.hedge, HedgeState::Off | HedgeState::Missed(_))
     }
 }
 

@@ -23,6 +23,9 @@ const E4: ServerId = ServerId(4);
 /// Another one, of an older placement still.
 const E5: ServerId = ServerId(5);
 
+/// How a hedge timer shows among the requests in flight.
+const HEDGE_TIMER: &str = "hedge timer";
+
 /// A fixed clock for TTL conversion.
 const NOW: i64 = 1_700_000_000;
 
@@ -41,6 +44,8 @@ struct World {
     health: Vec<Health>,
     /// A migration window's earlier owners, by key.
     earlier: BTreeMap<&'static str, Vec<u32>>,
+    /// Reads may be hedged.
+    hedge: bool,
 }
 
 impl World {
@@ -49,7 +54,14 @@ impl World {
         World {
             health: (0..6).map(|_| Health::new(t0)).collect(),
             earlier: BTreeMap::new(),
+            hedge: false,
         }
+    }
+
+    /// With hedging on (or off).
+    fn hedging(mut self, on: bool) -> World {
+        self.hedge = on;
+        self
     }
 
     /// With a migration window open in which `key` lived on `owners`
@@ -82,6 +94,10 @@ impl View for World {
 
     fn now_unix(&self) -> i64 {
         NOW
+    }
+
+    fn hedging(&self) -> bool {
+        self.hedge
     }
 
     fn earlier_owners(&self, key: &[u8], _base64: bool, rep: Replicas) -> Owners {
@@ -169,6 +185,12 @@ struct Run<'w> {
     history: Vec<(ServerId, String)>,
     /// Keys whose exclusive section was asked for, in order.
     sections: Vec<String>,
+    /// Hedges asked for, by late primary (the budget allows them unless
+    /// `refuse_hedges`).
+    hedged: Vec<ServerId>,
+    refuse_hedges: bool,
+    /// Hedges the backup won, by late primary.
+    won: Vec<ServerId>,
 }
 
 impl<'w> Run<'w> {
@@ -201,6 +223,9 @@ impl<'w> Run<'w> {
             read_through: Vec::new(),
             history: Vec::new(),
             sections: Vec::new(),
+            hedged: Vec::new(),
+            refuse_hedges: false,
+            won: Vec::new(),
         }
     }
 
@@ -236,6 +261,35 @@ impl<'w> Run<'w> {
                 }
                 Effect::Spawn(m) => self.spawned.push(*m),
                 Effect::ReadThrough(t) => self.read_through.push(t),
+                // A timer waits in flight as the request "hedge timer" to
+                // its primary, until the test fires it.
+                Effect::Hedge(Hedge::Timer { call, primary }) => self.pending.push(Sent {
+                    call,
+                    server: primary,
+                    bytes: HEDGE_TIMER.as_bytes().to_vec(),
+                    expect: Expect::Line,
+                    section: false,
+                }),
+                Effect::Hedge(Hedge::Send {
+                    call,
+                    backup,
+                    primary,
+                    parts,
+                    expect,
+                }) => {
+                    self.hedged.push(primary);
+                    if self.refuse_hedges {
+                        self.feed(call, Err(CallError::no_call(backup, expect)));
+                    } else {
+                        self.absorb(vec![Effect::Send {
+                            call,
+                            server: backup,
+                            parts,
+                            expect,
+                        }]);
+                    }
+                }
+                Effect::Hedge(Hedge::Won { primary }) => self.won.push(primary),
                 // Nobody else holds the section here: granted at once.
                 Effect::Exclusive { call, key } => {
                     self.sections.push(text(&key));
@@ -1942,4 +1996,120 @@ fn without_a_window_nothing_changes() {
     r.reply(P0, "get a\r\n", "END\r\n");
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("END\r\n"));
+}
+
+// ---- hedged reads ----
+
+/// The hedge timer of a read on `primary` fires.
+fn fire(r: &mut Run<'_>, primary: ServerId) {
+    let s = r.take(primary, HEDGE_TIMER);
+    r.feed(s.call, Ok(Reply::grant()));
+}
+
+#[test]
+fn a_late_primary_is_hedged_onto_the_backup_and_the_first_hit_answers() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    r.expect_pending(&[(P0, "get a\r\n"), (P0, HEDGE_TIMER)]);
+    fire(&mut r, P0);
+    r.expect_pending(&[(P0, "get a\r\n"), (B2, "get a\r\n")]);
+    r.reply(B2, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\nb\r\nEND\r\n"));
+    assert_eq!(r.won, [P0]);
+    // The primary's late reply is waited for, then dropped.
+    assert!(!r.m.is_done());
+    r.reply(P0, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.counts(), [("cmd_get", 1), ("get_hits", 1)]);
+    assert!(r.failovers.is_empty());
+}
+
+#[test]
+fn a_primary_on_time_is_not_hedged() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    r.reply(P0, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\nb\r\nEND\r\n"));
+    // The timer still comes; it sends nothing.
+    fire(&mut r, P0);
+    r.assert_done();
+    assert!(r.hedged.is_empty());
+}
+
+#[test]
+fn a_miss_on_one_replica_waits_for_the_other() {
+    let w = World::new().hedging(true);
+    // The backup misses first: the primary's hit answers.
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    fire(&mut r, P0);
+    r.reply(B2, "get a\r\n", "END\r\n");
+    assert!(
+        r.answers.is_empty(),
+        "a miss does not answer while the primary may hit"
+    );
+    r.reply(P0, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\nb\r\nEND\r\n"));
+    // The primary misses first: the backup's hit answers.
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    fire(&mut r, P0);
+    r.reply(P0, "get a\r\n", "END\r\n");
+    assert!(r.answers.is_empty());
+    r.reply(B2, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\nb\r\nEND\r\n"));
+    // Both miss: one miss, and no read-through of a backup that was asked.
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    fire(&mut r, P0);
+    r.reply(B2, "get a\r\n", "END\r\n");
+    r.reply(P0, "get a\r\n", "END\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("END\r\n"));
+    assert_eq!(r.counts(), [("cmd_get", 1), ("get_misses", 1)]);
+}
+
+#[test]
+fn a_primary_that_fails_while_hedged_is_answered_by_the_hedge() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    fire(&mut r, P0);
+    r.fail(P0, "get a\r\n", Failure::Timeout);
+    r.reply(B2, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\nb\r\nEND\r\n"));
+    assert_eq!(r.failovers, [P0]);
+    assert!(r.won.is_empty(), "a failover, not a win");
+}
+
+#[test]
+fn a_hedge_the_budget_refuses_leaves_the_read_to_its_primary() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a\r\n", &[RA]);
+    r.refuse_hedges = true;
+    fire(&mut r, P0);
+    assert_eq!(r.hedged, [P0]);
+    r.expect_pending(&[(P0, "get a\r\n")]);
+    r.reply(P0, "get a\r\n", "VALUE a 0 1\r\nb\r\nEND\r\n");
+    r.assert_done();
+}
+
+#[test]
+fn only_plain_gets_with_a_backup_in_service_are_hedged() {
+    let w = World::new().hedging(true);
+    for text in ["gets a\r\n", "gat 10 a\r\n", "get a b\r\n", "mg a v\r\n"] {
+        let r = Run::start(&w, text, &[RA, RB]);
+        assert!(
+            r.pending().iter().all(|(_, b)| b != HEDGE_TIMER),
+            "{text:?} is not hedged: {:?}",
+            r.pending()
+        );
+    }
+    let r = Run::start(&w, "get a\r\n", &[RA_ALONE]);
+    r.expect_pending(&[(P0, "get a\r\n")]);
+    let down = World::down(&[B2]).hedging(true);
+    let r = Run::start(&down, "get a\r\n", &[RA]);
+    r.expect_pending(&[(P0, "get a\r\n")]);
+    let off = World::new();
+    let r = Run::start(&off, "get a\r\n", &[RA]);
+    r.expect_pending(&[(P0, "get a\r\n")]);
 }

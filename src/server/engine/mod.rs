@@ -35,6 +35,7 @@
 //! pushes back on it); other clients on the core are not held up.
 
 mod client;
+mod hedge;
 mod stats;
 pub(crate) use self::stats::route_text;
 mod upstream;
@@ -148,6 +149,8 @@ struct ReqSlot {
     outstanding: u32,
     /// A binary client's request: how its answer becomes binary.
     binary: Option<crate::proxy::binary::Plan>,
+    /// This slot's life (see `Core::next_seq`).
+    seq: u64,
     /// The key section the machine queued for (held once granted, released
     /// when the slot is freed).
     section: Option<Held>,
@@ -227,6 +230,10 @@ impl View for HealthView<'_> {
         self.now_unix
     }
 
+    fn hedging(&self) -> bool {
+        self.topo.settings.hedge && self.generation == self.topo.generation
+    }
+
     fn earlier_owners(&self, key: &[u8], base64: bool, rep: Replicas) -> Owners {
         if self.generation != self.topo.generation {
             return Owners::default();
@@ -279,6 +286,12 @@ pub(super) struct Core {
     /// Answers made off the core come back here (checked once per turn).
     control_tx: mpsc::Sender<Handoff>,
     control_rx: mpsc::Receiver<Handoff>,
+    /// Hedged reads: the servers' delays, the budget, and the timers armed
+    /// (see `hedge.rs`).
+    hedges: hedge::Hedges,
+    /// Numbers request slots' lives, so that a timer never reaches a slot
+    /// that was reused.
+    next_seq: u64,
 }
 
 /// One listener of this core.
@@ -366,6 +379,8 @@ pub(super) fn run_core<D: Driver>(
         up_ids: Vec::with_capacity(16),
         control_tx,
         control_rx,
+        hedges: hedge::Hedges::new(topo.settings.hedge_budget),
+        next_seq: 0,
     };
     st.install(&mut d, &mut cx, topo);
     let fds: Vec<(RawFd, bool, Option<String>)> = listeners
@@ -426,6 +441,10 @@ pub(super) fn run_core<D: Driver>(
             }
         }
         st.flush(&mut d, &cx);
+        // Hedge timers armed after the tick looked.
+        if let Some(at) = st.hedges.next_due() {
+            timeout = timeout.min(at.saturating_duration_since(cx.now));
+        }
     }
 }
 
@@ -560,12 +579,14 @@ impl Core {
         binary: Option<crate::proxy::binary::Plan>,
         fx: &mut Vec<Effect>,
     ) {
+        self.next_seq += 1;
         let r = self.reqs.insert(ReqSlot {
             machine,
             client,
             generation: cx.topo.generation,
             outstanding: 0,
             binary,
+            seq: self.next_seq,
             section: None,
         });
         cx.stats().active_requests.fetch_add(1, Ordering::Relaxed);
@@ -599,6 +620,7 @@ impl Core {
                     }
                     Effect::Spawn(m) => spawned.push(m),
                     Effect::ReadThrough(t) => cx.metrics().read_through(t),
+                    Effect::Hedge(h) => self.hedge(d, cx, r, h),
                     Effect::Exclusive { call, key } => {
                         if self.enter_section(cx, r, call, &key) {
                             granted = Some(call);
@@ -750,6 +772,8 @@ impl Core {
         }
         self.by_name = kept;
         self.pools = pools;
+        self.hedges
+            .reconfigure(topo.servers.len(), topo.settings.hedge_budget);
         let old = std::mem::replace(&mut cx.topo, topo);
         if old.generation != cx.topo.generation {
             cx.prev = Some(old);
@@ -802,6 +826,9 @@ impl Core {
             // Another core holds a section a request here waits for.
             self.poll_parked(cx);
             next = next.min(cx.now + PARK_POLL);
+        }
+        if let Some(at) = self.fire_hedge_timers(cx) {
+            next = next.min(at);
         }
         next.saturating_duration_since(cx.now)
     }

@@ -297,6 +297,9 @@ impl Core {
                     }
                     bytes = &self.plain;
                 }
+                // And the server's hedge delay, when hedging.
+                let (hedges, server) = (&mut self.hedges, u.server);
+                let hedging = cx.topo.settings.hedge;
                 outcome = u.pipe.received(
                     bytes,
                     cx.now,
@@ -306,6 +309,9 @@ impl Core {
                     |t| {
                         if let Some(s) = timed {
                             s.metrics.record_upstream(cx.id, t);
+                        }
+                        if hedging {
+                            hedges.observe(server, t, cx.now);
                         }
                     },
                 );

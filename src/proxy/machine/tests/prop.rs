@@ -134,6 +134,34 @@ impl Tracked {
                         section: true,
                     });
                 }
+                // A timer is granted at its turn, like a section.
+                Effect::Hedge(Hedge::Timer { call, .. }) => {
+                    prop_assert!(!self.pending.iter().any(|s| s.call == call));
+                    self.pending.push(Sent {
+                        call,
+                        server: ServerId(0),
+                        bytes: Vec::new(),
+                        expect: Expect::Line,
+                        section: true,
+                    });
+                }
+                Effect::Hedge(Hedge::Send {
+                    call,
+                    backup,
+                    parts,
+                    expect,
+                    ..
+                }) => {
+                    prop_assert!(!self.pending.iter().any(|s| s.call == call));
+                    self.pending.push(Sent {
+                        call,
+                        server: backup,
+                        bytes: [parts[0].as_ref(), parts[1].as_ref()].concat(),
+                        expect,
+                        section: false,
+                    });
+                }
+                Effect::Hedge(Hedge::Won { .. }) => {}
                 Effect::Answer(_) => self.answers += 1,
                 Effect::Spawn(m) => spawned.push(*m),
                 Effect::Count(..)
@@ -168,9 +196,10 @@ proptest! {
         which in 0..REQUESTS.len(),
         down in proptest::collection::vec(any::<bool>(), 4),
         with_backup in any::<bool>(),
+        hedge in any::<bool>(),
         script in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..MAX_STEPS),
     ) {
-        let world = World::new();
+        let world = World::new().hedging(hedge);
         let policy = HealthPolicy::default();
         for (i, d) in down.iter().enumerate() {
             if *d {
