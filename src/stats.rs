@@ -420,6 +420,8 @@ pub fn render_settings(cfg: &Config, p: &ProcessView, tcp: Option<SocketAddr>) -
     stat("retry_interval", &secs(cfg.retry_interval));
     stat("dns_refresh", &secs(cfg.dns_refresh));
     stat("migrate_window", &secs(cfg.migrate_window));
+    stat("hedge", &yes(cfg.hedge));
+    stat("hedge_budget", &format!("{}%", cfg.hedge_budget * 100.0));
     stat("resync", &yes(cfg.resync));
     stat("shutdown_timeout", &secs(cfg.shutdown_timeout));
     stat(
