@@ -50,6 +50,8 @@ pub(super) struct Client {
     shut: bool,
     send_inflight: bool,
     dirty: bool,
+    /// Its write requests started and not yet answered.
+    pub(super) writes_in_flight: u32,
 }
 
 /// Put a client on the end-of-turn list once.
@@ -83,6 +85,7 @@ impl Client {
             shut: false,
             send_inflight: false,
             dirty: false,
+            writes_in_flight: 0,
         }
     }
 
@@ -380,6 +383,7 @@ impl Core {
                 gen,
                 seq,
                 strip_end,
+                write: false,
             };
             match next {
                 None => return,
@@ -438,7 +442,8 @@ impl Core {
             keys,
         };
         let mut fx = std::mem::take(&mut self.fx);
-        let machine = self.machine_for(cx, cref, req, admin, &mut fx);
+        let mut cref = cref;
+        let machine = self.machine_for(cx, &mut cref, req, admin, &mut fx);
         self.launch(d, cx, machine, Some(cref), plan, &mut fx);
         self.fx = fx;
     }
@@ -448,11 +453,21 @@ impl Core {
     fn machine_for(
         &mut self,
         cx: &Ctx,
-        cref: ClientRef,
+        cref: &mut ClientRef,
         req: ClientRequest,
         plan: Option<AdminPlan>,
         fx: &mut Vec<crate::proxy::machine::Effect>,
     ) -> Machine {
+        // A read is hedged only with no write of its client in flight; a
+        // write counts until it is answered.
+        let mut hedge_ok = false;
+        if let Some(c) = self.live_client(*cref) {
+            hedge_ok = c.writes_in_flight == 0;
+            cref.write = plan.is_none() && writes(req.r.verb);
+            if cref.write {
+                c.writes_in_flight += 1;
+            }
+        }
         // A client of a pool's own listener has its keys placed in that pool.
         let pool = self
             .clients
@@ -471,7 +486,8 @@ impl Core {
                     .map(|(i, _)| ServerId(i as u32)),
             );
         }
-        let view = HealthView::new(cx, cx.topo.generation);
+        let mut view = HealthView::new(cx, cx.topo.generation);
+        view.hedge_ok = hedge_ok;
         if let Some(p) = plan {
             return Machine::admin(req, p, &self.servers, &view, fx);
         }
@@ -645,7 +661,8 @@ impl Core {
             return;
         }
         let mut fx = std::mem::take(&mut self.fx);
-        let machine = self.machine_for(cx, cref, req, plan, &mut fx);
+        let mut cref = cref;
+        let machine = self.machine_for(cx, &mut cref, req, plan, &mut fx);
         self.launch(d, cx, machine, Some(cref), None, &mut fx);
         self.fx = fx;
     }
@@ -766,4 +783,25 @@ fn route_locally(cx: &Ctx, r: &Request, bytes: &Bytes) -> (Option<Answer>, Optio
         _ => return (None, None),
     };
     (Some(local), None)
+}
+
+/// Whether `verb` may change what a later read of its client sees (so a
+/// read behind it on the same connection is not hedged: see
+/// `machine_for`).
+fn writes(verb: Verb) -> bool {
+    !matches!(
+        verb,
+        Verb::Get
+            | Verb::Gets
+            | Verb::Gat
+            | Verb::Gats
+            | Verb::MetaGet
+            | Verb::MetaDebug
+            | Verb::MetaNoop
+            | Verb::Version
+            | Verb::Verbosity
+            | Verb::Quit
+            | Verb::Stats
+            | Verb::Admin
+    )
 }

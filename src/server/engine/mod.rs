@@ -131,6 +131,8 @@ pub(super) struct ClientRef {
     seq: u64,
     /// A batch of a long get line that is not its last: its END is left out.
     strip_end: bool,
+    /// A write: counted in its client's writes in flight until answered.
+    write: bool,
 }
 
 /// An answer produced off the core (a metadump on the control plane), with
@@ -202,6 +204,10 @@ impl Ctx {
 struct HealthView<'a> {
     topo: &'a Topology,
     now_unix: i64,
+    /// A read may be hedged: its client has no write in flight before it
+    /// (a hedge on the backup could overtake that write's copy there and
+    /// show the client a value older than its own acknowledged write).
+    hedge_ok: bool,
     /// The topology generation the request decided under: a migration
     /// window's owners are numbered by the live one, so only a request of
     /// that generation is given them.
@@ -213,6 +219,7 @@ impl<'a> HealthView<'a> {
         HealthView {
             topo: &cx.topo,
             now_unix: cx.now_unix,
+            hedge_ok: false,
             generation,
         }
     }
@@ -231,7 +238,7 @@ impl View for HealthView<'_> {
     }
 
     fn hedging(&self) -> bool {
-        self.topo.settings.hedge && self.generation == self.topo.generation
+        self.hedge_ok && self.topo.settings.hedge && self.generation == self.topo.generation
     }
 
     fn earlier_owners(&self, key: &[u8], base64: bool, rep: Replicas) -> Owners {
@@ -711,6 +718,11 @@ impl Core {
         };
         let plan = slot.binary.take();
         if let Some(cref) = slot.client.take() {
+            if cref.write {
+                if let Some(c) = self.live_client(cref) {
+                    c.writes_in_flight = c.writes_in_flight.saturating_sub(1);
+                }
+            }
             self.finish(d, cx, cref, plan, a);
         }
     }

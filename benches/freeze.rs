@@ -1,0 +1,388 @@
+//! One slow primary (issue 22): read latency when a primary freezes for
+//! 100 ms every second, with hedged reads and without, against the same
+//! run with no freezes.
+//!
+//! Three primaries with three backups (real memcached) behind one memring
+//! (`--threads 1`). memring is pinned to a core of its own; the servers and
+//! the load generator share the other. The load is open loop: each client
+//! thread sends gets on a schedule of exponential gaps (spread arrivals),
+//! and a get's latency runs from its scheduled time, so a reply held up by
+//! the freeze also counts against the gets queued behind it (no
+//! coordinated omission). The freezer SIGSTOPs the first primary for
+//! `--freeze` every `--every`.
+//!
+//! ```text
+//! MEMRING_BIN=target/release/memring cargo bench --bench freeze -- [--rate 8000] [--duration 10s]
+//! ```
+//! Reported per run: p50, p99, p99.9 and max in microseconds, the hedges
+//! memring sent and won, and the upstream reads per client read (every
+//! memcached's `cmd_get`).
+
+// Tests and benchmarks keep time themselves (clippy.toml holds the library).
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Distinct keys, all written before measuring (every get hits).
+const KEYS: usize = 10_000;
+/// Client threads (one connection each), sharing the offered rate.
+const CLIENTS: usize = 16;
+
+struct Opts {
+    rate: f64,
+    duration: Duration,
+    freeze: Duration,
+    every: Duration,
+}
+
+fn parse_duration(s: &str) -> Duration {
+    let (n, scale) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else {
+        (s, 1.0)
+    };
+    Duration::from_secs_f64(
+        n.parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad duration {s:?}"))
+            * scale,
+    )
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        rate: 8000.0,
+        duration: Duration::from_secs(10),
+        freeze: Duration::from_millis(100),
+        every: Duration::from_secs(1),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().unwrap_or_default();
+        match a.as_str() {
+            "--rate" => o.rate = val().parse().expect("--rate N"),
+            "--duration" => o.duration = parse_duration(&val()),
+            "--freeze" => o.freeze = parse_duration(&val()),
+            "--every" => o.every = parse_duration(&val()),
+            _ => {}
+        }
+    }
+    o
+}
+
+/// A child process stopped (and reaped) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < until, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `cmd` pinned to `cpu` with taskset.
+fn pinned(cpu: usize, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", &cpu.to_string(), program]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn memcached(cpu: usize) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let mut c = pinned(cpu, "memcached");
+    c.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-t",
+        "1",
+        "-m",
+        "64",
+    ]);
+    if nix_is_root() {
+        c.args(["-u", "root"]);
+    }
+    let child = c
+        .spawn()
+        .expect("memcached (Debian package memcached) and taskset (util-linux)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_listening(addr);
+    (Proc(child), addr)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn memring_bin() -> String {
+    std::env::var("MEMRING_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/memring").to_string()
+    })
+}
+
+/// Send `cmd` and read until a line ending the reply (`END`, `STORED`).
+fn request(s: &mut BufReader<TcpStream>, cmd: &[u8]) -> Vec<u8> {
+    s.get_mut().write_all(cmd).expect("send");
+    let mut out = Vec::new();
+    // Bounded by the reply: a VALUE block, then END (or one status line).
+    loop {
+        let mut line = Vec::new();
+        let n = s.read_until(b'\n', &mut line).expect("read");
+        assert!(n > 0, "connection closed");
+        let done = line.starts_with(b"END") || !line.starts_with(b"VALUE");
+        let len = line
+            .starts_with(b"VALUE")
+            .then(|| {
+                let text = String::from_utf8_lossy(&line);
+                text.split_whitespace()
+                    .nth(3)
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .flatten();
+        out.extend_from_slice(&line);
+        if let Some(len) = len {
+            let mut data = vec![0u8; len + 2];
+            s.read_exact(&mut data).expect("data");
+            out.extend_from_slice(&data);
+            continue;
+        }
+        if done {
+            return out;
+        }
+    }
+}
+
+fn stats(addr: SocketAddr) -> Vec<(String, String)> {
+    let mut s = BufReader::new(TcpStream::connect(addr).expect("connect"));
+    s.get_mut().write_all(b"stats\r\n").expect("send");
+    let mut out = Vec::new();
+    // Bounded by END.
+    loop {
+        let mut line = String::new();
+        if s.read_line(&mut line).unwrap_or(0) == 0 || line.starts_with("END") {
+            return out;
+        }
+        let mut w = line.split_whitespace().skip(1);
+        if let (Some(k), Some(v)) = (w.next(), w.next()) {
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+}
+
+fn stat(s: &[(String, String)], name: &str) -> u64 {
+    s.iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// xorshift64*, one per client thread.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Outcome {
+    hist: Histogram<u64>,
+    gets: u64,
+    upstream_gets: u64,
+    hedges_sent: u64,
+    hedges_won: u64,
+}
+
+/// One run: a fresh pool and memring (`hedge` on or off), the load, and
+/// the freezer when `freezing`.
+fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
+    let (proxy_cpu, pool_cpu) = (1, 0);
+    let servers: Vec<(Proc, SocketAddr)> = (0..6).map(|_| memcached(pool_cpu)).collect();
+    let port = free_port();
+    let mut c = pinned(proxy_cpu, &memring_bin());
+    c.args([
+        "-p",
+        &port.to_string(),
+        "-l",
+        "127.0.0.1",
+        "--threads",
+        "1",
+        "-k",
+    ]);
+    for (i, (_, a)) in servers.iter().enumerate() {
+        c.args([if i < 3 { "-s" } else { "-b" }, &a.to_string()]);
+    }
+    c.args([
+        "--request-timeout",
+        "2s",
+        "--hedge",
+        if hedge { "on" } else { "off" },
+    ]);
+    let _proxy = Proc(
+        c.spawn()
+            .expect("memring (build it: cargo build --release)"),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_listening(addr);
+    let value = vec![b'x'; 100];
+    let mut w = BufReader::new(TcpStream::connect(addr).expect("connect"));
+    for k in 0..KEYS {
+        let mut cmd = format!("set freeze:{k} 0 0 {}\r\n", value.len()).into_bytes();
+        cmd.extend_from_slice(&value);
+        cmd.extend_from_slice(b"\r\n");
+        assert_eq!(request(&mut w, &cmd), b"STORED\r\n");
+    }
+    let before: Vec<u64> = servers
+        .iter()
+        .map(|(_, a)| stat(&stats(*a), "cmd_get"))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let frozen_pid = servers[0].0 .0.id() as i32;
+    let freezer = freezing.then(|| {
+        let (stop, freeze, every) = (stop.clone(), o.freeze, o.every);
+        std::thread::spawn(move || {
+            // Bounded by the run's end.
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(every.saturating_sub(freeze));
+                // SAFETY: kill(2) on the child's pid (taskset execs it).
+                unsafe { libc::kill(frozen_pid, libc::SIGSTOP) };
+                std::thread::sleep(freeze);
+                // SAFETY: as above.
+                unsafe { libc::kill(frozen_pid, libc::SIGCONT) };
+            }
+        })
+    });
+    let start = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|t| {
+            let (rate, duration) = (o.rate / CLIENTS as f64, o.duration);
+            std::thread::spawn(move || {
+                let mut s = BufReader::new(TcpStream::connect(addr).expect("connect"));
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
+                let mut next = start;
+                let mut gets = 0u64;
+                // Bounded by the duration.
+                while next < start + duration {
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
+                    let k = (rng.next_f64() * KEYS as f64) as usize;
+                    let reply = request(&mut s, format!("get freeze:{k}\r\n").as_bytes());
+                    assert!(
+                        reply.starts_with(b"VALUE"),
+                        "get freeze:{k}: a miss or an error"
+                    );
+                    let took = Instant::now().saturating_duration_since(next);
+                    let _ = hist.record(took.as_micros().max(1) as u64);
+                    gets += 1;
+                    next += Duration::from_secs_f64(-(1.0 - rng.next_f64()).ln() / rate);
+                }
+                (hist, gets)
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+    let mut gets = 0;
+    for c in clients {
+        let (h, n) = c.join().expect("client");
+        hist.add(h).expect("merge");
+        gets += n;
+    }
+    stop.store(true, Ordering::Relaxed);
+    if let Some(f) = freezer {
+        f.join().expect("freezer");
+    }
+    // SAFETY: kill(2) on our child; it may be stopped at the end.
+    unsafe { libc::kill(frozen_pid, libc::SIGCONT) };
+    let after: Vec<u64> = servers
+        .iter()
+        .map(|(_, a)| stat(&stats(*a), "cmd_get"))
+        .collect();
+    let upstream_gets = after.iter().zip(&before).map(|(a, b)| a - b).sum();
+    let p = stats(addr);
+    Outcome {
+        hist,
+        gets,
+        upstream_gets,
+        hedges_sent: stat(&p, "proxy_hedges_sent"),
+        hedges_won: stat(&p, "proxy_hedges_won"),
+    }
+}
+
+fn main() {
+    let o = opts();
+    println!(
+        "freeze: 3 primaries + 3 backups, one memring core; {} gets/s offered by {CLIENTS} \
+         connections, spread; {} runs; freezes of {:?} every {:?} on the first primary",
+        o.rate,
+        humantime(o.duration),
+        o.freeze,
+        o.every
+    );
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
+        "run", "gets/s", "p50 us", "p99 us", "p99.9 us", "max us", "hedges", "won", "up/read"
+    );
+    for (name, hedge, freezing) in [
+        ("no freezes, hedging on", true, false),
+        ("freezes, hedging on", true, true),
+        ("freezes, hedging off", false, true),
+    ] {
+        let r = run(&o, hedge, freezing);
+        let q = |x: f64| r.hist.value_at_quantile(x);
+        println!(
+            "{:<28} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10.3}",
+            name,
+            r.gets as f64 / o.duration.as_secs_f64(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            r.hist.max(),
+            r.hedges_sent,
+            r.hedges_won,
+            r.upstream_gets as f64 / r.gets.max(1) as f64
+        );
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
