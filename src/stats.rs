@@ -325,6 +325,46 @@ pub struct RouteView<'a> {
     pub earlier: Vec<(&'a str, crate::upstream::State)>,
 }
 
+/// One hot key for `stats hotkeys`.
+#[derive(Clone, Debug)]
+pub struct HotView {
+    /// The key as the clients send it.
+    pub key: Vec<u8>,
+    /// Estimated reads per second.
+    pub rate: f64,
+    /// The pool it is placed in, and its primary there.
+    pub pool: String,
+    /// `host:port`.
+    pub primary: String,
+}
+
+/// Render `stats hotkeys`: the hottest keys first, each as `hotkey_<i>:key`
+/// (the key as sent; one a text line cannot carry in base64, with
+/// `hotkey_<i>:base64 1`), `:reads_per_second`, `:pool` and `:primary`.
+pub fn render_hot_keys(keys: &[HotView]) -> String {
+    use base64::Engine as _;
+    let mut s = String::with_capacity(128 * keys.len() + 8);
+    for (i, k) in keys.iter().enumerate() {
+        let printable = k.key.iter().all(|b| b.is_ascii_graphic());
+        let key = if printable {
+            String::from_utf8_lossy(&k.key).into_owned()
+        } else {
+            base64::engine::general_purpose::STANDARD.encode(&k.key)
+        };
+        let _ = write!(s, "STAT hotkey_{i}:key {key}\r\n");
+        if !printable {
+            let _ = write!(s, "STAT hotkey_{i}:base64 1\r\n");
+        }
+        let _ = write!(
+            s,
+            "STAT hotkey_{i}:reads_per_second {:.0}\r\nSTAT hotkey_{i}:pool {}\r\nSTAT hotkey_{i}:primary {}\r\n",
+            k.rate, k.pool, k.primary
+        );
+    }
+    s.push_str("END\r\n");
+    s
+}
+
 /// Render `stats route <key>`: the key's pool, primary and backup with
 /// their states now, and which of them a read of the key goes to now
 /// (`reads_from`: `primary`, `backup` or `none`).
@@ -700,6 +740,33 @@ mod tests {
         }
         assert!(!out.contains("latency_set"), "unseen commands are left out");
         assert!(out.ends_with("END\r\n"));
+    }
+
+    #[test]
+    fn hot_keys_print_as_sent_or_in_base64() {
+        let keys = [
+            HotView {
+                key: b"user:1".to_vec(),
+                rate: 1234.4,
+                pool: "default".into(),
+                primary: "10.0.0.1:11211".into(),
+            },
+            HotView {
+                key: b"a b".to_vec(),
+                rate: 7.0,
+                pool: "sessions".into(),
+                primary: "10.0.0.2:11211".into(),
+            },
+        ];
+        assert_eq!(
+            render_hot_keys(&keys),
+            "STAT hotkey_0:key user:1\r\nSTAT hotkey_0:reads_per_second 1234\r\n\
+             STAT hotkey_0:pool default\r\nSTAT hotkey_0:primary 10.0.0.1:11211\r\n\
+             STAT hotkey_1:key YSBi\r\nSTAT hotkey_1:base64 1\r\n\
+             STAT hotkey_1:reads_per_second 7\r\nSTAT hotkey_1:pool sessions\r\n\
+             STAT hotkey_1:primary 10.0.0.2:11211\r\nEND\r\n"
+        );
+        assert_eq!(render_hot_keys(&[]), "END\r\n");
     }
 
     #[test]

@@ -25,6 +25,7 @@ complete -c memring -l dns-refresh -d 'How often server host names are resolved 
 complete -c memring -l migrate-window -d 'How long a reload that moves keys reads a missed key from its old owner (0 disables)' -r
 complete -c memring -l hedge -d 'Send a read whose primary is late to its backup too (on, off)' -r
 complete -c memring -l hedge-budget -d 'Share of reads per core that may be hedged, e.g. 5%' -r
+complete -c memring -l hot-keys -d 'Keep a sketch of the hottest keys read: stats hotkeys, Prometheus (on, off)' -r
 complete -c memring -l upstream-conns -d 'Pipelined connections per server per core (at most -i)' -r
 complete -c memring -l io-backend -d 'I/O backend: auto (io_uring, else epoll), uring, epoll' -r
 complete -c memring -l pid-file -d 'Write the process id to PATH' -r -F

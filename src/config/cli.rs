@@ -163,6 +163,10 @@ pub(super) struct Cli {
     #[arg(long, value_name = "PERCENT", default_value = super::DEFAULT_HEDGE_BUDGET, value_parser = value::percent, help_heading = MEMRING)]
     pub hedge_budget: f64,
 
+    /// Keep a sketch of the hottest keys read: stats hotkeys, Prometheus (on, off)
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = value::on_off, help_heading = MEMRING)]
+    pub hot_keys: bool,
+
     /// Pipelined connections per server per core (at most -i)
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_UPSTREAM_CONNS, value_parser = value::server_conns, help_heading = MEMRING)]
     pub upstream_conns: usize,
@@ -316,6 +320,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<CliArgs, ConfigError> {
         migrate_window: pick("migrate_window").map(|_| cli.migrate_window),
         hedge: pick("hedge").map(|_| cli.hedge),
         hedge_budget: pick("hedge_budget").map(|_| cli.hedge_budget),
+        hot_keys: pick("hot_keys").map(|_| cli.hot_keys),
         io_backend: pick("io_backend").map(|_| cli.io_backend),
         pid_file: cli.pid_file.clone(),
         log_file: cli.log_file.clone(),

@@ -215,6 +215,9 @@ pub struct Config {
     /// `--hedge-budget`: the share of hedgeable reads that may be hedged,
     /// per core over a sliding window (0.0..=1.0). Default 0.05.
     pub hedge_budget: f64,
+    /// `--hot-keys`: keep a sketch of the hottest keys read (`stats
+    /// hotkeys`, Prometheus). Default on.
+    pub hot_keys: bool,
     /// `--io-backend`.
     pub io_backend: IoBackend,
     /// `--pid-file`.
@@ -607,6 +610,7 @@ struct Layer {
     migrate_window: Option<Duration>,
     hedge: Option<bool>,
     hedge_budget: Option<f64>,
+    hot_keys: Option<bool>,
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
@@ -665,6 +669,7 @@ impl Layer {
             migrate_window,
             hedge,
             hedge_budget,
+            hot_keys,
             io_backend,
             pid_file,
             log_file,
@@ -730,6 +735,7 @@ impl Layer {
             dns_refresh: dur(self.dns_refresh, DEFAULT_DNS_REFRESH),
             migrate_window: dur(self.migrate_window, DEFAULT_MIGRATE_WINDOW),
             hedge: self.hedge.unwrap_or(true),
+            hot_keys: self.hot_keys.unwrap_or(true),
             hedge_budget: self
                 .hedge_budget
                 .unwrap_or_else(|| value::percent(DEFAULT_HEDGE_BUDGET).unwrap_or(0.05)),

@@ -24,6 +24,7 @@
 //! memring_resync_copies_total  memring_repairs_total  memring_section_waits_total
 //! memring_migration_reads_total{result}  memring_migration_deletes_total
 //! memring_migration_window_open  memring_migration_placements
+//! memring_hot_key_reads_per_second{key_hash,pool}  gauge (the top 10)
 //! memring_upstream_desyncs_total  memring_input_memory_refusals_total  memring_client_input_bytes
 //! memring_client_connections  memring_client_connections_rejected_total
 //! memring_client_read_bytes_total  memring_client_written_bytes_total
@@ -365,6 +366,21 @@ impl Collector for SnapshotCollector {
                 counter(m, &[("result", "miss")], p.migration_misses)
             },
         )?;
+        family(
+            &mut enc,
+            "memring_hot_key_reads_per_second",
+            "Estimated reads per second of the hottest keys (the last ten seconds or so), by a \
+             hash of the key (the key itself is never exported) and its pool",
+            None,
+            MetricType::Gauge,
+            |m| {
+                for (key, pool, rate) in &p.hot_keys {
+                    let labels = [("key_hash", key.as_str()), ("pool", pool.as_str())];
+                    m.encode_family(&labels)?.encode_gauge(rate)?;
+                }
+                Ok(())
+            },
+        )?;
         let plain: [(&str, &str, MetricType, u64); 17] = [
             (
                 "memring_migration_deletes",
@@ -557,6 +573,7 @@ mod tests {
             migration_deletes: 0,
             migration_window_open: 1,
             migration_placements: 1,
+            hot_keys: vec![("00000000000000ab".into(), "default".into(), 1500.0)],
         };
         Snapshot::take(&cores, &servers, process, "io_uring", true)
     }
@@ -596,6 +613,7 @@ mod tests {
             "memring_migration_reads_total{result=\"hit\"} 2\n",
             "memring_migration_reads_total{result=\"miss\"} 1\n",
             "memring_migration_window_open 1\n",
+            "memring_hot_key_reads_per_second{key_hash=\"00000000000000ab\",pool=\"default\"} 1500.0\n",
             "memring_failovers_total 5\n",
             "memring_client_connections 4\n",
             "memring_client_connections_rejected_total 1\n",

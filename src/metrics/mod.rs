@@ -418,7 +418,7 @@ pub struct ServerInput<'a> {
 }
 
 /// Process-wide counters the shell reads from its own blocks at scrape time.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessCounters {
     /// Open client connections.
     pub client_connections: u64,
@@ -461,6 +461,9 @@ pub struct ProcessCounters {
     pub migration_window_open: u64,
     /// Earlier placements the open window reads from.
     pub migration_placements: u64,
+    /// The hottest keys: a hash of the key (never the key), its pool, and
+    /// its estimated reads per second.
+    pub hot_keys: Vec<(String, String, f64)>,
 }
 
 /// One server, merged.

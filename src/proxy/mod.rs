@@ -278,9 +278,9 @@ pub fn admin_plan(verb: Verb, args: &[u8]) -> AdminPlan {
     let second = words.next().unwrap_or_default();
     match verb {
         Verb::Stats => match first {
-            // memring's own groups: `stats proxy`, `stats proxy settings`
-            // and `stats route <key>`.
-            b"" | b"reset" | b"proxy" | b"route" => AdminPlan::Local,
+            // memring's own groups: `stats proxy`, `stats proxy settings`,
+            // `stats route <key>` and `stats hotkeys`.
+            b"" | b"reset" | b"proxy" | b"route" | b"hotkeys" => AdminPlan::Local,
             b"items" | b"slabs" | b"sizes" | b"extstore" => AdminPlan::Listing(Expect::Stats),
             b"settings" | b"conns" => AdminPlan::FirstServer,
             b"cachedump" => AdminPlan::Listing(Expect::Lines),

@@ -478,6 +478,7 @@ fn start_serving(
         tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         sections: Sections::default(),
         input_bytes: Default::default(),
+        hot: (0..threads).map(|_| Default::default()).collect(),
         max_conns,
         updating: Default::default(),
         cfg,

@@ -24,6 +24,32 @@ const MAX_HEAD: usize = 8 * 1024;
 /// How long a scraper may take to send its request or read the reply.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `n` hottest keys of every core's last published sketch, with the
+/// pool and primary each is placed on now.
+pub(crate) fn hot_keys(shared: &Shared, topo: &Topology, n: usize) -> Vec<crate::stats::HotView> {
+    let published: Vec<Vec<crate::upstream::hot::HotKey>> = shared
+        .hot
+        .iter()
+        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .collect();
+    crate::upstream::hot::merge(published.iter().map(Vec::as_slice), n)
+        .into_iter()
+        .map(|k| {
+            let r = topo.router.route(&k.key);
+            let primary = topo
+                .servers
+                .get(r.primary as usize)
+                .map_or_else(String::new, |s| s.name.clone());
+            crate::stats::HotView {
+                pool: topo.router.pool_name(r.pool).to_string(),
+                primary,
+                rate: k.rate,
+                key: k.key,
+            }
+        })
+        .collect()
+}
+
 /// Merge every core's metrics and the servers' health into a snapshot.
 pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
     let sum = |c: Counter| -> u64 { shared.stats.iter().map(|s| s.get(c)).sum() };
@@ -59,6 +85,10 @@ pub(crate) fn snapshot(shared: &Shared, topo: &Topology) -> Snapshot {
         migration_deletes: sum(Counter::MigrationDeletes),
         migration_window_open: u64::from(topo.window_until.is_some()),
         migration_placements: topo.history.len() as u64,
+        hot_keys: hot_keys(shared, topo, 10)
+            .into_iter()
+            .map(|h| (crate::upstream::hot::label(&h.key), h.pool, h.rate))
+            .collect(),
     };
     let servers: Vec<ServerInput<'_>> = topo
         .servers

@@ -661,6 +661,8 @@ pub(crate) struct Shared {
     /// Unparsed client input buffered on every core (partial requests),
     /// held under `cfg.max_input_memory`.
     pub input_bytes: std::sync::atomic::AtomicUsize,
+    /// Each core's hottest keys, published once a second (`--hot-keys`).
+    pub hot: Vec<std::sync::Mutex<Vec<crate::upstream::hot::HotKey>>>,
 }
 
 impl Shared {

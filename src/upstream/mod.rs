@@ -45,6 +45,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod hedge;
+pub mod hot;
 pub mod missed;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};

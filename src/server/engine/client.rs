@@ -492,12 +492,19 @@ impl Core {
             return Machine::admin(req, p, &self.servers, &view, fx);
         }
         self.replicas.clear();
+        let sample = cx.topo.config.hot_keys;
         for k in req.keys.as_slice() {
             let key = req.bytes.get(k.clone()).unwrap_or_default();
+            if sample {
+                self.hot.read(key);
+            }
             self.replicas.push(cx.topo.replicas_in(pool, key, false));
         }
         if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
             let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();
+            if sample && req.r.verb == Verb::MetaGet {
+                self.hot.read(key);
+            }
             self.replicas
                 .push(cx.topo.replicas_in(pool, key, req.key_is_base64()));
         }

@@ -70,6 +70,9 @@ use super::topology::{Shared, Topology};
 /// within this.
 const IDLE_TICK: Duration = Duration::from_millis(50);
 
+/// Hot keys each core publishes (`stats hotkeys` lists the top 20 of all).
+const HOT_PUBLISHED: usize = 32;
+
 /// Longest wait of a turn while a request waits for a key section held on
 /// another core (held for a round trip or two to the servers).
 const PARK_POLL: Duration = Duration::from_micros(100);
@@ -299,6 +302,8 @@ pub(super) struct Core {
     /// Numbers request slots' lives, so that a timer never reaches a slot
     /// that was reused.
     next_seq: u64,
+    /// The keys this core reads, sampled (`--hot-keys`).
+    hot: crate::upstream::hot::Sketch,
 }
 
 /// One listener of this core.
@@ -388,6 +393,7 @@ pub(super) fn run_core<D: Driver>(
         control_rx,
         hedges: hedge::Hedges::new(topo.settings.hedge_budget),
         next_seq: 0,
+        hot: crate::upstream::hot::Sketch::new(),
     };
     st.install(&mut d, &mut cx, topo);
     let fds: Vec<(RawFd, bool, Option<String>)> = listeners
@@ -841,6 +847,17 @@ impl Core {
         }
         if let Some(at) = self.fire_hedge_timers(cx) {
             next = next.min(at);
+        }
+        if self.hot.step(cx.now) {
+            // Published once a step for `stats hotkeys` and the scrape.
+            let top = if cx.topo.config.hot_keys {
+                self.hot.top(HOT_PUBLISHED)
+            } else {
+                Vec::new()
+            };
+            if let Some(slot) = cx.shared.hot.get(cx.id) {
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = top;
+            }
         }
         next.saturating_duration_since(cx.now)
     }

@@ -15,6 +15,9 @@ use crate::stats::{ProcessView, ServerView};
 
 use super::Ctx;
 
+/// Keys `stats hotkeys` lists.
+const HOT_LISTED: usize = 20;
+
 /// Answer `stats [group]`.
 pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
     let shared = &cx.shared;
@@ -64,6 +67,10 @@ pub(super) fn answer(cx: &Ctx, r: &Request, bytes: &Bytes) -> Answer {
             crate::stats::render_settings(&topo.config, &p, shared.tcp_addr)
         }
         (Some(b"route"), Some(key), None) => route_text(topo, key),
+        (Some(b"hotkeys"), None, _) => {
+            let hot = crate::server::observe::hot_keys(shared, topo, HOT_LISTED);
+            crate::stats::render_hot_keys(&hot)
+        }
         _ => return Answer::One(Bytes::from_static(compose::ERROR)),
     };
     Answer::One(Bytes::from(text))
