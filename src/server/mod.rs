@@ -478,7 +478,10 @@ fn start_serving(
         tcp_addr: listeners.tcp.first().and_then(|l| l.local_addr().ok()),
         sections: Sections::default(),
         input_bytes: Default::default(),
-        hot: (0..threads).map(|_| Default::default()).collect(),
+        // Sized once: a core publishes into its list without allocating.
+        hot: (0..threads)
+            .map(|_| std::sync::Mutex::new(Vec::with_capacity(crate::upstream::hot::SLOTS)))
+            .collect(),
         max_conns,
         updating: Default::default(),
         cfg,

@@ -35,7 +35,7 @@ pub(crate) fn hot_keys(shared: &Shared, topo: &Topology, n: usize) -> Vec<crate:
     crate::upstream::hot::merge(published.iter().map(Vec::as_slice), n)
         .into_iter()
         .map(|k| {
-            let r = topo.router.route(&k.key);
+            let r = topo.router.route(k.key());
             let primary = topo
                 .servers
                 .get(r.primary as usize)
@@ -44,7 +44,7 @@ pub(crate) fn hot_keys(shared: &Shared, topo: &Topology, n: usize) -> Vec<crate:
                 pool: topo.router.pool_name(r.pool).to_string(),
                 primary,
                 rate: k.rate,
-                key: k.key,
+                key: k.key().to_vec(),
             }
         })
         .collect()

@@ -149,11 +149,13 @@ impl Delays {
         cap
     }
 
-    /// Forget servers numbered from `len` on (a reload shrank the table);
-    /// the others keep their history (a reload keeps a server's number
-    /// only by chance, so a renumbered one relearns within a window).
-    pub fn truncate(&mut self, len: usize) {
-        self.servers.truncate(len);
+    /// Hold exactly `len` servers (a reload changed the table): servers
+    /// numbered from `len` on are forgotten, new ones start empty (so that
+    /// recording a reply never allocates). The others keep their history
+    /// (a reload keeps a server's number only by chance, so a renumbered
+    /// one relearns within a window).
+    pub fn resize(&mut self, len: usize) {
+        self.servers.resize_with(len, Window::new);
     }
 }
 

@@ -38,13 +38,44 @@ impl Slot {
     }
 }
 
-/// One hot key as a core publishes it, or as the merge reports it.
-#[derive(Clone, Debug, PartialEq)]
+/// One hot key as a core publishes it, or as the merge reports it. The key
+/// is inline, so that publishing into a reused list allocates nothing.
+#[derive(Clone, PartialEq)]
 pub struct HotKey {
-    /// The key as the client wrote it (a meta base64 key as its bytes).
-    pub key: Vec<u8>,
+    len: u8,
+    bytes: [u8; MAX_KEY],
     /// Estimated reads per second.
     pub rate: f64,
+}
+
+impl HotKey {
+    /// `key` (cut at 250 bytes) at `rate` reads per second.
+    pub fn new(key: &[u8], rate: f64) -> HotKey {
+        let key = key.get(..MAX_KEY).unwrap_or(key);
+        let mut bytes = [0; MAX_KEY];
+        if let Some(dst) = bytes.get_mut(..key.len()) {
+            dst.copy_from_slice(key);
+        }
+        HotKey {
+            len: key.len() as u8,
+            bytes,
+            rate,
+        }
+    }
+
+    /// The key as the client wrote it (a meta base64 key as written).
+    pub fn key(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for HotKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HotKey")
+            .field("key", &String::from_utf8_lossy(self.key()))
+            .field("rate", &self.rate)
+            .finish()
+    }
 }
 
 /// One core's sketch.
@@ -150,15 +181,24 @@ impl Sketch {
 
     /// The `n` keys with the highest counts, as reads per second.
     pub fn top(&self, n: usize) -> Vec<HotKey> {
-        let mut held: Vec<&Slot> = self.slots.iter().filter(|s| s.count > 0.0).collect();
-        held.sort_by(|a, b| b.count.total_cmp(&a.count));
-        held.iter()
-            .take(n)
-            .map(|s| HotKey {
-                key: s.key().to_vec(),
+        let mut out = Vec::with_capacity(n);
+        self.top_into(n, &mut out);
+        out
+    }
+
+    /// [`Sketch::top`] into `out` (cleared first): once `out` has grown to
+    /// `n`, this allocates nothing.
+    pub fn top_into(&self, n: usize, out: &mut Vec<HotKey>) {
+        out.clear();
+        for s in self.slots.iter().filter(|s| s.count > 0.0) {
+            out.push(HotKey {
+                len: s.len,
+                bytes: s.key,
                 rate: rate(s.count),
-            })
-            .collect()
+            });
+        }
+        out.sort_by(|a, b| b.rate.total_cmp(&a.rate));
+        out.truncate(n);
     }
 }
 
@@ -172,7 +212,7 @@ pub fn merge<'a>(cores: impl IntoIterator<Item = &'a [HotKey]>, n: usize) -> Vec
     let mut all: Vec<HotKey> = Vec::new();
     for core in cores {
         for k in core {
-            match all.iter_mut().find(|a| a.key == k.key) {
+            match all.iter_mut().find(|a| a.key() == k.key()) {
                 Some(a) => a.rate += k.rate,
                 None => all.push(k.clone()),
             }
@@ -219,7 +259,7 @@ mod tests {
             s.step(t0 + STEP * (sec + 1));
         }
         let top = s.top(20);
-        assert_eq!(top[0].key, b"hot");
+        assert_eq!(top[0].key(), b"hot");
         // About 3 000 reads a second (sampling and the decay's start-up).
         assert!((2_400.0..3_600.0).contains(&top[0].rate), "{}", top[0].rate);
         // Nothing else comes near.
@@ -232,7 +272,7 @@ mod tests {
         let mut s = Sketch::new();
         feed(&mut s, 20_000, 0.5, 100);
         s.step(t0 + STEP);
-        assert_eq!(s.top(1)[0].key, b"hot");
+        assert_eq!(s.top(1)[0].key(), b"hot");
         // A quiet minute and a half: the counts decay to nothing.
         for sec in 2..92 {
             s.step(t0 + STEP * sec);
@@ -247,30 +287,17 @@ mod tests {
         for _ in 0..(SAMPLE * 10) {
             s.read(&long);
         }
-        assert_eq!(s.top(1)[0].key, long);
-        let a = vec![
-            HotKey {
-                key: b"a".to_vec(),
-                rate: 10.0,
-            },
-            HotKey {
-                key: b"b".to_vec(),
-                rate: 5.0,
-            },
-        ];
-        let b = vec![HotKey {
-            key: b"b".to_vec(),
-            rate: 7.0,
-        }];
+        assert_eq!(s.top(1)[0].key(), long);
+        // Publishing into a list that has grown allocates nothing new.
+        let mut out = Vec::with_capacity(SLOTS);
+        let cap = out.capacity();
+        s.top_into(SLOTS, &mut out);
+        assert_eq!(out.capacity(), cap);
+        let a = vec![HotKey::new(b"a", 10.0), HotKey::new(b"b", 5.0)];
+        let b = vec![HotKey::new(b"b", 7.0)];
         let m = merge([a.as_slice(), b.as_slice()], 20);
-        assert_eq!(
-            m[0],
-            HotKey {
-                key: b"b".to_vec(),
-                rate: 12.0
-            }
-        );
-        assert_eq!(m[1].key, b"a");
+        assert_eq!(m[0], HotKey::new(b"b", 12.0));
+        assert_eq!(m[1].key(), b"a");
         assert_eq!(label(b"a").len(), 16);
         assert_ne!(label(b"a"), label(b"b"));
     }

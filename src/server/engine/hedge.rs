@@ -49,7 +49,7 @@ impl Hedges {
 
     /// A reload installed `servers` servers with budget `share`.
     pub(super) fn reconfigure(&mut self, servers: usize, share: f64) {
-        self.delays.truncate(servers);
+        self.delays.resize(servers);
         if share != self.share {
             self.budget = Budget::new(share);
             self.share = share;

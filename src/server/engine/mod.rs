@@ -850,13 +850,15 @@ impl Core {
         }
         if self.hot.step(cx.now) {
             // Published once a step for `stats hotkeys` and the scrape.
-            let top = if cx.topo.config.hot_keys {
-                self.hot.top(HOT_PUBLISHED)
-            } else {
-                Vec::new()
-            };
+            // Into the list it published last time: no allocation once
+            // it has grown.
             if let Some(slot) = cx.shared.hot.get(cx.id) {
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = top;
+                let mut list = slot.lock().unwrap_or_else(|e| e.into_inner());
+                if cx.topo.config.hot_keys {
+                    self.hot.top_into(HOT_PUBLISHED, &mut list);
+                } else {
+                    list.clear();
+                }
             }
         }
         next.saturating_duration_since(cx.now)
