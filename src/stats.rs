@@ -69,6 +69,7 @@ counters! {
     HedgesSent => "proxy_hedges_sent",
     HedgesWon => "proxy_hedges_won",
     HedgesSkipped => "proxy_hedges_skipped",
+    HotSpreads => "proxy_hot_key_spreads",
     Repairs => "proxy_repairs",
     ReplicationErrors => "proxy_replication_errors",
     ResyncCopies => "proxy_resync_copies",
@@ -336,6 +337,8 @@ pub struct HotView {
     pub pool: String,
     /// `host:port`.
     pub primary: String,
+    /// Its gets alternate between primary and backup now.
+    pub spread: bool,
 }
 
 /// Render `stats hotkeys`: the hottest keys first, each as `hotkey_<i>:key`
@@ -357,8 +360,11 @@ pub fn render_hot_keys(keys: &[HotView]) -> String {
         }
         let _ = write!(
             s,
-            "STAT hotkey_{i}:reads_per_second {:.0}\r\nSTAT hotkey_{i}:pool {}\r\nSTAT hotkey_{i}:primary {}\r\n",
-            k.rate, k.pool, k.primary
+            "STAT hotkey_{i}:reads_per_second {:.0}\r\nSTAT hotkey_{i}:pool {}\r\nSTAT hotkey_{i}:primary {}\r\nSTAT hotkey_{i}:spread {}\r\n",
+            k.rate,
+            k.pool,
+            k.primary,
+            u8::from(k.spread)
         );
     }
     s.push_str("END\r\n");
@@ -750,21 +756,23 @@ mod tests {
                 rate: 1234.4,
                 pool: "default".into(),
                 primary: "10.0.0.1:11211".into(),
+                spread: true,
             },
             HotView {
                 key: b"a b".to_vec(),
                 rate: 7.0,
                 pool: "sessions".into(),
                 primary: "10.0.0.2:11211".into(),
+                spread: false,
             },
         ];
         assert_eq!(
             render_hot_keys(&keys),
             "STAT hotkey_0:key user:1\r\nSTAT hotkey_0:reads_per_second 1234\r\n\
-             STAT hotkey_0:pool default\r\nSTAT hotkey_0:primary 10.0.0.1:11211\r\n\
+             STAT hotkey_0:pool default\r\nSTAT hotkey_0:primary 10.0.0.1:11211\r\nSTAT hotkey_0:spread 1\r\n\
              STAT hotkey_1:key YSBi\r\nSTAT hotkey_1:base64 1\r\n\
              STAT hotkey_1:reads_per_second 7\r\nSTAT hotkey_1:pool sessions\r\n\
-             STAT hotkey_1:primary 10.0.0.2:11211\r\nEND\r\n"
+             STAT hotkey_1:primary 10.0.0.2:11211\r\nSTAT hotkey_1:spread 0\r\nEND\r\n"
         );
         assert_eq!(render_hot_keys(&[]), "END\r\n");
     }

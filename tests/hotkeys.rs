@@ -95,3 +95,72 @@ fn hot_keys_off_lists_nothing() {
     }
     assert_eq!(c.request(b"stats hotkeys\r\n"), b"END\r\n".to_vec());
 }
+
+/// `get_hits` of a memcached, from its own `stats`.
+fn hits(m: &Memcached) -> u64 {
+    let s = parse_stats(&m.client().request(b"stats\r\n"));
+    stat_u64(&s, "get_hits")
+}
+
+#[test]
+fn a_hot_key_is_read_from_both_replicas_and_never_stale() {
+    let (primary, backup) = (Memcached::start(), Memcached::start());
+    let (p, b) = (primary.server_arg(), backup.server_arg());
+    // A low threshold: how fast this machine reads must not matter.
+    let proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "-s",
+        &p,
+        "-b",
+        &b,
+        "--hot-key-threshold",
+        "20",
+    ]);
+    let mut c = proxy.client();
+    assert_eq!(c.request(&set_cmd("hot", b"v0")), b"STORED\r\n".to_vec());
+    for k in (0..500).map(|i| format!("cold:{i}")) {
+        assert_eq!(c.request(&set_cmd(&k, b"v")), b"STORED\r\n".to_vec());
+    }
+    // Until the key is spread (at the sketch's next step).
+    let mut offset = 0;
+    let spread = wait_for(Duration::from_secs(60), || {
+        read_mix(&mut c, 2000, offset);
+        offset += 2000;
+        let s = proxy_stats(&mut c);
+        (stat_u64(&s, "proxy_hot_key_spreads") > 0).then_some(())
+    });
+    assert!(
+        spread.is_some(),
+        "the hot key was never spread:\n{}",
+        proxy.stderr()
+    );
+    let listed = parse_stats(&c.request(b"stats hotkeys\r\n"));
+    assert!(
+        listed
+            .iter()
+            .any(|(k, v)| k == "hotkey_0:spread" && v == "1"),
+        "{listed:?}"
+    );
+    // Reads and writes of the key alternate: every read sees the value the
+    // last write left (the write is answered before the read is sent).
+    let (p0, b0) = (hits(&primary), hits(&backup));
+    for round in 1..=300 {
+        let v = format!("v{round}");
+        assert_eq!(
+            c.request(&set_cmd("hot", v.as_bytes())),
+            b"STORED\r\n".to_vec()
+        );
+        for _ in 0..4 {
+            let got = c.request(b"get hot\r\n");
+            assert_eq!(got, value_reply("hot", 0, v.as_bytes()), "round {round}");
+        }
+    }
+    let (dp, db) = (hits(&primary) - p0, hits(&backup) - b0);
+    eprintln!("hot key spread: primary served {dp}, backup {db} of 1200 reads");
+    assert!(
+        dp >= 360 && db >= 360,
+        "each replica serves 30 %: {dp} and {db}"
+    );
+}

@@ -23,7 +23,7 @@ _memring() {
 
     case "${cmd}" in
         memring)
-            opts="-p -l -s -b -k -n -i -f -a -u -g -D -v -h --port --listen --server --backup --ketama --resync --missed-keys-limit --max-conns --max-server-conns --unix-socket --unix-mask --user --group --foreground --verbose --help --bind --threads --distribution --hash --hash-tag --connect-timeout --request-timeout --max-item-size --client-buffer --max-input-memory --failure-limit --retry-interval --dns-refresh --migrate-window --hedge --hedge-budget --hot-keys --upstream-conns --io-backend --pid-file --log-file --config --metrics-listen --latency-stats --log-level --tls-listen --tls-cert --tls-key --tls-ca --tls-handshake-timeout --server-tls --server-tls-ca --server-tls-cert --server-tls-key --check --route --shutdown-timeout --version"
+            opts="-p -l -s -b -k -n -i -f -a -u -g -D -v -h --port --listen --server --backup --ketama --resync --missed-keys-limit --max-conns --max-server-conns --unix-socket --unix-mask --user --group --foreground --verbose --help --bind --threads --distribution --hash --hash-tag --connect-timeout --request-timeout --max-item-size --client-buffer --max-input-memory --failure-limit --retry-interval --dns-refresh --migrate-window --hedge --hedge-budget --hot-keys --hot-key-threshold --upstream-conns --io-backend --pid-file --log-file --config --metrics-listen --latency-stats --log-level --tls-listen --tls-cert --tls-key --tls-ca --tls-handshake-timeout --server-tls --server-tls-ca --server-tls-cert --server-tls-key --check --route --shutdown-timeout --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -178,6 +178,10 @@ _memring() {
                     return 0
                     ;;
                 --hot-keys)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --hot-key-threshold)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

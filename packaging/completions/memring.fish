@@ -26,6 +26,7 @@ complete -c memring -l migrate-window -d 'How long a reload that moves keys read
 complete -c memring -l hedge -d 'Send a read whose primary is late to its backup too (on, off)' -r
 complete -c memring -l hedge-budget -d 'Share of reads per core that may be hedged, e.g. 5%' -r
 complete -c memring -l hot-keys -d 'Keep a sketch of the hottest keys read: stats hotkeys, Prometheus (on, off)' -r
+complete -c memring -l hot-key-threshold -d 'Reads/s above which a key with over 1% of a core\'s reads is spread over primary and backup (0: never)' -r
 complete -c memring -l upstream-conns -d 'Pipelined connections per server per core (at most -i)' -r
 complete -c memring -l io-backend -d 'I/O backend: auto (io_uring, else epoll), uring, epoll' -r
 complete -c memring -l pid-file -d 'Write the process id to PATH' -r -F

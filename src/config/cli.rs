@@ -167,6 +167,10 @@ pub(super) struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = value::on_off, help_heading = MEMRING)]
     pub hot_keys: bool,
 
+    /// Reads/s above which a key with over 1% of a core's reads is spread over primary and backup (0: never)
+    #[arg(long, value_name = "N", default_value_t = 1000, help_heading = MEMRING)]
+    pub hot_key_threshold: u64,
+
     /// Pipelined connections per server per core (at most -i)
     #[arg(long, value_name = "N", default_value_t = super::DEFAULT_UPSTREAM_CONNS, value_parser = value::server_conns, help_heading = MEMRING)]
     pub upstream_conns: usize,
@@ -321,6 +325,7 @@ pub(super) fn parse(args: &[OsString]) -> Result<CliArgs, ConfigError> {
         hedge: pick("hedge").map(|_| cli.hedge),
         hedge_budget: pick("hedge_budget").map(|_| cli.hedge_budget),
         hot_keys: pick("hot_keys").map(|_| cli.hot_keys),
+        hot_key_threshold: pick("hot_key_threshold").map(|_| cli.hot_key_threshold),
         io_backend: pick("io_backend").map(|_| cli.io_backend),
         pid_file: cli.pid_file.clone(),
         log_file: cli.log_file.clone(),

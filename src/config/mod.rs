@@ -218,6 +218,10 @@ pub struct Config {
     /// `--hot-keys`: keep a sketch of the hottest keys read (`stats
     /// hotkeys`, Prometheus). Default on.
     pub hot_keys: bool,
+    /// `--hot-key-threshold`: reads per second above which a key that also
+    /// takes more than 1 % of a core's reads has its gets alternated
+    /// between primary and backup (0: never). Default 1000.
+    pub hot_key_threshold: u64,
     /// `--io-backend`.
     pub io_backend: IoBackend,
     /// `--pid-file`.
@@ -611,6 +615,7 @@ struct Layer {
     hedge: Option<bool>,
     hedge_budget: Option<f64>,
     hot_keys: Option<bool>,
+    hot_key_threshold: Option<u64>,
     io_backend: Option<IoBackend>,
     pid_file: Option<PathBuf>,
     log_file: Option<PathBuf>,
@@ -670,6 +675,7 @@ impl Layer {
             hedge,
             hedge_budget,
             hot_keys,
+            hot_key_threshold,
             io_backend,
             pid_file,
             log_file,
@@ -736,6 +742,7 @@ impl Layer {
             migrate_window: dur(self.migrate_window, DEFAULT_MIGRATE_WINDOW),
             hedge: self.hedge.unwrap_or(true),
             hot_keys: self.hot_keys.unwrap_or(true),
+            hot_key_threshold: self.hot_key_threshold.unwrap_or(1000),
             hedge_budget: self
                 .hedge_budget
                 .unwrap_or_else(|| value::percent(DEFAULT_HEDGE_BUDGET).unwrap_or(0.05)),

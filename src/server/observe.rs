@@ -44,6 +44,7 @@ pub(crate) fn hot_keys(shared: &Shared, topo: &Topology, n: usize) -> Vec<crate:
                 pool: topo.router.pool_name(r.pool).to_string(),
                 primary,
                 rate: k.rate,
+                spread: k.spread,
                 key: k.key().to_vec(),
             }
         })

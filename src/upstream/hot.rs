@@ -46,6 +46,8 @@ pub struct HotKey {
     bytes: [u8; MAX_KEY],
     /// Estimated reads per second.
     pub rate: f64,
+    /// Its gets alternate between primary and backup (on some core).
+    pub spread: bool,
 }
 
 impl HotKey {
@@ -60,6 +62,7 @@ impl HotKey {
             len: key.len() as u8,
             bytes,
             rate,
+            spread: false,
         }
     }
 
@@ -74,6 +77,7 @@ impl std::fmt::Debug for HotKey {
         f.debug_struct("HotKey")
             .field("key", &String::from_utf8_lossy(self.key()))
             .field("rate", &self.rate)
+            .field("spread", &self.spread)
             .finish()
     }
 }
@@ -85,7 +89,20 @@ pub struct Sketch {
     skip: u32,
     /// When counts last decayed.
     stepped: Option<Instant>,
+    /// Reads seen since the last step (all of them, not the sample).
+    reads: u64,
+    /// The slots holding keys hot enough to spread, as of the last step
+    /// (`hot_len` of them).
+    hot: [usize; MAX_SPREAD],
+    hot_len: usize,
 }
+
+/// Most keys spread at once per core.
+pub const MAX_SPREAD: usize = 8;
+
+/// A key is spread when it takes more than this share of a core's reads
+/// (and more than the threshold's reads per second).
+pub const SPREAD_SHARE: f64 = 0.01;
 
 impl Default for Sketch {
     fn default() -> Sketch {
@@ -123,12 +140,49 @@ impl Sketch {
             ],
             skip: 0,
             stepped: None,
+            reads: 0,
+            hot: [0; MAX_SPREAD],
+            hot_len: 0,
+        }
+    }
+
+    /// Whether `key` was hot enough to spread at the last step: above
+    /// [`SPREAD_SHARE`] of this core's reads and `threshold` reads per
+    /// second. Costs a hash only while some key is.
+    #[inline]
+    pub fn is_hot(&self, key: &[u8]) -> bool {
+        if self.hot_len == 0 {
+            return false;
+        }
+        let key = key.get(..MAX_KEY).unwrap_or(key);
+        let h = hash(key);
+        self.hot
+            .iter()
+            .take(self.hot_len)
+            .filter_map(|&i| self.slots.get(i))
+            .any(|s| s.hash == h && s.count > 0.0 && s.key() == key)
+    }
+
+    /// Recompute which keys are hot enough to spread (see
+    /// [`Sketch::is_hot`]); `elapsed` is the time the reads counted since
+    /// the last step took.
+    fn mark_hot(&mut self, elapsed: Duration, threshold: f64) {
+        let total = self.reads as f64 / elapsed.as_secs_f64().max(1e-3);
+        self.reads = 0;
+        self.hot_len = 0;
+        let floor = threshold.max(total * SPREAD_SHARE);
+        for (i, s) in self.slots.iter().enumerate() {
+            if self.hot_len < MAX_SPREAD && s.count > 0.0 && rate(s.count) > floor {
+                self.hot[self.hot_len] = i;
+                self.hot_len += 1;
+            }
         }
     }
 
     /// A read of `key`.
     #[inline]
     pub fn read(&mut self, key: &[u8]) {
+        self.reads += 1;
         if self.skip > 0 {
             self.skip -= 1;
             return;
@@ -160,13 +214,23 @@ impl Sketch {
         min.count += 1.0;
     }
 
-    /// Decay the counts if a step has passed; true when it did (the caller
-    /// then publishes [`Sketch::top`]).
-    pub fn step(&mut self, now: Instant) -> bool {
+    /// Decay the counts if a step has passed, and mark the keys to spread
+    /// (above `threshold` reads per second and [`SPREAD_SHARE`] of the
+    /// reads; 0: none); true when it did (the caller then publishes
+    /// [`Sketch::top`]).
+    pub fn step(&mut self, now: Instant, threshold: Option<f64>) -> bool {
         let last = *self.stepped.get_or_insert(now);
-        let steps = now.saturating_duration_since(last).as_secs_f64() / STEP.as_secs_f64();
+        let elapsed = now.saturating_duration_since(last);
+        let steps = elapsed.as_secs_f64() / STEP.as_secs_f64();
         if steps < 1.0 {
             return false;
+        }
+        match threshold {
+            Some(t) => self.mark_hot(elapsed, t),
+            None => {
+                self.reads = 0;
+                self.hot_len = 0;
+            }
         }
         let factor = DECAY.powf(steps.floor());
         for s in &mut self.slots {
@@ -190,11 +254,13 @@ impl Sketch {
     /// `n`, this allocates nothing.
     pub fn top_into(&self, n: usize, out: &mut Vec<HotKey>) {
         out.clear();
-        for s in self.slots.iter().filter(|s| s.count > 0.0) {
+        let hot = self.hot.get(..self.hot_len).unwrap_or_default();
+        for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.count > 0.0) {
             out.push(HotKey {
                 len: s.len,
                 bytes: s.key,
                 rate: rate(s.count),
+                spread: hot.contains(&i),
             });
         }
         out.sort_by(|a, b| b.rate.total_cmp(&a.rate));
@@ -213,7 +279,10 @@ pub fn merge<'a>(cores: impl IntoIterator<Item = &'a [HotKey]>, n: usize) -> Vec
     for core in cores {
         for k in core {
             match all.iter_mut().find(|a| a.key() == k.key()) {
-                Some(a) => a.rate += k.rate,
+                Some(a) => {
+                    a.rate += k.rate;
+                    a.spread |= k.spread;
+                }
                 None => all.push(k.clone()),
             }
         }
@@ -256,7 +325,7 @@ mod tests {
         // Ten steady seconds of 10 000 reads, 30 % on one key.
         for sec in 0..30 {
             feed(&mut s, 10_000, 0.3, 5_000);
-            s.step(t0 + STEP * (sec + 1));
+            s.step(t0 + STEP * (sec + 1), None);
         }
         let top = s.top(20);
         assert_eq!(top[0].key(), b"hot");
@@ -271,13 +340,36 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Sketch::new();
         feed(&mut s, 20_000, 0.5, 100);
-        s.step(t0 + STEP);
+        s.step(t0 + STEP, None);
         assert_eq!(s.top(1)[0].key(), b"hot");
         // A quiet minute and a half: the counts decay to nothing.
         for sec in 2..92 {
-            s.step(t0 + STEP * sec);
+            s.step(t0 + STEP * sec, None);
         }
         assert!(s.top(20).is_empty());
+    }
+
+    #[test]
+    fn a_key_above_the_threshold_and_its_share_is_spread_until_it_cools() {
+        let t0 = Instant::now();
+        let mut s = Sketch::new();
+        assert!(!s.is_hot(b"hot"));
+        // 20 000 reads a second, 30 % on one key: 6 000/s, hot.
+        for sec in 0..5 {
+            feed(&mut s, 20_000, 0.3, 5_000);
+            s.step(t0 + STEP * (sec + 1), Some(1000.0));
+        }
+        assert!(s.is_hot(b"hot"));
+        assert!(!s.is_hot(b"k1"), "a cold key is not");
+        // A threshold above its rate: not spread.
+        feed(&mut s, 20_000, 0.3, 5_000);
+        s.step(t0 + STEP * 6, Some(50_000.0));
+        assert!(!s.is_hot(b"hot"));
+        // Cooled: after a quiet half minute it is not spread any more.
+        for sec in 7..40 {
+            s.step(t0 + STEP * sec, Some(1000.0));
+        }
+        assert!(!s.is_hot(b"hot"));
     }
 
     #[test]

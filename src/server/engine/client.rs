@@ -493,10 +493,29 @@ impl Core {
         }
         self.replicas.clear();
         let sample = cx.topo.config.hot_keys;
+        // A hot key's gets alternate between its primary and its backup
+        // (on the hedging argument: the backup holds every acknowledged
+        // write, and the client has none in flight).
+        let spreadable = req.r.verb == Verb::Get && req.keys.as_slice().len() == 1 && hedge_ok;
         for k in req.keys.as_slice() {
             let key = req.bytes.get(k.clone()).unwrap_or_default();
             if sample {
                 self.hot.read(key);
+            }
+            if spreadable && self.hot.is_hot(key) {
+                let rep = cx.topo.replicas_in(pool, key, false);
+                let backup_up = rep.backup.is_some_and(|b| cx.topo.health(b).is_up());
+                self.spread_next = !self.spread_next;
+                if let (Some(b), true, true) = (rep.backup, backup_up, self.spread_next) {
+                    cx.stats().incr(Counter::HotSpreads);
+                    self.replicas.push(crate::proxy::machine::Replicas {
+                        primary: b,
+                        backup: Some(rep.primary),
+                    });
+                    continue;
+                }
+                self.replicas.push(rep);
+                continue;
             }
             self.replicas.push(cx.topo.replicas_in(pool, key, false));
         }

@@ -304,6 +304,8 @@ pub(super) struct Core {
     next_seq: u64,
     /// The keys this core reads, sampled (`--hot-keys`).
     hot: crate::upstream::hot::Sketch,
+    /// Which replica the next read of a spread hot key starts on.
+    spread_next: bool,
 }
 
 /// One listener of this core.
@@ -394,6 +396,7 @@ pub(super) fn run_core<D: Driver>(
         hedges: hedge::Hedges::new(topo.settings.hedge_budget),
         next_seq: 0,
         hot: crate::upstream::hot::Sketch::new(),
+        spread_next: false,
     };
     st.install(&mut d, &mut cx, topo);
     let fds: Vec<(RawFd, bool, Option<String>)> = listeners
@@ -848,7 +851,10 @@ impl Core {
         if let Some(at) = self.fire_hedge_timers(cx) {
             next = next.min(at);
         }
-        if self.hot.step(cx.now) {
+        let cfg = &cx.topo.config;
+        let threshold =
+            (cfg.hot_keys && cfg.hot_key_threshold > 0).then_some(cfg.hot_key_threshold as f64);
+        if self.hot.step(cx.now, threshold) {
             // Published once a step for `stats hotkeys` and the scrape.
             // Into the list it published last time: no allocation once
             // it has grown.
