@@ -11,6 +11,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Write key `hot` (holding `hot_value`) and the 500 cold keys.
+fn seed(c: &mut Client, hot_value: &[u8]) {
+    assert_eq!(
+        c.request(&set_cmd("hot", hot_value)),
+        b"STORED\r\n".to_vec()
+    );
+    for k in (0..500).map(|i| format!("cold:{i}")) {
+        assert_eq!(c.request(&set_cmd(&k, b"v")), b"STORED\r\n".to_vec());
+    }
+}
+
 /// Read `n` times, 3 in 10 of them key `hot`, the rest spread over 500
 /// other keys (all written first, so every read hits).
 fn read_mix(c: &mut Client, n: usize, offset: usize) {
@@ -35,9 +46,7 @@ fn a_key_with_a_third_of_the_reads_is_listed_first() {
     let arg = server.server_arg();
     let proxy = Memring::start(&["-D", "--bind", "127.0.0.1:0", "-s", &arg, "--threads", "2"]);
     let mut c = proxy.client();
-    for k in std::iter::once("hot".to_string()).chain((0..500).map(|i| format!("cold:{i}"))) {
-        assert_eq!(c.request(&set_cmd(&k, b"v")), b"STORED\r\n".to_vec());
-    }
+    seed(&mut c, b"v");
     let start = Instant::now();
     let mut rounds = 0;
     let listed = wait_for(Duration::from_secs(60), || {
@@ -82,10 +91,7 @@ fn hot_keys_off_lists_nothing() {
         "off",
     ]);
     let mut c = proxy.client();
-    assert_eq!(c.request(&set_cmd("hot", b"v")), b"STORED\r\n".to_vec());
-    for k in (0..500).map(|i| format!("cold:{i}")) {
-        assert_eq!(c.request(&set_cmd(&k, b"v")), b"STORED\r\n".to_vec());
-    }
+    seed(&mut c, b"v");
     // Two publication steps at least.
     let deadline = Instant::now() + Duration::from_millis(2500);
     let mut offset = 0;
@@ -119,10 +125,7 @@ fn a_hot_key_is_read_from_both_replicas_and_never_stale() {
         "20",
     ]);
     let mut c = proxy.client();
-    assert_eq!(c.request(&set_cmd("hot", b"v0")), b"STORED\r\n".to_vec());
-    for k in (0..500).map(|i| format!("cold:{i}")) {
-        assert_eq!(c.request(&set_cmd(&k, b"v")), b"STORED\r\n".to_vec());
-    }
+    seed(&mut c, b"v0");
     // Until the key is spread (at the sketch's next step).
     let mut offset = 0;
     let spread = wait_for(Duration::from_secs(60), || {

@@ -184,6 +184,26 @@ struct Reshard {
     _servers: Vec<Memcached>,
 }
 
+impl Reshard {
+    /// Print what the run saw (window `label`), and check that no read was
+    /// stale, under load or after.
+    fn report_and_check_fresh(&self, label: &str) {
+        let (load, back) = (&self.load, &self.back);
+        eprintln!(
+            "migration window {label}: 8 -> 9 -> 8 under load: {} ops, {} misses, {} stale, \
+             {} errors; read-back of {KEYS} keys: {} misses, {} stale",
+            load.ops,
+            load.misses,
+            load.stale.len(),
+            load.errors,
+            back.misses,
+            back.stale.len()
+        );
+        assert!(load.stale.is_empty(), "stale under load: {:?}", load.stale);
+        assert!(back.stale.is_empty(), "stale after: {:?}", back.stale);
+    }
+}
+
 /// Grow 8 -> 9 and shrink 9 -> 8 under load, with migration window
 /// `window`.
 fn reshard_under_load(window: &str) -> Reshard {
@@ -232,19 +252,8 @@ fn reshard_under_load(window: &str) -> Reshard {
 #[test]
 fn with_a_migration_window_growing_and_shrinking_loses_no_key_and_serves_nothing_stale() {
     let run = reshard_under_load("10m");
+    run.report_and_check_fresh("on");
     let (load, back, proxy) = (&run.load, &run.back, &run.proxy);
-    eprintln!(
-        "migration window on: 8 -> 9 -> 8 under load: {} ops, {} misses, {} stale, {} errors; \
-         read-back of {KEYS} keys: {} misses, {} stale",
-        load.ops,
-        load.misses,
-        load.stale.len(),
-        load.errors,
-        back.misses,
-        back.stale.len()
-    );
-    assert!(load.stale.is_empty(), "stale under load: {:?}", load.stale);
-    assert!(back.stale.is_empty(), "stale after: {:?}", back.stale);
     assert_eq!(
         load.misses,
         0,
@@ -287,19 +296,8 @@ fn with_a_migration_window_growing_and_shrinking_loses_no_key_and_serves_nothing
 #[test]
 fn without_a_migration_window_moved_keys_miss_but_nothing_is_stale() {
     let run = reshard_under_load("0");
-    let (load, back) = (&run.load, &run.back);
-    eprintln!(
-        "migration window off: 8 -> 9 -> 8 under load: {} ops, {} misses, {} stale, {} errors; \
-         read-back of {KEYS} keys: {} misses, {} stale",
-        load.ops,
-        load.misses,
-        load.stale.len(),
-        load.errors,
-        back.misses,
-        back.stale.len()
-    );
-    assert!(load.stale.is_empty(), "stale under load: {:?}", load.stale);
-    assert!(back.stale.is_empty(), "stale after: {:?}", back.stale);
+    run.report_and_check_fresh("off");
+    let load = &run.load;
     // Ketama moves about a ninth of the keys to the new server: those not
     // rewritten since miss there.
     assert!(load.misses > 0, "moved keys miss without a window");

@@ -784,7 +784,31 @@ pub(super) struct MetaRead {
     req: ClientRequest,
     rep: Replicas,
     parts: [Bytes; 2],
+    hedge: MetaHedge,
     stage: MetaStage,
+}
+
+/// Where an `mg`'s hedge is (as [`HedgeState`] for a get).
+#[derive(Debug)]
+enum MetaHedge {
+    Off,
+    Armed(CallId),
+    Sent(CallId),
+    /// The backup answered `EN` (its reply).
+    Missed(Reply),
+}
+
+/// An `mg` that reads without side effects and whose answer does not
+/// depend on the replica: no touch (`T`), vivify (`N`), recache (`R`) or
+/// cas (`c`, `E`: the backup's cas differs from the primary's).
+fn meta_hedgeable(req: &ClientRequest) -> bool {
+    let m = req.r.meta;
+    req.r.verb == Verb::MetaGet && ![b'T', b'N', b'R', b'c', b'E'].iter().any(|f| m.has(*f))
+}
+
+/// An `mg` reply that found the item.
+fn meta_hit(r: &Reply) -> bool {
+    matches!(r.status, Status::MetaValue | Status::MetaHd)
 }
 
 #[derive(Debug)]
@@ -800,6 +824,12 @@ enum MetaStage {
         call: CallId,
         failed: Option<CallError>,
     },
+    /// The primary missed while the hedge is out: its answer decides.
+    AwaitHedge {
+        miss: Reply,
+    },
+    /// Answered by the hedge; the primary's late reply is still due.
+    Abandoned(CallId),
     Done,
 }
 
@@ -814,11 +844,18 @@ impl MetaRead {
             req,
             rep,
             parts,
+            hedge: MetaHedge::Off,
             stage: MetaStage::Done,
         };
         if cx.is_up(rep.primary) {
             let call = cx.send(rep.primary, m.parts.clone(), Expect::Meta);
             m.stage = MetaStage::Primary(call);
+            let hedgeable = meta_hedgeable(&m.req)
+                && cx.view.hedging()
+                && rep.backup.is_some_and(|b| cx.is_up(b));
+            if hedgeable {
+                m.hedge = MetaHedge::Armed(cx.hedge_timer(rep.primary));
+            }
         } else {
             m.try_backup(None, cx);
         }
@@ -855,7 +892,56 @@ impl MetaRead {
                 cx.answer(a);
             }
             MetaStage::Backup { call: c, failed } if c == call => self.on_backup(failed, r, cx),
-            other => self.stage = other,
+            MetaStage::Abandoned(c) if c == call => {}
+            other => {
+                self.stage = other;
+                self.on_hedge(call, r, cx);
+            }
+        }
+    }
+
+    /// The hedge's timer or its read on the backup (see [`GetOne`]).
+    fn on_hedge(&mut self, call: CallId, r: Result<Reply, CallError>, cx: &mut Cx<'_>) {
+        match std::mem::replace(&mut self.hedge, MetaHedge::Off) {
+            MetaHedge::Armed(t) if t == call => {
+                let waiting = matches!(self.stage, MetaStage::Primary(_));
+                if let Some(b) = self.rep.backup.filter(|b| waiting && cx.is_up(*b)) {
+                    let h = cx.hedge_send(b, self.rep.primary, self.parts.clone(), Expect::Meta);
+                    self.hedge = MetaHedge::Sent(h);
+                }
+            }
+            MetaHedge::Sent(h) if h == call => {
+                let hit = matches!(&r, Ok(x) if meta_hit(x));
+                match (std::mem::replace(&mut self.stage, MetaStage::Done), r) {
+                    (MetaStage::Primary(c), Ok(x)) if hit => {
+                        cx.fx.push(Effect::Hedge(super::Hedge::Won {
+                            primary: self.rep.primary,
+                        }));
+                        let a = self.req.reply_out(x);
+                        cx.answer(a);
+                        self.stage = MetaStage::Abandoned(c);
+                    }
+                    (MetaStage::AwaitHedge { .. }, Ok(x)) if hit => {
+                        let a = self.req.reply_out(x);
+                        cx.answer(a);
+                    }
+                    (MetaStage::AwaitHedge { miss }, _) => {
+                        let a = self.req.reply_out(miss);
+                        cx.answer(a);
+                    }
+                    (stage, r) => {
+                        let waiting = matches!(stage, MetaStage::Primary(_));
+                        self.stage = stage;
+                        match r {
+                            Ok(x) if waiting && x.status == Status::MetaEn => {
+                                self.hedge = MetaHedge::Missed(x)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            other => self.hedge = other,
         }
     }
 
@@ -863,6 +949,24 @@ impl MetaRead {
         match r {
             Ok(r) => {
                 let miss = r.status == Status::MetaEn;
+                match std::mem::replace(&mut self.hedge, MetaHedge::Off) {
+                    // The backup is being asked already: its answer decides.
+                    MetaHedge::Sent(h) if miss => {
+                        self.hedge = MetaHedge::Sent(h);
+                        self.stage = MetaStage::AwaitHedge { miss: r };
+                        return;
+                    }
+                    // The backup missed too.
+                    MetaHedge::Missed(_) if miss => {
+                        let a = self.req.reply_out(r);
+                        cx.answer(a);
+                        return;
+                    }
+                    // A hit (its hedge, if out, is waited for and dropped),
+                    // or no hedge answered yet.
+                    MetaHedge::Missed(_) => {}
+                    other => self.hedge = other,
+                }
                 let backup = self.rep.backup.filter(|b| cx.is_up(*b));
                 if let Some(b) = backup.filter(|_| miss && self.req.r.verb == Verb::MetaGet) {
                     let call = cx.send(b, self.parts.clone(), Expect::Meta);
@@ -872,7 +976,24 @@ impl MetaRead {
                 let a = self.req.reply_out(r);
                 cx.answer(a);
             }
-            Err(e) => self.try_backup(Some(e), cx),
+            Err(e) => match std::mem::replace(&mut self.hedge, MetaHedge::Off) {
+                // The hedge is the failover read already.
+                MetaHedge::Sent(h) => {
+                    self.stage = MetaStage::Backup {
+                        call: h,
+                        failed: Some(e),
+                    }
+                }
+                MetaHedge::Missed(miss) => {
+                    cx.failover(self.rep.primary);
+                    let a = self.req.reply_out(miss);
+                    cx.answer(a);
+                }
+                other => {
+                    self.hedge = other;
+                    self.try_backup(Some(e), cx);
+                }
+            },
         }
     }
 
@@ -906,6 +1027,8 @@ impl MetaRead {
     }
 
     pub(super) fn is_done(&self) -> bool {
+        // A timer or a hedge still out is waited for.
         matches!(self.stage, MetaStage::Done)
+            && matches!(self.hedge, MetaHedge::Off | MetaHedge::Missed(_))
     }
 }

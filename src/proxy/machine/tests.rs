@@ -2094,9 +2094,44 @@ fn a_hedge_the_budget_refuses_leaves_the_read_to_its_primary() {
 }
 
 #[test]
-fn only_plain_gets_with_a_backup_in_service_are_hedged() {
+fn an_mg_without_side_effects_is_hedged_like_a_get() {
     let w = World::new().hedging(true);
-    for text in ["gets a\r\n", "gat 10 a\r\n", "get a b\r\n", "mg a v\r\n"] {
+    let mut r = Run::start(&w, "mg a v k\r\n", &[RA]);
+    r.expect_pending(&[(P0, "mg a v k\r\n"), (P0, HEDGE_TIMER)]);
+    fire(&mut r, P0);
+    r.reply(B2, "mg a v k\r\n", "VA 1 ka\r\nb\r\n");
+    assert_eq!(r.answer().as_deref(), Some("VA 1 ka\r\nb\r\n"));
+    assert_eq!(r.won, [P0]);
+    r.reply(P0, "mg a v k\r\n", "VA 1 ka\r\nb\r\n");
+    r.assert_done();
+    // A miss on the backup waits for the primary's hit.
+    let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
+    fire(&mut r, P0);
+    r.reply(B2, "mg a v\r\n", "EN\r\n");
+    assert!(r.answers.is_empty());
+    r.reply(P0, "mg a v\r\n", "VA 1\r\nb\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VA 1\r\nb\r\n"));
+    // Both miss: one EN, no read-through of the backup that was asked.
+    let mut r = Run::start(&w, "mg a v\r\n", &[RA]);
+    fire(&mut r, P0);
+    r.reply(P0, "mg a v\r\n", "EN\r\n");
+    r.reply(B2, "mg a v\r\n", "EN\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("EN\r\n"));
+}
+
+#[test]
+fn only_reads_without_side_effects_with_a_backup_in_service_are_hedged() {
+    let w = World::new().hedging(true);
+    for text in [
+        "gets a\r\n",
+        "gat 10 a\r\n",
+        "get a b\r\n",
+        "mg a v c\r\n",
+        "mg a v T30\r\n",
+        "mg a v N30\r\n",
+    ] {
         let r = Run::start(&w, text, &[RA, RB]);
         assert!(
             r.pending().iter().all(|(_, b)| b != HEDGE_TIMER),

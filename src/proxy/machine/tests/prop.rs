@@ -124,18 +124,8 @@ impl Tracked {
                         section: false,
                     });
                 }
-                Effect::Exclusive { call, .. } => {
-                    prop_assert!(!self.pending.iter().any(|s| s.call == call));
-                    self.pending.push(Sent {
-                        call,
-                        server: ServerId(0),
-                        bytes: Vec::new(),
-                        expect: Expect::Line,
-                        section: true,
-                    });
-                }
-                // A timer is granted at its turn, like a section.
-                Effect::Hedge(Hedge::Timer { call, .. }) => {
+                // A section, or a hedge timer: granted at its turn.
+                Effect::Exclusive { call, .. } | Effect::Hedge(Hedge::Timer { call, .. }) => {
                     prop_assert!(!self.pending.iter().any(|s| s.call == call));
                     self.pending.push(Sent {
                         call,
