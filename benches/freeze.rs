@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! MEMRING_BIN=target/release/memring cargo bench --bench freeze -- [--rate 8000] [--duration 10s]
+//!     [--freeze 100ms] [--every 1s] [--hedge-budget 5%]
 //! ```
 //! Reported per run: p50, p99, p99.9 and max in microseconds, the hedges
 //! memring sent and won, and the upstream reads per client read (every
@@ -40,6 +41,8 @@ struct Opts {
     duration: Duration,
     freeze: Duration,
     every: Duration,
+    /// memring's `--hedge-budget`.
+    budget: String,
 }
 
 fn parse_duration(s: &str) -> Duration {
@@ -63,6 +66,7 @@ fn opts() -> Opts {
         duration: Duration::from_secs(10),
         freeze: Duration::from_millis(100),
         every: Duration::from_secs(1),
+        budget: "5%".to_string(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -73,6 +77,7 @@ fn opts() -> Opts {
             "--duration" => o.duration = parse_duration(&val()),
             "--freeze" => o.freeze = parse_duration(&val()),
             "--every" => o.every = parse_duration(&val()),
+            "--hedge-budget" => o.budget = val(),
             _ => {}
         }
     }
@@ -227,6 +232,7 @@ struct Outcome {
     upstream_gets: u64,
     hedges_sent: u64,
     hedges_won: u64,
+    hedges_skipped: u64,
 }
 
 /// One run: a fresh pool and memring (`hedge` on or off), the load, and
@@ -253,6 +259,8 @@ fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
         "2s",
         "--hedge",
         if hedge { "on" } else { "off" },
+        "--hedge-budget",
+        &o.budget,
     ]);
     let _proxy = Proc(
         c.spawn()
@@ -344,6 +352,7 @@ fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
         upstream_gets,
         hedges_sent: stat(&p, "proxy_hedges_sent"),
         hedges_won: stat(&p, "proxy_hedges_won"),
+        hedges_skipped: stat(&p, "proxy_hedges_skipped"),
     }
 }
 
@@ -358,8 +367,17 @@ fn main() {
         o.every
     );
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10}",
-        "run", "gets/s", "p50 us", "p99 us", "p99.9 us", "max us", "hedges", "won", "up/read"
+        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "run",
+        "gets/s",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "hedges",
+        "won",
+        "skipped",
+        "up/read"
     );
     for (name, hedge, freezing) in [
         ("no freezes, hedging on", true, false),
@@ -369,7 +387,7 @@ fn main() {
         let r = run(&o, hedge, freezing);
         let q = |x: f64| r.hist.value_at_quantile(x);
         println!(
-            "{:<28} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10.3}",
+            "{:<28} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10.3}",
             name,
             r.gets as f64 / o.duration.as_secs_f64(),
             q(0.5),
@@ -378,6 +396,7 @@ fn main() {
             r.hist.max(),
             r.hedges_sent,
             r.hedges_won,
+            r.hedges_skipped,
             r.upstream_gets as f64 / r.gets.max(1) as f64
         );
     }

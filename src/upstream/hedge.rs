@@ -4,7 +4,7 @@
 //!
 //! - [`Delays`]: each server's recent reply latency (a log-scale histogram
 //!   over a sliding window of two periods) and the hedge delay derived from
-//!   it: its p95, floored and capped;
+//!   it: its p95, at most four times its median, floored and capped;
 //! - [`Budget`]: hedges allowed as a share of the reads that could be
 //!   hedged, over the same kind of window, so that a sick fleet cannot
 //!   double its own load.
@@ -20,6 +20,9 @@ pub const PERIOD: Duration = Duration::from_secs(1);
 
 /// No hedge sooner than this: a reply within it is not late.
 pub const FLOOR: Duration = Duration::from_millis(1);
+
+/// The hedge delay is at most this many times a server's median reply.
+pub const MEDIAN_TIMES: u32 = 4;
 
 /// Replies a window must hold before its p95 is trusted; with fewer, the
 /// delay is the cap (hedging starts once a server has a history).
@@ -124,8 +127,10 @@ impl Delays {
     }
 
     /// How long a read of `server` waits before it is hedged: the p95 of
-    /// its replies in the window, at least [`FLOOR`], at most `cap`; `cap`
-    /// when the window holds too few replies.
+    /// its replies in the window, but at most [`MEDIAN_TIMES`] their median
+    /// (a server that froze for a tenth of the window has its own freezes
+    /// in its p95, never in its median), at least [`FLOOR`], at most `cap`;
+    /// `cap` when the window holds too few replies.
     pub fn delay(&mut self, server: usize, now: Instant, cap: Duration) -> Duration {
         let cap = cap.max(FLOOR);
         let Some(w) = self.servers.get_mut(server) else {
@@ -137,13 +142,19 @@ impl Delays {
         if total < MIN_SAMPLES {
             return cap;
         }
-        // The smallest bucket with 95 % of the replies at or below it.
-        let want = total - total / 20;
-        let mut seen = 0;
+        // The smallest buckets with half and with 95 % of the replies at
+        // or below them.
+        let (half, most) = (total.div_ceil(2), total - total / 20);
+        let (mut seen, mut p50) = (0, None);
         for b in 0..BUCKETS {
             seen += count(b);
-            if seen >= want {
-                return upper(b).clamp(FLOOR, cap);
+            if p50.is_none() && seen >= half {
+                p50 = Some(upper(b));
+            }
+            if seen >= most {
+                let p95 = upper(b);
+                let robust = p50.map_or(p95, |m| p95.min(m * MEDIAN_TIMES));
+                return robust.clamp(FLOOR, cap);
             }
         }
         cap
@@ -255,6 +266,24 @@ mod tests {
             d.observe(5, Duration::from_secs(2), t0);
         }
         assert_eq!(d.delay(5, t0, CAP), CAP);
+    }
+
+    #[test]
+    fn a_server_that_freezes_a_tenth_of_the_time_keeps_a_short_delay() {
+        let t0 = Instant::now();
+        let mut d = Delays::default();
+        // 90 % of replies in 300 us, 10 % held 50-100 ms by freezes: its
+        // p95 is a freeze, its median is not.
+        for i in 0..1000u64 {
+            let took = if i % 10 == 0 {
+                Duration::from_millis(50 + i % 50)
+            } else {
+                Duration::from_micros(300)
+            };
+            d.observe(0, took, t0);
+        }
+        let delay = d.delay(0, t0, CAP);
+        assert!(delay <= Duration::from_micros(1600), "{delay:?}");
     }
 
     #[test]
