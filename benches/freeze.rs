@@ -242,7 +242,10 @@ fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
     let servers: Vec<(Proc, SocketAddr)> = (0..6).map(|_| memcached(pool_cpu)).collect();
     let port = free_port();
     let mut c = pinned(proxy_cpu, &memring_bin());
+    // -D: in the foreground (as magent, memring detaches without it, and
+    // the daemon would outlive the run).
     c.args([
+        "-D",
         "-p",
         &port.to_string(),
         "-l",
