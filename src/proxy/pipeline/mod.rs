@@ -415,6 +415,15 @@ impl Pipeline {
         })
     }
 
+    /// How long the connection has made no progress with calls waiting for
+    /// replies (zero when none wait).
+    pub fn stalled(&self, now: Instant) -> Duration {
+        if self.written.is_empty() {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(self.progress_at)
+    }
+
     /// Calls written and waiting for replies (for the log line of a stuck
     /// connection).
     pub fn waiting(&self) -> usize {

@@ -153,9 +153,14 @@ fn a_connection_is_stuck_when_its_head_sees_no_reply_bytes() {
     let t0 = Instant::now();
     let (mut p, mut q) = ready(t0, vec![get(1, "a", t0)]);
     assert_eq!(p.due(t0, TIMEOUT), Due::At(t0 + TIMEOUT));
+    assert_eq!(
+        p.stalled(t0 + Duration::from_millis(5)),
+        Duration::from_millis(5)
+    );
     // Progress (some reply bytes) moves the deadline.
     let t1 = t0 + Duration::from_millis(900);
     assert_eq!(feed(&mut p, b"VALUE a 0 1\r\n", t1, &mut q), Ok(false));
+    assert_eq!(p.stalled(t1), Duration::ZERO);
     assert_eq!(p.due(t0 + TIMEOUT, TIMEOUT), Due::At(t1 + TIMEOUT));
     assert_eq!(p.due(t1 + TIMEOUT, TIMEOUT), Due::Fail(Failure::Timeout));
     // Idle connections have no deadline; connects do.

@@ -70,8 +70,25 @@ impl Core {
                 // At most half the request timeout: a hedge is worth
                 // sending well before the primary is given up.
                 let cap = cx.topo.settings.request_timeout / 2;
-                let at = cx.now + hx.delays.delay(primary.index(), cx.now, cap);
-                hx.timers.push(Reverse((at, seq, r, call)));
+                let delay = hx.delays.delay(primary.index(), cx.now, cap);
+                // A primary whose every connection is already stalled past
+                // its delay (frozen, say) will not answer this read in time
+                // either: hedge it now.
+                let stalled = self
+                    .pools
+                    .get(primary.index())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|&ci| self.ups.get(ci))
+                    .map(|u| u.stalled(cx.now))
+                    .min()
+                    .unwrap_or_default();
+                let at = if stalled >= delay {
+                    cx.now
+                } else {
+                    cx.now + delay
+                };
+                self.hedges.timers.push(Reverse((at, seq, r, call)));
             }
             Hedge::Send {
                 call,

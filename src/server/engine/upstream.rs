@@ -91,6 +91,11 @@ impl UpConn {
     }
 
     /// Calls on this connection, for picking the least loaded one.
+    /// How long this connection has made no progress with calls waiting.
+    pub(super) fn stalled(&self, now: std::time::Instant) -> std::time::Duration {
+        self.pipe.stalled(now)
+    }
+
     pub(super) fn load(&self) -> usize {
         self.pipe.load()
     }
