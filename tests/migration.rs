@@ -348,3 +348,48 @@ fn a_migration_window_closes_on_time_drops_the_leaving_server_and_sweeps() {
     }
     assert!(proxy.stderr().contains("migration window closed"));
 }
+
+#[test]
+fn a_pipelined_read_behind_a_write_of_a_moved_key_sees_the_write() {
+    let servers = Memcached::cluster(3, "1m");
+    let all: Vec<&Memcached> = servers.iter().collect();
+    let (_dir, file) = config_file("memring.toml", &ketama_config(&all[..2], "10m"));
+    let proxy = Memring::with_config(&file, &[]);
+    let mut c = proxy.client();
+    for i in 0..300 {
+        let k = key(i);
+        assert_eq!(c.request(&set_cmd(&k, b"old")), b"STORED\r\n".to_vec());
+    }
+    reload_to(&proxy, &mut c, &file, (&all, "10m"), 1);
+    // The third server is flushed before it serves: wait until it does.
+    let up = wait_for(Duration::from_secs(30), || {
+        let s = proxy_stats(&mut c);
+        (server_stat(&s, all[2], "primary", "state") == "up").then_some(())
+    });
+    assert!(up.is_some(), "the added server came up");
+    // The keys that moved name their earlier owner in `stats route`.
+    let moved: Vec<String> = (0..300)
+        .map(key)
+        .filter(|k| {
+            let s = parse_stats(&c.request(format!("stats route {k}\r\n").as_bytes()));
+            s.iter().any(|(name, _)| name == "earlier")
+        })
+        .collect();
+    assert!(moved.len() > 30, "{} keys moved", moved.len());
+    // A write and a read of each, pipelined: the write deletes the earlier
+    // copy first, and the read must not overtake it.
+    let mut cmds = Vec::new();
+    for k in &moved {
+        cmds.push(set_cmd(k, b"new"));
+        cmds.push(format!("get {k}\r\n").into_bytes());
+    }
+    let replies = c.pipeline(&cmds);
+    for (k, pair) in moved.iter().zip(replies.chunks(2)) {
+        assert_eq!(pair[0], b"STORED\r\n".to_vec(), "{k}");
+        assert_eq!(
+            pair[1],
+            value_reply(k, 0, b"new"),
+            "{k}: the read saw its own write"
+        );
+    }
+}

@@ -379,7 +379,7 @@ impl Blocking<'_> {
                         expect,
                         ..
                     }) => sends.push_back((call, backup, parts, expect)),
-                    Effect::Hedge(Hedge::Won { .. }) => {}
+                    Effect::Hedge(Hedge::Won { .. }) | Effect::HoldClient(_) => {}
                     Effect::Answer(_)
                     | Effect::Failover { .. }
                     | Effect::Spawn(_)

@@ -519,6 +519,11 @@ pub enum Effect {
     },
     /// A step of a hedged read (see [`Hedge`]).
     Hedge(Hedge),
+    /// Hold this request's client's later requests back (`true`) until the
+    /// same machine lets them go (`false`): a write that must wait before
+    /// its first call to the key's replicas (a migration window's deletes)
+    /// is not overtaken by its own client's later reads.
+    HoldClient(bool),
     /// Start a detached machine (the background repair after a read-through
     /// hit); it has no client. It has not started yet: the engine gives it a
     /// slot, then calls [`Machine::begin`] on it, and the effects that call

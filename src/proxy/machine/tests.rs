@@ -191,6 +191,8 @@ struct Run<'w> {
     refuse_hedges: bool,
     /// Hedges the backup won, by late primary.
     won: Vec<ServerId>,
+    /// Holds of the client (true) and releases (false), in order.
+    holds: Vec<bool>,
 }
 
 impl<'w> Run<'w> {
@@ -226,6 +228,7 @@ impl<'w> Run<'w> {
             hedged: Vec::new(),
             refuse_hedges: false,
             won: Vec::new(),
+            holds: Vec::new(),
         }
     }
 
@@ -290,6 +293,7 @@ impl<'w> Run<'w> {
                     }
                 }
                 Effect::Hedge(Hedge::Won { primary }) => self.won.push(primary),
+                Effect::HoldClient(h) => self.holds.push(h),
                 // Nobody else holds the section here: granted at once.
                 Effect::Exclusive { call, key } => {
                     self.sections.push(text(&key));
@@ -1952,11 +1956,13 @@ fn a_write_to_a_moved_key_deletes_the_earlier_copies_first() {
     let mut r = Run::start(&w, "set a 0 0 1\r\nx\r\n", &[RA_ALONE]);
     // The deletes go out together; the write waits for both.
     r.expect_pending(&[(E4, "delete a\r\n"), (E5, "delete a\r\n")]);
+    assert_eq!(r.holds, [true], "the client waits with the write");
     r.reply(E5, "delete a\r\n", "NOT_FOUND\r\n");
     r.expect_pending(&[(E4, "delete a\r\n")]);
     // A delete that fails logs the key for that owner (deleted before it
     // serves again).
     r.fail(E4, "delete a\r\n", Failure::Closed);
+    assert_eq!(r.holds, [true, false], "and goes on as the write leaves");
     r.reply(P0, "set a 0 0 1\r\nx\r\n", "STORED\r\n");
     r.assert_done();
     assert_eq!(r.answer().as_deref(), Some("STORED\r\n"));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{
     delete_parts_for, deleted, one, readback_parts, server_error, store_parts_for, stored,
-    CallError, CallId, ClientRequest, Cx, MetaItem, Replicas, Reply, Work,
+    CallError, CallId, ClientRequest, Cx, Effect, MetaItem, Replicas, Reply, Work,
 };
 use crate::protocol::compose;
 use crate::protocol::{Expect, Status, Verb};
@@ -156,6 +156,7 @@ impl Retire {
         if deletes.is_empty() {
             return Write::start(req, replicas, cx);
         }
+        cx.fx.push(Effect::HoldClient(true));
         Work::Retire(Retire { req, rep, deletes })
     }
 
@@ -177,8 +178,11 @@ impl Retire {
         self.deletes.is_empty()
     }
 
-    /// The write itself, once the earlier owners' copies are gone.
+    /// The write itself, once the earlier owners' copies are gone. Its
+    /// client goes on: the write's first calls leave in this same turn,
+    /// before any later request of the client can start.
     pub(super) fn write(self, cx: &mut Cx<'_>) -> Work {
+        cx.fx.push(Effect::HoldClient(false));
         Write::start(self.req, &[self.rep], cx)
     }
 }

@@ -637,6 +637,21 @@ impl Core {
                     Effect::Spawn(m) => spawned.push(m),
                     Effect::ReadThrough(t) => cx.metrics().read_through(t),
                     Effect::Hedge(h) => self.hedge(d, cx, r, h),
+                    Effect::HoldClient(hold) => {
+                        let client = self.reqs.get(r).and_then(|s| s.client);
+                        if let Some(cref) = client {
+                            if let Some(c) = self.live_client(cref) {
+                                c.conn.hold_for_section(hold);
+                                if !hold {
+                                    client::mark(
+                                        &mut self.clients,
+                                        &mut self.dirty_clients,
+                                        cref.idx,
+                                    );
+                                }
+                            }
+                        }
+                    }
                     Effect::Exclusive { call, key } => {
                         if self.enter_section(cx, r, call, &key) {
                             granted = Some(call);

@@ -151,7 +151,7 @@ impl Tracked {
                         section: false,
                     });
                 }
-                Effect::Hedge(Hedge::Won { .. }) => {}
+                Effect::Hedge(Hedge::Won { .. }) | Effect::HoldClient(_) => {}
                 Effect::Answer(_) => self.answers += 1,
                 Effect::Spawn(m) => spawned.push(*m),
                 Effect::Count(..)
