@@ -23,13 +23,16 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{free_port, memcached, memring_bin, pinned, stat, stats, wait_listening, Proc};
 
 /// Distinct keys, all written before measuring (every get hits).
 const KEYS: usize = 10_000;
@@ -84,80 +87,6 @@ fn opts() -> Opts {
     o
 }
 
-/// A child process stopped (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn wait_listening(addr: SocketAddr) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < until, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `cmd` pinned to `cpu` with taskset.
-fn pinned(cpu: usize, program: &str) -> Command {
-    let mut c = Command::new("taskset");
-    c.args(["-c", &cpu.to_string(), program]);
-    c.stdout(Stdio::null()).stderr(Stdio::null());
-    c
-}
-
-fn memcached(cpu: usize) -> (Proc, SocketAddr) {
-    let port = free_port();
-    let mut c = pinned(cpu, "memcached");
-    c.args([
-        "-l",
-        "127.0.0.1",
-        "-p",
-        &port.to_string(),
-        "-U",
-        "0",
-        "-t",
-        "1",
-        "-m",
-        "64",
-    ]);
-    if nix_is_root() {
-        c.args(["-u", "root"]);
-    }
-    let child = c
-        .spawn()
-        .expect("memcached (Debian package memcached) and taskset (util-linux)");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_listening(addr);
-    (Proc(child), addr)
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
-fn memring_bin() -> String {
-    std::env::var("MEMRING_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/memring").to_string()
-    })
-}
-
 /// Send `cmd` and read until a line ending the reply (`END`, `STORED`).
 fn request(s: &mut BufReader<TcpStream>, cmd: &[u8]) -> Vec<u8> {
     s.get_mut().write_all(cmd).expect("send");
@@ -188,30 +117,6 @@ fn request(s: &mut BufReader<TcpStream>, cmd: &[u8]) -> Vec<u8> {
             return out;
         }
     }
-}
-
-fn stats(addr: SocketAddr) -> Vec<(String, String)> {
-    let mut s = BufReader::new(TcpStream::connect(addr).expect("connect"));
-    s.get_mut().write_all(b"stats\r\n").expect("send");
-    let mut out = Vec::new();
-    // Bounded by END.
-    loop {
-        let mut line = String::new();
-        if s.read_line(&mut line).unwrap_or(0) == 0 || line.starts_with("END") {
-            return out;
-        }
-        let mut w = line.split_whitespace().skip(1);
-        if let (Some(k), Some(v)) = (w.next(), w.next()) {
-            out.push((k.to_string(), v.to_string()));
-        }
-    }
-}
-
-fn stat(s: &[(String, String)], name: &str) -> u64 {
-    s.iter()
-        .find(|(k, _)| k == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// xorshift64*, one per client thread.
