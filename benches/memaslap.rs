@@ -145,6 +145,9 @@ fn drive(addr: SocketAddr, w: &Workload, secs: u32, cfg: &std::path::Path) -> (u
     (ops, avg)
 }
 
+/// One run: (target index, ops/s, memaslap's average µs, CPU µs per op).
+type Row = (usize, f64, f64, f64);
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -175,8 +178,7 @@ fn main() {
         "workload", "target", "ops/s", "avg us", "us/op", "x nutc"
     );
     for w in &WORKLOADS {
-        // (target, ops/s, avg, us/op) per round.
-        let mut rows: Vec<(usize, f64, f64, f64)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for round in 0..rounds as usize {
             for k in 0..TARGETS.len() {
                 let t = (k + round) % TARGETS.len();
@@ -194,7 +196,7 @@ fn main() {
                 ));
             }
         }
-        let of = |t: usize, f: &dyn Fn(&(usize, f64, f64, f64)) -> f64| {
+        let of = |t: usize, f: &dyn Fn(&Row) -> f64| {
             median(rows.iter().filter(|r| r.0 == t).map(f).collect())
         };
         let nutc = of(1, &|r| r.3);
