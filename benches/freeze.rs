@@ -32,7 +32,7 @@ use hdrhistogram::Histogram;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{free_port, memcached, memring_bin, pinned, stat, stats, wait_listening, Proc};
+use support::{memcached, memring, stat, stats, Proc};
 
 /// Distinct keys, all written before measuring (every get hits).
 const KEYS: usize = 10_000;
@@ -145,37 +145,16 @@ struct Outcome {
 fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
     let (proxy_cpu, pool_cpu) = (1, 0);
     let servers: Vec<(Proc, SocketAddr)> = (0..6).map(|_| memcached(pool_cpu)).collect();
-    let port = free_port();
-    let mut c = pinned(proxy_cpu, &memring_bin());
-    // -D: in the foreground (as magent, memring detaches without it, and
-    // the daemon would outlive the run).
-    c.args([
-        "-D",
-        "-p",
-        &port.to_string(),
-        "-l",
-        "127.0.0.1",
-        "--threads",
-        "1",
-        "-k",
-    ]);
-    for (i, (_, a)) in servers.iter().enumerate() {
-        c.args([if i < 3 { "-s" } else { "-b" }, &a.to_string()]);
-    }
-    c.args([
+    let addrs: Vec<SocketAddr> = servers.iter().map(|(_, a)| *a).collect();
+    let flags = [
         "--request-timeout",
         "2s",
         "--hedge",
         if hedge { "on" } else { "off" },
         "--hedge-budget",
         &o.budget,
-    ]);
-    let _proxy = Proc(
-        c.spawn()
-            .expect("memring (build it: cargo build --release)"),
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    wait_listening(addr);
+    ];
+    let (_proxy, addr) = memring(proxy_cpu, &addrs[..3], &addrs[3..], &flags);
     let value = vec![b'x'; 100];
     let mut w = BufReader::new(TcpStream::connect(addr).expect("connect"));
     for k in 0..KEYS {

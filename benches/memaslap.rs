@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{free_port, memcached, memring_bin, pinned, wait_listening, Proc};
+use support::{free_port, memcached, memring, pinned, wait_listening, Proc};
 
 /// One workload: memaslap's flags for it.
 struct Workload {
@@ -83,27 +83,7 @@ fn start(name: &str, pool: &[SocketAddr], dir: &std::path::Path) -> (Proc, Socke
             wait_listening(addr);
             (Proc(child), addr)
         }
-        _ => {
-            let port = free_port();
-            let mut c = pinned(1, &memring_bin());
-            c.args([
-                "-D",
-                "-p",
-                &port.to_string(),
-                "-l",
-                "127.0.0.1",
-                "--threads",
-                "1",
-                "-k",
-            ]);
-            for a in pool {
-                c.args(["-s", &a.to_string()]);
-            }
-            let child = c.spawn().expect("memring (cargo build --release)");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-            wait_listening(addr);
-            (Proc(child), addr)
-        }
+        _ => memring(1, pool, &[], &[]),
     }
 }
 

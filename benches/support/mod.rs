@@ -106,3 +106,41 @@ pub fn stat(s: &[(String, String)], name: &str) -> u64 {
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// memring (`MEMRING_BIN`) pinned to `cpu`, one thread, ketama, in front of
+/// `primaries` with `backups`, with `extra` flags; its process and address.
+/// `-D` keeps it in the foreground (as magent, memring detaches without it,
+/// and the daemon would outlive the run).
+pub fn memring(
+    cpu: usize,
+    primaries: &[SocketAddr],
+    backups: &[SocketAddr],
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let mut c = pinned(cpu, &memring_bin());
+    let port_arg = port.to_string();
+    c.args([
+        "-D",
+        "-p",
+        &port_arg,
+        "-l",
+        "127.0.0.1",
+        "--threads",
+        "1",
+        "-k",
+    ]);
+    for a in primaries {
+        c.args(["-s", &a.to_string()]);
+    }
+    for a in backups {
+        c.args(["-b", &a.to_string()]);
+    }
+    c.args(extra);
+    let child = c
+        .spawn()
+        .expect("memring (build it: cargo build --release)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_listening(addr);
+    (Proc(child), addr)
+}
