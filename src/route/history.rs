@@ -13,6 +13,10 @@ use super::Router;
 /// while a window is open chain their placements up to this many).
 pub const DEPTH: usize = 3;
 
+/// A live number that names no server: an earlier server the live
+/// topology could not keep. [`History::owners`] never names it.
+pub const GONE: u32 = u32::MAX;
+
 /// Most servers [`History::owners`] can name: a primary and a backup per
 /// placement.
 const MAX_OWNERS: usize = 2 * DEPTH;
@@ -67,7 +71,7 @@ struct Earlier {
 
 impl Earlier {
     fn live(&self, n: u32) -> Option<u32> {
-        self.ids.get(n as usize).copied()
+        self.ids.get(n as usize).copied().filter(|&id| id != GONE)
     }
 }
 
@@ -203,6 +207,10 @@ mod tests {
             h.owners("default", b"k", false, 0, None).as_slice(),
             &[5, 7]
         );
+        // A server that could not be kept is never named.
+        let mut gone = History::default();
+        gone.push_newest(router(&["x:1"]), vec![GONE]);
+        assert!(gone.owners("default", b"k", false, 0, None).is_empty());
         // A fourth placement drops the oldest.
         assert!(h.push_newest(router(&["z:1"]), vec![9]));
         assert_eq!(h.len(), DEPTH);
