@@ -372,10 +372,20 @@ impl Topology {
             *slot = Some(id as u32);
         }
         let mut history = previous.history.clone();
-        history.renumber(|n| map.get(n as usize).copied().flatten().unwrap_or(crate::route::history::GONE));
+        history.renumber(|n| {
+            map.get(n as usize)
+                .copied()
+                .flatten()
+                .unwrap_or(crate::route::history::GONE)
+        });
         if moved {
             let ids = (0..live)
-                .map(|n| map.get(n as usize).copied().flatten().unwrap_or(crate::route::history::GONE))
+                .map(|n| {
+                    map.get(n as usize)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(crate::route::history::GONE)
+                })
                 .collect();
             self.window_broken = history.push_newest(previous.router.clone(), ids);
             self.window_until = Some(now + window);

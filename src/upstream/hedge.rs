@@ -48,6 +48,31 @@ fn bucket(d: Duration) -> usize {
     (1 + 4 * log + step).min(BUCKETS - 1)
 }
 
+/// The p95 of the replies `w` holds, at most [`MEDIAN_TIMES`] their median;
+/// None with fewer than [`MIN_SAMPLES`].
+fn robust(w: &Window<Hist>) -> Option<Duration> {
+    let count = |b: usize| u64::from(w.current.0[b]) + u64::from(w.previous.0[b]);
+    let total: u64 = (0..BUCKETS).map(count).sum();
+    if total < MIN_SAMPLES {
+        return None;
+    }
+    // The smallest buckets with half and with 95 % of the replies at or
+    // below them.
+    let (half, most) = (total.div_ceil(2), total - total / 20);
+    let (mut seen, mut p50) = (0, None);
+    for b in 0..BUCKETS {
+        seen += count(b);
+        if p50.is_none() && seen >= half {
+            p50 = Some(upper(b));
+        }
+        if seen >= most {
+            let p95 = upper(b);
+            return Some(p50.map_or(p95, |m| p95.min(m * MEDIAN_TIMES)));
+        }
+    }
+    None
+}
+
 /// The upper edge of bucket `b` (a delay read at it is not early).
 fn upper(b: usize) -> Duration {
     if b == 0 {
@@ -105,10 +130,17 @@ impl Default for Hist {
     }
 }
 
+/// How long a computed delay is reused: reading the histogram on every
+/// hedgeable read would cost a pass over its buckets per request.
+const REFRESH: Duration = Duration::from_millis(10);
+
 /// Each server's hedge delay, from its own recent replies (one per core).
 #[derive(Clone, Debug, Default)]
 pub struct Delays {
     servers: Vec<Window<Hist>>,
+    /// Per server: when its delay was last read off the histogram, and
+    /// what it was (None: too few replies).
+    cached: Vec<Option<(Instant, Option<Duration>)>>,
 }
 
 impl Delays {
@@ -130,34 +162,52 @@ impl Delays {
     /// its replies in the window, but at most [`MEDIAN_TIMES`] their median
     /// (a server that froze for a tenth of the window has its own freezes
     /// in its p95, never in its median), at least [`FLOOR`], at most `cap`;
-    /// `cap` when the window holds too few replies.
+    /// `cap` when the window holds too few replies. Read off the histogram
+    /// at most once per [`REFRESH`].
     pub fn delay(&mut self, server: usize, now: Instant, cap: Duration) -> Duration {
         let cap = cap.max(FLOOR);
-        let Some(w) = self.servers.get_mut(server) else {
-            return cap;
+        let fresh = self
+            .cached
+            .get(server)
+            .copied()
+            .flatten()
+            .filter(|(at, _)| now.saturating_duration_since(*at) < REFRESH);
+        let robust = match fresh {
+            Some((_, d)) => d,
+            None => {
+                let Some(w) = self.servers.get_mut(server) else {
+                    return cap;
+                };
+                w.roll(now);
+                let d = robust(w);
+                if self.cached.len() <= server {
+                    self.cached.resize(server + 1, None);
+                }
+                if let Some(slot) = self.cached.get_mut(server) {
+                    *slot = Some((now, d));
+                }
+                d
+            }
         };
-        w.roll(now);
-        let count = |b: usize| u64::from(w.current.0[b]) + u64::from(w.previous.0[b]);
-        let total: u64 = (0..BUCKETS).map(count).sum();
-        if total < MIN_SAMPLES {
-            return cap;
+        robust.map_or(cap, |d| d.clamp(FLOOR, cap))
+    }
+
+    /// When a read of `server` sent now is hedged: after its [`Delays::delay`],
+    /// or at once when its connections have already made no progress for
+    /// `stalled` (a frozen server will not answer this read in time either).
+    pub fn due_in(
+        &mut self,
+        server: usize,
+        now: Instant,
+        cap: Duration,
+        stalled: Duration,
+    ) -> Duration {
+        let delay = self.delay(server, now, cap);
+        if stalled >= delay {
+            Duration::ZERO
+        } else {
+            delay
         }
-        // The smallest buckets with half and with 95 % of the replies at
-        // or below them.
-        let (half, most) = (total.div_ceil(2), total - total / 20);
-        let (mut seen, mut p50) = (0, None);
-        for b in 0..BUCKETS {
-            seen += count(b);
-            if p50.is_none() && seen >= half {
-                p50 = Some(upper(b));
-            }
-            if seen >= most {
-                let p95 = upper(b);
-                let robust = p50.map_or(p95, |m| p95.min(m * MEDIAN_TIMES));
-                return robust.clamp(FLOOR, cap);
-            }
-        }
-        cap
     }
 
     /// Hold exactly `len` servers (a reload changed the table): servers
@@ -167,6 +217,8 @@ impl Delays {
     /// one relearns within a window).
     pub fn resize(&mut self, len: usize) {
         self.servers.resize_with(len, Window::new);
+        self.cached.clear();
+        self.cached.resize(len, None);
     }
 }
 
@@ -284,6 +336,15 @@ mod tests {
         }
         let delay = d.delay(0, t0, CAP);
         assert!(delay <= Duration::from_micros(1600), "{delay:?}");
+        // A server already stalled that long is hedged at once.
+        assert_eq!(d.due_in(0, t0, CAP, delay), Duration::ZERO);
+        assert_eq!(d.due_in(0, t0, CAP, Duration::ZERO), delay);
+        // The delay is reused for a while, then read off the histogram again.
+        for _ in 0..10_000 {
+            d.observe(0, Duration::from_millis(20), t0);
+        }
+        assert_eq!(d.delay(0, t0 + REFRESH / 2, CAP), delay, "reused");
+        assert!(d.delay(0, t0 + REFRESH, CAP) > delay, "refreshed");
     }
 
     #[test]

@@ -65,15 +65,10 @@ impl Core {
                 let Some(seq) = self.reqs.get(r).map(|s| s.seq) else {
                     return;
                 };
-                let hx = &mut self.hedges;
-                hx.budget.read(cx.now);
+                self.hedges.budget.read(cx.now);
                 // At most half the request timeout: a hedge is worth
                 // sending well before the primary is given up.
                 let cap = cx.topo.settings.request_timeout / 2;
-                let delay = hx.delays.delay(primary.index(), cx.now, cap);
-                // A primary whose every connection is already stalled past
-                // its delay (frozen, say) will not answer this read in time
-                // either: hedge it now.
                 let stalled = self
                     .pools
                     .get(primary.index())
@@ -83,12 +78,9 @@ impl Core {
                     .map(|u| u.stalled(cx.now))
                     .min()
                     .unwrap_or_default();
-                let at = if stalled >= delay {
-                    cx.now
-                } else {
-                    cx.now + delay
-                };
-                self.hedges.timers.push(Reverse((at, seq, r, call)));
+                let hx = &mut self.hedges;
+                let at = cx.now + hx.delays.due_in(primary.index(), cx.now, cap, stalled);
+                hx.timers.push(Reverse((at, seq, r, call)));
             }
             Hedge::Send {
                 call,
