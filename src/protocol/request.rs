@@ -89,6 +89,27 @@ pub enum Verb {
 }
 
 impl Verb {
+    /// Whether a request may change what a later read of the same key
+    /// sees (every verb but the retrievals and the local or admin ones; a
+    /// `gat` only moves a TTL).
+    pub fn writes(self) -> bool {
+        !matches!(
+            self,
+            Verb::Get
+                | Verb::Gets
+                | Verb::Gat
+                | Verb::Gats
+                | Verb::MetaGet
+                | Verb::MetaDebug
+                | Verb::MetaNoop
+                | Verb::Version
+                | Verb::Verbosity
+                | Verb::Quit
+                | Verb::Stats
+                | Verb::Admin
+        )
+    }
+
     /// The command word on the wire, e.g. `b"gets"`.
     pub fn as_bytes(self) -> &'static [u8] {
         match self {

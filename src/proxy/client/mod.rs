@@ -117,7 +117,12 @@ pub enum Next {
 /// not timing, or for answers that are not a request's, like a close).
 #[derive(Debug)]
 enum Slot {
-    Waiting(Option<Stamp>),
+    /// Its answer is due; `write`: the request may change what a later
+    /// read of this client sees (see [`ClientConn::writing`]).
+    Waiting {
+        stamp: Option<Stamp>,
+        write: bool,
+    },
     Ready(Answer, Option<Stamp>),
 }
 
@@ -157,6 +162,8 @@ pub struct ClientConn {
     first_seq: u64,
     /// Requests started and not yet answered.
     waiting: usize,
+    /// Of those, writes (see [`ClientConn::writing`]).
+    writes: u32,
     /// Turn that received the oldest unparsed byte of `rbuf` (when timing).
     arrived: Instant,
     /// The latest receive: its turn and how many bytes it brought.
@@ -193,6 +200,7 @@ impl ClientConn {
             slots: VecDeque::new(),
             first_seq: 0,
             waiting: 0,
+            writes: 0,
             arrived: now,
             last_read: (now, 0),
             sent_total: 0,
@@ -341,9 +349,27 @@ impl ClientConn {
     }
 
     /// Hold the client's next requests back while one of its writes waits
-    /// for its key's section (`true`), or let them go (`false`).
-    pub fn hold_for_section(&mut self, waiting: bool) {
+    /// before its first call (for its key's section, or for a migration
+    /// window's deletes) (`true`), or let them go (`false`).
+    pub fn hold(&mut self, waiting: bool) {
         self.section_wait = waiting;
+    }
+
+    /// The request in slot `seq` writes: until it is answered, a later
+    /// read of this client must not be hedged (a hedge on the backup could
+    /// overtake the write's copy there).
+    pub fn writing(&mut self, seq: u64) {
+        if let Some(Slot::Waiting { write, .. }) = self.slot_mut(seq) {
+            if !*write {
+                *write = true;
+                self.writes += 1;
+            }
+        }
+    }
+
+    /// Writes started and not yet answered.
+    pub fn writes_waiting(&self) -> u32 {
+        self.writes
     }
 
     /// The request in slot `seq` ended (its binary answer is final): lift
@@ -358,7 +384,7 @@ impl ClientConn {
 
     /// Give slot `seq` its command once known (a binary request's).
     pub fn label(&mut self, seq: u64, cmd: Command) {
-        if let Some(Slot::Waiting(Some(s))) = self.slot_mut(seq) {
+        if let Some(Slot::Waiting { stamp: Some(s), .. }) = self.slot_mut(seq) {
             s.cmd = cmd;
         }
     }
@@ -382,9 +408,12 @@ impl ClientConn {
             return false;
         };
         let stamp = match slot {
-            Slot::Waiting(s) => {
+            Slot::Waiting { stamp, write } => {
                 self.waiting = self.waiting.saturating_sub(1);
-                *s
+                if *write {
+                    self.writes = self.writes.saturating_sub(1);
+                }
+                *stamp
             }
             Slot::Ready(..) => None,
         };
@@ -431,7 +460,7 @@ impl ClientConn {
     /// Reserve the next answer slot; returns its sequence number.
     fn push_slot(&mut self, slot: Slot) -> u64 {
         let seq = self.first_seq + self.slots.len() as u64;
-        if matches!(slot, Slot::Waiting(_)) {
+        if matches!(slot, Slot::Waiting { .. }) {
             self.waiting += 1;
         }
         self.slots.push_back(slot);
@@ -672,7 +701,10 @@ impl ClientConn {
                 self.swallow = consumed + swallow;
                 // Labelled with its text verb once translated.
                 let stamp = self.stamp(lim.timing, Command::Invalid);
-                let seq = self.push_slot(Slot::Waiting(stamp));
+                let seq = self.push_slot(Slot::Waiting {
+                    stamp,
+                    write: false,
+                });
                 if plan.may_take_two_steps() {
                     self.barrier = Some(seq);
                 }
@@ -782,7 +814,10 @@ impl ClientConn {
         }
         let timing = lim.timing && self.held.is_none();
         let stamp = self.stamp(timing, Command::of(r.verb));
-        let seq = self.push_slot(Slot::Waiting(stamp));
+        let seq = self.push_slot(Slot::Waiting {
+            stamp,
+            write: false,
+        });
         Pass::Start(Next::Request {
             seq,
             r,

@@ -358,10 +358,31 @@ fn a_write_waiting_for_its_section_holds_back_the_ones_after_it() {
     c.received(b"incr n 1\r\nget n\r\n", Instant::now());
     let mut keys = Vec::new();
     assert!(c.next(&LIM, 0, &mut keys).is_some());
-    c.hold_for_section(true);
+    c.hold(true);
     assert!(c.next(&LIM, 0, &mut keys).is_none());
-    c.hold_for_section(false);
+    c.hold(false);
     assert!(c.next(&LIM, 0, &mut keys).is_some());
+}
+
+#[test]
+fn writes_are_counted_until_answered() {
+    let mut c = conn();
+    c.received(b"set a 0 0 1\r\nx\r\nget a\r\n", Instant::now());
+    let mut keys = Vec::new();
+    let Some(Next::Request { seq: set, .. }) = c.next(&LIM, 0, &mut keys) else {
+        panic!("the set starts");
+    };
+    c.writing(set);
+    c.writing(set);
+    assert_eq!(c.writes_waiting(), 1, "a write counts once");
+    let Some(Next::Request { seq: get, .. }) = c.next(&LIM, 0, &mut keys) else {
+        panic!("the get starts");
+    };
+    assert_eq!(c.writes_waiting(), 1, "a read is not a write");
+    c.fill(get, Answer::One(Bytes::from_static(b"END\r\n")));
+    assert_eq!(c.writes_waiting(), 1);
+    c.fill(set, Answer::One(Bytes::from_static(b"STORED\r\n")));
+    assert_eq!(c.writes_waiting(), 0);
 }
 
 #[test]

@@ -50,8 +50,6 @@ pub(super) struct Client {
     shut: bool,
     send_inflight: bool,
     dirty: bool,
-    /// Its write requests started and not yet answered.
-    pub(super) writes_in_flight: u32,
 }
 
 /// Put a client on the end-of-turn list once.
@@ -85,7 +83,6 @@ impl Client {
             shut: false,
             send_inflight: false,
             dirty: false,
-            writes_in_flight: 0,
         }
     }
 
@@ -383,7 +380,6 @@ impl Core {
                 gen,
                 seq,
                 strip_end,
-                write: false,
             };
             match next {
                 None => return,
@@ -442,8 +438,7 @@ impl Core {
             keys,
         };
         let mut fx = std::mem::take(&mut self.fx);
-        let mut cref = cref;
-        let machine = self.machine_for(cx, &mut cref, req, admin, &mut fx);
+        let machine = self.machine_for(cx, cref, req, admin, &mut fx);
         self.launch(d, cx, machine, Some(cref), plan, &mut fx);
         self.fx = fx;
     }
@@ -453,19 +448,18 @@ impl Core {
     fn machine_for(
         &mut self,
         cx: &Ctx,
-        cref: &mut ClientRef,
+        cref: ClientRef,
         req: ClientRequest,
         plan: Option<AdminPlan>,
         fx: &mut Vec<crate::proxy::machine::Effect>,
     ) -> Machine {
-        // A read is hedged only with no write of its client in flight; a
-        // write counts until it is answered.
+        // A read is hedged (or spread) only with no write of its client
+        // in flight; a write counts until it is answered.
         let mut hedge_ok = false;
-        if let Some(c) = self.live_client(*cref) {
-            hedge_ok = c.writes_in_flight == 0;
-            cref.write = plan.is_none() && writes(req.r.verb);
-            if cref.write {
-                c.writes_in_flight += 1;
+        if let Some(c) = self.live_client(cref) {
+            hedge_ok = c.conn.writes_waiting() == 0;
+            if plan.is_none() && req.r.verb.writes() {
+                c.conn.writing(cref.seq);
             }
         }
         // A client of a pool's own listener has its keys placed in that pool.
@@ -687,8 +681,7 @@ impl Core {
             return;
         }
         let mut fx = std::mem::take(&mut self.fx);
-        let mut cref = cref;
-        let machine = self.machine_for(cx, &mut cref, req, plan, &mut fx);
+        let machine = self.machine_for(cx, cref, req, plan, &mut fx);
         self.launch(d, cx, machine, Some(cref), None, &mut fx);
         self.fx = fx;
     }
@@ -809,25 +802,4 @@ fn route_locally(cx: &Ctx, r: &Request, bytes: &Bytes) -> (Option<Answer>, Optio
         _ => return (None, None),
     };
     (Some(local), None)
-}
-
-/// Whether `verb` may change what a later read of its client sees (so a
-/// read behind it on the same connection is not hedged: see
-/// `machine_for`).
-fn writes(verb: Verb) -> bool {
-    !matches!(
-        verb,
-        Verb::Get
-            | Verb::Gets
-            | Verb::Gat
-            | Verb::Gats
-            | Verb::MetaGet
-            | Verb::MetaDebug
-            | Verb::MetaNoop
-            | Verb::Version
-            | Verb::Verbosity
-            | Verb::Quit
-            | Verb::Stats
-            | Verb::Admin
-    )
 }

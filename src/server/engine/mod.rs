@@ -134,8 +134,6 @@ pub(super) struct ClientRef {
     seq: u64,
     /// A batch of a long get line that is not its last: its END is left out.
     strip_end: bool,
-    /// A write: counted in its client's writes in flight until answered.
-    write: bool,
 }
 
 /// An answer produced off the core (a metadump on the control plane), with
@@ -556,7 +554,7 @@ impl Core {
         cx.stats().incr(Counter::SectionWaits);
         if let Some(cref) = client {
             if let Some(c) = self.live_client(cref) {
-                c.conn.hold_for_section(true);
+                c.conn.hold(true);
             }
         }
         false
@@ -577,7 +575,7 @@ impl Core {
             let client = self.reqs.get(r).and_then(|s| s.client);
             if let Some(cref) = client {
                 if let Some(c) = self.live_client(cref) {
-                    c.conn.hold_for_section(false);
+                    c.conn.hold(false);
                     client::mark(&mut self.clients, &mut self.dirty_clients, cref.idx);
                 }
             }
@@ -641,7 +639,7 @@ impl Core {
                         let client = self.reqs.get(r).and_then(|s| s.client);
                         if let Some(cref) = client {
                             if let Some(c) = self.live_client(cref) {
-                                c.conn.hold_for_section(hold);
+                                c.conn.hold(hold);
                                 if !hold {
                                     client::mark(
                                         &mut self.clients,
@@ -742,11 +740,6 @@ impl Core {
         };
         let plan = slot.binary.take();
         if let Some(cref) = slot.client.take() {
-            if cref.write {
-                if let Some(c) = self.live_client(cref) {
-                    c.writes_in_flight = c.writes_in_flight.saturating_sub(1);
-                }
-            }
             self.finish(d, cx, cref, plan, a);
         }
     }
