@@ -95,6 +95,8 @@ pub struct Sketch {
     /// (`hot_len` of them).
     hot: [usize; MAX_SPREAD],
     hot_len: usize,
+    /// Which replica the next read of a spread key starts on.
+    spread_next: bool,
 }
 
 /// Most keys spread at once per core.
@@ -143,7 +145,19 @@ impl Sketch {
             reads: 0,
             hot: [0; MAX_SPREAD],
             hot_len: 0,
+            spread_next: false,
         }
+    }
+
+    /// Whether this read of `key` starts on the backup: a hot key's reads
+    /// alternate between its replicas (see [`Sketch::is_hot`]).
+    #[inline]
+    pub fn spread(&mut self, key: &[u8]) -> bool {
+        if !self.is_hot(key) {
+            return false;
+        }
+        self.spread_next = !self.spread_next;
+        self.spread_next
     }
 
     /// Whether `key` was hot enough to spread at the last step: above
@@ -361,6 +375,10 @@ mod tests {
         }
         assert!(s.is_hot(b"hot"));
         assert!(!s.is_hot(b"k1"), "a cold key is not");
+        // Its reads alternate between the replicas.
+        let starts: Vec<bool> = (0..4).map(|_| s.spread(b"hot")).collect();
+        assert_eq!(starts, [true, false, true, false]);
+        assert!(!s.spread(b"k1"));
         // A threshold above its rate: not spread.
         feed(&mut s, 20_000, 0.3, 5_000);
         s.step(t0 + STEP * 6, Some(50_000.0));

@@ -445,6 +445,21 @@ pub struct Replicas {
     pub backup: Option<ServerId>,
 }
 
+impl Replicas {
+    /// The same key read from its backup first (a spread hot key): the
+    /// backup as primary, the primary as its backup. Unchanged without a
+    /// backup.
+    pub fn swapped(self) -> Replicas {
+        match self.backup {
+            Some(b) => Replicas {
+                primary: b,
+                backup: Some(self.primary),
+            },
+            None => self,
+        }
+    }
+}
+
 /// What a machine sees of the world, implemented by the engine (and by fakes
 /// in tests).
 pub trait View {

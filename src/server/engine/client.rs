@@ -496,22 +496,13 @@ impl Core {
             if sample {
                 self.hot.read(key);
             }
-            if spreadable && self.hot.is_hot(key) {
-                let rep = cx.topo.replicas_in(pool, key, false);
-                let backup_up = rep.backup.is_some_and(|b| cx.topo.health(b).is_up());
-                self.spread_next = !self.spread_next;
-                if let (Some(b), true, true) = (rep.backup, backup_up, self.spread_next) {
-                    cx.stats().incr(Counter::HotSpreads);
-                    self.replicas.push(crate::proxy::machine::Replicas {
-                        primary: b,
-                        backup: Some(rep.primary),
-                    });
-                    continue;
-                }
-                self.replicas.push(rep);
-                continue;
+            let rep = cx.topo.replicas_in(pool, key, false);
+            let backup_up = || rep.backup.is_some_and(|b| cx.topo.health(b).is_up());
+            let spread = spreadable && self.hot.spread(key) && backup_up();
+            if spread {
+                cx.stats().incr(Counter::HotSpreads);
             }
-            self.replicas.push(cx.topo.replicas_in(pool, key, false));
+            self.replicas.push(if spread { rep.swapped() } else { rep });
         }
         if req.keys.as_slice().is_empty() && !req.r.key.is_empty() {
             let key = req.bytes.get(req.r.key.clone()).unwrap_or_default();

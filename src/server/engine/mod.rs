@@ -302,8 +302,6 @@ pub(super) struct Core {
     next_seq: u64,
     /// The keys this core reads, sampled (`--hot-keys`).
     hot: crate::upstream::hot::Sketch,
-    /// Which replica the next read of a spread hot key starts on.
-    spread_next: bool,
 }
 
 /// One listener of this core.
@@ -394,7 +392,6 @@ pub(super) fn run_core<D: Driver>(
         hedges: hedge::Hedges::new(topo.settings.hedge_budget),
         next_seq: 0,
         hot: crate::upstream::hot::Sketch::new(),
-        spread_next: false,
     };
     st.install(&mut d, &mut cx, topo);
     let fds: Vec<(RawFd, bool, Option<String>)> = listeners
