@@ -307,14 +307,16 @@ fn without_a_migration_window_moved_keys_miss_but_nothing_is_stale() {
 fn a_migration_window_closes_on_time_drops_the_leaving_server_and_sweeps() {
     let servers = Memcached::cluster(3, "1m");
     let all: Vec<&Memcached> = servers.iter().collect();
-    let (_dir, file) = config_file("memring.toml", &ketama_config(&all, "2s"));
+    // Long enough that reading 200 keys fits in it on a machine many times
+    // slower than this one; the close is waited for below.
+    let (_dir, file) = config_file("memring.toml", &ketama_config(&all, "6s"));
     let proxy = Memring::with_config(&file, &["--request-timeout", "500ms"]);
     let mut c = proxy.client();
     for i in 0..200 {
         let k = key(i);
         assert_eq!(c.request(&set_cmd(&k, b"x")), b"STORED\r\n".to_vec());
     }
-    reload_to(&proxy, &mut c, &file, (&all[..2], "2s"), 1);
+    reload_to(&proxy, &mut c, &file, (&all[..2], "6s"), 1);
     let s = proxy_stats(&mut c);
     assert_eq!(stat(&s, "migration_window_open"), "1", "{s:?}");
     // The keys of the server that left are still there while the window
