@@ -117,12 +117,20 @@ pub(crate) trait Driver: Sized {
         self.shutdown(fd);
     }
 
+    /// Whether a non-blocking [`Driver::wait`] may find completions: `false`
+    /// only when the driver can tell cheaply (without a syscall) that none
+    /// are ready. Lets the loop skip a second look that would find nothing.
+    fn maybe_ready(&mut self) -> bool {
+        true
+    }
+
     /// Submit everything queued since the last call, wait until at least one
     /// completion is ready or `timeout` passed (`None`: no limit;
     /// `Some(ZERO)`: don't block) and append the ready completions to `out`.
     /// EINTR is not an error; it may return early with nothing. On io_uring
-    /// this is one io_uring_enter, unless a wake-up brought only the driver's
-    /// own completions (then it waits again, within `timeout`).
+    /// this is one io_uring_enter; a wake-up that brought only the driver's
+    /// own completions waits again without a timeout, and with one returns
+    /// early with nothing.
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
 }
 

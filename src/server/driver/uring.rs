@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, CompletionQueue, EnterFlags, IoUring, SubmissionQueue};
@@ -59,16 +59,23 @@ enum InFlight {
     },
 }
 
+/// The first flag set. With `DEFER_TASKRUN`, completions wait as task work
+/// until the loop enters the kernel; `TASKRUN_FLAG` makes the kernel say so
+/// in the shared ring (`IORING_SQ_TASKRUN`), which lets
+/// [`Driver::maybe_ready`] answer without a syscall.
+const TASKRUN_FLAGS: &str = "SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN|TASKRUN_FLAG|SUBMIT_ALL";
+
 /// Adds one set of setup flags to a builder.
 type SetFlags = fn(&mut Builder);
 
 /// The setup flag sets tried in order; a kernel that refuses one with EINVAL
 /// gets the next, plainer one.
 const FLAG_SETS: [(&str, SetFlags); 4] = [
-    ("SINGLE_ISSUER|DEFER_TASKRUN|COOP_TASKRUN|SUBMIT_ALL", |b| {
+    (TASKRUN_FLAGS, |b| {
         b.setup_single_issuer()
             .setup_defer_taskrun()
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_submit_all();
     }),
     ("COOP_TASKRUN|SUBMIT_ALL", |b| {
@@ -100,6 +107,8 @@ pub(crate) struct UringDriver {
     /// the kernel reads a header at its address while the send is queued.
     #[allow(clippy::vec_box)]
     spare_msgs: Vec<Box<libc::msghdr>>,
+    /// The ring has `TASKRUN_FLAG`: the kernel flags pending completions.
+    flags_pending: bool,
     describe: String,
 }
 
@@ -318,6 +327,7 @@ impl Driver for UringDriver {
             recv_of_fd: Vec::new(),
             pending: Vec::new(),
             spare_msgs: Vec::new(),
+            flags_pending: flags == TASKRUN_FLAGS,
             describe: format!(
                 "{flags}, sq {sq_entries}, cq {cq_entries}, {} ring fd",
                 if registered {
@@ -447,26 +457,31 @@ impl Driver for UringDriver {
         unsafe { libc::close(fd) };
     }
 
+    fn maybe_ready(&mut self) -> bool {
+        if !self.flags_pending || !self.pending.is_empty() {
+            return true;
+        }
+        self.cq.sync();
+        !self.cq.is_empty() || self.sq.taskrun()
+    }
+
     fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         let start = out.len();
         out.append(&mut self.pending);
-        // Bounded by the deadline; without one, by the first completion.
+        // Without a timeout, bounded by the first completion for the caller;
+        // with one, a single wait (a wake-up that brought only the driver's
+        // own completions returns early with nothing, as EINTR does).
         loop {
             self.cq.sync();
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let want =
-                if out.len() > start || !self.cq.is_empty() || remaining == Some(Duration::ZERO) {
+                if out.len() > start || !self.cq.is_empty() || timeout == Some(Duration::ZERO) {
                     0
                 } else {
                     1
                 };
-            self.enter(want, remaining)?;
+            self.enter(want, timeout)?;
             self.reap(out);
-            if out.len() > start || want == 0 {
-                return Ok(());
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            if out.len() > start || want == 0 || timeout.is_some() {
                 return Ok(());
             }
         }

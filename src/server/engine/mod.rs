@@ -426,6 +426,9 @@ pub(super) fn run_core<D: Driver>(
     let _keep_open = listeners;
     let mut cqes: Vec<Completion> = Vec::with_capacity(1024);
     let mut timeout = IDLE_TICK;
+    // The wall clock only counts seconds here: read it every 100 ms, not
+    // every turn.
+    let mut unix_read = cx.now;
     loop {
         cqes.clear();
         if let Err(e) = d.wait(Some(timeout), &mut cqes) {
@@ -433,14 +436,17 @@ pub(super) fn run_core<D: Driver>(
             std::thread::sleep(Duration::from_millis(10));
         }
         cx.now = Instant::now();
-        cx.now_unix = unix_now();
+        if cx.now.saturating_duration_since(unix_read) >= UNIX_CLOCK_EVERY {
+            cx.now_unix = unix_now();
+            unix_read = cx.now;
+        }
         for c in &cqes {
             st.complete(&mut d, &cx, *c);
         }
         st.deliver(&mut d, &cx);
         timeout = st.tick(&mut d, &mut cx);
         st.deliver(&mut d, &cx);
-        if !st.dirty_ups.is_empty() {
+        if !st.dirty_ups.is_empty() && d.maybe_ready() {
             // A second look before the upstream sends leave: what arrived
             // while this turn ran joins them (see the module's header).
             cqes.clear();
@@ -458,6 +464,9 @@ pub(super) fn run_core<D: Driver>(
         }
     }
 }
+
+/// How often a core reads the wall clock (seconds are all it needs of it).
+const UNIX_CLOCK_EVERY: Duration = Duration::from_millis(100);
 
 fn unix_now() -> i64 {
     SystemTime::now()
