@@ -481,7 +481,28 @@ pub(super) struct GetMany {
     failed: Vec<ServerId>,
     /// Calls in flight: id, server (fetch rounds) or key index (read-through).
     calls: Vec<(CallId, u32)>,
+    /// Hedge timers and hedged reads of the first round.
+    hedges: Vec<PartHedge>,
+    /// Parts whose keys hedges answered: their late replies are waited for
+    /// and dropped.
+    late: Vec<CallId>,
     stage: ManyStage,
+}
+
+/// A multi-get's hedge of one server's part (see [`super::Hedge`]): a timer
+/// per server asked in the first round; when it fires with that part still
+/// out, the part's keys go to their backups too, one call per backup. A hit
+/// from a backup answers its key; a key missing there waits for its
+/// primary. The round ends when every part and every hedged read is back,
+/// or a part's keys have all been answered by hedges (its late reply is
+/// dropped).
+#[derive(Debug, Clone, Copy)]
+struct PartHedge {
+    call: CallId,
+    /// The server whose part is hedged.
+    primary: ServerId,
+    /// `None`: the timer; `Some`: the read on that backup.
+    backup: Option<ServerId>,
 }
 
 /// One key of a multi-key retrieval.
@@ -502,6 +523,10 @@ struct KeyState {
     lookback: Lookback,
     /// Where its read-through in flight asks.
     asking: Option<Source>,
+    /// The backup a hedge asked it on.
+    hedged: Option<ServerId>,
+    /// That backup answered without it (no read-through needed).
+    backup_missed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -546,6 +571,8 @@ impl GetMany {
                 through: None,
                 lookback: Lookback::default(),
                 asking: None,
+                hedged: None,
+                backup_missed: false,
             });
         }
         let mut m = Box::new(GetMany {
@@ -553,9 +580,14 @@ impl GetMany {
             keys,
             failed: Vec::new(),
             calls: Vec::new(),
+            hedges: Vec::new(),
+            late: Vec::new(),
             stage: ManyStage::First,
         });
         m.fetch(|k| k.target, cx);
+        if m.req.r.verb == Verb::Get && cx.view.hedging() {
+            m.arm_hedges(cx);
+        }
         m.advance(cx);
         if m.is_done() {
             return Work::Done;
@@ -636,10 +668,141 @@ impl GetMany {
             cursor: 0,
         };
         for (k, r) in self.keys.iter_mut().zip(self.req.keys()) {
-            if asked(k) == Some(s) && k.found.is_none() {
-                k.found = part.take(self.req.bytes.get(r.clone()).unwrap_or_default());
+            if asked(k) == Some(s) {
+                // Taken even when a hedge found it: the blocks come in order.
+                let got = part.take(self.req.bytes.get(r.clone()).unwrap_or_default());
+                if k.found.is_none() {
+                    k.found = got;
+                }
             }
         }
+    }
+
+    /// A hedge timer per server asked in the first round for a key whose
+    /// backup is in service.
+    fn arm_hedges(&mut self, cx: &mut Cx<'_>) {
+        for i in 0..self.calls.len() {
+            let s = ServerId(self.calls[i].1);
+            if self
+                .keys
+                .iter()
+                .any(|k| k.target == Some(s) && k.backup_of.is_some())
+            {
+                let call = cx.hedge_timer(s);
+                self.hedges.push(PartHedge {
+                    call,
+                    primary: s,
+                    backup: None,
+                });
+            }
+        }
+    }
+
+    /// Whether `primary`'s first-round part is still out.
+    fn part_out(&self, primary: ServerId) -> bool {
+        self.stage == ManyStage::First && self.calls.iter().any(|&(_, s)| s == primary.0)
+    }
+
+    /// `primary`'s hedge delay passed: if its part is still out, send its
+    /// keys that have a backup in service to those backups.
+    fn hedge_part(&mut self, primary: ServerId, cx: &mut Cx<'_>) {
+        if !self.part_out(primary) {
+            return;
+        }
+        // Bounded by the keys: each pass sends one backup's keys and marks them.
+        loop {
+            let next = self.keys.iter().find_map(|k| {
+                let b = k.backup_of?;
+                let wanted = k.target == Some(primary) && k.found.is_none() && k.hedged.is_none();
+                (wanted && cx.is_up(b)).then_some(b)
+            });
+            let Some(b) = next else { return };
+            let mut line = BytesMut::with_capacity(64);
+            let keys = self
+                .req
+                .keys()
+                .iter()
+                .zip(self.keys.iter_mut())
+                .filter(|(_, k)| {
+                    k.target == Some(primary)
+                        && k.found.is_none()
+                        && k.hedged.is_none()
+                        && k.backup_of == Some(b)
+                })
+                .map(|(r, k)| {
+                    k.hedged = Some(b);
+                    self.req.bytes.get(r.clone()).unwrap_or_default()
+                });
+            compose::compose_retrieval(&mut line, self.req.r.verb, self.req.r.exptime, keys);
+            let call = cx.hedge_send(b, primary, [line.freeze(), Bytes::new()], Expect::Values);
+            self.hedges.push(PartHedge {
+                call,
+                primary,
+                backup: Some(b),
+            });
+        }
+    }
+
+    /// A hedged read of `primary`'s keys on `backup` came back: its hits
+    /// answer their keys; once every key of the part is answered, the part
+    /// itself is given up.
+    fn hedge_done(
+        &mut self,
+        primary: ServerId,
+        backup: ServerId,
+        r: Result<Reply, CallError>,
+        cx: &mut Cx<'_>,
+    ) {
+        let mut items = Vec::new();
+        let frame = match r {
+            Ok(r) if !r.status.is_error() => r.frame,
+            _ => return,
+        };
+        if !matches!(
+            frame_response(Expect::Values, &frame, usize::MAX, &mut items),
+            Ok(Framed::Complete { .. })
+        ) {
+            return;
+        }
+        let mut part = PartReply {
+            frame,
+            items,
+            cursor: 0,
+        };
+        let mut won = false;
+        for (k, r) in self.keys.iter_mut().zip(self.req.keys()) {
+            if k.target != Some(primary) || k.hedged != Some(backup) {
+                continue;
+            }
+            match part.take(self.req.bytes.get(r.clone()).unwrap_or_default()) {
+                Some(block) if k.found.is_none() => {
+                    k.found = Some(block);
+                    won = true;
+                }
+                Some(_) => {}
+                None => k.backup_missed = true,
+            }
+        }
+        if !won || !self.part_out(primary) {
+            return;
+        }
+        cx.fx.push(Effect::Hedge(super::Hedge::Won { primary }));
+        let answered = self
+            .keys
+            .iter()
+            .all(|k| k.target != Some(primary) || k.found.is_some());
+        if answered {
+            // Bounded by the calls of the round.
+            while let Some(i) = self.calls.iter().position(|&(_, s)| s == primary.0) {
+                let (c, _) = self.calls.swap_remove(i);
+                self.late.push(c);
+            }
+        }
+    }
+
+    /// Whether the current round has every outcome (hedged reads included).
+    fn round_over(&self) -> bool {
+        self.calls.is_empty() && self.hedges.iter().all(|h| h.backup.is_none())
     }
 
     pub(super) fn on_outcome(
@@ -648,6 +811,19 @@ impl GetMany {
         r: Result<Reply, CallError>,
         cx: &mut Cx<'_>,
     ) {
+        if let Some(i) = self.late.iter().position(|&c| c == call) {
+            self.late.swap_remove(i);
+            return;
+        }
+        if let Some(pos) = self.hedges.iter().position(|h| h.call == call) {
+            let h = self.hedges.swap_remove(pos);
+            match h.backup {
+                None => self.hedge_part(h.primary, cx),
+                Some(b) => self.hedge_done(h.primary, b, r, cx),
+            }
+            self.advance(cx);
+            return;
+        }
         let Some(pos) = self.calls.iter().position(|(c, _)| *c == call) else {
             return;
         };
@@ -678,7 +854,7 @@ impl GetMany {
 
     /// Move to the next round once the current one has every outcome.
     fn advance(&mut self, cx: &mut Cx<'_>) {
-        while self.calls.is_empty() && self.stage != ManyStage::Done {
+        while self.round_over() && self.stage != ManyStage::Done {
             match self.stage {
                 ManyStage::First => {
                     self.stage = ManyStage::Retry;
@@ -687,8 +863,10 @@ impl GetMany {
                     }
                     let mut any = false;
                     for k in &mut self.keys {
-                        // A key whose first server failed goes to its backup.
-                        let t = k.target.filter(|t| self.failed.contains(t));
+                        // A key whose first server failed goes to its backup
+                        // (unless a hedge asked there already).
+                        let asked = k.found.is_some() || k.backup_missed;
+                        let t = k.target.filter(|t| !asked && self.failed.contains(t));
                         if let (Some(t), Some(b)) = (t, k.backup_of) {
                             k.retry = Some(b);
                             any = true;
@@ -706,7 +884,7 @@ impl GetMany {
                         let (Some(p), Some(b)) = (k.target, k.backup_of) else {
                             continue;
                         };
-                        if k.found.is_some() || self.failed.contains(&p) {
+                        if k.found.is_some() || k.backup_missed || self.failed.contains(&p) {
                             continue;
                         }
                         let key = self.req.retrieval_key(i);
@@ -773,7 +951,8 @@ impl GetMany {
     }
 
     pub(super) fn is_done(&self) -> bool {
-        self.stage == ManyStage::Done
+        // Timers and late parts are waited for, as for a get of one key.
+        self.stage == ManyStage::Done && self.hedges.is_empty() && self.late.is_empty()
     }
 }
 

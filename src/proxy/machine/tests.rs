@@ -2133,7 +2133,8 @@ fn only_reads_without_side_effects_with_a_backup_in_service_are_hedged() {
     for text in [
         "gets a\r\n",
         "gat 10 a\r\n",
-        "get a b\r\n",
+        "gets a b\r\n",
+        "gat 10 a b\r\n",
         "mg a v c\r\n",
         "mg a v T30\r\n",
         "mg a v N30\r\n",
@@ -2153,4 +2154,127 @@ fn only_reads_without_side_effects_with_a_backup_in_service_are_hedged() {
     let off = World::new();
     let r = Run::start(&off, "get a\r\n", &[RA]);
     r.expect_pending(&[(P0, "get a\r\n")]);
+}
+
+/// Key `e` lives on 0, like `a`, but its backup is 3.
+const RE: Replicas = Replicas {
+    primary: P0,
+    backup: Some(B3),
+};
+
+#[test]
+fn a_multi_get_hedges_a_late_part_onto_its_keys_backups() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a b c d\r\n", &[RA, RB, RA, RB]);
+    r.expect_pending(&[
+        (P0, "get a c\r\n"),
+        (P1, "get b d\r\n"),
+        (P0, HEDGE_TIMER),
+        (P1, HEDGE_TIMER),
+    ]);
+    // P1 is on time: its timer sends nothing.
+    r.reply(
+        P1,
+        "get b d\r\n",
+        "VALUE b 0 1\r\n2\r\nVALUE d 0 1\r\n4\r\nEND\r\n",
+    );
+    fire(&mut r, P1);
+    // P0 is late: its keys go to their backup.
+    fire(&mut r, P0);
+    r.expect_pending(&[(P0, "get a c\r\n"), (B2, "get a c\r\n")]);
+    r.reply(
+        B2,
+        "get a c\r\n",
+        "VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n",
+    );
+    assert_eq!(
+        r.answer().as_deref(),
+        Some("VALUE a 0 1\r\n1\r\nVALUE b 0 1\r\n2\r\nVALUE c 0 1\r\n3\r\nVALUE d 0 1\r\n4\r\nEND\r\n")
+    );
+    assert_eq!(r.won, [P0]);
+    assert_eq!(r.hedged, [P0]);
+    // The late part is waited for, then dropped.
+    assert!(!r.m.is_done());
+    r.reply(P0, "get a c\r\n", "END\r\n");
+    r.assert_done();
+    assert_eq!(r.counts(), [("cmd_get", 4), ("get_hits", 4)]);
+    assert!(r.failovers.is_empty());
+}
+
+#[test]
+fn a_multi_get_hedge_goes_to_each_backup_of_the_late_part() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a e\r\n", &[RA, RE]);
+    fire(&mut r, P0);
+    r.expect_pending(&[(P0, "get a e\r\n"), (B2, "get a\r\n"), (B3, "get e\r\n")]);
+    // One backup's hit answers its key; the other key waits for P0.
+    r.reply(B2, "get a\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    assert!(r.answers.is_empty());
+    r.fail(B3, "get e\r\n", Failure::Closed);
+    assert!(r.answers.is_empty(), "e still waits for its primary");
+    r.reply(
+        P0,
+        "get a e\r\n",
+        "VALUE a 0 1\r\n1\r\nVALUE e 0 1\r\n5\r\nEND\r\n",
+    );
+    r.assert_done();
+    assert_eq!(
+        r.answer().as_deref(),
+        Some("VALUE a 0 1\r\n1\r\nVALUE e 0 1\r\n5\r\nEND\r\n")
+    );
+}
+
+#[test]
+fn a_multi_get_key_missing_on_one_replica_waits_for_the_other() {
+    let w = World::new().hedging(true);
+    // The backup lacks c, the primary has it.
+    let mut r = Run::start(&w, "get a c\r\n", &[RA, RA]);
+    fire(&mut r, P0);
+    r.reply(B2, "get a c\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    assert!(
+        r.answers.is_empty(),
+        "a miss does not answer while the primary may hit"
+    );
+    r.reply(
+        P0,
+        "get a c\r\n",
+        "VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n",
+    );
+    r.assert_done();
+    assert_eq!(
+        r.answer().as_deref(),
+        Some("VALUE a 0 1\r\n1\r\nVALUE c 0 1\r\n3\r\nEND\r\n")
+    );
+    // Both lack c: a miss, and no read-through of the backup that was asked.
+    let mut r = Run::start(&w, "get a c\r\n", &[RA, RA]);
+    fire(&mut r, P0);
+    r.reply(P0, "get a c\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    r.reply(B2, "get a c\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VALUE a 0 1\r\n1\r\nEND\r\n"));
+    assert_eq!(
+        r.counts(),
+        [("cmd_get", 2), ("get_hits", 1), ("get_misses", 1)]
+    );
+}
+
+#[test]
+fn a_multi_get_part_that_fails_while_hedged_is_not_retried_where_the_hedge_asked() {
+    let w = World::new().hedging(true);
+    let mut r = Run::start(&w, "get a c\r\n", &[RA, RA]);
+    fire(&mut r, P0);
+    r.fail(P0, "get a c\r\n", Failure::Timeout);
+    assert!(r.answers.is_empty(), "the hedge is still out");
+    r.reply(B2, "get a c\r\n", "VALUE c 0 1\r\n3\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.answer().as_deref(), Some("VALUE c 0 1\r\n3\r\nEND\r\n"));
+    // A hedge the budget refused leaves the keys to the usual failover.
+    let mut r = Run::start(&w, "get a c\r\n", &[RA, RA]);
+    r.refuse_hedges = true;
+    fire(&mut r, P0);
+    r.fail(P0, "get a c\r\n", Failure::Timeout);
+    r.expect_pending(&[(B2, "get a c\r\n")]);
+    r.reply(B2, "get a c\r\n", "VALUE a 0 1\r\n1\r\nEND\r\n");
+    r.assert_done();
+    assert_eq!(r.failovers, [P0, P0]);
 }
