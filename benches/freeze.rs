@@ -13,11 +13,14 @@
 //!
 //! ```text
 //! MEMRING_BIN=target/release/memring cargo bench --bench freeze -- [--rate 8000] [--duration 10s]
-//!     [--freeze 100ms] [--every 1s] [--hedge-budget 5%]
+//!     [--freeze 100ms] [--every 1s] [--hedge-budget 5%] [--rounds 3]
 //! ```
 //! Reported per run: p50, p99, p99.9 and max in microseconds, the hedges
 //! memring sent and won, and the upstream reads per client read (every
-//! memcached's `cmd_get`).
+//! memcached's `cmd_get`). Each round runs the three cases once, in an
+//! order rotated by round; the summary gives the medians over rounds of the
+//! issue's three ratios (frozen with hedging / no freezes: p99, p99.9 and
+//! upstream reads per read), each taken within its round.
 
 // Tests and benchmarks keep time themselves (clippy.toml holds the library).
 #![allow(clippy::disallowed_methods)]
@@ -46,6 +49,7 @@ struct Opts {
     every: Duration,
     /// memring's `--hedge-budget`.
     budget: String,
+    rounds: usize,
 }
 
 fn parse_duration(s: &str) -> Duration {
@@ -70,6 +74,7 @@ fn opts() -> Opts {
         freeze: Duration::from_millis(100),
         every: Duration::from_secs(1),
         budget: "5%".to_string(),
+        rounds: 3,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -81,6 +86,7 @@ fn opts() -> Opts {
             "--freeze" => o.freeze = parse_duration(&val()),
             "--every" => o.every = parse_duration(&val()),
             "--hedge-budget" => o.budget = val(),
+            "--rounds" => o.rounds = val().parse::<usize>().expect("--rounds N").max(1),
             _ => {}
         }
     }
@@ -243,18 +249,32 @@ fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
     }
 }
 
+/// The three cases of a round: name, hedging, freezing.
+const CASES: [(&str, bool, bool); 3] = [
+    ("no freezes, hedging on", true, false),
+    ("freezes, hedging on", true, true),
+    ("freezes, hedging off", false, true),
+];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn main() {
     let o = opts();
     println!(
         "freeze: 3 primaries + 3 backups, one memring core; {} gets/s offered by {CLIENTS} \
-         connections, spread; {} runs; freezes of {:?} every {:?} on the first primary",
+         connections, spread; {} runs, {} rounds; freezes of {:?} every {:?} on the first primary",
         o.rate,
         humantime(o.duration),
+        o.rounds,
         o.freeze,
         o.every
     );
     println!(
-        "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "{:<5} {:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "round",
         "run",
         "gets/s",
         "p50 us",
@@ -266,25 +286,55 @@ fn main() {
         "skipped",
         "up/read"
     );
-    for (name, hedge, freezing) in [
-        ("no freezes, hedging on", true, false),
-        ("freezes, hedging on", true, true),
-        ("freezes, hedging off", false, true),
-    ] {
-        let r = run(&o, hedge, freezing);
-        let q = |x: f64| r.hist.value_at_quantile(x);
+    // Per round, per case: p99, p99.9, upstream reads per read.
+    let mut got: Vec<[(f64, f64, f64); 3]> = Vec::with_capacity(o.rounds);
+    for round in 0..o.rounds {
+        let mut this = [(0.0, 0.0, 0.0); 3];
+        for i in 0..CASES.len() {
+            let c = (i + round) % CASES.len();
+            let (name, hedge, freezing) = CASES[c];
+            let r = run(&o, hedge, freezing);
+            let q = |x: f64| r.hist.value_at_quantile(x);
+            let up = r.upstream_gets as f64 / r.gets.max(1) as f64;
+            println!(
+                "{:<5} {:<24} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10.3}",
+                round + 1,
+                name,
+                r.gets as f64 / o.duration.as_secs_f64(),
+                q(0.5),
+                q(0.99),
+                q(0.999),
+                r.hist.max(),
+                r.hedges_sent,
+                r.hedges_won,
+                r.hedges_skipped,
+                up
+            );
+            this[c] = (q(0.99) as f64, q(0.999) as f64, up);
+        }
+        got.push(this);
+    }
+    let ratio = |f: fn(&(f64, f64, f64)) -> f64, case: usize| {
+        median(got.iter().map(|r| f(&r[case]) / f(&r[0])).collect())
+    };
+    println!(
+        "medians over {} rounds of (frozen / no freezes), each within its round:",
+        o.rounds
+    );
+    for (case, target) in [(1, true), (2, false)] {
+        let (p99, p999, up) = (
+            ratio(|r| r.0, case),
+            ratio(|r| r.1, case),
+            ratio(|r| r.2, case),
+        );
+        let mark = |ok: bool| if !target { "" } else if ok { " (met)" } else { " (NOT met)" };
         println!(
-            "{:<28} {:>9.0} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10.3}",
-            name,
-            r.gets as f64 / o.duration.as_secs_f64(),
-            q(0.5),
-            q(0.99),
-            q(0.999),
-            r.hist.max(),
-            r.hedges_sent,
-            r.hedges_won,
-            r.hedges_skipped,
-            r.upstream_gets as f64 / r.gets.max(1) as f64
+            "  {:<22} p99 {p99:.2}x{} (target <= 1.5x), p99.9 {p999:.2}x{} (<= 3x), \
+             upstream reads {up:.3}x{} (<= 1.06x)",
+            CASES[case].0,
+            mark(p99 <= 1.5),
+            mark(p999 <= 3.0),
+            mark(up <= 1.06),
         );
     }
 }
