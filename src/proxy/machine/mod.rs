@@ -552,7 +552,9 @@ pub enum Effect {
 #[derive(Debug)]
 pub enum Hedge {
     /// The read on `primary` is hedgeable: the outcome of `call` (always
-    /// `Ok`, an empty reply) comes once `primary`'s hedge delay has passed.
+    /// `Ok`, an empty reply) comes once `primary`'s hedge delay has passed,
+    /// if the machine is not done by then (a finished machine's timers are
+    /// dropped unfired: a machine does not wait for its timers).
     Timer {
         /// Names the wait in the outcome.
         call: CallId,

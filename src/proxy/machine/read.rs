@@ -464,9 +464,9 @@ impl GetOne {
     }
 
     pub(super) fn is_done(&self) -> bool {
-        // A timer or a hedge still out is waited for.
-        matches!(self.stage, GetStage::Done)
-            && matches!(self.hedge, HedgeState::Off | HedgeState::Missed(_))
+        // A hedge still out is waited for; a timer is not (the engine
+        // drops the timers of finished requests unfired).
+        matches!(self.stage, GetStage::Done) && !matches!(self.hedge, HedgeState::Sent(_))
     }
 }
 
@@ -951,8 +951,8 @@ impl GetMany {
     }
 
     pub(super) fn is_done(&self) -> bool {
-        // Timers and late parts are waited for, as for a get of one key.
-        self.stage == ManyStage::Done && self.hedges.is_empty() && self.late.is_empty()
+        // Late parts are waited for, timers not (see `GetOne`).
+        self.stage == ManyStage::Done && self.round_over() && self.late.is_empty()
     }
 }
 
@@ -1206,8 +1206,7 @@ impl MetaRead {
     }
 
     pub(super) fn is_done(&self) -> bool {
-        // A timer or a hedge still out is waited for.
-        matches!(self.stage, MetaStage::Done)
-            && matches!(self.hedge, MetaHedge::Off | MetaHedge::Missed(_))
+        // A hedge still out is waited for, a timer is not (see `GetOne`).
+        matches!(self.stage, MetaStage::Done) && !matches!(self.hedge, MetaHedge::Sent(_))
     }
 }

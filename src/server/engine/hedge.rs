@@ -37,11 +37,6 @@ impl Hedges {
         }
     }
 
-    /// When the first timer is due.
-    pub(super) fn next_due(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, ..))| *at)
-    }
-
     /// A reply of `server` took `took`.
     pub(super) fn observe(&mut self, server: ServerId, took: Duration, now: Instant) {
         self.delays.observe(server.index(), took, now);
@@ -117,17 +112,38 @@ impl Core {
         }
     }
 
-    /// Hand every due timer to its request, if that request still waits;
-    /// returns when the next one is due.
-    pub(super) fn fire_hedge_timers(&mut self, cx: &Ctx) -> Option<Instant> {
+    /// Whether the request in slot `r` armed at `seq` still waits for its
+    /// timers (a finished machine does not: they are dropped unfired).
+    fn waits(&self, r: usize, seq: u64) -> bool {
+        self.reqs
+            .get(r)
+            .is_some_and(|s| s.seq == seq && !s.machine.is_done())
+    }
+
+    /// When the first timer a request still waits for is due. Timers of
+    /// finished requests are dropped on the way, so that they never wake the
+    /// loop: most reads are answered well before their hedge delay.
+    pub(super) fn next_hedge_due(&mut self) -> Option<Instant> {
         // Bounded by the timers armed.
-        while let Some(&Reverse((at, seq, r, call))) = self.hedges.timers.peek() {
-            if at > cx.now {
+        while let Some(&Reverse((at, seq, r, _))) = self.hedges.timers.peek() {
+            if self.waits(r, seq) {
                 return Some(at);
             }
             self.hedges.timers.pop();
-            if let Some(slot) = self.reqs.get_mut(r) {
-                if slot.seq == seq && !slot.machine.is_done() {
+        }
+        None
+    }
+
+    /// Hand every due timer to its request, if that request still waits.
+    pub(super) fn fire_hedge_timers(&mut self, cx: &Ctx) {
+        // Bounded by the timers armed.
+        while let Some(&Reverse((at, seq, r, call))) = self.hedges.timers.peek() {
+            if at > cx.now {
+                return;
+            }
+            self.hedges.timers.pop();
+            if self.waits(r, seq) {
+                if let Some(slot) = self.reqs.get_mut(r) {
                     // Counted like a call, so the slot lives until the
                     // outcome is handed over.
                     slot.outstanding += 1;
@@ -135,6 +151,5 @@ impl Core {
                 }
             }
         }
-        None
     }
 }

@@ -127,10 +127,11 @@ impl Tracked {
                 // A section, or a hedge timer: granted at its turn.
                 Effect::Exclusive { call, .. } | Effect::Hedge(Hedge::Timer { call, .. }) => {
                     prop_assert!(!self.pending.iter().any(|s| s.call == call));
+                    let timer = matches!(e, Effect::Hedge(_));
                     self.pending.push(Sent {
                         call,
                         server: ServerId(0),
-                        bytes: Vec::new(),
+                        bytes: if timer { TIMER.to_vec() } else { Vec::new() },
                         expect: Expect::Line,
                         section: true,
                     });
@@ -163,16 +164,24 @@ impl Tracked {
         Ok(())
     }
 
-    /// Done means nothing in flight; not done means something in flight.
-    fn check(&self) -> Result<(), TestCaseError> {
+    /// Done means nothing in flight but hedge timers (which a machine does
+    /// not wait for, and the engine drops once it is done); not done means
+    /// something else in flight.
+    fn check(&mut self) -> Result<(), TestCaseError> {
         prop_assert_eq!(
             self.m.is_done(),
-            self.pending.is_empty(),
+            self.pending.iter().all(|s| s.bytes == TIMER),
             "done iff no call in flight"
         );
+        if self.m.is_done() {
+            self.pending.clear();
+        }
         Ok(())
     }
 }
+
+/// How a hedge timer shows among the calls in flight.
+const TIMER: &[u8] = b"hedge timer";
 
 /// Most outcomes any request needs: a 4-key multi-get takes 2 fetch rounds,
 /// read-throughs, touches and their repairs (4 calls each).
