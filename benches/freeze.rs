@@ -327,7 +327,15 @@ fn main() {
             ratio(|r| r.1, case),
             ratio(|r| r.2, case),
         );
-        let mark = |ok: bool| if !target { "" } else if ok { " (met)" } else { " (NOT met)" };
+        let mark = |ok: bool| {
+            if !target {
+                ""
+            } else if ok {
+                " (met)"
+            } else {
+                " (NOT met)"
+            }
+        };
         println!(
             "  {:<22} p99 {p99:.2}x{} (target <= 1.5x), p99.9 {p999:.2}x{} (<= 3x), \
              upstream reads {up:.3}x{} (<= 1.06x)",

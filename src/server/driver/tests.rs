@@ -453,6 +453,26 @@ fn wait_timeout<D: Driver>() {
     assert!(out.is_empty(), "{}: {out:?}", D::NAME);
 }
 
+/// An alarm wakes a wait with a long timeout, and brings nothing for the
+/// caller; a later alarm is covered by the one armed.
+fn alarm_wakes_a_long_wait<D: Driver>() {
+    let mut h = Harness::<D>::new(&config());
+    let t0 = Instant::now();
+    if !h.d.alarm(t0, Duration::from_millis(20)) {
+        // Its caller shortens the wait instead.
+        assert_eq!(D::NAME, "epoll", "only epoll has no alarms");
+        return;
+    }
+    assert!(h.d.alarm(t0, Duration::from_millis(500)), "covered");
+    let mut out = Vec::new();
+    h.d.wait(Some(Duration::from_secs(60)), &mut out)
+        .expect("wait");
+    assert!(out.is_empty(), "the alarm is the driver's own: {out:?}");
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(20), "woke after {took:?}");
+    assert!(took < Duration::from_secs(60), "the alarm woke the wait");
+}
+
 /// More operations than the submission queue holds and more completions
 /// than the completion queue holds, in one turn.
 fn many_connections<D: Driver>() {
@@ -595,6 +615,7 @@ for_both!(
     connect,
     cancel_then_rearm,
     wait_timeout,
+    alarm_wakes_a_long_wait,
     many_connections,
     shutdown_listener,
     drop_releases_listener,

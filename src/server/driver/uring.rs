@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::ptr;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::types::{BufRingEntry, CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, CompletionQueue, EnterFlags, IoUring, SubmissionQueue};
@@ -57,7 +57,16 @@ enum InFlight {
     Connect {
         _addr: Box<SockAddr>,
     },
+    /// A wake-up ([`Driver::alarm`]): the kernel reads the timespec when
+    /// the entry is submitted.
+    Alarm {
+        _ts: Box<Timespec>,
+        at: Instant,
+    },
 }
+
+/// Wake-ups armed at once at most; past them, the caller shortens its wait.
+const MAX_ALARMS: u8 = 4;
 
 /// The first flag set. With `DEFER_TASKRUN`, completions wait as task work
 /// until the loop enters the kernel; `TASKRUN_FLAG` makes the kernel say so
@@ -109,6 +118,9 @@ pub(crate) struct UringDriver {
     spare_msgs: Vec<Box<libc::msghdr>>,
     /// The ring has `TASKRUN_FLAG`: the kernel flags pending completions.
     flags_pending: bool,
+    /// The earliest wake-up armed and not yet come, and how many are armed.
+    alarm_at: Option<Instant>,
+    alarms: u8,
     describe: String,
 }
 
@@ -248,6 +260,15 @@ impl UringDriver {
                 }
             }
             InFlight::Send { .. } | InFlight::Connect { .. } => more = false,
+            InFlight::Alarm { at, .. } => {
+                // The driver's own: it only woke the loop.
+                self.ops.remove(key);
+                self.alarms = self.alarms.saturating_sub(1);
+                if self.alarm_at == Some(at) {
+                    self.alarm_at = None;
+                }
+                return None;
+            }
         }
         if !more {
             if let InFlight::Send { msg: Some(msg) } = self.ops.remove(key).kind {
@@ -328,6 +349,8 @@ impl Driver for UringDriver {
             pending: Vec::new(),
             spare_msgs: Vec::new(),
             flags_pending: flags == TASKRUN_FLAGS,
+            alarm_at: None,
+            alarms: 0,
             describe: format!(
                 "{flags}, sq {sq_entries}, cq {cq_entries}, {} ring fd",
                 if registered {
@@ -455,6 +478,23 @@ impl Driver for UringDriver {
         }
         // SAFETY: the caller owns `fd` and has no operation on it in flight.
         unsafe { libc::close(fd) };
+    }
+
+    fn alarm(&mut self, now: Instant, after: Duration) -> bool {
+        let at = now + after;
+        if self.alarm_at.is_some_and(|a| a <= at) {
+            return true;
+        }
+        if self.alarms >= MAX_ALARMS {
+            return false;
+        }
+        let ts = Box::new(Timespec::from(after));
+        let sqe = opcode::Timeout::new(&*ts).build();
+        let ud = self.start(INTERNAL, InFlight::Alarm { _ts: ts, at });
+        self.push(sqe.user_data(ud));
+        self.alarms += 1;
+        self.alarm_at = Some(at);
+        true
     }
 
     fn maybe_ready(&mut self) -> bool {

@@ -458,9 +458,12 @@ pub(super) fn run_core<D: Driver>(
             }
         }
         st.flush(&mut d, &cx);
-        // Hedge timers armed after the tick looked.
-        if let Some(at) = st.hedges.next_due() {
-            timeout = timeout.min(at.saturating_duration_since(cx.now));
+        // Hedge timers (of requests still waiting after this turn).
+        if let Some(at) = st.next_hedge_due() {
+            let after = at.saturating_duration_since(cx.now);
+            if after.is_zero() || !d.alarm(cx.now, after) {
+                timeout = timeout.min(after);
+            }
         }
     }
 }
@@ -862,9 +865,7 @@ impl Core {
             self.poll_parked(cx);
             next = next.min(cx.now + PARK_POLL);
         }
-        if let Some(at) = self.fire_hedge_timers(cx) {
-            next = next.min(at);
-        }
+        self.fire_hedge_timers(cx);
         let cfg = &cx.topo.config;
         let threshold =
             (cfg.hot_keys && cfg.hot_key_threshold > 0).then_some(cfg.hot_key_threshold as f64);
