@@ -213,6 +213,9 @@ struct Opts {
     client_cpu: Option<usize>,
     server_cpu: Option<usize>,
     memring_threads: usize,
+    /// Give the memring targets a backup pool of three more memcached
+    /// (`-b`), which they write to and hedge onto.
+    backups: bool,
     /// Rounds of every (workload, target) run; medians are reported.
     rounds: usize,
     out_dir: PathBuf,
@@ -236,6 +239,8 @@ fn usage() -> &'static str {
      --arrivals spread|burst  exponential gaps on a timerfd (default), or bursts on 1 ms ticks\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
+     --backups              memring targets get three backups (-b) beside the pool\n\
+     MEMRING_ARGS, MEMRING_BASE_ARGS: extra flags for memring / memring-base\n\
      --out DIR              results directory (default bench-results/)"
 }
 
@@ -285,6 +290,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut spread = true;
     let (mut client_cpu, mut server_cpu) = (None, None);
     let mut memring_threads = 1;
+    let mut backups = false;
     let mut out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     let (mut conns, mut depth, mut keys, mut vsize, mut mix, mut mget, mut rate) =
         (None, None, None, None, None, None, None);
@@ -360,6 +366,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
             "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
             "--server-cpu" => server_cpu = Some(parse_num(&flag, &val)?),
             "--memring-threads" => memring_threads = parse_num(&flag, &val)?,
+            "--backups" => backups = true,
             "--rounds" => rounds = Some(parse_num::<usize>(&flag, &val)?.max(1)),
             "--out" => out_dir = PathBuf::from(val),
             "--conns" => conns = Some(parse_num::<usize>(&flag, &val)?.max(1)),
@@ -423,6 +430,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         client_cpu,
         server_cpu,
         memring_threads: memring_threads.max(1),
+        backups,
         rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
         out_dir,
         command,
@@ -2433,6 +2441,9 @@ fn machine_info(
         "client_cpu": client_cpu,
         "server_cpu": place.server_cpu,
         "memring_threads": opts.memring_threads,
+        "memring_backups": opts.backups,
+        "memring_args": std::env::var("MEMRING_ARGS").unwrap_or_default(),
+        "memring_base_args": std::env::var("MEMRING_BASE_ARGS").unwrap_or_default(),
         "memring_commit": git(&["rev-parse", "--short", "HEAD"]),
         "memring_dirty": !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
         "memcached": first_line(Path::new(MEMCACHED), &["-V"]),
@@ -2560,6 +2571,28 @@ fn run(opts: Opts) -> Result<(), String> {
             procs.push(p);
         }
     }
+    // memring's flags beyond the pool: the backups (`--backups`; their CPU
+    // counts as the pool's), then MEMRING_ARGS / MEMRING_BASE_ARGS.
+    let mut memring_extra: Vec<String> = Vec::new();
+    if opts.backups && needs_pool {
+        for i in 0..3 {
+            let (p, a) = start_memcached(&format!("memcached-backup{i}"), pool_place, &dir)?;
+            memring_extra.extend(["-b".to_string(), a.to_string()]);
+            pool_pids.push(p.pid());
+            procs.push(p);
+        }
+    }
+    let env_args = |var: &str| -> Vec<String> {
+        let mut v = memring_extra.clone();
+        v.extend(
+            std::env::var(var)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string),
+        );
+        v
+    };
+    let (main_args, base_args) = (env_args("MEMRING_ARGS"), env_args("MEMRING_BASE_ARGS"));
     for &t in &opts.targets {
         let started = match t {
             TargetKind::Direct => {
@@ -2605,17 +2638,16 @@ fn run(opts: Opts) -> Result<(), String> {
                 )
             }
             TargetKind::Memring | TargetKind::MemringEpoll => {
-                let extra: &[&str] = if t == TargetKind::MemringEpoll {
-                    &["--io-backend", "epoll"]
-                } else {
-                    &[]
-                };
+                let mut extra: Vec<&str> = main_args.iter().map(String::as_str).collect();
+                if t == TargetKind::MemringEpoll {
+                    extra.extend(["--io-backend", "epoll"]);
+                }
                 let bin = memring_bin();
                 bins.push(("memring_bin", bin.display().to_string()));
                 start_memring(
                     t.name(),
                     &bin,
-                    extra,
+                    &extra,
                     &pool,
                     opts.memring_threads,
                     place,
@@ -2627,10 +2659,11 @@ fn run(opts: Opts) -> Result<(), String> {
                 Some(bin) => {
                     let bin = PathBuf::from(bin);
                     bins.push(("memring_base_bin", bin.display().to_string()));
+                    let extra: Vec<&str> = base_args.iter().map(String::as_str).collect();
                     start_memring(
                         t.name(),
                         &bin,
-                        &[],
+                        &extra,
                         &pool,
                         opts.memring_threads,
                         place,
