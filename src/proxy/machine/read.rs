@@ -470,6 +470,25 @@ impl GetOne {
     }
 }
 
+/// One server's reply to part of a multi-get, framed into its VALUE blocks
+/// (`n`: how many are expected); `None` for an error or a garbled reply.
+fn values_part(r: Result<Reply, CallError>, n: usize) -> Option<PartReply> {
+    let frame = match r {
+        Ok(r) if !r.status.is_error() => r.frame,
+        _ => return None,
+    };
+    let mut items = Vec::with_capacity(n);
+    matches!(
+        frame_response(Expect::Values, &frame, usize::MAX, &mut items),
+        Ok(Framed::Complete { .. })
+    )
+    .then_some(PartReply {
+        frame,
+        items,
+        cursor: 0,
+    })
+}
+
 /// A multi-key retrieval: split per server, sent in parallel, merged back
 /// in the client's key order.
 #[derive(Debug)]
@@ -648,24 +667,11 @@ impl GetMany {
     /// Take one server's reply to its part: its VALUE blocks for the keys
     /// that were asked there in this round.
     fn part_done(&mut self, s: ServerId, r: Result<Reply, CallError>) {
-        let frame = match r {
-            Ok(r) if !r.status.is_error() => r.frame,
-            _ => return self.part_failed(s),
-        };
         let first = self.stage == ManyStage::First;
         let asked = |k: &KeyState| if first { k.target } else { k.retry };
         let n = self.keys.iter().filter(|k| asked(k) == Some(s)).count();
-        let mut items = Vec::with_capacity(n);
-        if !matches!(
-            frame_response(Expect::Values, &frame, usize::MAX, &mut items),
-            Ok(Framed::Complete { .. })
-        ) {
+        let Some(mut part) = values_part(r, n) else {
             return self.part_failed(s);
-        }
-        let mut part = PartReply {
-            frame,
-            items,
-            cursor: 0,
         };
         for (k, r) in self.keys.iter_mut().zip(self.req.keys()) {
             if asked(k) == Some(s) {
@@ -753,21 +759,8 @@ impl GetMany {
         r: Result<Reply, CallError>,
         cx: &mut Cx<'_>,
     ) {
-        let mut items = Vec::new();
-        let frame = match r {
-            Ok(r) if !r.status.is_error() => r.frame,
-            _ => return,
-        };
-        if !matches!(
-            frame_response(Expect::Values, &frame, usize::MAX, &mut items),
-            Ok(Framed::Complete { .. })
-        ) {
+        let Some(mut part) = values_part(r, 0) else {
             return;
-        }
-        let mut part = PartReply {
-            frame,
-            items,
-            cursor: 0,
         };
         let mut won = false;
         for (k, r) in self.keys.iter_mut().zip(self.req.keys()) {
