@@ -43,6 +43,10 @@ fn measure(extra: &[&str], what: &str) {
     let mut args = vec!["--threads", "1"];
     args.extend_from_slice(extra);
     let proxy = Memring::start_for(&[&servers[0], &servers[1]], &args);
+    measure_on(&proxy, what);
+}
+
+fn measure_on(proxy: &Memring, what: &str) {
     let mut c = proxy.client();
     let set = set_cmd("alloc:k", &[b'x'; 100]);
     assert_eq!(c.request(&set), b"STORED\r\n".to_vec());
@@ -84,4 +88,24 @@ fn steady_state_allocations_per_request_stay_bounded() {
 #[test]
 fn latency_recording_allocates_nothing_per_request() {
     measure(&["--latency-stats"], " with --latency-stats");
+}
+
+/// With a backup, every get arms a hedge timer (hedging is on by default)
+/// and every set is replicated: still nothing per get or set.
+#[test]
+fn with_a_backup_and_hedging_gets_and_sets_allocate_nothing() {
+    let (p, b) = (Memcached::start(), Memcached::start());
+    let (ps, bs) = (p.server_arg(), b.server_arg());
+    let proxy = Memring::start(&[
+        "-D",
+        "--bind",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "-s",
+        &ps,
+        "-b",
+        &bs,
+    ]);
+    measure_on(&proxy, " with a backup and hedging");
 }

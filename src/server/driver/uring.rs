@@ -57,16 +57,16 @@ enum InFlight {
     Connect {
         _addr: Box<SockAddr>,
     },
-    /// A wake-up ([`Driver::alarm`]): the kernel reads the timespec when
-    /// the entry is submitted.
+    /// A wake-up ([`Driver::alarm`]); its timespec is `alarm_ts[slot]`,
+    /// which the kernel reads when the entry is submitted.
     Alarm {
-        _ts: Box<Timespec>,
+        slot: u8,
         at: Instant,
     },
 }
 
 /// Wake-ups armed at once at most; past them, the caller shortens its wait.
-const MAX_ALARMS: u8 = 4;
+const MAX_ALARMS: usize = 4;
 
 /// The first flag set. With `DEFER_TASKRUN`, completions wait as task work
 /// until the loop enters the kernel; `TASKRUN_FLAG` makes the kernel say so
@@ -118,9 +118,13 @@ pub(crate) struct UringDriver {
     spare_msgs: Vec<Box<libc::msghdr>>,
     /// The ring has `TASKRUN_FLAG`: the kernel flags pending completions.
     flags_pending: bool,
-    /// The earliest wake-up armed and not yet come, and how many are armed.
+    /// The earliest wake-up armed and not yet come.
     alarm_at: Option<Instant>,
-    alarms: u8,
+    /// The armed wake-ups' timespecs (boxed: their address must not move
+    /// until the kernel has read them), and which slots are taken (a bit
+    /// each): arming one allocates nothing.
+    alarm_ts: Box<[Timespec; MAX_ALARMS]>,
+    alarm_taken: u8,
     describe: String,
 }
 
@@ -260,10 +264,10 @@ impl UringDriver {
                 }
             }
             InFlight::Send { .. } | InFlight::Connect { .. } => more = false,
-            InFlight::Alarm { at, .. } => {
+            InFlight::Alarm { slot, at } => {
                 // The driver's own: it only woke the loop.
                 self.ops.remove(key);
-                self.alarms = self.alarms.saturating_sub(1);
+                self.alarm_taken &= !(1 << slot);
                 if self.alarm_at == Some(at) {
                     self.alarm_at = None;
                 }
@@ -350,7 +354,8 @@ impl Driver for UringDriver {
             spare_msgs: Vec::new(),
             flags_pending: flags == TASKRUN_FLAGS,
             alarm_at: None,
-            alarms: 0,
+            alarm_ts: Box::new([Timespec::new(); MAX_ALARMS]),
+            alarm_taken: 0,
             describe: format!(
                 "{flags}, sq {sq_entries}, cq {cq_entries}, {} ring fd",
                 if registered {
@@ -485,14 +490,17 @@ impl Driver for UringDriver {
         if self.alarm_at.is_some_and(|a| a <= at) {
             return true;
         }
-        if self.alarms >= MAX_ALARMS {
+        let Some(slot) = (0..MAX_ALARMS as u8).find(|i| self.alarm_taken & (1 << i) == 0) else {
             return false;
-        }
-        let ts = Box::new(Timespec::from(after));
-        let sqe = opcode::Timeout::new(&*ts).build();
-        let ud = self.start(INTERNAL, InFlight::Alarm { _ts: ts, at });
+        };
+        let Some(ts) = self.alarm_ts.get_mut(usize::from(slot)) else {
+            return false;
+        };
+        *ts = Timespec::from(after);
+        let sqe = opcode::Timeout::new(ts).build();
+        let ud = self.start(INTERNAL, InFlight::Alarm { slot, at });
         self.push(sqe.user_data(ud));
-        self.alarms += 1;
+        self.alarm_taken |= 1 << slot;
         self.alarm_at = Some(at);
         true
     }
