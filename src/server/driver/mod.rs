@@ -122,7 +122,7 @@ pub(crate) trait Driver: Sized {
     /// then passes `after` as its wait's timeout). On io_uring an armed
     /// timeout operation, which stays armed across waits; a wait with a
     /// timeout shorter than the kernel's next tick programs the timer
-    /// hardware twice per sleep, which in a VM is two exits (measured: 18 %
+    /// hardware twice per sleep, which in a VM is two exits (measured: 20 %
     /// more CPU per request in the load bench's (a) with a hedge timer per
     /// get).
     fn alarm(&mut self, now: Instant, after: Duration) -> bool {
