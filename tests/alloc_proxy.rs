@@ -95,17 +95,6 @@ fn latency_recording_allocates_nothing_per_request() {
 #[test]
 fn with_a_backup_and_hedging_gets_and_sets_allocate_nothing() {
     let (p, b) = (Memcached::start(), Memcached::start());
-    let (ps, bs) = (p.server_arg(), b.server_arg());
-    let proxy = Memring::start(&[
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "-s",
-        &ps,
-        "-b",
-        &bs,
-    ]);
+    let proxy = Memring::start_with_backup(&p, &b, &["--threads", "1"]);
     measure_on(&proxy, " with a backup and hedging");
 }

@@ -26,21 +26,10 @@ fn write_keys(c: &mut Client, n: usize, round: u32) {
 /// memring in front of one primary and its backup, hedging with `extra`.
 fn pair(extra: &[&str]) -> (Memcached, Memcached, Memring) {
     let (p, b) = (Memcached::start(), Memcached::start());
-    let (ps, bs) = (p.server_arg(), b.server_arg());
     // A request timeout no test waits out: only a hedge answers quickly.
-    let mut args = vec![
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "-s",
-        &ps,
-        "-b",
-        &bs,
-        "--request-timeout",
-        "20s",
-    ];
+    let mut args = vec!["--request-timeout", "20s"];
     args.extend_from_slice(extra);
-    let proxy = Memring::start(&args);
+    let proxy = Memring::start_with_backup(&p, &b, &args);
     (p, b, proxy)
 }
 

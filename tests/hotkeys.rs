@@ -111,19 +111,8 @@ fn hits(m: &Memcached) -> u64 {
 #[test]
 fn a_hot_key_is_read_from_both_replicas_and_never_stale() {
     let (primary, backup) = (Memcached::start(), Memcached::start());
-    let (p, b) = (primary.server_arg(), backup.server_arg());
     // A low threshold: how fast this machine reads must not matter.
-    let proxy = Memring::start(&[
-        "-D",
-        "--bind",
-        "127.0.0.1:0",
-        "-s",
-        &p,
-        "-b",
-        &b,
-        "--hot-key-threshold",
-        "20",
-    ]);
+    let proxy = Memring::start_with_backup(&primary, &backup, &["--hot-key-threshold", "20"]);
     let mut c = proxy.client();
     seed(&mut c, b"v0");
     // Until the key is spread (at the sketch's next step).

@@ -475,6 +475,14 @@ impl Memring {
         Memring::start(&args)
     }
 
+    /// `memring -D --bind 127.0.0.1:0 -s <primary> -b <backup> <extra>`.
+    pub fn start_with_backup(primary: &Memcached, backup: &Memcached, extra: &[&str]) -> Memring {
+        let mut args = proxy_args(&[primary]);
+        args.extend(["-b".to_string(), backup.server_arg()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Memring::start(&args)
+    }
+
     /// Start memring with exactly `args` (plus `--io-backend $MEMRING_IO_BACKEND`
     /// when set); panics with its stderr if it exits or is not ready in time.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Memring {
