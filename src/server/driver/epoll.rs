@@ -10,7 +10,7 @@
 use std::io;
 use std::mem;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -22,6 +22,9 @@ use super::{errno_of, last_errno, Completion, Driver, DriverConfig};
 
 /// Syscall retries after EINTR before giving up with it.
 const EINTR_ROUNDS: usize = 16;
+
+/// The epoll token of the wake-up timer (no fd has this number).
+const ALARM: Token = Token(usize::MAX);
 
 /// A send waiting for the socket to take bytes.
 struct PendingSend {
@@ -59,9 +62,52 @@ pub(crate) struct EpollDriver {
     /// Completions produced but not yet handed out.
     done: Vec<Completion>,
     pool: Pool,
+    /// The wake-up timer ([`Driver::alarm`]), a timerfd in the epoll set,
+    /// made on first use; its expirations are read and bring the caller
+    /// nothing.
+    alarm: Option<OwnedFd>,
+    /// When it is set to go off (`None`: disarmed or gone off).
+    alarm_at: Option<Instant>,
 }
 
 impl EpollDriver {
+    /// The wake-up timer's fd, made and added to the epoll set on first
+    /// use; `None` if the kernel refuses.
+    fn alarm_fd(&mut self) -> Option<RawFd> {
+        if let Some(fd) = &self.alarm {
+            return Some(fd.as_raw_fd());
+        }
+        // SAFETY: timerfd_create has no memory arguments.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return None;
+        }
+        // SAFETY: `raw` is a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&raw), ALARM, Interest::READABLE)
+            .ok()?;
+        self.alarm = Some(fd);
+        Some(raw)
+    }
+
+    /// The wake-up timer went off: read its count (so that it can go off
+    /// again) and disarm the record of it.
+    fn alarm_rang(&mut self) {
+        if let Some(fd) = &self.alarm {
+            let mut count = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into `count`; nonblocking.
+            let _ = unsafe { libc::read(fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        }
+        self.alarm_at = None;
+    }
+
     /// The state of `fd`, created on first use.
     fn state(&mut self, fd: RawFd) -> Option<&mut FdState> {
         let i = usize::try_from(fd).ok()?;
@@ -458,11 +504,41 @@ impl Driver for EpollDriver {
             ready_spare: Vec::new(),
             done: Vec::new(),
             pool: Pool::new(cfg.buffers, cfg.buffer_size)?,
+            alarm: None,
+            alarm_at: None,
         })
     }
 
     fn describe(&self) -> String {
         "edge-triggered, read until EAGAIN".to_string()
+    }
+
+    fn alarm(&mut self, now: Instant, after: Duration) -> bool {
+        let at = now + after;
+        if self.alarm_at.is_some_and(|a| a <= at) {
+            return true;
+        }
+        let Some(fd) = self.alarm_fd() else {
+            return false;
+        };
+        // A zero it_value disarms: at least a nanosecond.
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: libc::c_long::from(after.subsec_nanos().max(u32::from(after.is_zero()))),
+            },
+        };
+        // SAFETY: `fd` is our timerfd; `spec` is a valid itimerspec and the
+        // old value is not asked for.
+        if unsafe { libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) } != 0 {
+            return false;
+        }
+        self.alarm_at = Some(at);
+        true
     }
 
     fn accept(&mut self, token: u64, listener: RawFd) {
@@ -575,7 +651,12 @@ impl Driver for EpollDriver {
                 Err(e) => return Err(e),
             }
             let mut woken = mem::take(&mut self.ready_spare);
+            let mut rang = false;
             for ev in self.events.iter() {
+                if ev.token() == ALARM {
+                    rang = true;
+                    continue;
+                }
                 let Ok(fd) = RawFd::try_from(ev.token().0) else {
                     continue;
                 };
@@ -599,6 +680,11 @@ impl Driver for EpollDriver {
             self.ready_spare = woken;
 
             out.append(&mut self.done);
+            if rang {
+                // The caller asked to be woken now, with or without news.
+                self.alarm_rang();
+                return Ok(());
+            }
             if out.len() > start || poll_for == Some(Duration::ZERO) {
                 return Ok(());
             }

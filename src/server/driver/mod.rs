@@ -120,15 +120,13 @@ pub(crate) trait Driver: Sized {
     /// Wake the loop `after` from `now` at the latest, without shortening
     /// every wait until then: `false` when the driver cannot (the caller
     /// then passes `after` as its wait's timeout). On io_uring an armed
-    /// timeout operation, which stays armed across waits; a wait with a
+    /// timeout operation, on epoll a timerfd in the set; either stays armed
+    /// across waits, and a wait it wakes returns early with nothing. A wait with a
     /// timeout shorter than the kernel's next tick programs the timer
     /// hardware twice per sleep, which in a VM is two exits (measured: 20 %
     /// more CPU per request in the load bench's (a) with a hedge timer per
     /// get).
-    fn alarm(&mut self, now: Instant, after: Duration) -> bool {
-        let _ = (now, after);
-        false
-    }
+    fn alarm(&mut self, now: Instant, after: Duration) -> bool;
 
     /// Whether a non-blocking [`Driver::wait`] may find completions: `false`
     /// only when the driver can tell cheaply (without a syscall) that none
