@@ -640,22 +640,27 @@ impl GetMany {
             let line = if whole {
                 self.req.bytes.clone()
             } else {
-                let mut line = BytesMut::with_capacity(64);
-                let keys = self
-                    .req
-                    .keys()
-                    .iter()
-                    .zip(&self.keys)
-                    .filter(|(_, k)| asked(k) == Some(s))
-                    .map(|(r, _)| self.req.bytes.get(r.clone()).unwrap_or_default());
-                compose::compose_retrieval(&mut line, self.req.r.verb, self.req.r.exptime, keys);
-                line.freeze()
+                self.part_line(|k| asked(k) == Some(s))
             };
             match cx.send_up(s, [line, Bytes::new()], Expect::Values) {
                 Some(call) => self.calls.push((call, s.0)),
                 None => self.part_failed(s),
             }
         }
+    }
+
+    /// The retrieval line for the keys `asked` picks, in request order.
+    fn part_line(&self, asked: impl Fn(&KeyState) -> bool) -> Bytes {
+        let mut line = BytesMut::with_capacity(64);
+        let keys = self
+            .req
+            .keys()
+            .iter()
+            .zip(&self.keys)
+            .filter(|(_, k)| asked(k))
+            .map(|(r, _)| self.req.bytes.get(r.clone()).unwrap_or_default());
+        compose::compose_retrieval(&mut line, self.req.r.verb, self.req.r.exptime, keys);
+        line.freeze()
     }
 
     fn part_failed(&mut self, s: ServerId) {
@@ -715,32 +720,18 @@ impl GetMany {
         if !self.part_out(primary) {
             return;
         }
+        // The backup a key of this part still waiting would be hedged to.
+        let to = |k: &KeyState| {
+            let wanted = k.target == Some(primary) && k.found.is_none() && k.hedged.is_none();
+            k.backup_of.filter(|_| wanted)
+        };
         // Bounded by the keys: each pass sends one backup's keys and marks them.
-        loop {
-            let next = self.keys.iter().find_map(|k| {
-                let b = k.backup_of?;
-                let wanted = k.target == Some(primary) && k.found.is_none() && k.hedged.is_none();
-                (wanted && cx.is_up(b)).then_some(b)
-            });
-            let Some(b) = next else { return };
-            let mut line = BytesMut::with_capacity(64);
-            let keys = self
-                .req
-                .keys()
-                .iter()
-                .zip(self.keys.iter_mut())
-                .filter(|(_, k)| {
-                    k.target == Some(primary)
-                        && k.found.is_none()
-                        && k.hedged.is_none()
-                        && k.backup_of == Some(b)
-                })
-                .map(|(r, k)| {
-                    k.hedged = Some(b);
-                    self.req.bytes.get(r.clone()).unwrap_or_default()
-                });
-            compose::compose_retrieval(&mut line, self.req.r.verb, self.req.r.exptime, keys);
-            let call = cx.hedge_send(b, primary, [line.freeze(), Bytes::new()], Expect::Values);
+        while let Some(b) = self.keys.iter().filter_map(to).find(|b| cx.is_up(*b)) {
+            let line = self.part_line(|k| to(k) == Some(b));
+            for k in self.keys.iter_mut().filter(|k| to(k) == Some(b)) {
+                k.hedged = Some(b);
+            }
+            let call = cx.hedge_send(b, primary, [line, Bytes::new()], Expect::Values);
             self.hedges.push(PartHedge {
                 call,
                 primary,
