@@ -35,7 +35,7 @@ use hdrhistogram::Histogram;
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{memcached, memring, stat, stats, Proc};
+use support::{memcached, memring, pin_self, stat, stats, Proc};
 
 /// Distinct keys, all written before measuring (every get hits).
 const KEYS: usize = 10_000;
@@ -149,7 +149,7 @@ struct Outcome {
 /// One run: a fresh pool and memring (`hedge` on or off), the load, and
 /// the freezer when `freezing`.
 fn run(o: &Opts, hedge: bool, freezing: bool) -> Outcome {
-    let (proxy_cpu, pool_cpu) = (1, 0);
+    let (proxy_cpu, pool_cpu) = (PROXY_CPU, POOL_CPU);
     let servers: Vec<(Proc, SocketAddr)> = (0..6).map(|_| memcached(pool_cpu)).collect();
     let addrs: Vec<SocketAddr> = servers.iter().map(|(_, a)| *a).collect();
     let flags = [
@@ -261,8 +261,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// The cores: memring alone on one; the pool and this load generator on
+/// the other.
+const PROXY_CPU: usize = 1;
+const POOL_CPU: usize = 0;
+
 fn main() {
     let o = opts();
+    pin_self(POOL_CPU);
     println!(
         "freeze: 3 primaries + 3 backups, one memring core; {} gets/s offered by {CLIENTS} \
          connections, spread; {} runs, {} rounds; freezes of {:?} every {:?} on the first primary",

@@ -31,6 +31,19 @@ pub fn wait_listening(addr: SocketAddr) {
     }
 }
 
+/// Pin the calling thread, and the threads it starts afterwards, to `cpu`
+/// (the load generator shares the pool's core, never the proxy's).
+pub fn pin_self(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it, and
+    // sched_setaffinity reads it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(rc, 0, "sched_setaffinity to cpu {cpu}");
+    }
+}
+
 /// `cmd` pinned to `cpu` with taskset.
 pub fn pinned(cpu: usize, program: &str) -> Command {
     let mut c = Command::new("taskset");
