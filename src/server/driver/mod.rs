@@ -125,7 +125,8 @@ pub(crate) trait Driver: Sized {
     /// timeout shorter than the kernel's next tick programs the timer
     /// hardware twice per sleep, which in a VM is two exits (measured: 20 %
     /// more CPU per request in the load bench's (a) with a hedge timer per
-    /// get).
+    /// get; the runs and their commands are in docs/benchmarks.md,
+    /// 2026-12-07 20:18 UTC).
     fn alarm(&mut self, now: Instant, after: Duration) -> bool;
 
     /// Whether a non-blocking [`Driver::wait`] may find completions: `false`

@@ -26,7 +26,8 @@
 //! read the requests. On io_uring the look is skipped when the ring says no
 //! completion is pending (`IORING_SQ_TASKRUN`, [`Driver::maybe_ready`]):
 //! with spread arrivals most looks found nothing, and skipping them cut
-//! `io_uring_enter` calls from 2.56 to 1.71 per request in (a).
+//! `io_uring_enter` calls from 2.56 to 1.71 per request in (a) (the
+//! command is in docs/benchmarks.md, 2026-12-07 20:18 UTC).
 //!
 //! Timeouts measure lack of progress: an upstream connection is stuck when
 //! the oldest request written on it has seen no reply bytes for the request
