@@ -37,6 +37,9 @@ use memring::protocol::{compose, frame_response, Expect, Framed, Status, ValueIt
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+#[path = "load/memtier.rs"]
+mod memtier;
+
 /// Largest reply data block the client accepts before calling framing lost.
 const MAX_VALUE: usize = 2 * 1024 * 1024;
 /// How long in-flight requests may take to drain after the measurement window.
@@ -210,6 +213,8 @@ struct Opts {
     /// by a high-resolution timer (timerfd), instead of bursts on tokio's
     /// 1 ms timer ticks.
     spread: bool,
+    /// The load generator: the harness's own, or memtier_benchmark.
+    driver: DriverKind,
     client_cpu: Option<usize>,
     server_cpu: Option<usize>,
     memring_threads: usize,
@@ -221,6 +226,15 @@ struct Opts {
     out_dir: PathBuf,
     /// The harness's own command line, recorded with the results.
     command: String,
+}
+
+/// Which load generator drives the workloads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DriverKind {
+    /// The harness's own (tokio; spread or bursty arrivals).
+    Own,
+    /// memtier_benchmark, a load generator memring did not write.
+    Memtier,
 }
 
 fn usage() -> &'static str {
@@ -237,6 +251,7 @@ fn usage() -> &'static str {
      --pool-on-proxy-core   pin the memcached pools to the proxy's core (the old, flattering shape;\n\
                             default: the client's core, so the proxy has a core of its own)\n\
      --arrivals spread|burst  exponential gaps on a timerfd (default), or bursts on 1 ms ticks\n\
+     --driver own|memtier   the harness's driver (default) or memtier_benchmark (MEMTIER_BIN or PATH)\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
      --backups              memring targets get three backups (-b) beside the pool\n\
@@ -288,6 +303,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut pin = true;
     let mut pool_on_client = true;
     let mut spread = true;
+    let mut driver = DriverKind::Own;
     let (mut client_cpu, mut server_cpu) = (None, None);
     let mut memring_threads = 1;
     let mut backups = false;
@@ -323,6 +339,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                 | "--get-set"
                 | "--multiget"
                 | "--rate"
+                | "--driver"
         );
         let val = if takes_value {
             match inline.or_else(|| it.next()) {
@@ -361,6 +378,13 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                     "spread" => true,
                     "burst" => false,
                     other => return Err(format!("--arrivals {other}: expected spread or burst")),
+                }
+            }
+            "--driver" => {
+                driver = match val.as_str() {
+                    "own" => DriverKind::Own,
+                    "memtier" => DriverKind::Memtier,
+                    other => return Err(format!("--driver {other}: expected own or memtier")),
                 }
             }
             "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
@@ -427,6 +451,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         pin,
         pool_on_client,
         spread,
+        driver,
         client_cpu,
         server_cpu,
         memring_threads: memring_threads.max(1),
@@ -1971,6 +1996,17 @@ fn summarize(opts: &Opts, targets: &[TargetKind], results: &[RunResult]) -> Vec<
 // Output
 // ---------------------------------------------------------------------------
 
+/// How requests arrive, by the driver that sends them.
+fn arrivals(opts: &Opts) -> &'static str {
+    match (opts.driver, opts.spread) {
+        (DriverKind::Memtier, _) => {
+            "memtier_benchmark's: per connection, trains of rate/50 every 20 ms"
+        }
+        (DriverKind::Own, true) => "spread (exponential gaps per connection)",
+        (DriverKind::Own, false) => "in 1 ms bursts",
+    }
+}
+
 fn print_table(opts: &Opts, sums: &[Summary]) {
     println!();
     println!(
@@ -1986,11 +2022,7 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
         } else {
             "proxy's (flattering)"
         },
-        if opts.spread {
-            "spread"
-        } else {
-            "in 1 ms bursts"
-        }
+        arrivals(opts)
     );
     println!(
         "{:<3} {:<13} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>6} {:>6} {:>8} {:>5} {:>5} {:>5}  note",
@@ -2189,7 +2221,11 @@ fn write_json(
         "warmup_s": opts.warmup.as_secs_f64(),
         "quick": opts.quick,
         "pool_on_client_core": opts.pool_on_client,
-        "arrivals": if opts.spread { "spread" } else { "burst" },
+        "driver": match opts.driver {
+            DriverKind::Own => "own",
+            DriverKind::Memtier => "memtier_benchmark",
+        },
+        "arrivals": arrivals(opts),
         "machine": machine,
         "workloads": workloads,
         "summary": summary,
@@ -2522,6 +2558,14 @@ fn run(opts: Opts) -> Result<(), String> {
         humantime(opts.duration)
     );
 
+    let memtier_bin = match opts.driver {
+        DriverKind::Own => None,
+        DriverKind::Memtier => {
+            let bin = memtier::bin()?;
+            println!("load: driver {}", first_line(&bin, &["--version"]));
+            Some(bin)
+        }
+    };
     let dir = std::env::temp_dir().join(format!("memring-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
 
@@ -2531,6 +2575,9 @@ fn run(opts: Opts) -> Result<(), String> {
     let mut pool: Vec<SocketAddr> = Vec::new();
     let mut pool_pids: Vec<u32> = Vec::new();
     let mut bins: Vec<(&'static str, String)> = Vec::new();
+    if let Some(bin) = &memtier_bin {
+        bins.push(("memtier", first_line(bin, &["--version"])));
+    }
     let pool_place = if opts.pool_on_client {
         Placement {
             server_cpu: client_cpu,
@@ -2741,7 +2788,13 @@ fn run(opts: Opts) -> Result<(), String> {
                     Ok(live) => {
                         print!("load: round {} {} {:<13} ... ", round + 1, w.id, t.name());
                         let _ = io::Write::flush(&mut io::stdout());
-                        match run_one(&rt, w, live, round == 0, &watched, &opts) {
+                        let ran = match &memtier_bin {
+                            None => run_one(&rt, w, live, round == 0, &watched, &opts),
+                            Some(bin) => {
+                                memtier::run_one(bin, w, live, round == 0, &watched, &opts, &dir)
+                            }
+                        };
+                        match ran {
                             Ok(s) => {
                                 println!(
                                     "{:.0} ops/s, p99 {:.1} us, {:.2} us/req",
