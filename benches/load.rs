@@ -69,7 +69,7 @@ struct Workload {
     /// Preset letter (`a`..`e`).
     id: char,
     /// One-line description for the table and the plot.
-    name: &'static str,
+    name: String,
     /// Client connections.
     conns: usize,
     /// Requests in flight per connection (1 = no pipelining).
@@ -95,7 +95,7 @@ struct Workload {
 fn presets() -> Vec<Workload> {
     let base = Workload {
         id: 'a',
-        name: "50 conns, get:set 9:1, 100 B, 20k req/s",
+        name: "50 conns, get:set 9:1, 100 B, 20k req/s".into(),
         conns: 50,
         depth: 1,
         keys: 10_000,
@@ -109,21 +109,21 @@ fn presets() -> Vec<Workload> {
         base.clone(),
         Workload {
             id: 'b',
-            name: "50 conns, pipeline depth 16, 9:1, 100 B, 60k req/s",
+            name: "50 conns, pipeline depth 16, 9:1, 100 B, 60k req/s".into(),
             depth: 16,
             rate: Some(60_000.0),
             ..base.clone()
         },
         Workload {
             id: 'c',
-            name: "50 conns, 10-key multi-gets, 9:1, 100 B, 10k req/s",
+            name: "50 conns, 10-key multi-gets, 9:1, 100 B, 10k req/s".into(),
             multiget: 10,
             rate: Some(10_000.0),
             ..base.clone()
         },
         Workload {
             id: 'd',
-            name: "50 conns, 16 KB values, 9:1, 15k req/s",
+            name: "50 conns, 16 KB values, 9:1, 15k req/s".into(),
             value_size: 16 * 1024,
             keys: 2_000,
             rate: Some(15_000.0),
@@ -131,7 +131,7 @@ fn presets() -> Vec<Workload> {
         },
         Workload {
             id: 'e',
-            name: "1000 mostly idle conns, 5000 req/s total",
+            name: "1000 mostly idle conns, 5000 req/s total".into(),
             conns: 1000,
             rate: Some(5000.0),
             ..base
@@ -223,6 +223,9 @@ struct Opts {
     backups: bool,
     /// Rounds of every (workload, target) run; medians are reported.
     rounds: usize,
+    /// `--sweep`: the workloads are the first selected one at each of
+    /// these offered rates, and a latency-against-load plot is written.
+    sweep: bool,
     out_dir: PathBuf,
     /// The harness's own command line, recorded with the results.
     command: String,
@@ -251,6 +254,8 @@ fn usage() -> &'static str {
      --pool-on-proxy-core   pin the memcached pools to the proxy's core (the old, flattering shape;\n\
                             default: the client's core, so the proxy has a core of its own)\n\
      --arrivals spread|burst  exponential gaps on a timerfd (default), or bursts on 1 ms ticks\n\
+     --sweep R1,R2,...      the first workload at each offered rate (req/s): the latency-against-load\n\
+                            curve (latest-curve.svg), up to saturation\n\
      --driver own|memtier   the harness's driver (default) or memtier_benchmark (MEMTIER_BIN or PATH)\n\
      --client-cpu N --server-cpu N   cores to pin to (default: first two allowed)\n\
      --memring-threads N    memring --threads (default 1: one SUT core)\n\
@@ -304,6 +309,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
     let mut pool_on_client = true;
     let mut spread = true;
     let mut driver = DriverKind::Own;
+    let mut sweep: Option<Vec<f64>> = None;
     let (mut client_cpu, mut server_cpu) = (None, None);
     let mut memring_threads = 1;
     let mut backups = false;
@@ -340,6 +346,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                 | "--multiget"
                 | "--rate"
                 | "--driver"
+                | "--sweep"
         );
         let val = if takes_value {
             match inline.or_else(|| it.next()) {
@@ -387,6 +394,16 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
                     other => return Err(format!("--driver {other}: expected own or memtier")),
                 }
             }
+            "--sweep" => {
+                let rates = val
+                    .split(',')
+                    .map(|r| parse_num::<f64>(&flag, r.trim()))
+                    .collect::<Result<Vec<f64>, String>>()?;
+                if rates.is_empty() || rates.len() > 10 || rates.iter().any(|r| *r <= 0.0) {
+                    return Err("--sweep wants 1 to 10 rates above 0, e.g. 10000,20000".into());
+                }
+                sweep = Some(rates);
+            }
             "--client-cpu" => client_cpu = Some(parse_num(&flag, &val)?),
             "--server-cpu" => server_cpu = Some(parse_num(&flag, &val)?),
             "--memring-threads" => memring_threads = parse_num(&flag, &val)?,
@@ -432,6 +449,25 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
             w.rate = (r > 0.0).then_some(r);
         }
     }
+    if let Some(rates) = &sweep {
+        // One workload per rate, named by digit ('0'..'9'): its own corpus.
+        let base = workloads.swap_remove(0);
+        // The preset's name without its rate.
+        let shape = match base.name.rsplit_once(", ") {
+            Some((head, rate)) if rate.ends_with("req/s") => head.to_string(),
+            _ => base.name.clone(),
+        };
+        workloads = rates
+            .iter()
+            .zip('0'..='9')
+            .map(|(&r, id)| Workload {
+                id,
+                name: format!("{} at {r:.0} req/s: {}", base.id, shape),
+                rate: Some(r),
+                ..base.clone()
+            })
+            .collect();
+    }
     let duration = duration.unwrap_or(if quick {
         Duration::from_secs(1)
     } else {
@@ -457,6 +493,7 @@ fn parse_opts(args: Vec<String>) -> Result<Opts, String> {
         memring_threads: memring_threads.max(1),
         backups,
         rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
+        sweep: sweep.is_some(),
         out_dir,
         command,
     })
@@ -2416,6 +2453,127 @@ fn write_svg(path: &Path, opts: &Opts, sums: &[Summary]) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
+/// The sweep's plot: p50 and p99 against offered rate (log axis), and the
+/// proxy's CPU per request against offered rate, one line per target. A
+/// point where the target fell below 97 % of the offered rate is a cross:
+/// past saturation.
+fn write_curve_svg(path: &Path, opts: &Opts, sums: &[Summary]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1100, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((1, 2));
+    // (target, [(offered, stats)]) in rate order.
+    let mut lines: Vec<(&'static str, Vec<(f64, &RunStats)>)> = Vec::new();
+    for t in TargetKind::ALL.iter().map(|t| t.name()) {
+        let pts: Vec<(f64, &RunStats)> = opts
+            .workloads
+            .iter()
+            .filter_map(|w| {
+                let s = sums.iter().find(|s| s.workload == w.id && s.target == t)?;
+                Some((w.rate?, s.stats.as_ref()?))
+            })
+            .collect();
+        if !pts.is_empty() {
+            lines.push((t, pts));
+        }
+    }
+    let all = || lines.iter().flat_map(|(_, p)| p.iter());
+    let x_hi = all().map(|(r, _)| *r).fold(1.0, f64::max) * 1.05;
+    let lat_lo = all()
+        .map(|(_, s)| s.lat_us[0].max(1.0))
+        .fold(f64::MAX, f64::min);
+    let lat_hi = all().map(|(_, s)| s.lat_us[2]).fold(10.0, f64::max);
+    let cpu_hi = all().map(|(_, s)| s.us_per_req).fold(1.0, f64::max);
+    let saturated = |r: f64, s: &RunStats| s.ops_per_sec < 0.97 * r;
+    let krate = |x: &f64| format!("{:.0}k", x / 1000.0);
+
+    let mut lat = ChartBuilder::on(&panels[0])
+        .caption(
+            format!(
+                "p99 (solid) and p50 (thin) against offered load, medians of {} round(s)",
+                opts.rounds
+            ),
+            ("sans-serif", 13),
+        )
+        .margin(10)
+        .x_label_area_size(32)
+        .y_label_area_size(55)
+        .build_cartesian_2d(
+            0f64..x_hi,
+            (lat_lo.min(lat_hi) * 0.8..lat_hi * 1.3).log_scale(),
+        )
+        .map_err(|e| e.to_string())?;
+    lat.configure_mesh()
+        .x_desc("offered requests/s")
+        .x_label_formatter(&krate)
+        .y_desc("latency (us)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    let mut cpu = ChartBuilder::on(&panels[1])
+        .caption(
+            "proxy CPU per request against offered load",
+            ("sans-serif", 13),
+        )
+        .margin(10)
+        .x_label_area_size(32)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..x_hi, 0f64..cpu_hi * 1.3)
+        .map_err(|e| e.to_string())?;
+    cpu.configure_mesh()
+        .x_desc("offered requests/s")
+        .x_label_formatter(&krate)
+        .y_desc("us / request")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (t, pts) in &lines {
+        let color = color_of(t);
+        let mark = |x: f64, y: f64, s: &RunStats| -> DynElement<SVGBackend, (f64, f64)> {
+            if saturated(x, s) {
+                Cross::new((x, y), 5, color.stroke_width(2)).into_dyn()
+            } else {
+                Circle::new((x, y), 3, color.filled()).into_dyn()
+            }
+        };
+        let p99: Vec<(f64, f64)> = pts.iter().map(|(r, s)| (*r, s.lat_us[2])).collect();
+        let p50: Vec<(f64, f64)> = pts.iter().map(|(r, s)| (*r, s.lat_us[0])).collect();
+        lat.draw_series(LineSeries::new(p99, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(t.to_string())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+            });
+        lat.draw_series(LineSeries::new(p50, color.stroke_width(1)))
+            .map_err(|e| e.to_string())?;
+        lat.draw_series(pts.iter().map(|(r, s)| mark(*r, s.lat_us[2], s)))
+            .map_err(|e| e.to_string())?;
+        let us: Vec<(f64, f64)> = pts.iter().map(|(r, s)| (*r, s.us_per_req)).collect();
+        cpu.draw_series(LineSeries::new(us, color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(t.to_string())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+            });
+        cpu.draw_series(pts.iter().map(|(r, s)| mark(*r, s.us_per_req, s)))
+            .map_err(|e| e.to_string())?;
+    }
+    lat.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .label_font(("sans-serif", 11))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    cpu.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .label_font(("sans-serif", 11))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
 /// First line of a command's output (stdout, then stderr), or "".
 fn first_line(bin: &Path, args: &[&str]) -> String {
     Command::new(bin)
@@ -2840,6 +2998,11 @@ fn run(opts: Opts) -> Result<(), String> {
     )
     .map_err(|e| format!("json: {e}"))?;
     write_svg(&base.with_extension("svg"), &opts, &sums).map_err(|e| format!("svg: {e}"))?;
+    if opts.sweep {
+        let curve = opts.out_dir.join("latest-curve.svg");
+        write_curve_svg(&curve, &opts, &sums).map_err(|e| format!("curve svg: {e}"))?;
+        println!("load: wrote {}", curve.display());
+    }
     println!("load: command: {}", opts.command);
     println!(
         "load: wrote {}.{{csv,json,svg}} in {:.1}s total",
