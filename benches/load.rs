@@ -2121,8 +2121,14 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
         if opts.rounds > 1 && !by_round.is_empty() {
             println!("    us/req by round: {}", by_round.join(" | "));
         }
+        if let Some(line) = against_peers(w.id, sums) {
+            println!("    {line}");
+        }
     }
     println!();
+    println!(
+        "targets (issue 18): memring's CPU per request below nutcracker's and memcached's          proxy's; its p99 at most 1.1x the best peer's (medians above)."
+    );
     println!(
         "segs/req = TCP data segments the proxy sent to its pool per client request (ss \
          data_segs_out), about its upstream sends per request."
@@ -2136,6 +2142,44 @@ fn print_table(opts: &Opts, sums: &[Summary]) {
          competed; rerun. below offered rate: the target did not keep up, so its us/req is not \
          at the fixed rate."
     );
+}
+
+/// memring against its peers (nutcracker, memcached's proxy) in workload
+/// `wl`: CPU per request over each peer's and p99 over the best peer's,
+/// each marked met or not against issue 18's targets. `None` without
+/// memring or without a peer in the run.
+fn against_peers(wl: char, sums: &[Summary]) -> Option<String> {
+    let stats = |t: &str| {
+        sums.iter()
+            .find(|s| s.workload == wl && s.target == t)?
+            .stats
+            .as_ref()
+    };
+    let me = stats("memring")?;
+    let peers: Vec<(&str, &RunStats)> = ["nutcracker", "mcproxy"]
+        .into_iter()
+        .filter_map(|t| Some((t, stats(t)?)))
+        .collect();
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut parts: Vec<String> = peers
+        .iter()
+        .map(|(t, p)| {
+            let r = me.us_per_req / p.us_per_req;
+            format!("CPU {r:.3}x {t} ({})", verdict(r < 1.0))
+        })
+        .collect();
+    let best = peers
+        .iter()
+        .map(|(_, p)| p.lat_us[2])
+        .fold(f64::INFINITY, f64::min);
+    if best.is_finite() {
+        let r = me.lat_us[2] / best;
+        parts.push(format!(
+            "p99 {r:.2}x the best peer's ({})",
+            verdict(r <= 1.1)
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("memring: {}", parts.join(", ")))
 }
 
 fn write_csv(path: &Path, opts: &Opts, sums: &[Summary]) -> io::Result<()> {
