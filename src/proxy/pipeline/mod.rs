@@ -29,6 +29,9 @@ use crate::upstream::ServerId;
 /// Grow the read buffer by at least this much.
 const READ_STEP: usize = 64 * 1024;
 
+/// The least spare room a receive is given before the read buffer grows.
+const MIN_LANDING: usize = 4 * 1024;
+
 /// An empty read buffer larger than this is released when the connection idles.
 const IDLE_KEEP: usize = 1 << 20;
 
@@ -339,12 +342,59 @@ impl Pipeline {
         max_value: usize,
         items: &mut Vec<ValueItem>,
         outcomes: &mut VecDeque<Outcome>,
-        mut latency: impl FnMut(Duration),
+        latency: impl FnMut(Duration),
     ) -> Result<bool, Fault> {
         if self.rbuf.capacity() - self.rbuf.len() < bytes.len() {
             self.rbuf.reserve(bytes.len().max(READ_STEP));
         }
         self.rbuf.extend_from_slice(bytes);
+        self.frame_all(now, max_value, items, outcomes, latency)
+    }
+
+    /// The memory the next receive should land in: the read buffer's spare
+    /// capacity (at least [`MIN_LANDING`] bytes; a large value's exact
+    /// buffer when one streams in), split off so that the kernel can write
+    /// it while the buffered bytes stay readable. Hand it back, filled, to
+    /// [`Pipeline::landed`]; until then the read buffer is not grown.
+    pub fn landing(&mut self) -> BytesMut {
+        self.release_idle();
+        let spare = self.rbuf.capacity() - self.rbuf.len();
+        // A reply whose end fits the room left is not moved to a larger
+        // buffer for want of a few KiB (a large value's exact buffer, near
+        // its end): the receive is shorter instead.
+        let fits = || reply_size_hint(&self.rbuf).is_some_and(|n| n <= self.rbuf.capacity());
+        if spare == 0 || (spare < MIN_LANDING && !fits()) {
+            self.rbuf.reserve(READ_STEP);
+        }
+        self.rbuf.split_off(self.rbuf.len())
+    }
+
+    /// Reply bytes arrived at `now` in `filled`, a landing from
+    /// [`Pipeline::landing`]: as [`Pipeline::received`], without copying
+    /// them (they join the read buffer they were split from).
+    pub fn landed(
+        &mut self,
+        filled: BytesMut,
+        now: Instant,
+        max_value: usize,
+        items: &mut Vec<ValueItem>,
+        outcomes: &mut VecDeque<Outcome>,
+        latency: impl FnMut(Duration),
+    ) -> Result<bool, Fault> {
+        self.rbuf.unsplit(filled);
+        self.frame_all(now, max_value, items, outcomes, latency)
+    }
+
+    /// Frame every complete reply in the read buffer (see
+    /// [`Pipeline::received`]).
+    fn frame_all(
+        &mut self,
+        now: Instant,
+        max_value: usize,
+        items: &mut Vec<ValueItem>,
+        outcomes: &mut VecDeque<Outcome>,
+        mut latency: impl FnMut(Duration),
+    ) -> Result<bool, Fault> {
         self.progress_at = now;
         let mut answered = false;
         // Bounded by the buffered bytes: every pass frames a reply or stops.

@@ -62,6 +62,35 @@ fn feed(
     p.received(bytes, now, MAX_VALUE, &mut Vec::new(), q, |_| {})
 }
 
+/// Land `bytes` as a receive into [`Pipeline::landing`] would, in pieces
+/// of at most `step` bytes (fewer when the landing has less room). Returns
+/// the last result and, per piece, where it landed.
+fn land(
+    p: &mut Pipeline,
+    bytes: &[u8],
+    step: usize,
+    now: Instant,
+    q: &mut VecDeque<Outcome>,
+) -> (Result<bool, Fault>, Vec<*const u8>) {
+    let (mut res, mut at) = (Ok(false), Vec::new());
+    let mut rest = bytes;
+    // Bounded: every pass lands at least one byte (a landing has room).
+    while !rest.is_empty() {
+        let mut l = p.landing();
+        assert_eq!(l.len(), 0, "a landing starts empty");
+        let n = step.min(l.capacity()).min(rest.len());
+        assert!(n > 0, "a landing has room");
+        at.push(l.as_ptr());
+        l.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        res = p.landed(l, now, MAX_VALUE, &mut Vec::new(), q, |_| {});
+        if res.is_err() {
+            break;
+        }
+    }
+    (res, at)
+}
+
 /// A call's result as a test compares it: the reply's status, or the
 /// failure's kind and whether it may be sent again.
 type Settled = Result<Status, (Failure, bool)>;
@@ -266,4 +295,57 @@ fn failed_connects_back_off_longer_each_time() {
         &mut q,
     );
     assert_eq!(after, 1, "a connect that worked resets the count");
+}
+
+#[test]
+fn replies_landed_in_place_frame_as_copied_ones_do() {
+    let now = Instant::now();
+    let big = vec![b'v'; 300 * 1024];
+    let mut stream = b"VALUE a 0 1\r\nz\r\nEND\r\n".to_vec();
+    stream.extend_from_slice(format!("VALUE b 0 {}\r\n", big.len()).as_bytes());
+    stream.extend_from_slice(&big);
+    stream.extend_from_slice(b"\r\nEND\r\nSTORED\r\n");
+    let calls = || vec![get(1, "a", now), get(2, "b", now), set(3, now)];
+    let (mut copied, mut want) = ready(now, calls());
+    assert_eq!(feed(&mut copied, &stream, now, &mut want), Ok(true));
+    let want: Vec<(usize, Result<Bytes, CallError>)> = want
+        .into_iter()
+        .map(|(r, _, o)| (r, o.map(|x| x.frame)))
+        .collect();
+    for step in [1, 7, 1460, 16 * 1024, 1 << 20] {
+        let (mut p, mut q) = ready(now, calls());
+        let (res, _) = land(&mut p, &stream, step, now, &mut q);
+        assert_eq!(res, Ok(true), "step {step}");
+        let got: Vec<(usize, Result<Bytes, CallError>)> = q
+            .into_iter()
+            .map(|(r, _, o)| (r, o.map(|x| x.frame)))
+            .collect();
+        assert_eq!(got, want, "step {step}");
+        assert_eq!(p.load(), 0);
+    }
+}
+
+#[test]
+fn a_large_value_lands_in_one_buffer_of_its_size() {
+    let now = Instant::now();
+    let big = vec![b'v'; 500 * 1024];
+    let head = format!("VALUE b 0 {}\r\n", big.len());
+    let (mut p, mut q) = ready(now, vec![get(1, "b", now)]);
+    // The line first: the pipeline learns the value's size from it.
+    assert_eq!(
+        land(&mut p, head.as_bytes(), 1 << 20, now, &mut q).0,
+        Ok(false)
+    );
+    let mut rest = big.clone();
+    rest.extend_from_slice(b"\r\nEND\r\n");
+    let (res, at) = land(&mut p, &rest, 16 * 1024, now, &mut q);
+    assert_eq!(res, Ok(true));
+    // Each piece landed right behind the one before: nothing was moved.
+    for (i, w) in at.windows(2).enumerate() {
+        assert_eq!(w[1] as usize - w[0] as usize, 16 * 1024, "piece {i}");
+    }
+    let (_, _, reply) = q.pop_front().expect("the value's outcome");
+    let frame = reply.expect("a reply").frame;
+    assert_eq!(frame.len(), head.len() + rest.len());
+    assert!(frame[head.len()..head.len() + big.len()] == big[..]);
 }

@@ -33,6 +33,13 @@ struct PendingSend {
     iovcnt: usize,
 }
 
+/// A one-shot receive waiting for bytes, into the caller's memory.
+struct PendingRecv {
+    token: u64,
+    buf: *mut u8,
+    len: usize,
+}
+
 /// What the driver knows and wants of one fd.
 #[derive(Default)]
 struct FdState {
@@ -45,6 +52,7 @@ struct FdState {
     queued: bool,
     accept: Option<u64>,
     recv: Option<u64>,
+    recv_into: Option<PendingRecv>,
     send: Option<PendingSend>,
     connect: Option<u64>,
 }
@@ -223,6 +231,24 @@ impl EpollDriver {
                 progress_recv(fd, st, token, done, &mut self.pool);
             }
         }
+        if st.readable {
+            if let Some(recv) = st.recv_into.take() {
+                // SAFETY: `recv_into`'s contract keeps the memory valid
+                // until the completion.
+                match unsafe { try_recv_into(fd, &recv) } {
+                    Some(res) => done.push(Completion {
+                        token: recv.token,
+                        res,
+                        buf: None,
+                        more: false,
+                    }),
+                    None => {
+                        st.readable = false;
+                        st.recv_into = Some(recv);
+                    }
+                }
+            }
+        }
         // A new fd's number may be one closed behind the driver's back: what
         // was known about that number is stale.
         for c in self
@@ -355,6 +381,27 @@ fn progress_accept(fd: RawFd, st: &mut FdState, token: u64, done: &mut Vec<Compl
             }
         }
     }
+}
+
+/// One recv into the caller's memory: its result, or `None` on EAGAIN.
+///
+/// # Safety
+/// `recv.buf[..recv.len]` is valid, writable memory.
+unsafe fn try_recv_into(fd: RawFd, recv: &PendingRecv) -> Option<i32> {
+    // Bounded: EINTR is retried a few times, then reported.
+    for _ in 0..EINTR_ROUNDS {
+        // SAFETY: the caller's contract covers `buf[..len]`.
+        let n = unsafe { libc::recv(fd, recv.buf.cast(), recv.len, 0) };
+        if n >= 0 {
+            return Some(i32::try_from(n).unwrap_or(i32::MAX));
+        }
+        match last_errno() {
+            libc::EAGAIN => return None,
+            libc::EINTR => {}
+            errno => return Some(-errno),
+        }
+    }
+    Some(-libc::EINTR)
 }
 
 /// Read into free pool buffers until EAGAIN, end of stream, an error, or a
@@ -556,6 +603,15 @@ impl Driver for EpollDriver {
                 // event until a read sees EAGAIN, armed or not, so bytes that
                 // came while unarmed are read at once.
                 st.recv = Some(token);
+            }
+        }
+    }
+
+    unsafe fn recv_into(&mut self, token: u64, fd: RawFd, buf: *mut u8, len: usize) {
+        let len = len.min(i32::MAX as usize);
+        if self.start(token, fd) {
+            if let Some(st) = self.state(fd) {
+                st.recv_into = Some(PendingRecv { token, buf, len });
             }
         }
     }

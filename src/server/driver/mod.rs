@@ -73,6 +73,17 @@ pub(crate) trait Driver: Sized {
     /// re-arm it (after recycling buffers) to get more bytes.
     fn recv(&mut self, token: u64, fd: RawFd);
 
+    /// Receive once into the caller's memory: `res > 0` bytes written at
+    /// `buf`, `0` end of stream, `< 0` an error; one completion
+    /// (`more == false`, no provided buffer). The bytes land where the
+    /// caller parses them, without the copy out of a provided buffer.
+    ///
+    /// # Safety
+    /// `buf[..len]` stays valid, unmoved and unread by the caller until
+    /// this operation's completion arrives (or the driver is dropped); at
+    /// most one receive is in flight per fd.
+    unsafe fn recv_into(&mut self, token: u64, fd: RawFd, buf: *mut u8, len: usize);
+
     /// Stop an armed multishot receive (backpressure). Its last completion
     /// (`more == false`, `res` may be `-ECANCELED`) still arrives; afterwards
     /// `recv` may arm it again.

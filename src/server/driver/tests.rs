@@ -282,6 +282,68 @@ fn eof<D: Driver>() {
     h.d.close(fd);
 }
 
+/// One-shot receives into the caller's memory: every byte arrives, in
+/// order, where it was asked to land, however the stream is cut; a receive
+/// waiting for bytes ends at the peer's close with 0, and one armed before
+/// a shutdown ends too.
+fn recv_into<D: Driver>() {
+    let l = listener();
+    let mut h = Harness::<D>::new(&config());
+    let (fd, mut client) = h.accept_one(&l);
+    let data = pattern(3 << 20, 7);
+    let writer = {
+        let data = data.clone();
+        thread::spawn(move || {
+            client.write_all(&data).expect("client write");
+            client
+        })
+    };
+    let mut got = vec![0u8; data.len()];
+    let mut off = 0;
+    // Bounded: each pass lands at least one byte or fails the test. The
+    // windows vary (1 byte to 64 KiB) so that cuts fall anywhere.
+    for round in 0usize.. {
+        if off == got.len() {
+            break;
+        }
+        let want = (1 + round * 7919 % 65_536).min(got.len() - off);
+        let window = &mut got[off..off + want];
+        // SAFETY: `got` outlives the completion awaited below, and nothing
+        // touches it meanwhile.
+        unsafe { h.d.recv_into(RECV, fd, window.as_mut_ptr(), window.len()) };
+        let c = h.next(RECV);
+        assert!(c.res > 0, "{}: recv_into ended early: {c:?}", D::NAME);
+        assert!(!c.more && c.buf.is_none(), "{}: {c:?}", D::NAME);
+        assert!(c.res as usize <= want, "{}: {c:?} past {want}", D::NAME);
+        off += c.res as usize;
+    }
+    assert!(got == data, "{}: bytes differ", D::NAME);
+    let client = writer.join().expect("writer panicked");
+    // Waiting when the peer closes: the end of the stream.
+    let mut byte = [0u8; 16];
+    // SAFETY: `byte` outlives the completion awaited below.
+    unsafe { h.d.recv_into(RECV, fd, byte.as_mut_ptr(), byte.len()) };
+    assert!(h.try_next(RECV, Duration::from_millis(50)).is_none());
+    drop(client);
+    let c = h.next(RECV);
+    assert_eq!(
+        (c.res, c.more),
+        (0, false),
+        "{}: EOF expected: {c:?}",
+        D::NAME
+    );
+    h.d.close(fd);
+
+    // Armed, then the socket is shut down: the receive still completes.
+    let (fd, _client) = h.accept_one(&l);
+    // SAFETY: as above.
+    unsafe { h.d.recv_into(RECV, fd, byte.as_mut_ptr(), byte.len()) };
+    h.d.shutdown(fd);
+    let c = h.next(RECV);
+    assert!(c.res <= 0 && !c.more, "{}: after shutdown: {c:?}", D::NAME);
+    h.d.close(fd);
+}
+
 fn shutdown_ends_ops<D: Driver>() {
     let l = listener();
     let mut h = Harness::<D>::new(&config());
@@ -620,6 +682,7 @@ for_both!(
     echo,
     big_send,
     eof,
+    recv_into,
     shutdown_ends_ops,
     pool_exhaustion,
     connect,

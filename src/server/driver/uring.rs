@@ -50,6 +50,8 @@ enum InFlight {
     Recv {
         fd: RawFd,
     },
+    /// A one-shot receive into the caller's memory.
+    RecvInto,
     /// A vectored send's header (none for a one-buffer send).
     Send {
         msg: Option<Box<libc::msghdr>>,
@@ -263,7 +265,7 @@ impl UringDriver {
                     }
                 }
             }
-            InFlight::Send { .. } | InFlight::Connect { .. } => more = false,
+            InFlight::Send { .. } | InFlight::Connect { .. } | InFlight::RecvInto => more = false,
             InFlight::Alarm { slot, at } => {
                 // The driver's own: it only woke the loop.
                 self.ops.remove(key);
@@ -401,6 +403,14 @@ impl Driver for UringDriver {
         }
         self.recv_of_fd[index] = ud as u32;
         let sqe = opcode::RecvMulti::new(Fd(fd), BGID).build().user_data(ud);
+        self.push(sqe);
+    }
+
+    unsafe fn recv_into(&mut self, token: u64, fd: RawFd, buf: *mut u8, len: usize) {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let ud = self.start(token, InFlight::RecvInto);
+        // The caller keeps `buf[..len]` valid until the completion.
+        let sqe = opcode::Recv::new(Fd(fd), buf, len).build().user_data(ud);
         self.push(sqe);
     }
 

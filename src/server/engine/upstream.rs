@@ -17,7 +17,7 @@ use std::os::fd::{IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::proxy::machine::{CallError, Failure};
 use crate::proxy::pipeline::{Call, Due, Fault, Pipeline, Queued};
@@ -45,6 +45,9 @@ pub(super) struct UpConn {
     iov: Vec<libc::iovec>,
     send_inflight: bool,
     recv_armed: bool,
+    /// The memory an armed plain receive writes into (see
+    /// [`Pipeline::landing`]).
+    landing: Option<BytesMut>,
     connecting: bool,
     dirty: bool,
 }
@@ -64,6 +67,8 @@ pub(super) struct Zombie {
     /// Memory an in-flight send still points into.
     _out: VecDeque<Bytes>,
     _iov: Vec<libc::iovec>,
+    /// Memory an in-flight receive still writes into.
+    _landing: Option<BytesMut>,
 }
 
 impl UpConn {
@@ -85,6 +90,7 @@ impl UpConn {
             iov: Vec::with_capacity(64),
             send_inflight: false,
             recv_armed: false,
+            landing: None,
             connecting: false,
             dirty: false,
         }
@@ -156,6 +162,7 @@ impl UpConn {
                 None => self.pipe.take_out(),
             },
             _iov: std::mem::take(&mut self.iov),
+            _landing: self.landing.take(),
         })
     }
 }
@@ -279,15 +286,43 @@ impl Core {
         let mut outcome = Ok(false);
         let mut tls_failed = None;
         let mut tls_closed = false;
-        if let Some(b) = c.buf {
-            if c.res > 0 {
-                let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
-                // Upstream latency, when timing: this server's block of this core.
-                let timed = cx
-                    .shared
-                    .timing
-                    .then(|| cx.topo.servers.get(u.server.index()))
-                    .flatten();
+        // The bytes landed in the read buffer's own memory (plain), or in a
+        // provided buffer (TLS, decrypted here).
+        let (landed, provided) = (u.landing.take(), c.buf);
+        if c.res > 0 {
+            let max_value = cx.max_item.saturating_mul(2) + (1 << 20);
+            // Upstream latency, when timing: this server's block of this core.
+            let timed = cx
+                .shared
+                .timing
+                .then(|| cx.topo.servers.get(u.server.index()))
+                .flatten();
+            // And the server's hedge delay, when hedging.
+            let (hedges, server) = (&mut self.hedges, u.server);
+            let hedging = cx.topo.settings.hedge;
+            let observe = |t| {
+                if let Some(s) = timed {
+                    s.metrics.record_upstream(cx.id, t);
+                }
+                if hedging {
+                    hedges.observe(server, t, cx.now);
+                }
+            };
+            if let Some(mut land) = landed {
+                let n = (c.res as usize).min(land.capacity());
+                // SAFETY: the receive was given the landing's spare
+                // capacity (all of it: it starts empty) and wrote `n` bytes
+                // at its start.
+                unsafe { land.set_len(n) };
+                outcome = u.pipe.landed(
+                    land,
+                    cx.now,
+                    max_value,
+                    &mut self.items,
+                    &mut self.outcomes,
+                    observe,
+                );
+            } else if let Some(b) = provided {
                 let mut bytes = d.buffer(b, c.res as usize);
                 if let Some(t) = u.tls.as_deref_mut() {
                     self.plain.clear();
@@ -302,25 +337,17 @@ impl Core {
                     }
                     bytes = &self.plain;
                 }
-                // And the server's hedge delay, when hedging.
-                let (hedges, server) = (&mut self.hedges, u.server);
-                let hedging = cx.topo.settings.hedge;
                 outcome = u.pipe.received(
                     bytes,
                     cx.now,
                     max_value,
                     &mut self.items,
                     &mut self.outcomes,
-                    |t| {
-                        if let Some(s) = timed {
-                            s.metrics.record_upstream(cx.id, t);
-                        }
-                        if hedging {
-                            hedges.observe(server, t, cx.now);
-                        }
-                    },
+                    observe,
                 );
             }
+        }
+        if let Some(b) = provided {
             d.recycle(b);
         }
         if let Some(e) = tls_failed {
@@ -548,7 +575,22 @@ impl Core {
             u.send_inflight = true;
         }
         if !u.recv_armed {
-            d.recv(token(Op::UpRecv, ci, u.gen), fd);
+            let tok = token(Op::UpRecv, ci, u.gen);
+            if u.tls.is_some() {
+                // TLS records are decrypted out of the provided buffers.
+                d.recv(tok, fd);
+            } else {
+                // Plain replies land in the read buffer itself.
+                let mut land = u.pipe.landing();
+                let room = land.spare_capacity_mut();
+                let (ptr, len) = (room.as_mut_ptr().cast::<u8>(), room.len());
+                // SAFETY: `land` owns that memory and is neither read, grown
+                // nor dropped until the completion: it waits in `landing`
+                // (or in a Zombie, if the socket is given up first); one
+                // receive per socket is armed (`recv_armed`).
+                unsafe { d.recv_into(tok, fd, ptr, len) };
+                u.landing = Some(land);
+            }
             u.recv_armed = true;
         }
         u.pipe.release_idle();
