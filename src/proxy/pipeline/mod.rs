@@ -172,6 +172,13 @@ pub struct Pipeline {
     /// Bytes to send, in order; the shell may have the front ones in flight.
     out: VecDeque<Bytes>,
     rbuf: BytesMut,
+    /// `rbuf` is a [`READ_STEP`] buffer made by [`Pipeline::grow`] (not a
+    /// large value's exact one).
+    rbuf_standard: bool,
+    /// The read buffer before the last [`Pipeline::grow`], kept to be
+    /// reused once the replies framed from it are gone: receives alternate
+    /// between two buffers instead of allocating one per [`READ_STEP`].
+    other: Option<BytesMut>,
     /// The head's reply already had its opaque checked and taken out.
     head_checked: bool,
     /// The opaque for the next tagged meta request.
@@ -194,6 +201,8 @@ impl Pipeline {
             written: VecDeque::with_capacity(64),
             out: VecDeque::with_capacity(64),
             rbuf: BytesMut::new(),
+            rbuf_standard: false,
+            other: None,
             head_checked: false,
             next_tag: 0,
             tags: BytesMut::new(),
@@ -346,6 +355,7 @@ impl Pipeline {
     ) -> Result<bool, Fault> {
         if self.rbuf.capacity() - self.rbuf.len() < bytes.len() {
             self.rbuf.reserve(bytes.len().max(READ_STEP));
+            self.rbuf_standard = false;
         }
         self.rbuf.extend_from_slice(bytes);
         self.frame_all(now, max_value, items, outcomes, latency)
@@ -358,15 +368,51 @@ impl Pipeline {
     /// [`Pipeline::landed`]; until then the read buffer is not grown.
     pub fn landing(&mut self) -> BytesMut {
         self.release_idle();
-        let spare = self.rbuf.capacity() - self.rbuf.len();
-        // A reply whose end fits the room left is not moved to a larger
-        // buffer for want of a few KiB (a large value's exact buffer, near
-        // its end): the receive is shorter instead.
-        let fits = || reply_size_hint(&self.rbuf).is_some_and(|n| n <= self.rbuf.capacity());
-        if spare == 0 || (spare < MIN_LANDING && !fits()) {
-            self.rbuf.reserve(READ_STEP);
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_LANDING {
+            // Little room left. A reply whose end fits it (a large value's
+            // exact buffer, near its end) is not moved for want of a few
+            // KiB. Otherwise the buffer's own room is reclaimed if no reply
+            // framed from it is still alive, or the bytes move on to the
+            // other buffer.
+            let fits = reply_size_hint(&self.rbuf).is_some_and(|n| n <= self.rbuf.capacity());
+            if !fits && !self.rbuf.try_reclaim(READ_STEP) {
+                self.grow();
+            }
+        }
+        if self.rbuf.capacity() == self.rbuf.len() {
+            // No room at all (a receive needs room for a byte).
+            self.grow();
         }
         self.rbuf.split_off(self.rbuf.len())
+    }
+
+    /// Move the buffered bytes to a fresh [`READ_STEP`] buffer: the other
+    /// one if the replies framed from it are gone (no allocation), else a
+    /// new one; the current one becomes the other. A partial reply too long
+    /// for that grows the buffer instead.
+    fn grow(&mut self) {
+        let len = self.rbuf.len();
+        if len + MIN_LANDING > READ_STEP {
+            self.rbuf.reserve(READ_STEP);
+            self.rbuf_standard = false;
+            return;
+        }
+        let mut next = match self.other.take() {
+            Some(mut b) => {
+                b.clear();
+                if b.try_reclaim(READ_STEP) {
+                    b
+                } else {
+                    BytesMut::with_capacity(READ_STEP)
+                }
+            }
+            None => BytesMut::with_capacity(READ_STEP),
+        };
+        next.extend_from_slice(&self.rbuf);
+        let old = std::mem::replace(&mut self.rbuf, next);
+        if std::mem::replace(&mut self.rbuf_standard, true) {
+            self.other = Some(old);
+        }
     }
 
     /// Reply bytes arrived at `now` in `filled`, a landing from
@@ -440,6 +486,7 @@ impl Pipeline {
                 let mut exact = BytesMut::with_capacity(need);
                 exact.extend_from_slice(&self.rbuf);
                 self.rbuf = exact;
+                self.rbuf_standard = false;
             }
         }
         if self.written.is_empty() && !self.rbuf.is_empty() {
@@ -552,6 +599,7 @@ impl Pipeline {
     pub fn release_idle(&mut self) {
         if self.written.is_empty() && self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_KEEP {
             self.rbuf = BytesMut::new();
+            self.rbuf_standard = false;
         }
     }
 }

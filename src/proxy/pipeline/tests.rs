@@ -349,3 +349,38 @@ fn a_large_value_lands_in_one_buffer_of_its_size() {
     assert_eq!(frame.len(), head.len() + rest.len());
     assert!(frame[head.len()..head.len() + big.len()] == big[..]);
 }
+
+#[test]
+fn receives_alternate_between_two_buffers_while_replies_are_alive() {
+    let now = Instant::now();
+    let reply = format!("VALUE a 0 100\r\n{}\r\nEND\r\n", "v".repeat(100));
+    let (mut p, mut q) = ready(now, vec![]);
+    let mut alive = VecDeque::new();
+    let mut starts = std::collections::BTreeSet::new();
+    let mut last_end = 0usize;
+    for i in 0..5_000 {
+        let mut dummy = VecDeque::new();
+        assert_eq!(p.queue(get(i, "a", now), now, &mut dummy), Queued::Written);
+        let mut l = p.landing();
+        let at = l.as_ptr() as usize;
+        if at != last_end {
+            // A new buffer (or this one reclaimed from its start).
+            starts.insert(at);
+        }
+        l.extend_from_slice(reply.as_bytes());
+        last_end = at + reply.len();
+        assert_eq!(
+            p.landed(l, now, MAX_VALUE, &mut Vec::new(), &mut q, |_| {}),
+            Ok(true)
+        );
+        // This turn's reply is still being sent when the next receive is
+        // armed; the one before is gone.
+        alive.extend(q.drain(..));
+        while alive.len() > 1 {
+            alive.pop_front();
+        }
+    }
+    // 5 000 replies of 131 bytes pass through 64 KiB buffers about ten
+    // times; two buffers serve them all.
+    assert!(starts.len() <= 2, "{} buffers: {starts:x?}", starts.len());
+}
