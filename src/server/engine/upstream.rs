@@ -10,6 +10,12 @@
 //! Calls still waiting for a connection move to the new one. Operations the
 //! kernel still holds on the old socket keep its buffers alive in a
 //! [`Zombie`] until their completions arrive.
+//!
+//! A plain connection's replies land in its read buffer itself: one receive
+//! at a time into the buffer's spare room ([`Pipeline::landing`],
+//! [`Driver::recv_into`]), so they are parsed where the kernel wrote them
+//! and a value goes to its client without a copy. A TLS connection's
+//! records come through the core's provided buffers and are decrypted.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
