@@ -1055,10 +1055,15 @@ fn pin_self(cpu: usize) -> io::Result<()> {
 
 /// CPU seconds (user + system) this process has used.
 fn self_cpu() -> f64 {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// CPU seconds (user + system) of `who` (`RUSAGE_SELF`, `RUSAGE_CHILDREN`).
+fn rusage_cpu(who: libc::c_int) -> f64 {
     // SAFETY: getrusage fills the zeroed struct we pass.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        libc::getrusage(who, &mut ru);
         ru
     };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -1698,7 +1703,7 @@ struct RunResult {
     note: String,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct RunStats {
     ops_per_sec: f64,
     keys_per_sec: f64,
@@ -1729,6 +1734,57 @@ struct RunStats {
     other_cpu: f64,
 }
 
+/// CPU use and upstream segments at one moment, to take the measured
+/// window's figures from two of them.
+struct Sample {
+    /// The load generator's CPU seconds.
+    client: f64,
+    /// The proxy's, and the whole SUT's (proxy and pool).
+    proxy: f64,
+    sut: f64,
+    /// Busy seconds of the watched cores.
+    busy: f64,
+    at: Instant,
+    segs: Option<u64>,
+}
+
+impl Sample {
+    fn take(client: f64, live: &Live, watched: &[usize]) -> Sample {
+        Sample {
+            client,
+            proxy: procs_cpu(&[live.pid]),
+            sut: procs_cpu(&live.sut_pids),
+            busy: cpus_busy(watched),
+            at: Instant::now(),
+            segs: upstream_segs(live.pid, &live.upstreams),
+        }
+    }
+
+    /// The CPU and segment figures from this sample to `end`, with `ops`
+    /// requests completed in between; the other fields are left at zero.
+    fn until(&self, end: &Sample, ops: f64) -> RunStats {
+        let wall = (end.at - self.at).as_secs_f64().max(1e-9);
+        let (client, proxy, sut) = (
+            end.client - self.client,
+            end.proxy - self.proxy,
+            end.sut - self.sut,
+        );
+        RunStats {
+            client_cpu: client / wall,
+            proxy_cpu: proxy / wall,
+            us_per_req: proxy * 1e6 / ops,
+            pool_us_per_req: (sut - proxy).max(0.0) * 1e6 / ops,
+            up_segs_per_req: match (self.segs, end.segs) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / ops),
+                _ => None,
+            },
+            sut_cpu: sut / wall,
+            other_cpu: ((end.busy - self.busy - client - sut) / wall).max(0.0),
+            ..RunStats::default()
+        }
+    }
+}
+
 /// Populate (if asked), warm up and measure one workload against `live`.
 fn run_one(
     rt: &tokio::runtime::Runtime,
@@ -1741,7 +1797,6 @@ fn run_one(
     let w = Arc::new(w.clone());
     let corpus = Arc::new(Corpus::new(&w));
     let addr = live.addr;
-    let sut_pids = &live.sut_pids[..];
     let local = tokio::task::LocalSet::new();
     local.block_on(rt, async {
         if populate_first {
@@ -1815,27 +1870,12 @@ fn run_one(
 
         // Sample CPU use around the measured window only.
         tokio::time::sleep_until(win.measure.into()).await;
-        let (c0, p0, s0, b0, t0) = (
-            self_cpu(),
-            procs_cpu(&[live.pid]),
-            procs_cpu(sut_pids),
-            cpus_busy(watched),
-            Instant::now(),
-        );
-        let segs0 = upstream_segs(live.pid, &live.upstreams);
+        let before = Sample::take(self_cpu(), live, watched);
         tokio::time::sleep_until(win.end.into()).await;
-        let (c1, p1, s1, b1, t1) = (
-            self_cpu(),
-            procs_cpu(&[live.pid]),
-            procs_cpu(sut_pids),
-            cpus_busy(watched),
-            Instant::now(),
-        );
-        let segs1 = upstream_segs(live.pid, &live.upstreams);
+        let after = Sample::take(self_cpu(), live, watched);
         for t in tasks {
             let _ = t.await;
         }
-        let wall = (t1 - t0).as_secs_f64().max(1e-9);
         let t = tally.borrow();
         if t.ops == 0 {
             return Err(t.first_error.clone().unwrap_or_else(|| {
@@ -1864,16 +1904,7 @@ fn run_one(
             errors: t.errors,
             timeouts: t.timeouts,
             conn_errors: t.conn_errors,
-            client_cpu: (c1 - c0) / wall,
-            proxy_cpu: (p1 - p0) / wall,
-            us_per_req: (p1 - p0) * 1e6 / t.ops as f64,
-            pool_us_per_req: ((s1 - s0) - (p1 - p0)).max(0.0) * 1e6 / t.ops as f64,
-            up_segs_per_req: match (segs0, segs1) {
-                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / t.ops as f64),
-                _ => None,
-            },
-            sut_cpu: (s1 - s0) / wall,
-            other_cpu: (((b1 - b0) - (c1 - c0) - (s1 - s0)) / wall).max(0.0),
+            ..before.until(&after, t.ops as f64)
         })
     })
 }
@@ -2414,14 +2445,7 @@ fn write_svg(path: &Path, opts: &Opts, sums: &[Summary]) -> Result<(), String> {
             .label(t.to_string())
             .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 12, y + 4)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .label_font(("sans-serif", 11))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    legend(&mut chart, 11)?;
 
     for (panel, w) in panels.iter().skip(1).zip(&opts.workloads) {
         let runs: Vec<(&Summary, &RunStats)> = targets
@@ -2488,16 +2512,29 @@ fn write_svg(path: &Path, opts: &Opts, sums: &[Summary]) -> Result<(), String> {
                 .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .label_font(("sans-serif", 10))
-            .draw()
-            .map_err(|e| e.to_string())?;
+        legend(&mut chart, 10)?;
     }
     root.present().map_err(|e| e.to_string())
+}
+
+/// Draw `chart`'s legend (the series' labels) in its upper left corner.
+fn legend<'a, DB, CT>(
+    chart: &mut plotters::chart::ChartContext<'a, DB, CT>,
+    font: u32,
+) -> Result<(), String>
+where
+    DB: plotters::prelude::DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    use plotters::prelude::*;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .label_font(("sans-serif", font))
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// The sweep's plot: p50 and p99 against offered rate (log axis), and the
@@ -2604,20 +2641,8 @@ fn write_curve_svg(path: &Path, opts: &Opts, sums: &[Summary]) -> Result<(), Str
         cpu.draw_series(pts.iter().map(|(r, s)| mark(*r, s.us_per_req, s)))
             .map_err(|e| e.to_string())?;
     }
-    lat.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .label_font(("sans-serif", 11))
-        .draw()
-        .map_err(|e| e.to_string())?;
-    cpu.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.85))
-        .label_font(("sans-serif", 11))
-        .draw()
-        .map_err(|e| e.to_string())?;
+    legend(&mut lat, 11)?;
+    legend(&mut cpu, 11)?;
     root.present().map_err(|e| e.to_string())
 }
 

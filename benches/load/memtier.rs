@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{cpus_busy, procs_cpu, upstream_segs, Live, Opts, RunStats, Workload, PERCENTILES};
+use super::{rusage_cpu, Live, Opts, RunStats, Sample, Workload, PERCENTILES};
 
 /// How to get memtier_benchmark, said when it is missing.
 const INSTALL: &str = "memtier_benchmark not found: set MEMTIER_BIN, or put it on PATH \
@@ -122,18 +122,6 @@ fn memtier(bin: &Path, args: &[String], limit: Duration) -> Result<(), String> {
     }
 }
 
-/// CPU seconds of the harness's reaped children (memtier, once it ran).
-fn children_cpu() -> f64 {
-    // SAFETY: getrusage fills the zeroed struct we pass.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        ru
-    };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
 /// Populate (if asked), warm up and measure workload `w` against `live`
 /// with memtier; the same figures as the harness's own driver.
 pub(super) fn run_one(
@@ -172,24 +160,9 @@ pub(super) fn run_one(
     let json = scratch.join(format!("memtier-{}-{}.json", w.id, live.pid));
     let mut args = traffic_args(w, port, opts.duration);
     args.push(format!("--json-out-file={}", json.display()));
-    let sut_pids = &live.sut_pids[..];
-    let (c0, p0, s0, b0, t0) = (
-        children_cpu(),
-        procs_cpu(&[live.pid]),
-        procs_cpu(sut_pids),
-        cpus_busy(watched),
-        Instant::now(),
-    );
-    let segs0 = upstream_segs(live.pid, &live.upstreams);
+    let before = Sample::take(rusage_cpu(libc::RUSAGE_CHILDREN), live, watched);
     memtier(bin, &args, opts.duration + slack)?;
-    let (c1, p1, s1, b1, t1) = (
-        children_cpu(),
-        procs_cpu(&[live.pid]),
-        procs_cpu(sut_pids),
-        cpus_busy(watched),
-        Instant::now(),
-    );
-    let segs1 = upstream_segs(live.pid, &live.upstreams);
+    let after = Sample::take(rusage_cpu(libc::RUSAGE_CHILDREN), live, watched);
     let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
     let _ = std::fs::remove_file(&json);
     let report: serde_json::Value =
@@ -223,7 +196,6 @@ pub(super) fn run_one(
         num(&gets["Misses/sec"], "Gets.Misses/sec")?,
     );
     let sets = num(&all["Sets"]["Ops/sec"], "Sets.Ops/sec")?;
-    let wall = (t1 - t0).as_secs_f64().max(1e-9);
     Ok(RunStats {
         ops_per_sec,
         keys_per_sec: hits + misses + sets,
@@ -239,15 +211,6 @@ pub(super) fn run_one(
         errors: 0,
         timeouts: 0,
         conn_errors: num(&totals["Connection Errors"], "Totals.Connection Errors")? as u64,
-        client_cpu: (c1 - c0) / wall,
-        proxy_cpu: (p1 - p0) / wall,
-        us_per_req: (p1 - p0) * 1e6 / ops,
-        pool_us_per_req: ((s1 - s0) - (p1 - p0)).max(0.0) * 1e6 / ops,
-        up_segs_per_req: match (segs0, segs1) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / ops),
-            _ => None,
-        },
-        sut_cpu: (s1 - s0) / wall,
-        other_cpu: (((b1 - b0) - (c1 - c0) - (s1 - s0)) / wall).max(0.0),
+        ..before.until(&after, ops)
     })
 }

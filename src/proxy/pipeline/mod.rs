@@ -344,25 +344,14 @@ impl Pipeline {
         std::mem::take(&mut self.out)
     }
 
-    /// Plaintext reply bytes arrived at `now`: frame every complete reply,
-    /// match it to its call and queue its outcome. `latency` gets each
-    /// answered call's time since it was written. Returns whether any call
-    /// was answered, or the fault that ends the connection.
-    pub fn received(
-        &mut self,
-        bytes: &[u8],
-        now: Instant,
-        max_value: usize,
-        items: &mut Vec<ValueItem>,
-        outcomes: &mut VecDeque<Outcome>,
-        latency: impl FnMut(Duration),
-    ) -> Result<bool, Fault> {
+    /// Plaintext reply bytes arrived, copied in (TLS decrypts into a
+    /// buffer of its own). Then [`Pipeline::frame`].
+    pub fn copy_in(&mut self, bytes: &[u8]) {
         if self.rbuf.capacity() - self.rbuf.len() < bytes.len() {
             self.rbuf.reserve(bytes.len().max(READ_STEP));
             self.rbuf_standard = false;
         }
         self.rbuf.extend_from_slice(bytes);
-        self.frame_all(now, max_value, items, outcomes, latency)
     }
 
     /// The memory the next receive should land in: the read buffer's spare
@@ -419,25 +408,18 @@ impl Pipeline {
         }
     }
 
-    /// Reply bytes arrived at `now` in `filled`, a landing from
-    /// [`Pipeline::landing`]: as [`Pipeline::received`], without copying
-    /// them (they join the read buffer they were split from).
-    pub fn landed(
-        &mut self,
-        filled: BytesMut,
-        now: Instant,
-        max_value: usize,
-        items: &mut Vec<ValueItem>,
-        outcomes: &mut VecDeque<Outcome>,
-        latency: impl FnMut(Duration),
-    ) -> Result<bool, Fault> {
+    /// Reply bytes arrived in `filled`, a landing from
+    /// [`Pipeline::landing`]: they join the read buffer they were split
+    /// from, without a copy. Then [`Pipeline::frame`].
+    pub fn landed(&mut self, filled: BytesMut) {
         self.rbuf.unsplit(filled);
-        self.frame_all(now, max_value, items, outcomes, latency)
     }
 
-    /// Frame every complete reply in the read buffer (see
-    /// [`Pipeline::received`]).
-    fn frame_all(
+    /// After bytes arrived at `now`: frame every complete reply, match it to
+    /// its call and queue its outcome. `latency` gets each answered call's
+    /// time since it was written. Returns whether any call was answered, or
+    /// the fault that ends the connection.
+    pub fn frame(
         &mut self,
         now: Instant,
         max_value: usize,

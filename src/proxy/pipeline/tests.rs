@@ -59,7 +59,8 @@ fn feed(
     now: Instant,
     q: &mut VecDeque<Outcome>,
 ) -> Result<bool, Fault> {
-    p.received(bytes, now, MAX_VALUE, &mut Vec::new(), q, |_| {})
+    p.copy_in(bytes);
+    p.frame(now, MAX_VALUE, &mut Vec::new(), q, |_| {})
 }
 
 /// Land `bytes` as a receive into [`Pipeline::landing`] would, in pieces
@@ -83,7 +84,8 @@ fn land(
         at.push(l.as_ptr());
         l.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
-        res = p.landed(l, now, MAX_VALUE, &mut Vec::new(), q, |_| {});
+        p.landed(l);
+        res = p.frame(now, MAX_VALUE, &mut Vec::new(), q, |_| {});
         if res.is_err() {
             break;
         }
@@ -369,8 +371,9 @@ fn receives_alternate_between_two_buffers_while_replies_are_alive() {
         }
         l.extend_from_slice(reply.as_bytes());
         last_end = at + reply.len();
+        p.landed(l);
         assert_eq!(
-            p.landed(l, now, MAX_VALUE, &mut Vec::new(), &mut q, |_| {}),
+            p.frame(now, MAX_VALUE, &mut Vec::new(), &mut q, |_| {}),
             Ok(true)
         );
         // This turn's reply is still being sent when the next receive is

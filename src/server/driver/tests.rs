@@ -111,6 +111,19 @@ impl<D: Driver> Harness<D> {
         got
     }
 
+    /// The receive armed on `fd` ends with the end of the stream; then
+    /// close `fd`.
+    fn eof_then_close(&mut self, fd: RawFd) {
+        let c = self.next(RECV);
+        assert_eq!(
+            (c.res, c.more),
+            (0, false),
+            "{}: EOF expected: {c:?}",
+            D::NAME
+        );
+        self.d.close(fd);
+    }
+
     /// Send all of `data`, resuming after partial sends.
     fn send_all(&mut self, fd: RawFd, data: &[u8]) {
         let mut off = 0;
@@ -219,14 +232,7 @@ fn echo<D: Driver>() {
     client.read_exact(&mut back).expect("client read");
     assert_eq!(&back, want);
     drop(client);
-    let c = h.next(RECV);
-    assert_eq!(
-        (c.res, c.more),
-        (0, false),
-        "{}: EOF expected: {c:?}",
-        D::NAME
-    );
-    h.d.close(fd);
+    h.eof_then_close(fd);
 }
 
 fn big_send<D: Driver>() {
@@ -325,14 +331,7 @@ fn recv_into<D: Driver>() {
     unsafe { h.d.recv_into(RECV, fd, byte.as_mut_ptr(), byte.len()) };
     assert!(h.try_next(RECV, Duration::from_millis(50)).is_none());
     drop(client);
-    let c = h.next(RECV);
-    assert_eq!(
-        (c.res, c.more),
-        (0, false),
-        "{}: EOF expected: {c:?}",
-        D::NAME
-    );
-    h.d.close(fd);
+    h.eof_then_close(fd);
 
     // Armed, then the socket is shut down: the receive still completes.
     let (fd, _client) = h.accept_one(&l);

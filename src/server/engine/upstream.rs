@@ -320,14 +320,7 @@ impl Core {
                 // capacity (all of it: it starts empty) and wrote `n` bytes
                 // at its start.
                 unsafe { land.set_len(n) };
-                outcome = u.pipe.landed(
-                    land,
-                    cx.now,
-                    max_value,
-                    &mut self.items,
-                    &mut self.outcomes,
-                    observe,
-                );
+                u.pipe.landed(land);
             } else if let Some(b) = provided {
                 let mut bytes = d.buffer(b, c.res as usize);
                 if let Some(t) = u.tls.as_deref_mut() {
@@ -343,15 +336,15 @@ impl Core {
                     }
                     bytes = &self.plain;
                 }
-                outcome = u.pipe.received(
-                    bytes,
-                    cx.now,
-                    max_value,
-                    &mut self.items,
-                    &mut self.outcomes,
-                    observe,
-                );
+                u.pipe.copy_in(bytes);
             }
+            outcome = u.pipe.frame(
+                cx.now,
+                max_value,
+                &mut self.items,
+                &mut self.outcomes,
+                observe,
+            );
         }
         if let Some(b) = provided {
             d.recycle(b);
