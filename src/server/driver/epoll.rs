@@ -201,24 +201,15 @@ impl EpollDriver {
                 progress_connect(fd, st, token, done);
             }
         }
-        if st.writable {
-            if let Some(send) = st.send.take() {
-                // SAFETY: `send`'s contract keeps the iovecs valid until
-                // the completion.
-                match unsafe { try_send(fd, &send) } {
-                    Some(res) => done.push(Completion {
-                        token: send.token,
-                        res,
-                        buf: None,
-                        more: false,
-                    }),
-                    None => {
-                        st.writable = false;
-                        st.send = Some(send);
-                    }
-                }
-            }
-        }
+        // SAFETY: `send`'s contract keeps the iovecs valid until the
+        // completion.
+        one_shot(
+            &mut st.writable,
+            &mut st.send,
+            done,
+            |s| s.token,
+            |s| unsafe { try_send(fd, s) },
+        );
         let accepted_from = done.len();
         if st.readable {
             if let Some(token) = st.accept {
@@ -231,24 +222,15 @@ impl EpollDriver {
                 progress_recv(fd, st, token, done, &mut self.pool);
             }
         }
-        if st.readable {
-            if let Some(recv) = st.recv_into.take() {
-                // SAFETY: `recv_into`'s contract keeps the memory valid
-                // until the completion.
-                match unsafe { try_recv_into(fd, &recv) } {
-                    Some(res) => done.push(Completion {
-                        token: recv.token,
-                        res,
-                        buf: None,
-                        more: false,
-                    }),
-                    None => {
-                        st.readable = false;
-                        st.recv_into = Some(recv);
-                    }
-                }
-            }
-        }
+        // SAFETY: `recv_into`'s contract keeps the memory valid until the
+        // completion.
+        one_shot(
+            &mut st.readable,
+            &mut st.recv_into,
+            done,
+            |r| r.token,
+            |r| unsafe { try_recv_into(fd, r) },
+        );
         // A new fd's number may be one closed behind the driver's back: what
         // was known about that number is stale.
         for c in self
@@ -262,6 +244,36 @@ impl EpollDriver {
             {
                 *st = FdState::default();
             }
+        }
+    }
+}
+
+/// Try the one-shot operation waiting in `slot` if its side is `ready`:
+/// `attempt` gives its result, or `None` on EAGAIN, when it waits again and
+/// the side is marked not ready until the next event.
+fn one_shot<P>(
+    ready: &mut bool,
+    slot: &mut Option<P>,
+    done: &mut Vec<Completion>,
+    token: impl FnOnce(&P) -> u64,
+    attempt: impl FnOnce(&P) -> Option<i32>,
+) {
+    if !*ready {
+        return;
+    }
+    let Some(op) = slot.take() else {
+        return;
+    };
+    match attempt(&op) {
+        Some(res) => done.push(Completion {
+            token: token(&op),
+            res,
+            buf: None,
+            more: false,
+        }),
+        None => {
+            *ready = false;
+            *slot = Some(op);
         }
     }
 }
