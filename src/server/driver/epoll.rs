@@ -201,14 +201,16 @@ impl EpollDriver {
                 progress_connect(fd, st, token, done);
             }
         }
-        // SAFETY: `send`'s contract keeps the iovecs valid until the
-        // completion.
         one_shot(
             &mut st.writable,
             &mut st.send,
             done,
             |s| s.token,
-            |s| unsafe { try_send(fd, s) },
+            |s| {
+                // SAFETY: `send`'s contract keeps the iovecs valid until the
+                // completion.
+                unsafe { try_send(fd, s) }
+            },
         );
         let accepted_from = done.len();
         if st.readable {
@@ -222,14 +224,16 @@ impl EpollDriver {
                 progress_recv(fd, st, token, done, &mut self.pool);
             }
         }
-        // SAFETY: `recv_into`'s contract keeps the memory valid until the
-        // completion.
         one_shot(
             &mut st.readable,
             &mut st.recv_into,
             done,
             |r| r.token,
-            |r| unsafe { try_recv_into(fd, r) },
+            |r| {
+                // SAFETY: `recv_into`'s contract keeps the memory valid until
+                // the completion.
+                unsafe { try_recv_into(fd, r) }
+            },
         );
         // A new fd's number may be one closed behind the driver's back: what
         // was known about that number is stale.
